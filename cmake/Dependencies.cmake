@@ -1,0 +1,74 @@
+# Finds shardstream's dependencies. Required ones fail the configure step with a message that
+# says how to install them (scripts/install-deps does it all on Debian 12); AUTO ones are probed
+# and reported in the summary line.
+
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+
+# Fails configure when an ON option cannot be honoured; says what to install.
+function(shardstream_require option found what)
+  if(${option} STREQUAL "ON" AND NOT ${found})
+    message(FATAL_ERROR "${option}=ON but ${what} was not found. "
+                        "Run scripts/install-deps, or set ${option}=OFF.")
+  endif()
+endfunction()
+
+# simdjson parses safetensors headers (a 20k-tensor header in about a millisecond).
+find_package(simdjson CONFIG QUIET)
+if(NOT TARGET simdjson::simdjson)
+  pkg_check_modules(SIMDJSON REQUIRED IMPORTED_TARGET simdjson)
+  add_library(simdjson::simdjson ALIAS PkgConfig::SIMDJSON)
+endif()
+
+# oneTBB runs the copy tasks.
+find_package(TBB REQUIRED)
+
+# liburing: the streaming read backend.
+set(SHARDSTREAM_HAVE_IO_URING OFF)
+if(NOT SHARDSTREAM_WITH_IO_URING STREQUAL "OFF")
+  pkg_check_modules(LIBURING IMPORTED_TARGET liburing)
+  if(LIBURING_FOUND)
+    set(SHARDSTREAM_HAVE_IO_URING ON)
+  endif()
+  shardstream_require(SHARDSTREAM_WITH_IO_URING SHARDSTREAM_HAVE_IO_URING "liburing (liburing-dev)")
+endif()
+
+# CUDA runtime: only the runtime library is needed (no kernels of our own; casts run in ATen).
+set(SHARDSTREAM_HAVE_CUDA OFF)
+if(NOT SHARDSTREAM_WITH_CUDA STREQUAL "OFF")
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(SHARDSTREAM_HAVE_CUDA ON)
+  endif()
+  shardstream_require(SHARDSTREAM_WITH_CUDA SHARDSTREAM_HAVE_CUDA "the CUDA toolkit (cudart)")
+endif()
+
+# LibTorch: from the PyPI torch wheel (torch.utils.cmake_prefix_path) or a user's own LibTorch via
+# CMAKE_PREFIX_PATH. Only integration/ links it.
+set(SHARDSTREAM_HAVE_TORCH OFF)
+if(NOT SHARDSTREAM_WITH_TORCH STREQUAL "OFF")
+  # A CUDA-enabled LibTorch otherwise probes the machine's GPUs (with a try_run that fails where
+  # there is no GPU) to pick nvcc arch flags. shardstream compiles no kernels against torch, so the
+  # value only has to be valid: Ampere and Hopper.
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+    set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
+  endif()
+  find_package(Torch QUIET)
+  if(Torch_FOUND OR TORCH_FOUND)
+    if(Torch_VERSION VERSION_LESS 2.0)
+      message(FATAL_ERROR "LibTorch ${Torch_VERSION} is too old: shardstream needs LibTorch 2.x "
+                          "(scripts/install-deps installs the pinned torch wheel).")
+    endif()
+    set(SHARDSTREAM_HAVE_TORCH ON)
+  endif()
+  shardstream_require(SHARDSTREAM_WITH_TORCH SHARDSTREAM_HAVE_TORCH
+                      "LibTorch 2.x (pass -DCMAKE_PREFIX_PATH=$(python -c 'import torch; print(torch.utils.cmake_prefix_path)'))")
+endif()
+
+if(SHARDSTREAM_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+endif()
+if(SHARDSTREAM_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()

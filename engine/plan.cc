@@ -1,0 +1,117 @@
+#include "engine/plan.h"
+
+#include <algorithm>
+#include <string>
+
+namespace shardstream::engine {
+namespace {
+
+uint64_t AlignDown(uint64_t value, uint64_t alignment) { return value & ~(alignment - 1); }
+uint64_t AlignUp(uint64_t value, uint64_t alignment) {
+  return AlignDown(value + alignment - 1, alignment);
+}
+
+// A target's bytes in its file.
+struct Extent {
+  uint64_t begin;  // absolute file offsets
+  uint64_t end;
+  uint32_t target;
+};
+
+// Emits the chunks for one coalesced run [run_begin, run_end) of `file` and the pieces of the
+// extents in it.
+void EmitRun(uint32_t file, uint64_t run_begin, uint64_t run_end, std::span<const Extent> extents,
+             const PlanOptions& options, uint64_t chunk_bytes, ReadPlan* plan) {
+  const uint64_t aligned_begin = AlignDown(run_begin, options.alignment_bytes);
+  const uint64_t aligned_end = AlignUp(run_end, options.alignment_bytes);
+  size_t first_extent = 0;  // extents ending at or before the chunk are done
+  for (uint64_t chunk_begin = aligned_begin; chunk_begin < aligned_end;
+       chunk_begin += chunk_bytes) {
+    const uint64_t chunk_end = std::min(chunk_begin + chunk_bytes, aligned_end);
+    Chunk chunk;
+    chunk.file = file;
+    chunk.file_offset = chunk_begin;
+    chunk.length = chunk_end - chunk_begin;
+    chunk.first_piece = static_cast<uint32_t>(plan->pieces.size());
+    uint64_t needed_end = chunk_begin;
+    while (first_extent < extents.size() && extents[first_extent].end <= chunk_begin) {
+      ++first_extent;
+    }
+    for (size_t i = first_extent; i < extents.size() && extents[i].begin < chunk_end; ++i) {
+      const Extent& e = extents[i];
+      const uint64_t begin = std::max(e.begin, chunk_begin);
+      const uint64_t end = std::min(e.end, chunk_end);
+      if (begin >= end) continue;
+      plan->pieces.push_back(Piece{e.target, begin - e.begin, begin - chunk_begin, end - begin});
+      needed_end = std::max(needed_end, end);
+    }
+    chunk.piece_count = static_cast<uint32_t>(plan->pieces.size()) - chunk.first_piece;
+    if (chunk.piece_count == 0) continue;  // a stretch of gap between pieces: nothing to read
+    chunk.needed_bytes = needed_end - chunk_begin;
+    plan->read_bytes += chunk.length;
+    plan->max_chunk_bytes = std::max(plan->max_chunk_bytes, chunk.length);
+    plan->chunks.push_back(chunk);
+  }
+}
+
+}  // namespace
+
+io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
+                                   std::span<const io::TensorLocation> targets,
+                                   const PlanOptions& options) {
+  const uint64_t alignment = options.alignment_bytes;
+  if (options.chunk_bytes == 0 || alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    return io::Status::Error(
+        io::StatusCode::kInvalidArgument, "plan-options",
+        "chunk size must be positive and alignment a power of two (got chunk " +
+            std::to_string(options.chunk_bytes) + ", alignment " + std::to_string(alignment) + ")");
+  }
+  const uint64_t chunk_bytes = AlignUp(options.chunk_bytes, alignment);
+
+  // Runs further apart than one alignment block never share a block, so chunks never overlap.
+  const uint64_t max_gap = std::max(options.max_gap_bytes, alignment);
+  std::vector<std::vector<Extent>> per_file(checkpoint.files.size());
+  ReadPlan plan;
+  for (uint32_t i = 0; i < targets.size(); ++i) {
+    const io::TensorLocation& loc = targets[i];
+    if (loc.file >= checkpoint.files.size() ||
+        loc.index >= checkpoint.files[loc.file].header.tensors.size()) {
+      return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
+                               "target " + std::to_string(i) + " points outside the checkpoint");
+    }
+    const io::Header& header = checkpoint.files[loc.file].header;
+    const io::TensorInfo& t = header.tensors[loc.index];
+    plan.payload_bytes += t.size_bytes();
+    if (t.size_bytes() == 0) continue;
+    per_file[loc.file].push_back(
+        Extent{header.data_offset() + t.begin, header.data_offset() + t.end, i});
+  }
+
+  for (uint32_t file = 0; file < per_file.size(); ++file) {
+    std::vector<Extent>& extents = per_file[file];
+    if (extents.empty()) continue;
+    std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
+      return a.begin != b.begin ? a.begin < b.begin : a.target < b.target;
+    });
+    size_t run_first = 0;
+    uint64_t run_begin = extents[0].begin;
+    uint64_t run_end = extents[0].end;
+    for (size_t i = 1; i <= extents.size(); ++i) {
+      const bool extend = i < extents.size() && extents[i].begin <= run_end + max_gap;
+      if (extend) {
+        run_end = std::max(run_end, extents[i].end);
+        continue;
+      }
+      EmitRun(file, run_begin, run_end, std::span(extents).subspan(run_first, i - run_first),
+              options, chunk_bytes, &plan);
+      if (i < extents.size()) {
+        run_first = i;
+        run_begin = extents[i].begin;
+        run_end = extents[i].end;
+      }
+    }
+  }
+  return plan;
+}
+
+}  // namespace shardstream::engine

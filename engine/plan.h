@@ -1,0 +1,71 @@
+// The read plan: which bytes of which files to read, in what chunks, and where each byte goes.
+//
+// Given the tensors to load, BuildReadPlan sorts their byte ranges per file, coalesces neighbours
+// (reading through small unwanted gaps rather than issuing another read), splits the result into
+// chunks of at most `chunk_bytes`, and rounds every chunk out to `alignment_bytes` so it can be
+// read with O_DIRECT. Each chunk lists its pieces: the parts of target tensors it holds, with
+// their offsets inside the chunk buffer and inside the tensor. A tensor larger than a chunk is
+// split across chunks; a chunk may hold pieces of many small tensors.
+//
+// The plan is plain data: no IO, no allocation beyond its vectors, no torch. Thread-safe to read.
+#pragma once
+
+#include "io/checkpoint.h"
+#include "io/status.h"
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace shardstream::engine {
+
+inline constexpr uint64_t kDefaultChunkBytes = 16ull << 20;
+inline constexpr uint64_t kDefaultMaxGapBytes = 1ull << 20;
+
+struct PlanOptions {
+  uint64_t chunk_bytes = kDefaultChunkBytes;  // upper bound on one read (rounded up to alignment)
+  uint64_t alignment_bytes = 1;               // power of two; 512 or 4096 for O_DIRECT
+  uint64_t max_gap_bytes = kDefaultMaxGapBytes;  // unwanted bytes read through to save a read
+};
+
+// A part of one target tensor that one chunk holds.
+struct Piece {
+  uint32_t target = 0;         // index into the targets passed to BuildReadPlan
+  uint64_t target_offset = 0;  // first byte inside the tensor
+  uint64_t chunk_offset = 0;   // first byte inside the chunk's buffer
+  uint64_t length = 0;
+};
+
+// One read: `length` bytes of file `file` from `file_offset`, both multiples of the alignment.
+// Only the first `needed_bytes` must be read: the rest is alignment padding that may lie past the
+// end of the file.
+struct Chunk {
+  uint32_t file = 0;
+  uint64_t file_offset = 0;
+  uint64_t length = 0;
+  uint64_t needed_bytes = 0;
+  uint32_t first_piece = 0;  // pieces[first_piece, first_piece + piece_count)
+  uint32_t piece_count = 0;
+};
+
+struct ReadPlan {
+  std::vector<Chunk> chunks;     // sorted by (file, file_offset); never overlapping
+  std::vector<Piece> pieces;     // grouped by chunk
+  uint64_t payload_bytes = 0;    // bytes of the targets
+  uint64_t read_bytes = 0;       // bytes the chunks read (payload + gaps + alignment)
+  uint64_t max_chunk_bytes = 0;  // the largest chunk: what one staging slot must hold
+
+  std::span<const Piece> PiecesOf(const Chunk& chunk) const {
+    return std::span(pieces).subspan(chunk.first_piece, chunk.piece_count);
+  }
+};
+
+// Plans the reads for `targets` (tensors of `checkpoint`; the same tensor may appear twice, e.g. to
+// fill two destinations). Empty tensors produce no piece. Errors: rule "plan-options" for a zero
+// chunk size or an alignment that is not a power of two, "plan-target" for a location outside
+// the checkpoint.
+io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
+                                   std::span<const io::TensorLocation> targets,
+                                   const PlanOptions& options);
+
+}  // namespace shardstream::engine

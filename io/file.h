@@ -1,0 +1,50 @@
+// File descriptors and whole-range reads with errno-carrying errors.
+#pragma once
+
+#include "io/status.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <utility>
+
+namespace shardstream::io {
+
+// Owns one file descriptor; closes it on destruction. Move-only.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { Reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() { return std::exchange(fd_, -1); }
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// An open regular file and what fstat said about it when it was opened.
+struct OpenFile {
+  UniqueFd fd;
+  uint64_t size_bytes = 0;
+};
+
+// Opens `path` read-only with O_CLOEXEC (plus `extra_flags`, e.g. O_DIRECT) and checks that it is
+// a regular file. Errors name the path and carry errno (ENOENT → kNotFound, EACCES →
+// kPermissionDenied, ELOOP → rule "symlink-loop"); a directory or device is rule "not-a-file".
+Result<OpenFile> OpenForRead(const std::filesystem::path& path, int extra_flags = 0);
+
+// Reads exactly dst.size() bytes at `offset`, retrying EINTR and short reads. Reaching end of file
+// early is an error with rule "file-changed" (the file shrank after it was validated). Thread-safe
+// (pread does not move the file offset).
+Status PreadFull(int fd, std::span<std::byte> dst, uint64_t offset);
+
+}  // namespace shardstream::io

@@ -1,0 +1,196 @@
+#include "engine/plan.h"
+
+#include "tests/support/test_files.h"
+
+#include <gtest/gtest.h>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace shardstream::engine {
+namespace {
+
+using io::TensorLocation;
+
+// A checkpoint built in memory: one file per entry of `files`, each a list of tensor sizes laid out
+// back to back after a header of `header_bytes`.
+io::Checkpoint MakeCheckpoint(const std::vector<std::vector<uint64_t>>& files,
+                              uint64_t header_bytes = 100) {
+  io::Checkpoint checkpoint;
+  for (size_t f = 0; f < files.size(); ++f) {
+    io::CheckpointFile file;
+    file.path = "file" + std::to_string(f);
+    file.header.header_bytes = header_bytes;
+    uint64_t offset = 0;
+    for (size_t t = 0; t < files[f].size(); ++t) {
+      io::TensorInfo info;
+      info.name = "t" + std::to_string(t);
+      info.dtype = io::DType::kU8;
+      info.shape = {files[f][t]};
+      info.begin = offset;
+      info.end = offset + files[f][t];
+      offset = info.end;
+      file.header.tensors.push_back(info);
+    }
+    file.header.file_bytes = file.header.data_offset() + offset;
+    file.header.IndexNames();
+    checkpoint.files.push_back(std::move(file));
+  }
+  return checkpoint;
+}
+
+std::vector<TensorLocation> All(const io::Checkpoint& checkpoint) {
+  std::vector<TensorLocation> out;
+  for (uint32_t f = 0; f < checkpoint.files.size(); ++f) {
+    for (uint32_t t = 0; t < checkpoint.files[f].header.tensors.size(); ++t) out.push_back({f, t});
+  }
+  return out;
+}
+
+// Every byte of every target is covered exactly once, pieces stay inside their chunks, chunks
+// are aligned, sorted, non-overlapping and within the size limit.
+void ExpectCoversExactly(const io::Checkpoint& checkpoint,
+                         const std::vector<TensorLocation>& targets, const ReadPlan& plan,
+                         const PlanOptions& options) {
+  std::vector<std::vector<int>> covered(targets.size());
+  for (size_t i = 0; i < targets.size(); ++i) {
+    covered[i].assign(checkpoint.tensor(targets[i]).size_bytes(), 0);
+  }
+  uint64_t read_bytes = 0;
+  const uint64_t limit = (options.chunk_bytes + options.alignment_bytes - 1) /
+                         options.alignment_bytes * options.alignment_bytes;
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    const Chunk& chunk = plan.chunks[c];
+    read_bytes += chunk.length;
+    EXPECT_EQ(chunk.file_offset % options.alignment_bytes, 0u);
+    EXPECT_EQ(chunk.length % options.alignment_bytes, 0u);
+    EXPECT_LE(chunk.length, limit);
+    EXPECT_LE(chunk.needed_bytes, chunk.length);
+    EXPECT_GT(chunk.piece_count, 0u);
+    if (c > 0 && plan.chunks[c - 1].file == chunk.file) {
+      EXPECT_LE(plan.chunks[c - 1].file_offset + plan.chunks[c - 1].length, chunk.file_offset);
+    }
+    const io::Header& header = checkpoint.files[chunk.file].header;
+    for (const Piece& piece : plan.PiecesOf(chunk)) {
+      ASSERT_EQ(targets[piece.target].file, chunk.file);
+      const io::TensorInfo& t = checkpoint.tensor(targets[piece.target]);
+      EXPECT_LE(piece.chunk_offset + piece.length, chunk.needed_bytes);
+      // The piece's bytes in the file are where the tensor's bytes are.
+      EXPECT_EQ(chunk.file_offset + piece.chunk_offset,
+                header.data_offset() + t.begin + piece.target_offset);
+      for (uint64_t b = 0; b < piece.length; ++b) ++covered[piece.target][piece.target_offset + b];
+    }
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    for (size_t b = 0; b < covered[i].size(); ++b) {
+      ASSERT_EQ(covered[i][b], 1) << "target " << i << " byte " << b;
+    }
+  }
+  EXPECT_EQ(plan.read_bytes, read_bytes);
+}
+
+TEST(PlanTest, CoalescesAdjacentTensorsIntoOneRead) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{10, 20, 30}});
+  auto targets = All(checkpoint);
+  PlanOptions options;
+  auto plan = BuildReadPlan(checkpoint, targets, options);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  ASSERT_EQ(plan->chunks.size(), 1u);
+  EXPECT_EQ(plan->chunks[0].file_offset, 108u);  // 8-byte length + 100-byte header
+  EXPECT_EQ(plan->chunks[0].length, 60u);
+  EXPECT_EQ(plan->pieces.size(), 3u);
+  EXPECT_EQ(plan->payload_bytes, 60u);
+  ExpectCoversExactly(checkpoint, targets, *plan, options);
+}
+
+TEST(PlanTest, SplitsLargeTensorsAcrossChunks) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{1000, 5}});
+  auto targets = All(checkpoint);
+  PlanOptions options{.chunk_bytes = 256, .alignment_bytes = 1, .max_gap_bytes = 0};
+  auto plan = BuildReadPlan(checkpoint, targets, options);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->chunks.size(), 4u);  // 1005 bytes in 256-byte chunks
+  EXPECT_EQ(plan->max_chunk_bytes, 256u);
+  ExpectCoversExactly(checkpoint, targets, *plan, options);
+}
+
+TEST(PlanTest, AlignsChunksForDirectIo) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{1000, 3000, 7}}, /*header_bytes=*/77);
+  auto targets = All(checkpoint);
+  PlanOptions options{.chunk_bytes = 1000, .alignment_bytes = 512, .max_gap_bytes = 0};
+  auto plan = BuildReadPlan(checkpoint, targets, options);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->chunks[0].file_offset, 0u);  // data starts at 85: rounded down
+  EXPECT_EQ(plan->max_chunk_bytes, 1024u);     // chunk size rounded up to the block
+  ExpectCoversExactly(checkpoint, targets, *plan, options);
+}
+
+TEST(PlanTest, SkipsLargeGapsAndReadsThroughSmallOnes) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{100, 10, 100, 5000, 100}});
+  // Targets 0, 2 and 4: a 10-byte gap (read through) and a 5000-byte gap (skipped).
+  std::vector<TensorLocation> targets = {{0, 0}, {0, 2}, {0, 4}};
+  PlanOptions options{.chunk_bytes = 1 << 20, .alignment_bytes = 1, .max_gap_bytes = 64};
+  auto plan = BuildReadPlan(checkpoint, targets, options);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->chunks.size(), 2u);
+  EXPECT_EQ(plan->chunks[0].length, 210u);
+  EXPECT_EQ(plan->read_bytes, 310u);
+  ExpectCoversExactly(checkpoint, targets, *plan, options);
+}
+
+TEST(PlanTest, EmptyTensorsNeedNoRead) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{0, 0}});
+  auto plan = BuildReadPlan(checkpoint, All(checkpoint), PlanOptions{});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->chunks.empty());
+  EXPECT_EQ(plan->payload_bytes, 0u);
+}
+
+TEST(PlanTest, SameTensorTwiceFillsBothTargets) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{64}});
+  std::vector<TensorLocation> targets = {{0, 0}, {0, 0}};
+  PlanOptions options;
+  auto plan = BuildReadPlan(checkpoint, targets, options);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->read_bytes, 64u);
+  ExpectCoversExactly(checkpoint, targets, *plan, options);
+}
+
+TEST(PlanTest, RejectsBadOptionsAndTargets) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{8}});
+  auto targets = All(checkpoint);
+  EXPECT_EQ(BuildReadPlan(checkpoint, targets, {.chunk_bytes = 0}).status().rule(), "plan-options");
+  EXPECT_EQ(BuildReadPlan(checkpoint, targets, {.alignment_bytes = 3}).status().rule(),
+            "plan-options");
+  std::vector<TensorLocation> bad = {{0, 1}};
+  EXPECT_EQ(BuildReadPlan(checkpoint, bad, {}).status().rule(), "plan-target");
+}
+
+TEST(PlanTest, RandomLayoutsAreCoveredExactly) {
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  for (int round = 0; round < 50; ++round) {
+    std::vector<std::vector<uint64_t>> files(1 + rng() % 3);
+    for (auto& sizes : files) {
+      sizes.resize(1 + rng() % 20);
+      for (auto& s : sizes) s = rng() % 4 == 0 ? 0 : rng() % 3000;
+    }
+    io::Checkpoint checkpoint = MakeCheckpoint(files, rng() % 600);
+    std::vector<TensorLocation> targets;
+    for (const TensorLocation& loc : All(checkpoint)) {
+      if (rng() % 3 != 0) targets.push_back(loc);
+    }
+    std::shuffle(targets.begin(), targets.end(), rng);
+    PlanOptions options{.chunk_bytes = 1 + rng() % 4096,
+                        .alignment_bytes = uint64_t{1} << (rng() % 13),
+                        .max_gap_bytes = rng() % 2000};
+    auto plan = BuildReadPlan(checkpoint, targets, options);
+    ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+    ExpectCoversExactly(checkpoint, targets, *plan, options);
+  }
+}
+
+}  // namespace
+}  // namespace shardstream::engine

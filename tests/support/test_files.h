@@ -1,0 +1,39 @@
+// Helpers for tests that need files: a scratch directory that cleans itself up, safetensors
+// files built from a header string, and the bundled fixtures.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace shardstream::testing {
+
+// The folder of bundled test data (tests/data).
+std::filesystem::path TestDataDir();
+// tests/data/fixtures/NAME.
+std::filesystem::path Fixture(std::string_view name);
+
+// A fresh directory under $TMPDIR, removed with everything in it on destruction.
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  // Writes `bytes` to path()/name (creating parent folders) and returns the full path.
+  std::filesystem::path Write(std::string_view name, std::string_view bytes) const;
+
+ private:
+  std::filesystem::path path_;
+};
+
+// 8-byte little-endian length + `header` + `data`: a safetensors file's bytes.
+std::string SafetensorsBytes(std::string_view header, std::string_view data = {});
+// Same, with the declared header length replaced by `declared_length`.
+std::string SafetensorsBytesWithLength(uint64_t declared_length, std::string_view header,
+                                       std::string_view data = {});
+
+}  // namespace shardstream::testing
