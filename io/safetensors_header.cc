@@ -445,10 +445,13 @@ Result<Header> ParsePadded(const char* json, size_t length, uint64_t file_bytes)
     }
   }
 
-  std::stable_sort(header.tensors.begin(), header.tensors.end(),
-                   [](const TensorInfo& a, const TensorInfo& b) {
-                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-                   });
+  // Writers usually emit the header in file order; sort only when they did not.
+  auto by_offsets = [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  };
+  if (!std::is_sorted(header.tensors.begin(), header.tensors.end(), by_offsets)) {
+    std::stable_sort(header.tensors.begin(), header.tensors.end(), by_offsets);
+  }
   SHARDSTREAM_RETURN_IF_ERROR(ValidateLayout(header));
   header.IndexNames();
   return header;
@@ -462,19 +465,34 @@ uint64_t TensorInfo::numel() const {
   return count;
 }
 
+Header::Header(const Header& other)
+    : header_bytes(other.header_bytes),
+      file_bytes(other.file_bytes),
+      tensors(other.tensors),
+      metadata(other.metadata) {
+  IndexNames();
+}
+
+Header& Header::operator=(const Header& other) {
+  if (this != &other) {
+    header_bytes = other.header_bytes;
+    file_bytes = other.file_bytes;
+    tensors = other.tensors;
+    metadata = other.metadata;
+    IndexNames();
+  }
+  return *this;
+}
+
 void Header::IndexNames() {
-  by_name_.resize(tensors.size());
-  for (uint32_t i = 0; i < by_name_.size(); ++i) by_name_[i] = i;
-  std::sort(by_name_.begin(), by_name_.end(),
-            [this](uint32_t a, uint32_t b) { return tensors[a].name < tensors[b].name; });
+  by_name_.clear();
+  by_name_.reserve(tensors.size());
+  for (uint32_t i = 0; i < tensors.size(); ++i) by_name_.emplace(tensors[i].name, i);
 }
 
 const TensorInfo* Header::Find(std::string_view name) const {
-  auto it =
-      std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                       [this](uint32_t i, std::string_view n) { return tensors[i].name < n; });
-  if (it == by_name_.end() || tensors[*it].name != name) return nullptr;
-  return &tensors[*it];
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors[it->second];
 }
 
 std::string FormatShape(std::span<const uint64_t> shape) {

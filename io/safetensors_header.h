@@ -39,6 +39,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -65,6 +66,14 @@ struct TensorInfo {
 // A validated header. Tensors are sorted by (begin, end), i.e. in file order.
 class Header {
  public:
+  Header() = default;
+  // Copies rebuild the name index (it points into `tensors`); moves keep it, since a moved
+  // vector keeps its elements where they are.
+  Header(const Header& other);
+  Header& operator=(const Header& other);
+  Header(Header&&) noexcept = default;
+  Header& operator=(Header&&) noexcept = default;
+
   uint64_t header_bytes = 0;  // N: the length of the JSON
   uint64_t file_bytes = 0;    // the file's size when it was validated
   std::vector<TensorInfo> tensors;
@@ -75,13 +84,13 @@ class Header {
   uint64_t data_offset() const { return kHeaderLengthBytes + header_bytes; }
   uint64_t data_bytes() const { return file_bytes - data_offset(); }
 
-  // The tensor called `name`, or nullptr. O(log n).
+  // The tensor called `name`, or nullptr. O(1).
   const TensorInfo* Find(std::string_view name) const;
   // Rebuilds the name index; call after changing `tensors` by hand.
   void IndexNames();
 
  private:
-  std::vector<uint32_t> by_name_;  // indices into tensors, sorted by name
+  std::unordered_map<std::string_view, uint32_t> by_name_;  // views of tensors[i].name
 };
 
 // Decodes the 8-byte length prefix and checks it against the file size (rules header-too-small,
