@@ -3,7 +3,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/format.h"
-#include "cli/json_writer.h"
+#include "io/json_writer.h"
 #include "io/checkpoint.h"
 
 #include <array>
@@ -38,7 +38,7 @@ std::map<std::string_view, DTypeTotals> DTypeHistogram(const io::Checkpoint& che
 
 void WriteJson(const std::string& source, const io::Result<io::Checkpoint>& result,
                bool list_tensors) {
-  JsonWriter json;
+  io::JsonWriter json;
   json.BeginObject().Field("path", source);
   if (!result.ok()) {
     const io::Status& error = result.status();

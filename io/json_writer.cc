@@ -1,9 +1,9 @@
-#include "cli/json_writer.h"
+#include "io/json_writer.h"
 
 #include <cmath>
 #include <cstdio>
 
-namespace shardstream::cli {
+namespace shardstream::io {
 
 void JsonWriter::Separate() {
   if (after_key_) {
@@ -124,4 +124,4 @@ JsonWriter& JsonWriter::Null() {
   return *this;
 }
 
-}  // namespace shardstream::cli
+}  // namespace shardstream::io

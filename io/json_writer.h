@@ -1,4 +1,4 @@
-// A small streaming JSON writer for the CLI's --json output. Produces compact, valid JSON:
+// A small streaming JSON writer: safetensors headers, shard indexes, the CLI's --json output. Produces compact, valid JSON:
 // strings are escaped (control characters as \u00XX; UTF-8 passes through as is).
 #pragma once
 
@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace shardstream::cli {
+namespace shardstream::io {
 
 class JsonWriter {
  public:
@@ -41,4 +41,4 @@ class JsonWriter {
   bool after_key_ = false;
 };
 
-}  // namespace shardstream::cli
+}  // namespace shardstream::io

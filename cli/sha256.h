@@ -1,0 +1,2 @@
+// SHA-256 — being written.
+#pragma once
