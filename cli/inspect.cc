@@ -3,8 +3,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/format.h"
-#include "io/json_writer.h"
 #include "io/checkpoint.h"
+#include "io/json_writer.h"
 
 #include <array>
 #include <cstdio>

@@ -59,7 +59,9 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       // The last line of defence: commands report errors themselves, but a bad_alloc on a
       // hostile header must still end as one error line, not an abort.
-      shardstream::cli::PrintError(e.what());
+      // Only the first line: torch appends a backtrace to its messages.
+      std::string_view what = e.what();
+      shardstream::cli::PrintError(what.substr(0, what.find('\n')));
       return shardstream::cli::kExitFailure;
     }
   }

@@ -4,10 +4,13 @@
 
 #include <simdjson.h>
 
-#include <system_error>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <dirent.h>
 #include <map>
+#include <memory>
 #include <unordered_map>
 
 namespace shardstream::io {
@@ -30,16 +33,18 @@ Status FormatError(std::string rule, std::string message, const fs::path& path) 
       .WithPath(path.string());
 }
 
-// status() on a path, errors as Status (ENOENT → not-found, EACCES → permission-denied).
-Result<fs::file_status> StatPath(const fs::path& path) {
-  std::error_code ec;
-  fs::file_status st = fs::status(path, ec);
-  if (ec && ec != std::errc::no_such_file_or_directory) {
-    return Status::FromErrno(ec.value(), "stat").WithPath(path.string());
-  }
-  if (!fs::exists(st)) {
-    return Status::Error(StatusCode::kNotFound, "not-found", "no such file or directory")
-        .WithPath(path.string());
+// stat() on a path (following symlinks), errors as Status: ENOENT → not-found, EACCES →
+// permission-denied, ELOOP → symlink-loop. Plain POSIX rather than std::filesystem::status: the
+// PyPI torch wheel's libtorch.so exports its own copies of std::filesystem functions, which
+// interpose on libstdc++'s in any process that links it.
+Result<struct stat> StatPath(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return Status::Error(StatusCode::kNotFound, "not-found", "no such file or directory")
+          .WithPath(path.string());
+    }
+    return Status::FromErrno(errno, "stat").WithPath(path.string());
   }
   return st;
 }
@@ -49,18 +54,22 @@ Result<CheckpointFile> ReadFile(const fs::path& path) {
   return CheckpointFile{path, std::move(header)};
 }
 
-// The file names a folder holds that end in `suffix`, sorted.
+// The regular files (symlinks followed; dangling ones skipped) a folder holds whose names end in
+// `suffix`, hidden ones excepted, sorted.
 Result<std::vector<fs::path>> ListWithSuffix(const fs::path& folder, std::string_view suffix) {
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(folder.c_str()), ::closedir);
+  if (!dir) return Status::FromErrno(errno, "opendir").WithPath(folder.string());
   std::vector<fs::path> out;
-  std::error_code ec;
-  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
+  errno = 0;
+  while (const dirent* entry = ::readdir(dir.get())) {
+    const std::string_view name = entry->d_name;
     if (!EndsWith(name, suffix) || name.starts_with(".")) continue;
-    std::error_code type_ec;
-    if (!it->is_regular_file(type_ec)) continue;  // follows symlinks; dangling ones are skipped
-    out.push_back(it->path());
+    fs::path candidate = folder / std::string(name);
+    struct stat st {};
+    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(candidate);
+    errno = 0;
   }
-  if (ec) return Status::FromErrno(ec.value(), "reading the folder").WithPath(folder.string());
+  if (errno != 0) return Status::FromErrno(errno, "readdir").WithPath(folder.string());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -208,11 +217,11 @@ Result<Checkpoint> OpenIndexed(const fs::path& index_path) {
 
 Result<Checkpoint> OpenFolder(const fs::path& folder) {
   const fs::path single = folder / kDefaultWeightsName;
-  if (auto st = StatPath(single); st.ok() && fs::is_regular_file(*st)) {
+  if (auto st = StatPath(single); st.ok() && S_ISREG(st->st_mode)) {
     return OpenShardFolder(folder, {single});
   }
   const fs::path default_index = folder / kDefaultIndexName;
-  if (auto st = StatPath(default_index); st.ok() && fs::is_regular_file(*st)) {
+  if (auto st = StatPath(default_index); st.ok() && S_ISREG(st->st_mode)) {
     return OpenIndexed(default_index);
   }
   SHARDSTREAM_ASSIGN_OR_RETURN(std::vector<fs::path> indexes, ListWithSuffix(folder, kIndexSuffix));
@@ -276,8 +285,8 @@ std::optional<TensorLocation> Checkpoint::Find(std::string_view name) const {
 }
 
 Result<Checkpoint> OpenCheckpoint(const fs::path& path) {
-  SHARDSTREAM_ASSIGN_OR_RETURN(fs::file_status st, StatPath(path));
-  if (fs::is_directory(st)) return OpenFolder(path);
+  SHARDSTREAM_ASSIGN_OR_RETURN(struct stat st, StatPath(path));
+  if (S_ISDIR(st.st_mode)) return OpenFolder(path);
   if (path.extension() == ".json") return OpenIndexed(path);
   SHARDSTREAM_ASSIGN_OR_RETURN(CheckpointFile file, ReadFile(path));
   Checkpoint checkpoint;

@@ -1,5 +1,6 @@
-// A small streaming JSON writer: safetensors headers, shard indexes, the CLI's --json output. Produces compact, valid JSON:
-// strings are escaped (control characters as \u00XX; UTF-8 passes through as is).
+// A small streaming JSON writer: safetensors headers, shard indexes, the CLI's --json output.
+// Produces compact, valid JSON: strings are escaped (control characters as \u00XX; UTF-8 passes
+// through as is).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,13 @@
 #include "tests/support/test_files.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <ftw.h>
 #include <gtest/gtest.h>
 
 namespace shardstream::testing {
@@ -20,16 +26,43 @@ ScratchDir::ScratchDir() {
   path_ = made;
 }
 
-ScratchDir::~ScratchDir() {
-  std::error_code ec;
-  std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
-                               std::filesystem::perm_options::add, ec);
-  std::filesystem::remove_all(path_, ec);
+// POSIX rather than std::filesystem operations throughout: the PyPI torch wheel's libtorch.so
+// exports its own std::filesystem functions, which interpose on libstdc++'s in test binaries that
+// link torch and crash (remove_all, for one).
+namespace {
+int RemoveEntry(const char* path, const struct stat*, int type, struct FTW*) {
+  return type == FTW_DP ? ::rmdir(path) : ::unlink(path);
+}
+}  // namespace
+
+ScratchDir::~ScratchDir() { ::nftw(path_.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS); }
+
+void MakeDirs(const std::filesystem::path& dir) {
+  std::string partial;
+  for (const auto& part : dir) {
+    if (!partial.empty() && partial.back() != '/') partial += '/';
+    partial += part.string();
+    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw std::runtime_error("mkdir " + partial + ": " + std::strerror(errno));
+    }
+  }
+}
+
+void Truncate(const std::filesystem::path& file, uint64_t size_bytes) {
+  if (::truncate(file.c_str(), static_cast<off_t>(size_bytes)) != 0) {
+    throw std::runtime_error("truncate " + file.string() + ": " + std::strerror(errno));
+  }
+}
+
+void Chmod(const std::filesystem::path& path, unsigned mode) {
+  if (::chmod(path.c_str(), mode) != 0) {
+    throw std::runtime_error("chmod " + path.string() + ": " + std::strerror(errno));
+  }
 }
 
 std::filesystem::path ScratchDir::Write(std::string_view name, std::string_view bytes) const {
   std::filesystem::path file = path_ / std::string(name);
-  std::filesystem::create_directories(file.parent_path());
+  MakeDirs(file.parent_path());
   std::ofstream out(file, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out) throw std::runtime_error("cannot write " + file.string());

@@ -30,6 +30,12 @@ class ScratchDir {
   std::filesystem::path path_;
 };
 
+// mkdir -p, truncate(2), chmod(2); throw std::runtime_error on failure. (Test binaries that link
+// torch must not call std::filesystem's operations: see test_files.cc.)
+void MakeDirs(const std::filesystem::path& dir);
+void Truncate(const std::filesystem::path& file, uint64_t size_bytes);
+void Chmod(const std::filesystem::path& path, unsigned mode);
+
 // 8-byte little-endian length + `header` + `data`: a safetensors file's bytes.
 std::string SafetensorsBytes(std::string_view header, std::string_view data = {});
 // Same, with the declared header length replaced by `declared_length`.

@@ -1,0 +1,70 @@
+// Fills caller-provided destinations with tensor bytes from a validated checkpoint.
+//
+// The caller allocates every destination once (any memory: plain, pinned, a torch tensor's
+// storage) and says which tensor goes where; FillTargets plans coalesced chunked reads
+// (engine/plan.h), opens each file once, and runs the chunks as oneTBB tasks, each reading its
+// file range straight into the destinations it covers. It never touches torch.
+//
+// A load either fills every target or returns an error naming file, tensor (where one is at
+// fault), offset and cause; on error, destinations hold unspecified bytes and must not be used.
+// Cancelling through the progress callback returns rule "cancelled". Thread-safe: independent
+// loads may run concurrently.
+#pragma once
+
+#include "engine/plan.h"
+#include "io/checkpoint.h"
+#include "io/read_backend.h"
+#include "io/status.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace shardstream::engine {
+
+// Where one tensor's bytes go: `destination` holds tensor(source).size_bytes() bytes.
+struct LoadTarget {
+  io::TensorLocation source;
+  std::byte* destination = nullptr;
+};
+
+struct Progress {
+  uint64_t done_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+// Called from one thread at a time, at most every ~50 ms and once at the end. Return false to
+// cancel the load.
+using ProgressFn = std::function<bool(const Progress&)>;
+
+inline constexpr uint64_t kDefaultReadGapBytes = 64 << 10;
+
+// Makes the read backend of one worker thread. The seam for fault injection: tests wrap a real
+// backend to fail, shorten or delay reads.
+using BackendFactory = std::function<std::unique_ptr<io::ReadBackend>(const io::FileSet&)>;
+
+struct FillOptions {
+  io::BackendKind backend = io::BackendKind::kPread;
+  BackendFactory make_backend;  // overrides `backend` when set
+  int threads = 0;              // 0: one per core
+  uint64_t chunk_bytes = kDefaultChunkBytes;
+  ProgressFn progress;
+};
+
+struct FillStats {
+  uint64_t payload_bytes = 0;  // bytes that landed in destinations
+  uint64_t read_bytes = 0;     // bytes read (payload and small gaps)
+  size_t chunks = 0;
+  int threads = 0;
+  // (stage, seconds) in order: open, plan, read.
+  std::vector<std::pair<std::string, double>> stages;
+};
+
+io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
+                                  std::span<const LoadTarget> targets, const FillOptions& options);
+
+}  // namespace shardstream::engine

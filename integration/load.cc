@@ -1,0 +1,231 @@
+#include "integration/load.h"
+
+#include "integration/dtype.h"
+#include "io/checkpoint.h"
+#include "io/read_backend.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/Device.h>
+
+#include <chrono>
+#include <limits>
+#include <memory>
+
+namespace shardstream {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+io::Status LoadStatus(std::string rule, std::string message) {
+  return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
+}
+
+// The torch shape a tensor loads with (see load.h for F4 and F6).
+io::Result<std::vector<int64_t>> TorchShape(const io::TensorInfo& t) {
+  const uint32_t bits = io::DTypeBits(t.dtype);
+  if (bits == 6) return std::vector<int64_t>{static_cast<int64_t>(t.size_bytes())};
+  for (uint64_t dim : t.shape) {
+    if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return LoadStatus("torch-shape", "dimension " + std::to_string(dim) + " of shape " +
+                                           io::FormatShape(t.shape) +
+                                           " exceeds torch's int64 sizes")
+          .WithTensor(t.name);
+    }
+  }
+  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
+  if (t.dtype == io::DType::kF4) {
+    if (shape.empty() || shape.back() % 2 != 0) {
+      return LoadStatus("f4-shape", "F4 tensor of shape " + io::FormatShape(t.shape) +
+                                        " has an odd last dimension; torch packs F4 values in "
+                                        "pairs (float4_e2m1fn_x2)")
+          .WithTensor(t.name);
+    }
+    shape.back() /= 2;
+  }
+  return shape;
+}
+
+io::Status CheckDevice(const std::string& device) {
+  try {
+    c10::Device parsed(device);
+    if (parsed.is_cpu()) return io::Status::Ok();
+    return LoadStatus("device", "device '" + device +
+                                    "' is not supported by this version: only cpu (CUDA loading "
+                                    "comes with the GPU upload path)");
+  } catch (const std::exception&) {
+    return LoadStatus("device", "'" + device + "' is not a device (expected cpu or cuda:N)");
+  }
+}
+
+}  // namespace
+
+std::optional<IoMode> ParseIoMode(std::string_view name) {
+  if (name == "auto") return IoMode::kAuto;
+  if (name == "pread") return IoMode::kPread;
+  if (name == "mmap") return IoMode::kMmap;
+  return std::nullopt;
+}
+
+LoadError::LoadError(const io::Status& status)
+    : std::runtime_error(status.ToString()),
+      rule_(status.rule()),
+      file_(status.path()),
+      tensor_(status.tensor()),
+      offset_(status.offset()),
+      code_(status.code()) {}
+
+void ThrowIfError(const io::Status& status) {
+  if (!status.ok()) throw LoadError(status);
+}
+
+TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options,
+                   LoadReport* report) {
+  const auto start = Clock::now();
+  LoadReport local_report;
+  LoadReport& out = report ? *report : local_report;
+  out = LoadReport{};
+  ThrowIfError(CheckDevice(options.device));
+
+  auto stage_start = Clock::now();
+  io::Result<io::Checkpoint> opened = io::OpenCheckpoint(path);
+  ThrowIfError(opened.status());
+  const io::Checkpoint& checkpoint = *opened;
+  out.stages.emplace_back("headers", SecondsSince(stage_start));
+  out.files = checkpoint.files.size();
+  out.tensors = checkpoint.tensor_count();
+  out.bytes = checkpoint.data_bytes();
+
+  // Shapes and dtypes first, so that a bad tensor or cast fails before any allocation or read.
+  stage_start = Clock::now();
+  struct Planned {
+    io::TensorLocation location;
+    std::vector<int64_t> shape;
+    c10::ScalarType dtype;
+  };
+  std::vector<Planned> planned;
+  planned.reserve(out.tensors);
+  for (uint32_t f = 0; f < checkpoint.files.size(); ++f) {
+    const auto& tensors = checkpoint.files[f].header.tensors;
+    for (uint32_t i = 0; i < tensors.size(); ++i) {
+      const io::TensorInfo& t = tensors[i];
+      auto shape = TorchShape(t);
+      if (!shape.ok())
+        ThrowIfError(std::move(shape).status().WithPath(checkpoint.files[f].path.string()));
+      out.file_tensors.emplace(t.name, LoadReport::FileTensor{t.dtype, t.shape});
+      if (!TorchDType(t.dtype)) out.raw_dtypes.emplace(t.name, t.dtype);
+      // Packed sub-byte types have no conversion kernel in torch: refuse before reading anything.
+      if (options.dtype && io::DTypeBits(t.dtype) < 8) {
+        ThrowIfError(LoadStatus("cast", std::string(io::DTypeName(t.dtype)) +
+                                            " values are packed sub-byte data that torch cannot "
+                                            "convert to " +
+                                            c10::toString(*options.dtype) +
+                                            "; load without a dtype to get them as stored")
+                         .WithTensor(t.name)
+                         .WithPath(checkpoint.files[f].path.string()));
+      }
+      planned.push_back(Planned{{f, i}, std::move(*shape), StorageDType(t.dtype)});
+    }
+  }
+
+  TensorMap tensors;
+  if (options.zero_copy) {
+    out.io = "zero-copy";
+    std::vector<std::filesystem::path> paths;
+    std::vector<uint64_t> sizes;
+    for (const io::CheckpointFile& f : checkpoint.files) {
+      paths.push_back(f.path);
+      sizes.push_back(f.header.file_bytes);
+    }
+    io::Result<io::FileSet> files = io::FileSet::Open(paths, sizes);
+    ThrowIfError(files.status());
+    std::vector<std::shared_ptr<io::MappedFile>> maps;
+    for (size_t f = 0; f < files->size(); ++f) {
+      auto map = io::MappedFile::Map(files->fd(f), files->size_bytes(f), files->path(f),
+                                     /*writable=*/true);
+      ThrowIfError(map.status());
+      maps.push_back(std::move(*map));
+    }
+    out.stages.emplace_back("map", SecondsSince(stage_start));
+    stage_start = Clock::now();
+    for (const Planned& p : planned) {
+      const io::CheckpointFile& file = checkpoint.files[p.location.file];
+      const io::TensorInfo& t = checkpoint.tensor(p.location);
+      at::TensorOptions tensor_options = at::TensorOptions().dtype(p.dtype);
+      at::Tensor tensor;
+      if (t.size_bytes() == 0) {
+        tensor = at::empty(p.shape, tensor_options);
+      } else {
+        std::shared_ptr<io::MappedFile> keep = maps[p.location.file];
+        std::byte* data = keep->data() + file.header.data_offset() + t.begin;
+        tensor = at::from_blob(
+            data, p.shape, [keep](void*) mutable { keep.reset(); }, tensor_options);
+      }
+      tensors.emplace(t.name, std::move(tensor));
+    }
+    out.stages.emplace_back("views", SecondsSince(stage_start));
+  } else {
+    const IoMode mode = options.io == IoMode::kAuto ? IoMode::kPread : options.io;
+    const io::BackendKind backend =
+        mode == IoMode::kMmap ? io::BackendKind::kMmap : io::BackendKind::kPread;
+    out.io = std::string(io::BackendName(backend));
+    std::vector<engine::LoadTarget> targets;
+    targets.reserve(planned.size());
+    for (const Planned& p : planned) {
+      at::Tensor tensor;
+      try {
+        tensor = at::empty(p.shape, at::TensorOptions().dtype(p.dtype));
+      } catch (const c10::Error& e) {
+        const io::TensorInfo& t = checkpoint.tensor(p.location);
+        ThrowIfError(io::Status::Error(io::StatusCode::kResourceExhausted, "allocate",
+                                       "cannot allocate " + std::to_string(t.size_bytes()) +
+                                           " bytes: " + e.what_without_backtrace())
+                         .WithTensor(t.name)
+                         .WithPath(checkpoint.files[p.location.file].path.string()));
+      }
+      targets.push_back(engine::LoadTarget{p.location, static_cast<std::byte*>(tensor.data_ptr())});
+      tensors.emplace(checkpoint.tensor(p.location).name, std::move(tensor));
+    }
+    out.stages.emplace_back("allocate", SecondsSince(stage_start));
+
+    engine::FillOptions fill;
+    fill.backend = backend;
+    fill.threads = options.threads;
+    fill.chunk_bytes = options.chunk_bytes;
+    fill.progress = options.progress;
+    io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
+    if (!stats.ok()) {
+      tensors.clear();  // never hand out half-filled tensors
+      ThrowIfError(stats.status());
+    }
+    out.threads = stats->threads;
+    for (auto& stage : stats->stages) out.stages.push_back(std::move(stage));
+  }
+
+  if (options.dtype) {
+    stage_start = Clock::now();
+    for (auto& [name, tensor] : tensors) {
+      if (!at::isFloatingType(tensor.scalar_type()) || tensor.scalar_type() == *options.dtype) {
+        continue;
+      }
+      try {
+        tensor = tensor.to(*options.dtype);
+      } catch (const c10::Error& e) {
+        tensors.clear();
+        ThrowIfError(LoadStatus("cast", std::string("torch cannot cast it to ") +
+                                            c10::toString(*options.dtype) + ": " +
+                                            e.what_without_backtrace())
+                         .WithTensor(name));
+      }
+    }
+    out.stages.emplace_back("cast", SecondsSince(stage_start));
+  }
+  out.seconds = SecondsSince(start);
+  return tensors;
+}
+
+}  // namespace shardstream

@@ -1,0 +1,98 @@
+// LoadFile: the C++ counterpart of safetensors.torch.load_file.
+//
+//   shardstream::LoadOptions options;          // CPU, pread, one thread per core
+//   shardstream::TensorMap weights = shardstream::LoadFile("model/", options);
+//   at::Tensor w = weights.at("model.embed_tokens.weight");
+//
+// CHECKPOINT is a .safetensors file, a shard index, or a folder (io/checkpoint.h). Every file is
+// validated before a byte of tensor data is read. Owned tensors are allocated once, uninitialised,
+// then filled straight from the files by oneTBB tasks; with `zero_copy` they are instead views into
+// private (copy-on-write) mappings of the files, kept alive by the tensors, like safe_open: nothing
+// is read until touched, and truncating a mapped file while its tensors live kills the process
+// with SIGBUS, as with every mmap-based loader.
+//
+// Dtypes: each safetensors dtype loads as its torch dtype (integration/dtype.h). F4 loads as
+// float4_e2m1fn_x2 with the last dimension halved (an odd last dimension is rule "f4-shape"); the
+// F6 types, which torch cannot represent, load as flat uint8 bytes and are listed in
+// LoadReport::raw_dtypes; asking to cast them is rule "cast".
+//
+// Failure: LoadFile throws LoadError, naming file, tensor, offset and cause; it never returns a
+// partly loaded map. Thread-safe: loads may run concurrently.
+#pragma once
+
+#include "engine/loader.h"
+#include "io/dtype.h"
+#include "io/status.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace shardstream {
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+enum class IoMode : uint8_t {
+  kAuto,   // pread today; io_uring when it lands
+  kPread,  // preadv straight into the tensors
+  kMmap,   // copy out of a mapping of each file (SIGBUS if a file is truncated meanwhile)
+};
+std::optional<IoMode> ParseIoMode(std::string_view name);  // "auto", "pread", "mmap"
+
+struct LoadOptions {
+  std::string device = "cpu";  // only "cpu" in this version
+  IoMode io = IoMode::kAuto;
+  bool zero_copy = false;  // views into file mappings instead of owned memory
+  int threads = 0;         // 0: one per core
+  uint64_t chunk_bytes = engine::kDefaultChunkBytes;
+  std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
+  engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
+};
+
+struct LoadReport {
+  std::string io;  // "pread", "mmap" or "zero-copy"
+  uint64_t bytes = 0;
+  size_t tensors = 0;
+  size_t files = 0;
+  int threads = 0;
+  double seconds = 0;  // from opening the first file to the last byte in place
+  std::vector<std::pair<std::string, double>> stages;
+  std::map<std::string, io::DType> raw_dtypes;  // tensors loaded as bytes: name → file dtype
+  // Every tensor as written in the file (F4 and F6 load with other dtypes and shapes).
+  struct FileTensor {
+    io::DType dtype;
+    std::vector<uint64_t> shape;
+  };
+  std::map<std::string, FileTensor> file_tensors;
+};
+
+// Every failure of LoadFile. what() is one line: "FILE: tensor 'NAME': CAUSE (rule: RULE)".
+class LoadError : public std::runtime_error {
+ public:
+  explicit LoadError(const io::Status& status);
+  const std::string& rule() const { return rule_; }
+  const std::string& file() const { return file_; }
+  const std::string& tensor() const { return tensor_; }
+  std::optional<uint64_t> offset() const { return offset_; }
+  io::StatusCode code() const { return code_; }
+
+ private:
+  std::string rule_, file_, tensor_;
+  std::optional<uint64_t> offset_;
+  io::StatusCode code_;
+};
+
+// Throws LoadError when `status` is an error. The one place a Status becomes an exception.
+void ThrowIfError(const io::Status& status);
+
+TensorMap LoadFile(const std::filesystem::path& checkpoint, const LoadOptions& options = {},
+                   LoadReport* report = nullptr);
+
+}  // namespace shardstream

@@ -1,0 +1,205 @@
+#include "engine/loader.h"
+
+#include "io/checkpoint.h"
+#include "tests/support/test_files.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <string>
+#include <vector>
+
+namespace shardstream::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using shardstream::testing::ScratchDir;
+
+// A valid file of U8 tensors "t0".."t{n-1}", each `size` bytes of a byte pattern that tells
+// tensors and positions apart.
+std::string PatternFile(int n, uint64_t size) {
+  std::string header = "{";
+  std::string data;
+  for (int i = 0; i < n; ++i) {
+    if (i) header += ",";
+    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
+              std::to_string(size) + "],\"data_offsets\":[" + std::to_string(i * size) + "," +
+              std::to_string((i + 1) * size) + "]}";
+    for (uint64_t b = 0; b < size; ++b) data += static_cast<char>((i * 31 + b * 7) & 0xff);
+  }
+  header += "}";
+  return shardstream::testing::SafetensorsBytes(header, data);
+}
+
+struct Loaded {
+  io::Checkpoint checkpoint;
+  std::vector<std::vector<std::byte>> buffers;
+  std::vector<LoadTarget> targets;
+};
+
+Loaded Prepare(const fs::path& path) {
+  auto checkpoint = io::OpenCheckpoint(path);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  Loaded loaded{std::move(*checkpoint), {}, {}};
+  const auto& tensors = loaded.checkpoint.files[0].header.tensors;
+  loaded.buffers.resize(tensors.size());
+  for (uint32_t i = 0; i < tensors.size(); ++i) {
+    loaded.buffers[i].assign(tensors[i].size_bytes(), std::byte{0xAA});
+    loaded.targets.push_back(LoadTarget{{0, i}, loaded.buffers[i].data()});
+  }
+  return loaded;
+}
+
+void ExpectPattern(const Loaded& loaded) {
+  const auto& tensors = loaded.checkpoint.files[0].header.tensors;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int index = std::stoi(tensors[i].name.substr(1));
+    for (uint64_t b = 0; b < tensors[i].size_bytes(); ++b) {
+      ASSERT_EQ(loaded.buffers[i][b], std::byte((index * 31 + b * 7) & 0xff))
+          << tensors[i].name << " byte " << b;
+    }
+  }
+}
+
+class LoaderBackendTest : public ::testing::TestWithParam<io::BackendKind> {};
+
+TEST_P(LoaderBackendTest, FillsEveryTargetAcrossChunksAndThreads) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  for (int threads : {1, 2, 4}) {
+    Loaded loaded = Prepare(path);
+    FillOptions options;
+    options.backend = GetParam();
+    options.threads = threads;
+    options.chunk_bytes = 4096;  // many chunks, tensors split across them
+    auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    EXPECT_EQ(stats->payload_bytes, 40u * 3001);
+    EXPECT_GT(stats->chunks, 20u);
+    ExpectPattern(loaded);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, LoaderBackendTest,
+                         ::testing::Values(io::BackendKind::kPread, io::BackendKind::kMmap),
+                         [](const auto& p) { return std::string(io::BackendName(p.param)); });
+
+TEST(LoaderTest, SameTensorTwiceFillsBothDestinations) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(3, 100));
+  Loaded loaded = Prepare(path);
+  std::vector<std::byte> extra(100, std::byte{0});
+  loaded.targets.push_back(LoadTarget{{0, 1}, extra.data()});
+  ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());
+  ExpectPattern(loaded);
+  EXPECT_EQ(extra, loaded.buffers[1]);
+}
+
+TEST(LoaderTest, SubsetLeavesOtherTensorsUntouched) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(5, 64));
+  Loaded loaded = Prepare(path);
+  std::vector<LoadTarget> some = {loaded.targets[1], loaded.targets[3]};
+  ASSERT_TRUE(FillTargets(loaded.checkpoint, some, {}).ok());
+  EXPECT_EQ(loaded.buffers[0][0], std::byte{0xAA});  // not asked for: still the fill value
+  EXPECT_EQ(loaded.buffers[1][1], std::byte((31 + 7) & 0xff));
+}
+
+TEST(LoaderTest, FileReplacedAfterValidationIsDetectedAtOpen) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(4, 100));
+  Loaded loaded = Prepare(path);
+  shardstream::testing::Truncate(path, 300);
+  auto stats = FillTargets(loaded.checkpoint, loaded.targets, {});
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().rule(), "file-changed");
+  EXPECT_EQ(stats.status().path(), path.string());
+}
+
+// Forwards to a real backend, truncating the file just before the `when`-th request: the file
+// shrinks between planning and reading.
+class TruncatingBackend : public io::ReadBackend {
+ public:
+  TruncatingBackend(const io::FileSet& files, fs::path path, int when, std::atomic<int>* count)
+      : inner_(io::MakeBackend(io::BackendKind::kPread, files)),
+        path_(std::move(path)),
+        when_(when),
+        count_(count) {}
+  io::BackendKind kind() const override { return inner_->kind(); }
+  io::Status Submit(std::span<const io::ReadRequest> requests) override {
+    if (count_->fetch_add(1) + 1 == when_) shardstream::testing::Truncate(path_, 200);
+    return inner_->Submit(requests);
+  }
+  io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
+    return inner_->Reap(out, min);
+  }
+
+ private:
+  std::unique_ptr<io::ReadBackend> inner_;
+  fs::path path_;
+  int when_;
+  std::atomic<int>* count_;
+};
+
+TEST(LoaderTest, FileShrinkingWhileReadingIsAClearError) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(8, 1000));
+  Loaded loaded = Prepare(path);
+  std::atomic<int> count{0};
+  FillOptions options;
+  options.threads = 1;
+  options.chunk_bytes = 1024;
+  options.make_backend = [&](const io::FileSet& files) {
+    return std::make_unique<TruncatingBackend>(files, path, 2, &count);
+  };
+  auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().rule(), "file-changed") << stats.status().ToString();
+  EXPECT_EQ(stats.status().path(), path.string());
+  EXPECT_FALSE(stats.status().tensor().empty()) << stats.status().ToString();
+  EXPECT_TRUE(stats.status().offset().has_value());
+}
+
+TEST(LoaderTest, ProgressReachesTheTotalAndCanCancel) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(10, 5000));
+  Loaded loaded = Prepare(path);
+  uint64_t last_done = 0, total = 0;
+  FillOptions options;
+  options.progress = [&](const Progress& p) {
+    EXPECT_GE(p.done_bytes, last_done);
+    last_done = p.done_bytes;
+    total = p.total_bytes;
+    return true;
+  };
+  ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, options).ok());
+  EXPECT_EQ(last_done, 50000u);
+  EXPECT_EQ(total, 50000u);
+
+  options.progress = [](const Progress&) { return false; };
+  auto cancelled = FillTargets(loaded.checkpoint, loaded.targets, options);
+  ASSERT_FALSE(cancelled.ok());
+  EXPECT_EQ(cancelled.status().rule(), "cancelled");
+}
+
+TEST(LoaderTest, OpensNoFileDescriptorsThatOutliveTheLoad) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(4, 100));
+  auto count_fds = [] {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
+    return n;
+  };
+  Loaded loaded = Prepare(path);
+  const size_t before = count_fds();
+  ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());
+  shardstream::testing::Truncate(path, 10);
+  ASSERT_FALSE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());
+  EXPECT_EQ(count_fds(), before);
+}
+
+}  // namespace
+}  // namespace shardstream::engine

@@ -1,0 +1,293 @@
+// LoadFile against the fixtures' independent checksums, through every backend and zero-copy, and
+// its failure modes.
+#include "integration/load.h"
+
+#include "tests/support/test_files.h"
+
+#include <ATen/ops/zeros.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace shardstream {
+namespace {
+
+namespace fs = std::filesystem;
+using shardstream::testing::Fixture;
+using shardstream::testing::SafetensorsBytes;
+using shardstream::testing::ScratchDir;
+
+// name → sum64 from NAME.sum64.txt (see tests/data/fixtures/README.md).
+std::map<std::string, uint64_t> Sums(const std::string& fixture) {
+  std::ifstream in(Fixture(fixture + ".sum64.txt"));
+  std::map<std::string, uint64_t> sums;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    sums[line.substr(0, line.find(' '))] =
+        std::stoull(line.substr(line.rfind(' ') + 1), nullptr, 16);
+  }
+  return sums;
+}
+
+uint64_t Sum64(const at::Tensor& tensor) {
+  at::Tensor t = tensor.contiguous();
+  const auto* bytes = static_cast<const uint8_t*>(t.data_ptr());
+  const size_t n = t.nbytes();
+  uint64_t sum = 0;
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t word = 0;
+    for (size_t j = 0; j < 8 && i + j < n; ++j) word |= uint64_t{bytes[i + j]} << (8 * j);
+    sum += word;
+  }
+  return sum;
+}
+
+struct Mode {
+  std::string name;
+  LoadOptions options;
+};
+
+std::vector<Mode> Modes() {
+  std::vector<Mode> modes;
+  LoadOptions pread;
+  pread.io = IoMode::kPread;
+  pread.chunk_bytes = 1 << 20;  // mixed.safetensors spans several chunks
+  modes.push_back({"pread", pread});
+  LoadOptions pread_one_thread = pread;
+  pread_one_thread.threads = 1;
+  modes.push_back({"pread1thread", pread_one_thread});
+  LoadOptions mmap;
+  mmap.io = IoMode::kMmap;
+  modes.push_back({"mmap", mmap});
+  LoadOptions zero_copy;
+  zero_copy.zero_copy = true;
+  modes.push_back({"zerocopy", zero_copy});
+  return modes;
+}
+
+class LoadFixtureTest : public ::testing::TestWithParam<std::tuple<std::string, Mode>> {};
+
+TEST_P(LoadFixtureTest, BytesMatchTheReferenceChecksums) {
+  const auto& [fixture, mode] = GetParam();
+  LoadReport report;
+  TensorMap tensors = LoadFile(Fixture(fixture + ".safetensors"), mode.options, &report);
+  const auto sums = Sums(fixture);
+  ASSERT_EQ(tensors.size(), sums.size());
+  EXPECT_EQ(report.tensors, sums.size());
+  for (const auto& [name, sum] : sums) {
+    ASSERT_TRUE(tensors.count(name)) << name;
+    EXPECT_EQ(Sum64(tensors.at(name)), sum) << name;
+    EXPECT_TRUE(tensors.at(name).device().is_cpu());
+  }
+  EXPECT_GT(report.seconds, 0);
+  EXPECT_EQ(report.io, mode.options.zero_copy              ? "zero-copy"
+                       : mode.name.substr(0, 5) == "pread" ? "pread"
+                                                           : "mmap");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LoadFixtureTest,
+                         ::testing::Combine(::testing::Values("dtypes", "mixed", "many_10k"),
+                                            ::testing::ValuesIn(Modes())),
+                         [](const auto& p) {
+                           return std::get<0>(p.param) + "_" + std::get<1>(p.param).name;
+                         });
+
+TEST(LoadFileTest, DTypesAndShapesFollowTheMapping) {
+  TensorMap t = LoadFile(Fixture("dtypes.safetensors"));
+  EXPECT_EQ(t.at("f4").scalar_type(), c10::ScalarType::Float4_e2m1fn_x2);
+  EXPECT_EQ(t.at("f4").sizes(), (std::vector<int64_t>{2}));  // [4] F4 values → 2 packed pairs
+  EXPECT_EQ(t.at("f8_e4m3").scalar_type(), c10::ScalarType::Float8_e4m3fn);
+  EXPECT_EQ(t.at("f8_e8m0").scalar_type(), c10::ScalarType::Float8_e8m0fnu);
+  EXPECT_EQ(t.at("u16").scalar_type(), c10::ScalarType::UInt16);
+  EXPECT_EQ(t.at("scalar_f32").dim(), 0);
+  EXPECT_EQ(t.at("scalar_f32").item<float>(), 3.25f);
+  EXPECT_EQ(t.at("empty_2d_bf16").sizes(), (std::vector<int64_t>{3, 0}));
+  EXPECT_EQ(t.at("f32").sizes(), (std::vector<int64_t>{3, 4}));
+  // f64 holds -2.0 ... 3.5 in steps of 0.5.
+  at::Tensor f64 = t.at("f64").flatten();
+  for (int64_t i = 0; i < f64.numel(); ++i) EXPECT_EQ(f64[i].item<double>(), -2.0 + 0.5 * i);
+}
+
+TEST(LoadFileTest, CastsFloatingTensorsOnly) {
+  LoadOptions options;
+  options.dtype = c10::ScalarType::Float;
+  TensorMap owned = LoadFile(Fixture("mixed.safetensors"));
+  TensorMap cast = LoadFile(Fixture("mixed.safetensors"), options);
+  for (const auto& [name, tensor] : owned) {
+    const at::Tensor& c = cast.at(name);
+    if (at::isFloatingType(tensor.scalar_type())) {
+      EXPECT_EQ(c.scalar_type(), c10::ScalarType::Float) << name;
+      EXPECT_TRUE(c.equal(tensor.to(c10::ScalarType::Float))) << name;
+    } else {
+      EXPECT_EQ(c.scalar_type(), tensor.scalar_type()) << name;
+      EXPECT_TRUE(c.equal(tensor)) << name;
+    }
+  }
+}
+
+TEST(LoadFileTest, PackedF4RefusesCasts) {
+  LoadOptions options;
+  options.dtype = c10::ScalarType::BFloat16;
+  try {
+    LoadFile(Fixture("dtypes.safetensors"), options);
+    FAIL() << "cast of F4 accepted";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "cast");
+    EXPECT_EQ(e.tensor(), "f4");
+  }
+}
+
+TEST(LoadFileTest, F6LoadsAsBytesAndRefusesCasts) {
+  ScratchDir dir;
+  auto path =
+      dir.Write("f6.safetensors", SafetensorsBytes("{\"a\":{\"dtype\":\"F6_E2M3\",\"shape\":[2,4],"
+                                                   "\"data_offsets\":[0,6]}}",
+                                                   "abcdef"));
+  LoadReport report;
+  TensorMap t = LoadFile(path, {}, &report);
+  EXPECT_EQ(t.at("a").scalar_type(), c10::ScalarType::Byte);
+  EXPECT_EQ(t.at("a").sizes(), (std::vector<int64_t>{6}));
+  EXPECT_EQ(t.at("a")[5].item<uint8_t>(), 'f');
+  EXPECT_EQ(report.raw_dtypes.at("a"), io::DType::kF6E2M3);
+
+  LoadOptions cast;
+  cast.dtype = c10::ScalarType::BFloat16;
+  try {
+    LoadFile(path, cast);
+    FAIL() << "cast of F6 accepted";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "cast");
+    EXPECT_EQ(e.tensor(), "a");
+    EXPECT_EQ(e.file(), path.string());
+  }
+}
+
+TEST(LoadFileTest, OddF4LastDimensionIsRefused) {
+  ScratchDir dir;
+  auto path = dir.Write(
+      "f4.safetensors",
+      SafetensorsBytes("{\"a\":{\"dtype\":\"F4\",\"shape\":[2,3],\"data_offsets\":[0,3]}}", "abc"));
+  try {
+    LoadFile(path);
+    FAIL() << "odd F4 accepted";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "f4-shape");
+    EXPECT_EQ(e.tensor(), "a");
+  }
+}
+
+TEST(LoadFileTest, InvalidFileThrowsWithFileTensorAndRule) {
+  ScratchDir dir;
+  auto path = dir.Write(
+      "bad.safetensors",
+      SafetensorsBytes("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", "abcd"));
+  try {
+    LoadFile(path);
+    FAIL() << "invalid file loaded";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "size-mismatch");
+    EXPECT_EQ(e.file(), path.string());
+    EXPECT_EQ(e.tensor(), "w");
+    EXPECT_EQ(e.code(), io::StatusCode::kInvalidFormat);
+  }
+}
+
+TEST(LoadFileTest, MissingShardThrows) {
+  ScratchDir dir;
+  dir.Write("model.safetensors.index.json",
+            "{\"weight_map\":{\"a\":\"model-00001-of-00001.safetensors\"}}");
+  try {
+    LoadFile(dir.path());
+    FAIL() << "loaded without its shard";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "index-shard-missing");
+    EXPECT_NE(std::string(e.what()).find("model-00001-of-00001.safetensors"), std::string::npos);
+  }
+}
+
+TEST(LoadFileTest, UnreadableFileThrowsPermissionDenied) {
+  ScratchDir dir;
+  auto path = dir.Write("locked.safetensors", SafetensorsBytes("{}"));
+  shardstream::testing::Chmod(path, 0);
+  auto refused = [&] {
+    try {
+      LoadFile(path);
+    } catch (const LoadError& e) {
+      return e.rule() == "permission-denied" && e.file() == path.string();
+    }
+    return false;
+  };
+  if (::geteuid() != 0) {
+    EXPECT_TRUE(refused());
+    return;
+  }
+  EXPECT_EXIT(
+      {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) std::_Exit(2);
+        std::_Exit(refused() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(LoadFileTest, CancelledLoadThrowsAndReturnsNothing) {
+  LoadOptions options;
+  options.progress = [](const engine::Progress&) { return false; };
+  try {
+    LoadFile(Fixture("mixed.safetensors"), options);
+    FAIL() << "cancel ignored";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "cancelled");
+    EXPECT_EQ(e.code(), io::StatusCode::kCancelled);
+  }
+}
+
+TEST(LoadFileTest, CudaDeviceIsAClearErrorForNow) {
+  LoadOptions options;
+  options.device = "cuda:0";
+  try {
+    LoadFile(Fixture("dtypes.safetensors"), options);
+    FAIL() << "cuda accepted";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "device");
+  }
+}
+
+TEST(LoadFileTest, ZeroCopyTensorsOutliveTheMapAndNeverWriteTheFile) {
+  ScratchDir dir;
+  auto path = dir.Write(
+      "w.safetensors",
+      SafetensorsBytes("{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", "wxyz"));
+  LoadOptions options;
+  options.zero_copy = true;
+  at::Tensor a;
+  {
+    TensorMap t = LoadFile(path, options);
+    a = t.at("a");
+  }
+  EXPECT_EQ(a[3].item<uint8_t>(), 'z');
+  a.zero_();  // copy-on-write: the tensor changes, the file does not
+  EXPECT_EQ(a[3].item<uint8_t>(), 0);
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(bytes.substr(bytes.size() - 4), "wxyz");
+}
+
+TEST(LoadFileTest, OwnedTensorsAreIndependentAndWritable) {
+  TensorMap t = LoadFile(Fixture("mixed.safetensors"));
+  for (auto& [name, tensor] : t) {
+    EXPECT_TRUE(tensor.is_contiguous()) << name;
+    if (tensor.numel() > 0) {
+      EXPECT_EQ(tensor.storage().nbytes(), tensor.nbytes()) << name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardstream
