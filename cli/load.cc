@@ -25,11 +25,12 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 9> kFlags = {{
+constexpr std::array<FlagSpec, 10> kFlags = {{
     {"device", "DEV", "target device (cpu; default cpu)"},
     {"io", "MODE", "auto, pread or mmap (default auto = pread)"},
     {"zero-copy", "", "tensors view private mappings of the files instead of owning memory"},
     {"threads", "N", "worker threads (default: one per core)"},
+    {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
     {"chunk-mb", "N", "largest single read in MiB (default 16)"},
     {"dtype", "DT", "cast floating-point tensors to bf16, f16 or f32 after loading"},
     {"digest", "", "print 'name<TAB>DTYPE<TAB>[shape]<TAB>sha256' per tensor, sorted by name"},
@@ -139,6 +140,7 @@ int RunLoad(std::span<char* const> argv) {
     options.io = *mode;
   }
   options.zero_copy = args->Has("zero-copy");
+  options.huge_pages = args->Has("huge-pages");
   if (options.zero_copy && args->Has("io")) {
     PrintError("--zero-copy maps the files itself: it takes no --io");
     return kExitUsage;

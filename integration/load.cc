@@ -1,5 +1,6 @@
 #include "integration/load.h"
 
+#include "engine/host_memory.h"
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
 #include "io/read_backend.h"
@@ -176,17 +177,19 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     std::vector<engine::LoadTarget> targets;
     targets.reserve(planned.size());
     for (const Planned& p : planned) {
-      at::Tensor tensor;
-      try {
-        tensor = at::empty(p.shape, at::TensorOptions().dtype(p.dtype));
-      } catch (const c10::Error& e) {
-        const io::TensorInfo& t = checkpoint.tensor(p.location);
-        ThrowIfError(io::Status::Error(io::StatusCode::kResourceExhausted, "allocate",
-                                       "cannot allocate " + std::to_string(t.size_bytes()) +
-                                           " bytes: " + e.what_without_backtrace())
-                         .WithTensor(t.name)
-                         .WithPath(checkpoint.files[p.location.file].path.string()));
+      const io::TensorInfo& t = checkpoint.tensor(p.location);
+      const uint64_t bytes = t.size_bytes();
+      auto buffer = engine::AllocateHostBuffer(bytes, options.huge_pages);
+      if (!buffer.ok()) {
+        tensors.clear();
+        ThrowIfError(std::move(buffer).status().WithTensor(t.name).WithPath(
+            checkpoint.files[p.location.file].path.string()));
       }
+      std::byte* data = *buffer;
+      at::Tensor tensor = at::from_blob(
+          data, p.shape,
+          [bytes](void* ptr) { engine::FreeHostBuffer(static_cast<std::byte*>(ptr), bytes); },
+          at::TensorOptions().dtype(p.dtype));
       targets.push_back(engine::LoadTarget{p.location, static_cast<std::byte*>(tensor.data_ptr())});
       tensors.emplace(checkpoint.tensor(p.location).name, std::move(tensor));
     }

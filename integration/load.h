@@ -49,8 +49,9 @@ std::optional<IoMode> ParseIoMode(std::string_view name);  // "auto", "pread", "
 struct LoadOptions {
   std::string device = "cpu";  // only "cpu" in this version
   IoMode io = IoMode::kAuto;
-  bool zero_copy = false;  // views into file mappings instead of owned memory
-  int threads = 0;         // 0: one per core
+  bool zero_copy = false;   // views into file mappings instead of owned memory
+  bool huge_pages = false;  // back large tensors with transparent huge pages (engine/host_memory.h)
+  int threads = 0;          // 0: one per core
   uint64_t chunk_bytes = engine::kDefaultChunkBytes;
   std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
   engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")

@@ -1,0 +1,29 @@
+// Destination memory for CPU loads.
+//
+// First-touch page faults, not copying, bound a load into fresh memory. Large buffers come from
+// their own anonymous mapping, 2 MiB-aligned; with `huge_pages` it is marked MADV_HUGEPAGE so the
+// reading threads fault it in 2 MiB at a time. Small buffers come from malloc. Each buffer is
+// independent: freeing one returns its memory at once.
+//
+// Huge pages are a measured trade-off, not a default (BENCHMARKS.md): a 2 GB load ran at 15 GB/s
+// into huge pages the kernel had just freed, but at 1–4.5 GB/s when the 2 MiB blocks came back
+// from the hypervisor (free page reporting on a VM: 89% of the time in clear_page_erms), against
+// a steady 4.4 GB/s into 4 KiB pages.
+#pragma once
+
+#include "io/status.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace shardstream::engine {
+
+// Buffers at least this large get their own huge-page mapping.
+inline constexpr uint64_t kHugePageBytes = 2ull << 20;
+
+// An uninitialised buffer of `size_bytes` (64-byte aligned at least). Free it with
+// FreeHostBuffer(data, size_bytes). Errors: rule "memory" (ENOMEM and friends). Thread-safe.
+io::Result<std::byte*> AllocateHostBuffer(uint64_t size_bytes, bool huge_pages = false);
+void FreeHostBuffer(std::byte* data, uint64_t size_bytes) noexcept;
+
+}  // namespace shardstream::engine
