@@ -69,6 +69,19 @@ std::filesystem::path ScratchDir::Write(std::string_view name, std::string_view 
   return file;
 }
 
+void ExpectTrueWithoutPrivileges(const std::function<bool()>& check) {
+  if (::geteuid() != 0) {
+    EXPECT_TRUE(check());
+    return;
+  }
+  EXPECT_EXIT(
+      {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) std::_Exit(2);
+        std::_Exit(check() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 std::string SafetensorsBytesWithLength(uint64_t declared_length, std::string_view header,
                                        std::string_view data) {
   std::string out(8, '\0');

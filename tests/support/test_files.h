@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -35,6 +36,11 @@ class ScratchDir {
 void MakeDirs(const std::filesystem::path& dir);
 void Truncate(const std::filesystem::path& file, uint64_t size_bytes);
 void Chmod(const std::filesystem::path& path, unsigned mode);
+
+// Expects `check()` to return true when run without privileges: directly when the test is not
+// root, else in a child process that drops to uid/gid 65534 first (root reads any file, so a
+// permission test run as root would check nothing).
+void ExpectTrueWithoutPrivileges(const std::function<bool()>& check);
 
 // 8-byte little-endian length + `header` + `data`: a safetensors file's bytes.
 std::string SafetensorsBytes(std::string_view header, std::string_view data = {});
