@@ -25,9 +25,10 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 10> kFlags = {{
+constexpr std::array<FlagSpec, 11> kFlags = {{
     {"device", "DEV", "target device (cpu; default cpu)"},
-    {"io", "MODE", "auto, pread or mmap (default auto = pread)"},
+    {"io", "MODE", "auto, pread, mmap or uring (default auto = pread)"},
+    {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
     {"zero-copy", "", "tensors view private mappings of the files instead of owning memory"},
     {"threads", "N", "worker threads (default: one per core)"},
     {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
@@ -134,7 +135,7 @@ int RunLoad(std::span<char* const> argv) {
   if (auto io_name = args->Get("io")) {
     std::optional<IoMode> mode = ParseIoMode(*io_name);
     if (!mode) {
-      PrintError("--io must be auto, pread or mmap, not '" + *io_name + "'");
+      PrintError("--io must be auto, pread, mmap or uring, not '" + *io_name + "'");
       return kExitUsage;
     }
     options.io = *mode;
@@ -145,6 +146,13 @@ int RunLoad(std::span<char* const> argv) {
     PrintError("--zero-copy maps the files itself: it takes no --io");
     return kExitUsage;
   }
+  std::optional<uint64_t> queue_depth = args->GetUint("queue-depth", engine::kDefaultQueueDepth);
+  if (!queue_depth) return kExitUsage;
+  if (*queue_depth == 0 || *queue_depth > 4096) {
+    PrintError("--queue-depth must be 1..4096");
+    return kExitUsage;
+  }
+  options.queue_depth = static_cast<uint32_t>(*queue_depth);
   std::optional<uint64_t> threads = args->GetUint("threads", 0);
   std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", engine::kDefaultChunkBytes >> 20);
   if (!threads || !chunk_mb) return kExitUsage;
@@ -176,6 +184,10 @@ int RunLoad(std::span<char* const> argv) {
     return kExitFailure;
   }
   bar.Clear();
+  if (!report.fallback.empty()) {
+    std::fprintf(stderr, "shardstream: io_uring unavailable, reading with pread instead: %s\n",
+                 report.fallback.c_str());
+  }
 
   std::vector<DigestLine> digests;
   if (digest) digests = Digest(tensors, report);
@@ -189,6 +201,9 @@ int RunLoad(std::span<char* const> argv) {
     out.Field("files", uint64_t{report.files}).Field("seconds", report.seconds);
     out.Field("gbps", gbps).Field("io", report.io).Field("zero_copy", options.zero_copy);
     out.Field("threads", uint64_t(report.threads)).Field("chunk_bytes", options.chunk_bytes);
+    out.Field("queue_depth", uint64_t{options.queue_depth});
+    out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
+    out.Field("fallback", report.fallback);
     out.Key("stages").BeginObject();
     for (const auto& [stage, seconds] : report.stages) out.Field(stage, seconds);
     out.EndObject();
@@ -225,7 +240,8 @@ int RunLoad(std::span<char* const> argv) {
   text << "time        " << rate << "\n";
   text << "io          " << report.io;
   if (!options.zero_copy) {
-    text << ", " << report.threads << " threads, " << FormatBytes(options.chunk_bytes) << " chunks";
+    text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
+         << FormatBytes(options.chunk_bytes) << " chunks";
   }
   text << "\nstages     ";
   for (const auto& [stage, seconds] : report.stages) {

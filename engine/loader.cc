@@ -1,9 +1,7 @@
 #include "engine/loader.h"
 
-#include <oneapi/tbb/enumerable_thread_specific.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
-#include <oneapi/tbb/task_group.h>
 
 #include <atomic>
 #include <chrono>
@@ -134,8 +132,11 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
   stats.chunks = plan.chunks.size();
   stats.stages.emplace_back("plan", SecondsSince(stage_start));
 
-  // Read: one task per chunk. Each builds the chunk's iovec list — destinations for pieces, a
-  // per-thread scratch buffer for the small gaps read through — and reads it in one request.
+  // Read: `threads` workers, each with its own backend, take chunks in file order from a shared
+  // counter and keep up to `queue_depth` of them in flight (one for the synchronous backends,
+  // whose Submit does the read). A chunk is one request: its iovec list scatters the file range
+  // into the destinations it covers, and a per-worker scratch buffer swallows the small gaps read
+  // through.
   stage_start = Clock::now();
   const int threads = options.threads > 0
                           ? options.threads
@@ -143,80 +144,111 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
   stats.threads = threads;
   FirstError first_error;
   ProgressReporter progress(options.progress, plan.payload_bytes);
-  tbb::task_group_context context;
-  struct Worker {
-    std::unique_ptr<io::ReadBackend> backend;
-    std::vector<iovec> iovecs;
-    std::unique_ptr<std::byte[]> scratch;
-  };
-  tbb::enumerable_thread_specific<Worker> workers;
+  std::atomic<size_t> next_chunk{0};
+  std::atomic<bool> stop{false};
+  std::atomic<uint32_t> in_flight{0};
+  std::atomic<uint32_t> peak_in_flight{0};
+  std::atomic<bool> fell_back{false};
 
-  auto run_chunk = [&](size_t c) {
-    const Chunk& chunk = plan.chunks[c];
-    Worker& worker = workers.local();
-    if (!worker.backend) {
-      worker.backend = options.make_backend ? options.make_backend(files)
-                                            : io::MakeBackend(options.backend, files);
-      worker.scratch.reset(new std::byte[kDefaultReadGapBytes]);
-    }
-    worker.iovecs.clear();
-    uint64_t cursor = 0;
-    for (const Piece& piece : plan.PiecesOf(chunk)) {
-      if (piece.chunk_offset > cursor) {
-        worker.iovecs.push_back(iovec{worker.scratch.get(), piece.chunk_offset - cursor});
+  auto fail = [&](io::Status status) {
+    first_error.Record(std::move(status));
+    stop.store(true, std::memory_order_relaxed);
+  };
+
+  auto run_worker = [&] {
+    std::unique_ptr<io::ReadBackend> backend;
+    if (options.make_backend) {
+      backend = options.make_backend(files);
+    } else {
+      auto made = io::MakeBackendOrError(options.backend, files);
+      if (!made.ok() && options.backend == io::BackendKind::kUring && options.fall_back_to_pread) {
+        // io_uring refused (old kernel, seccomp): pread does the same job, only with less overlap.
+        if (!fell_back.exchange(true)) stats.fallback = made.status().ToString();
+        made = io::MakeBackendOrError(io::BackendKind::kPread, files);
       }
-      worker.iovecs.push_back(
-          iovec{unique_destinations[piece.target] + piece.target_offset, piece.length});
-      cursor = piece.chunk_offset + piece.length;
+      if (!made.ok()) return fail(std::move(made).status());
+      backend = std::move(*made);
     }
-    io::ReadRequest request{chunk.file, chunk.file_offset, worker.iovecs, c};
-    io::Status status = worker.backend->Submit(std::span(&request, 1));
-    io::Completion completion;
-    if (status.ok()) {
-      auto reaped = worker.backend->Reap(std::span(&completion, 1), 1);
-      if (!reaped.ok()) {
-        status = std::move(reaped).status();
-      } else if (*reaped != 1) {
-        status = io::Status::Error(io::StatusCode::kInternal, "io", "read did not complete");
-      } else {
-        status = std::move(completion.status);
+    const size_t depth =
+        backend->kind() == io::BackendKind::kUring ? std::max<uint32_t>(1, options.queue_depth) : 1;
+    struct Slot {
+      std::vector<iovec> iovecs;
+      size_t chunk = 0;
+    };
+    std::vector<Slot> slots(depth);
+    std::vector<size_t> free_slots;
+    for (size_t i = depth; i > 0; --i) free_slots.push_back(i - 1);
+    std::unique_ptr<std::byte[]> scratch(new std::byte[kDefaultReadGapBytes]);
+    std::vector<io::ReadRequest> batch;
+    std::vector<io::Completion> done(depth);
+    size_t outstanding = 0;
+    while (true) {
+      batch.clear();
+      while (!stop.load(std::memory_order_relaxed) && !free_slots.empty()) {
+        const size_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
+        if (c >= plan.chunks.size()) break;
+        const size_t s = free_slots.back();
+        free_slots.pop_back();
+        Slot& slot = slots[s];
+        slot.chunk = c;
+        slot.iovecs.clear();
+        const Chunk& chunk = plan.chunks[c];
+        uint64_t cursor = 0;
+        for (const Piece& piece : plan.PiecesOf(chunk)) {
+          if (piece.chunk_offset > cursor) {
+            slot.iovecs.push_back(iovec{scratch.get(), piece.chunk_offset - cursor});
+          }
+          slot.iovecs.push_back(
+              iovec{unique_destinations[piece.target] + piece.target_offset, piece.length});
+          cursor = piece.chunk_offset + piece.length;
+        }
+        batch.push_back(io::ReadRequest{chunk.file, chunk.file_offset, slot.iovecs, s});
       }
-    }
-    if (!status.ok()) {
-      const uint64_t at = status.offset().value_or(chunk.file_offset);
-      status.WithTensor(TensorAt(checkpoint, chunk.file, at));
-      first_error.Record(std::move(status));
-      context.cancel_group_execution();
-      return;
-    }
-    if (!progress.Add(chunk.needed_bytes)) {
-      first_error.Record(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
-                                           "load cancelled by the progress callback"));
-      context.cancel_group_execution();
+      if (!batch.empty()) {
+        if (io::Status status = backend->Submit(batch); !status.ok())
+          return fail(std::move(status));
+        outstanding += batch.size();
+        const uint32_t now = in_flight.fetch_add(static_cast<uint32_t>(batch.size())) +
+                             static_cast<uint32_t>(batch.size());
+        uint32_t peak = peak_in_flight.load(std::memory_order_relaxed);
+        while (now > peak && !peak_in_flight.compare_exchange_weak(peak, now)) {
+        }
+      }
+      if (outstanding == 0) return;
+      auto reaped = backend->Reap(done, 1);
+      if (!reaped.ok()) return fail(std::move(reaped).status());  // the backend drains on exit
+      for (size_t i = 0; i < *reaped; ++i) {
+        const size_t s = done[i].id;
+        const Chunk& chunk = plan.chunks[slots[s].chunk];
+        --outstanding;
+        in_flight.fetch_sub(1, std::memory_order_relaxed);
+        free_slots.push_back(s);
+        if (io::Status& status = done[i].status; !status.ok()) {
+          const uint64_t at = status.offset().value_or(chunk.file_offset);
+          status.WithTensor(TensorAt(checkpoint, chunk.file, at));
+          fail(std::move(status));
+        } else if (!progress.Add(chunk.needed_bytes)) {
+          fail(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
+                                 "load cancelled by the progress callback"));
+        }
+      }
     }
   };
 
   tbb::task_arena arena(threads);
   arena.execute([&] {
-    tbb::parallel_for(
-        tbb::blocked_range<size_t>(0, plan.chunks.size(), 1),
-        [&](const tbb::blocked_range<size_t>& range) {
-          for (size_t c = range.begin(); c != range.end(); ++c) {
-            try {
-              run_chunk(c);
-            } catch (const std::bad_alloc&) {
-              first_error.Record(io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
-                                                   "out of memory while reading"));
-              context.cancel_group_execution();
-            } catch (const std::exception& e) {
-              first_error.Record(
-                  io::Status::Error(io::StatusCode::kInternal, "internal", e.what()));
-              context.cancel_group_execution();
-            }
-          }
-        },
-        tbb::simple_partitioner(), context);
+    tbb::parallel_for(0, threads, [&](int) {
+      try {
+        run_worker();
+      } catch (const std::bad_alloc&) {
+        fail(io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
+                               "out of memory while reading"));
+      } catch (const std::exception& e) {
+        fail(io::Status::Error(io::StatusCode::kInternal, "internal", e.what()));
+      }
+    });
   });
+  stats.peak_in_flight = peak_in_flight.load();
   if (io::Status error = first_error.Take(); !error.ok()) return error;
   if (!progress.Final()) {
     return io::Status::Error(io::StatusCode::kCancelled, "cancelled",

@@ -42,6 +42,7 @@ struct Progress {
 using ProgressFn = std::function<bool(const Progress&)>;
 
 inline constexpr uint64_t kDefaultReadGapBytes = 64 << 10;
+inline constexpr uint32_t kDefaultQueueDepth = 8;
 
 // Makes the read backend of one worker thread. The seam for fault injection: tests wrap a real
 // backend to fail, shorten or delay reads.
@@ -52,6 +53,8 @@ struct FillOptions {
   BackendFactory make_backend;  // overrides `backend` when set
   int threads = 0;              // 0: one per core
   uint64_t chunk_bytes = kDefaultChunkBytes;
+  uint32_t queue_depth = kDefaultQueueDepth;  // reads in flight per thread (io_uring only)
+  bool fall_back_to_pread = true;  // io_uring refused: use pread, say why in FillStats::fallback
   ProgressFn progress;
 };
 
@@ -60,6 +63,8 @@ struct FillStats {
   uint64_t read_bytes = 0;     // bytes read (payload and small gaps)
   size_t chunks = 0;
   int threads = 0;
+  uint32_t peak_in_flight = 0;  // most reads in flight at once, over all threads
+  std::string fallback;         // why io_uring was not used, when it was asked for and refused
   // (stage, seconds) in order: open, plan, read.
   std::vector<std::pair<std::string, double>> stages;
 };

@@ -69,6 +69,7 @@ std::optional<IoMode> ParseIoMode(std::string_view name) {
   if (name == "auto") return IoMode::kAuto;
   if (name == "pread") return IoMode::kPread;
   if (name == "mmap") return IoMode::kMmap;
+  if (name == "uring" || name == "io_uring") return IoMode::kUring;
   return std::nullopt;
 }
 
@@ -171,8 +172,9 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     out.stages.emplace_back("views", SecondsSince(stage_start));
   } else {
     const IoMode mode = options.io == IoMode::kAuto ? IoMode::kPread : options.io;
-    const io::BackendKind backend =
-        mode == IoMode::kMmap ? io::BackendKind::kMmap : io::BackendKind::kPread;
+    const io::BackendKind backend = mode == IoMode::kMmap    ? io::BackendKind::kMmap
+                                    : mode == IoMode::kUring ? io::BackendKind::kUring
+                                                             : io::BackendKind::kPread;
     out.io = std::string(io::BackendName(backend));
     std::vector<engine::LoadTarget> targets;
     targets.reserve(planned.size());
@@ -199,6 +201,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     fill.backend = backend;
     fill.threads = options.threads;
     fill.chunk_bytes = options.chunk_bytes;
+    fill.queue_depth = options.queue_depth;
     fill.progress = options.progress;
     io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
     if (!stats.ok()) {
@@ -206,6 +209,11 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       ThrowIfError(stats.status());
     }
     out.threads = stats->threads;
+    out.peak_in_flight = stats->peak_in_flight;
+    if (!stats->fallback.empty()) {
+      out.fallback = stats->fallback;
+      out.io = std::string(io::BackendName(io::BackendKind::kPread));
+    }
     for (auto& stage : stats->stages) out.stages.push_back(std::move(stage));
   }
 

@@ -40,11 +40,13 @@ namespace shardstream {
 using TensorMap = std::map<std::string, at::Tensor>;
 
 enum class IoMode : uint8_t {
-  kAuto,   // pread today; io_uring when it lands
+  kAuto,   // pread (see BENCHMARKS.md for why not io_uring yet)
   kPread,  // preadv straight into the tensors
   kMmap,   // copy out of a mapping of each file (SIGBUS if a file is truncated meanwhile)
+  kUring,  // io_uring readv straight into the tensors, `queue_depth` reads in flight per thread;
+           // falls back to pread (LoadReport::fallback says why) where io_uring is unavailable
 };
-std::optional<IoMode> ParseIoMode(std::string_view name);  // "auto", "pread", "mmap"
+std::optional<IoMode> ParseIoMode(std::string_view name);  // "auto", "pread", "mmap", "uring"
 
 struct LoadOptions {
   std::string device = "cpu";  // only "cpu" in this version
@@ -53,12 +55,15 @@ struct LoadOptions {
   bool huge_pages = false;  // back large tensors with transparent huge pages (engine/host_memory.h)
   int threads = 0;          // 0: one per core
   uint64_t chunk_bytes = engine::kDefaultChunkBytes;
+  uint32_t queue_depth = engine::kDefaultQueueDepth;  // io_uring reads in flight per thread
   std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
   engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
 };
 
 struct LoadReport {
-  std::string io;  // "pread", "mmap" or "zero-copy"
+  std::string io;        // "pread", "mmap", "uring" or "zero-copy": what actually read the bytes
+  std::string fallback;  // why the asked-for backend was not used (empty when it was)
+  uint32_t peak_in_flight = 0;  // most reads in flight at once
   uint64_t bytes = 0;
   size_t tensors = 0;
   size_t files = 0;

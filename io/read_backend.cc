@@ -1,10 +1,13 @@
 #include "io/read_backend.h"
 
+#include "io/uring_backend.h"
+
 #include <sys/mman.h>
 #include <sys/uio.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits.h>
 #include <mutex>
@@ -15,13 +18,7 @@ namespace {
 
 constexpr size_t kMaxIovecs = IOV_MAX;
 
-Status FileChanged(uint64_t offset, uint64_t wanted, uint64_t got) {
-  return Status::Error(StatusCode::kIoError, "file-changed",
-                       "unexpected end of file: wanted " + std::to_string(wanted) + " bytes, got " +
-                           std::to_string(got) +
-                           " (was the file truncated or replaced while loading?)")
-      .WithOffset(offset + got);
-}
+using detail::FileChanged;
 
 // preadv until every buffer is full. Batches of at most IOV_MAX iovecs; a short read resumes
 // at the advanced offset inside the partly filled buffer.
@@ -78,7 +75,7 @@ class SyncBackend : public ReadBackend {
                           ? Read(r)
                           : Status::Error(StatusCode::kInternal, "io", "request for unknown file");
       if (!status.ok()) {
-        status.WithPath(files_.path(r.file).string());
+        if (r.file < files_.size()) status.WithPath(files_.path(r.file).string());
         status.WithOffset(r.offset);
       }
       done_.push_back(Completion{r.id, std::move(status)});
@@ -122,13 +119,17 @@ class MmapBackend final : public SyncBackend {
  private:
   Status Read(const ReadRequest& r) override {
     SHARDSTREAM_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> map, files_.Mapping(r.file));
+    // Check the whole range first, overflow-safe, so that the error names the offset where the
+    // file ends (as pread reports it) rather than where the failing buffer starts.
+    uint64_t total = 0;
+    for (const iovec& v : r.buffers) total += v.iov_len;
+    const uint64_t size = map->size_bytes();
+    if (total > size || r.offset > size - total) {
+      return FileChanged(r.offset, total, size > r.offset ? size - r.offset : 0);
+    }
     uint64_t offset = r.offset;
     for (const iovec& v : r.buffers) {
-      if (offset + v.iov_len > map->size_bytes()) {
-        return FileChanged(r.offset, v.iov_len,
-                           map->size_bytes() - std::min(offset, map->size_bytes()));
-      }
-      std::memcpy(v.iov_base, map->data() + offset, v.iov_len);
+      if (v.iov_len > 0) std::memcpy(v.iov_base, map->data() + offset, v.iov_len);
       offset += v.iov_len;
     }
     return Status::Ok();
@@ -136,6 +137,16 @@ class MmapBackend final : public SyncBackend {
 };
 
 }  // namespace
+
+namespace detail {
+Status FileChanged(uint64_t offset, uint64_t wanted_bytes, uint64_t got_bytes) {
+  return Status::Error(StatusCode::kIoError, "file-changed",
+                       "unexpected end of file: wanted " + std::to_string(wanted_bytes) +
+                           " bytes, got " + std::to_string(got_bytes) +
+                           " (was the file truncated or replaced while loading?)")
+      .WithOffset(offset + got_bytes);
+}
+}  // namespace detail
 
 Result<std::shared_ptr<MappedFile>> MappedFile::Map(int fd, uint64_t size_bytes,
                                                     const std::filesystem::path& path,
@@ -188,6 +199,8 @@ std::string_view BackendName(BackendKind kind) {
       return "pread";
     case BackendKind::kMmap:
       return "mmap";
+    case BackendKind::kUring:
+      return "uring";
   }
   return "unknown";
 }
@@ -195,17 +208,37 @@ std::string_view BackendName(BackendKind kind) {
 std::optional<BackendKind> ParseBackend(std::string_view name) {
   if (name == "pread") return BackendKind::kPread;
   if (name == "mmap") return BackendKind::kMmap;
+  if (name == "uring" || name == "io_uring") return BackendKind::kUring;
   return std::nullopt;
 }
 
 std::unique_ptr<ReadBackend> MakeBackend(BackendKind kind, const FileSet& files) {
+  Result<std::unique_ptr<ReadBackend>> backend = MakeBackendOrError(kind, files);
+  return backend.ok() ? std::move(backend).value() : nullptr;
+}
+
+Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const FileSet& files) {
   switch (kind) {
     case BackendKind::kPread:
-      return std::make_unique<PreadBackend>(files);
+      return std::unique_ptr<ReadBackend>(std::make_unique<PreadBackend>(files));
     case BackendKind::kMmap:
-      return std::make_unique<MmapBackend>(files);
+      return std::unique_ptr<ReadBackend>(std::make_unique<MmapBackend>(files));
+    case BackendKind::kUring:
+      // A switch for hosts where io_uring misbehaves, and the way tests force the fallback.
+      if (const char* off = std::getenv("SHARDSTREAM_DISABLE_IO_URING");
+          off && *off && *off != '0') {
+        return Status::Error(StatusCode::kUnsupported, "io-uring-unavailable",
+                             "io_uring disabled by SHARDSTREAM_DISABLE_IO_URING");
+      }
+#ifdef SHARDSTREAM_HAVE_IO_URING
+      return MakeUringBackend(files);
+#else
+      return Status::Error(StatusCode::kUnsupported, "io-uring-unavailable",
+                           "this build of shardstream has no io_uring support (built without "
+                           "liburing)");
+#endif
   }
-  return nullptr;
+  return Status::Error(StatusCode::kInvalidArgument, "io", "unknown read backend");
 }
 
 }  // namespace shardstream::io

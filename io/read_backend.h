@@ -10,6 +10,9 @@
 //   pread  preadv(2) straight into the destinations; the default, and safe if files change.
 //   mmap   memcpy out of a read-only mapping of each file; if a file is truncated while mapped,
 //          the process gets SIGBUS and dies, as with every mmap-based loader. Never the default.
+//   uring  io_uring (io/uring_backend.h): many reads in flight per thread. Needs liburing at build
+//          time and a kernel that allows io_uring at run time; where it is missing,
+//          MakeBackendOrError says so (rule "io-uring-unavailable") and callers use pread.
 //
 // Backends are not thread-safe: one per thread. FileSet and MappedFile are immutable after creation
 // and may be shared by every thread.
@@ -91,7 +94,8 @@ struct Completion {
   Status status;
 };
 
-enum class BackendKind : uint8_t { kPread, kMmap };
+enum class BackendKind : uint8_t { kPread, kMmap, kUring };
+// "pread", "mmap", "uring". ParseBackend also accepts "io_uring".
 std::string_view BackendName(BackendKind kind);
 std::optional<BackendKind> ParseBackend(std::string_view name);
 
@@ -107,7 +111,20 @@ class ReadBackend {
   [[nodiscard]] virtual Result<size_t> Reap(std::span<Completion> out, size_t min_completions) = 0;
 };
 
-// A backend of `kind` reading the files of `files`, which must outlive it.
+// A backend of `kind` reading the files of `files`, which must outlive it. pread and mmap always
+// succeed. kUring is made with default UringOptions; when io_uring is unavailable (built without
+// liburing, kernel without it, forbidden by seccomp) MakeBackend returns nullptr, so callers that
+// may ask for kUring must check, or use MakeBackendOrError, which says why.
 std::unique_ptr<ReadBackend> MakeBackend(BackendKind kind, const FileSet& files);
+// Setting SHARDSTREAM_DISABLE_IO_URING=1 in the environment makes kUring unavailable.
+// MakeBackend with the reason for a failure: for kUring, rule "io-uring-unavailable" with errno
+// (kUnsupported when this build has no liburing), after which the caller may fall back to pread.
+Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const FileSet& files);
+
+namespace detail {
+// For backend implementations: the error for a file that ended at `offset + got_bytes` inside a
+// request for `wanted_bytes` at `offset`. Rule "file-changed", offset set to where the file ended.
+Status FileChanged(uint64_t offset, uint64_t wanted_bytes, uint64_t got_bytes);
+}  // namespace detail
 
 }  // namespace shardstream::io

@@ -84,8 +84,44 @@ TEST_P(LoaderBackendTest, FillsEveryTargetAcrossChunksAndThreads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LoaderBackendTest,
-                         ::testing::Values(io::BackendKind::kPread, io::BackendKind::kMmap),
+                         ::testing::Values(io::BackendKind::kPread, io::BackendKind::kMmap,
+                                           io::BackendKind::kUring),
                          [](const auto& p) { return std::string(io::BackendName(p.param)); });
+
+TEST(LoaderTest, UringKeepsSeveralReadsInFlight) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(64, 5000));
+  Loaded loaded = Prepare(path);
+  FillOptions options;
+  options.backend = io::BackendKind::kUring;
+  options.threads = 1;
+  options.queue_depth = 4;
+  options.chunk_bytes = 4096;
+  auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  if (!stats->fallback.empty()) GTEST_SKIP() << "io_uring unavailable: " << stats->fallback;
+  EXPECT_GT(stats->peak_in_flight, 1u);
+  EXPECT_LE(stats->peak_in_flight, 4u);
+  ExpectPattern(loaded);
+}
+
+TEST(LoaderTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(8, 1000));
+  Loaded loaded = Prepare(path);
+  FillOptions options;
+  options.backend = io::BackendKind::kUring;
+  ::setenv("SHARDSTREAM_DISABLE_IO_URING", "1", 1);
+  auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+  options.fall_back_to_pread = false;
+  auto refused = FillTargets(loaded.checkpoint, loaded.targets, options);
+  ::unsetenv("SHARDSTREAM_DISABLE_IO_URING");
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_NE(stats->fallback.find("io-uring-unavailable"), std::string::npos) << stats->fallback;
+  ExpectPattern(loaded);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().rule(), "io-uring-unavailable");
+}
 
 TEST(LoaderTest, SameTensorTwiceFillsBothDestinations) {
   ScratchDir dir;

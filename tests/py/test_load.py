@@ -4,7 +4,7 @@ Run:  ~/.cache/shardstream/venv-torch-2.11/bin/python -m pytest -q tests/py/test
       (SHARDSTREAM_BIN overrides <repo>/build/shardstream; CI=true turns a missing reference
       into a failure instead of a skip.)
 
-Contract under test (shardstream load CKPT [--io auto|pread|mmap] [--zero-copy] [--threads N]
+Contract under test (shardstream load CKPT [--io auto|pread|mmap|uring] [--zero-copy] [--threads N]
 [--chunk-mb N] [--dtype bf16|f16|f32] [--digest] [--json] [--quiet] [--device cpu]):
   --digest:  stdout is one line per tensor, sorted by name (byte order),
              `name\\tDTYPE\\t[d0,d1,...]\\tsha256` (DTYPE/shape as in the file header, sha256 over
@@ -45,7 +45,8 @@ from support import CliResult, header_tensors, same_path
 
 INDEX = crafted.INDEX_NAME
 FIXTURES = ["dtypes", "mixed", "many_10k"]
-MODES = {"pread": ("--io", "pread"), "mmap": ("--io", "mmap"), "zero-copy": ("--zero-copy",)}
+MODES = {"pread": ("--io", "pread"), "mmap": ("--io", "mmap"), "uring": ("--io", "uring"),
+         "zero-copy": ("--zero-copy",)}
 THREADS = [1, 2]
 DEFAULT_CHUNK_BYTES = 16 << 20
 F6_DTYPES = {"F6_E2M3", "F6_E3M2"}
@@ -253,7 +254,8 @@ def check_json_report(res, target, exp, mode, threads=None, chunk_mb=None, diges
     assert doc.get("tensors") == len(exp), ctx
     assert doc.get("files") == len(target.shards), ctx
     assert doc.get("bytes") == sum(e[2] for e in exp.values()), ctx
-    want_io = {"pread": "pread", "mmap": "mmap", "zero-copy": "zero-copy", None: "pread"}[mode]
+    want_io = {"pread": "pread", "mmap": "mmap", "uring": "uring", "zero-copy": "zero-copy",
+               None: "pread"}[mode]
     assert doc.get("io") == want_io, ctx
     assert doc.get("zero_copy") is (mode == "zero-copy"), ctx
     if threads is not None and mode != "zero-copy":
@@ -394,7 +396,8 @@ def test_load_digest_text(tid, mode, targets, load_cli, reference):
     check_digest_text(load_cli(*load_argv(target.arg, mode, json_=False)), target, exp)
 
 
-CHUNK_MATRIX = [("pread", 1), ("pread", 2), ("mmap", 1), ("mmap", 2), ("zero-copy", 2)]
+CHUNK_MATRIX = [("pread", 1), ("pread", 2), ("mmap", 1), ("mmap", 2), ("uring", 1), ("uring", 2),
+                ("zero-copy", 2)]
 
 
 @pytest.mark.parametrize("mode,threads", CHUNK_MATRIX, ids=[f"{m}-t{n}" for m, n in CHUNK_MATRIX])
@@ -427,6 +430,22 @@ def test_load_json_without_digest_and_io_auto(targets, load_cli, reference):
     target = targets["sharded"]
     res = load_cli("load", target.arg, "--quiet", "--json", "--io", "auto")
     check_json_report(res, target, expected_for(target), None, digest=False)
+
+
+def test_load_uring_unavailable_falls_back_to_pread(targets, load_cli, reference):
+    """Where io_uring cannot be set up, --io uring reads with pread and says why, once."""
+    target = targets["sharded"]
+    res = load_cli.run_with_prefix(["env", "SHARDSTREAM_DISABLE_IO_URING=1"], "load", target.arg,
+                                   "--quiet", "--json", "--digest", "--io", "uring")
+    assert res.returncode == 0, res.describe()
+    doc = res.json()
+    assert doc["io"] == "pread", res.describe()
+    assert "io-uring-unavailable" in doc["fallback"], res.describe()
+    lines = [l for l in res.stderr.splitlines() if "io_uring unavailable" in l]
+    assert len(lines) == 1, res.describe()
+    exp = expected_for(target)
+    got = {d["name"]: d["sha256"] for d in doc["digest"]}
+    assert got == {name: e[3] for name, e in exp.items()}, res.describe()
 
 
 def test_load_fixture_listing_matches(targets, load_cli):

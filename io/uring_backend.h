@@ -1,0 +1,108 @@
+// The io_uring read backend: many reads in flight from one thread, one system call per batch.
+//
+// Each backend owns one ring (io_uring_setup), registers the FileSet's descriptors with it, and
+// turns every ReadRequest into IORING_OP_READV submissions: one per request, or several when a
+// request has more than IOV_MAX buffers (each at its own file offset). Submit prepares them all
+// and hands them to the kernel with one io_uring_enter (more only when a batch exceeds the queue
+// depth and has to wait for room); Reap waits for completions and resubmits
+// what came back short (-EAGAIN, -EINTR, short reads) by itself. At most `queue_depth` reads are
+// in flight; more requests than that queue inside the backend.
+//
+// Setup is probed, then degraded, never fatal: optional ring flags the kernel refuses, SQPOLL the
+// kernel refuses, and file registration that fails (RLIMIT_NOFILE, memory) each fall back to
+// something that works and are listed in setup().fallbacks. Only a kernel without io_uring, or one
+// that forbids it (seccomp, kernel.io_uring_disabled), or no memory for the ring, makes creation
+// fail, with rule "io-uring-unavailable" and the errno: the caller then uses the pread backend.
+//
+// Thread safety: none, as for every backend. Stricter than the others: a backend is bound to the
+// thread that created it (its ring is IORING_SETUP_SINGLE_ISSUER where the kernel supports it), so
+// Submit and Reap must be called on that thread; from any other they fail with rule
+// "backend-thread". It may be destroyed on any thread.
+//
+// Failure: a failed read is reported in its request's completion (errno, path and the offset of
+// the failing part; rule "file-changed" where the file ended early, at the offset where it ended),
+// once per request however many reads it was split into. Submit or Reap themselves fail only when
+// the ring does (io_uring_enter fails); the backend is then broken, every later call returns that
+// error, and it should be destroyed. Completions already handed out are never lost to it.
+//
+// Lifetime: the FileSet must outlive the backend. Destination buffers must stay valid until their
+// request is reaped or, if it never is, until the backend's destructor returns: the destructor
+// waits for every read the kernel still holds before it tears the ring down.
+#pragma once
+
+#include "io/read_backend.h"
+#include "io/status.h"
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace shardstream::io {
+
+inline constexpr uint32_t kDefaultUringQueueDepth = 64;
+// The kernel's limit on ring entries (IORING_MAX_ENTRIES).
+inline constexpr uint32_t kMaxUringQueueDepth = 32768;
+
+// Fault injection for tests. Everything here defaults to "no fault"; production code never sets
+// it. short_read_bytes and fail_reads_* change a completion after the kernel really read the
+// bytes (a shortened read makes the backend read the rest again); eagain_every replaces the read
+// itself by a no-op, so nothing is read until the backend resubmits.
+struct UringFaultsForTesting {
+  int setup_errno = 0;            // every io_uring_setup fails with this errno
+  int sqpoll_errno = 0;           // io_uring_setup with SQPOLL fails with this errno
+  int register_files_errno = 0;   // io_uring_register_files fails with this errno
+  uint32_t short_read_bytes = 0;  // completions of more bytes count as this many
+  uint32_t eagain_every = 0;      // every n-th read submitted completes with -EAGAIN, unread
+  // Reads whose range reaches past this offset complete with -fail_reads_errno.
+  uint64_t fail_reads_past_offset = std::numeric_limits<uint64_t>::max();
+  int fail_reads_errno = 0;
+};
+
+struct UringOptions {
+  // Reads in flight at most, 1..kMaxUringQueueDepth. The submission ring has this many entries
+  // (rounded up to a power of two by the kernel) and the completion ring twice that.
+  uint32_t queue_depth = kDefaultUringQueueDepth;
+  // A kernel thread polls the submission ring, so submitting needs no system call while reads
+  // flow. Costs a CPU spinning while busy; falls back to normal submission if refused.
+  bool sqpoll = false;
+  UringFaultsForTesting faults_for_testing;
+};
+
+// What the ring ended up with after probing.
+struct UringSetup {
+  uint32_t sq_entries = 0;
+  uint32_t cq_entries = 0;
+  uint32_t flags = 0;  // IORING_SETUP_* flags in use
+  bool sqpoll = false;
+  bool registered_files = false;
+  // One line per fallback taken ("sqpoll: ...", "setup-flags: ...", "register-files: ..."): what
+  // was refused, with strerror, and what is used instead. Empty when everything was granted.
+  std::vector<std::string> fallbacks;
+};
+
+class UringBackend : public ReadBackend {
+ public:
+  // A backend reading `files` (which must outlive it), bound to the calling thread. Errors: rule
+  // "invalid-option" for a queue depth out of range; rule "io-uring-unavailable" with errno when
+  // no ring can be set up (ENOSYS, EPERM, ENOMEM, ...).
+  static Result<std::unique_ptr<UringBackend>> Create(const FileSet& files,
+                                                      const UringOptions& options = {});
+
+  BackendKind kind() const final { return BackendKind::kUring; }
+  const UringSetup& setup() const { return setup_; }
+
+ protected:
+  explicit UringBackend(UringSetup setup) : setup_(std::move(setup)) {}
+
+ private:
+  UringSetup setup_;
+};
+
+// UringBackend::Create as a plain ReadBackend.
+Result<std::unique_ptr<ReadBackend>> MakeUringBackend(const FileSet& files,
+                                                      const UringOptions& options = {});
+
+}  // namespace shardstream::io
