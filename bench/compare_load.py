@@ -8,7 +8,7 @@ place, so interpreter and libtorch start-up are left out of every row.
 
 Rows:
   shardstream owned      `shardstream load` (preadv into tensors it allocates), also with
-                         --huge-pages and with --io mmap
+                         --huge-pages, --io mmap and --io uring
   shardstream zero-copy  `shardstream load --zero-copy` (views of private mappings, lazy)
   load_file              safetensors.torch.load_file (mmap-backed, lazy)
   load_file + clone      the same, then .clone() of every tensor (owned memory, like ours)
@@ -91,6 +91,8 @@ def main():
                                                                   ["--huge-pages"]),
         "shardstream owned --io mmap": lambda: run_shardstream(args.bin, args.checkpoint,
                                                                ["--io", "mmap"]),
+        "shardstream owned --io uring": lambda: run_shardstream(args.bin, args.checkpoint,
+                                                                ["--io", "uring"]),
         "shardstream zero-copy": lambda: run_shardstream(args.bin, args.checkpoint,
                                                          ["--zero-copy"]),
         "ceiling: page cache (dd)": lambda: run_dd(files),

@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <string>
 
@@ -58,6 +60,32 @@ Status PreadFull(int fd, std::span<std::byte> dst, uint64_t offset) {
     done += static_cast<size_t>(n);
   }
   return Status::Ok();
+}
+
+Result<uint32_t> LogicalBlockSize(int fd) {
+  constexpr uint32_t kFallbackBlockBytes = 4096;
+#ifdef STATX_DIOALIGN
+  // statx on the descriptor itself (empty path): the alignment can differ per file (ext4 with
+  // encryption, XFS realtime files), so ask about this file, not its filesystem.
+  struct statx stx {};
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+      (stx.stx_mask & STATX_DIOALIGN) != 0) {
+    if (stx.stx_dio_offset_align == 0) {
+      return Status::Error(StatusCode::kUnsupported, "direct-io-unsupported",
+                           "the filesystem does not support O_DIRECT reads of this file");
+    }
+    const uint32_t align = std::max(stx.stx_dio_offset_align, stx.stx_dio_mem_align);
+    if ((align & (align - 1)) == 0) return align;
+  }
+#endif
+  // Older kernels: the filesystem block size is a multiple of the device's logical block size,
+  // so aligning to it is a (slightly wasteful) superset of what O_DIRECT needs.
+  struct statvfs vfs {};
+  if (::fstatvfs(fd, &vfs) == 0 && vfs.f_bsize >= 512 && vfs.f_bsize <= (1u << 20) &&
+      (vfs.f_bsize & (vfs.f_bsize - 1)) == 0) {
+    return static_cast<uint32_t>(vfs.f_bsize);
+  }
+  return kFallbackBlockBytes;
 }
 
 }  // namespace shardstream::io

@@ -38,13 +38,23 @@ struct OpenFile {
 };
 
 // Opens `path` read-only with O_CLOEXEC (plus `extra_flags`, e.g. O_DIRECT) and checks that it is
-// a regular file. Errors name the path and carry errno (ENOENT → kNotFound, EACCES →
-// kPermissionDenied, ELOOP → rule "symlink-loop"); a directory or device is rule "not-a-file".
+// a regular file. A filesystem that refuses O_DIRECT (tmpfs) fails the open with EINVAL: callers
+// that asked for it reopen without it. Errors name the path and carry errno (ENOENT → kNotFound,
+// EACCES → kPermissionDenied, ELOOP → rule "symlink-loop"); a directory or device is rule
+// "not-a-file".
 Result<OpenFile> OpenForRead(const std::filesystem::path& path, int extra_flags = 0);
 
 // Reads exactly dst.size() bytes at `offset`, retrying EINTR and short reads. Reaching end of file
 // early is an error with rule "file-changed" (the file shrank after it was validated). Thread-safe
 // (pread does not move the file offset).
 Status PreadFull(int fd, std::span<std::byte> dst, uint64_t offset);
+
+// The alignment O_DIRECT reads of `fd` need, in bytes (a power of two): file offsets, lengths and
+// buffer addresses must all be multiples of it. From statx(STATX_DIOALIGN) where the kernel
+// reports it (6.1+; the larger of the offset and memory alignments), else the filesystem's block
+// size (fstatvfs f_bsize, a multiple of the logical block size), else 4096. Errors: rule
+// "direct-io-unsupported" (kUnsupported) when statx says the file cannot be read with O_DIRECT.
+// Thread-safe.
+Result<uint32_t> LogicalBlockSize(int fd);
 
 }  // namespace shardstream::io

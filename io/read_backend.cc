@@ -163,12 +163,12 @@ MappedFile::~MappedFile() {
 }
 
 Result<FileSet> FileSet::Open(std::span<const std::filesystem::path> paths,
-                              std::span<const uint64_t> expected_sizes) {
+                              std::span<const uint64_t> expected_sizes, int extra_flags) {
   FileSet set;
   set.mappings_ = std::make_shared<std::vector<std::shared_ptr<MappedFile>>>(paths.size());
   set.mapping_mutex_ = std::make_shared<std::mutex>();
   for (size_t i = 0; i < paths.size(); ++i) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(OpenFile file, OpenForRead(paths[i]));
+    SHARDSTREAM_ASSIGN_OR_RETURN(OpenFile file, OpenForRead(paths[i], extra_flags));
     if (i < expected_sizes.size() && file.size_bytes != expected_sizes[i]) {
       return Status::Error(StatusCode::kIoError, "file-changed",
                            "file is now " + std::to_string(file.size_bytes) + " bytes but was " +

@@ -62,8 +62,9 @@ class MappedFile {
 // against. Opening fails with rule "file-changed" when a file's size differs from that.
 class FileSet {
  public:
+  // `extra_flags` are added to every open (O_DIRECT for the staged pipeline).
   static Result<FileSet> Open(std::span<const std::filesystem::path> paths,
-                              std::span<const uint64_t> expected_sizes);
+                              std::span<const uint64_t> expected_sizes, int extra_flags = 0);
 
   size_t size() const { return files_.size(); }
   int fd(size_t i) const { return files_[i].fd.get(); }

@@ -1,0 +1,92 @@
+// The staged pipeline: reads land in a bounded pool of staging slots, sinks copy them out.
+//
+//   IO thread (the caller's):  plan → acquire slot → ReadBackend read into it (queue_depth reads
+//                              in flight, O_DIRECT when asked) → reaped read ─┐
+//   oneTBB copy tasks:         Sink::Consume(slot, pieces) → release slot   ◄─┘
+//
+// One thread drives one backend (io_uring needs no more to keep the device busy) and never copies;
+// `copy_threads` oneTBB workers empty slots concurrently. Host memory is bounded by the staging
+// pool whatever the checkpoint size, and a slot is reused only after the copy out of it finished.
+// This is the path that feeds GPUs (a CUDA sink over pinned slots); with CpuSink it loads into host
+// memory, and with DiscardSink it measures the reads alone.
+//
+// Failure: the first error wins (a read, a copy, the progress callback cancelling): no more reads
+// are issued, reads in flight are drained, running copies finish, every slot goes back to the pool
+// and every file is closed before RunStagedPipeline returns the error, which names the file,
+// tensor and offset where known. Destinations then hold unspecified bytes.
+//
+// Thread-safety: independent pipelines may run concurrently (also over one shared pool). The
+// checkpoint, targets, sink and pool are borrowed for the duration of the call.
+#pragma once
+
+#include "engine/loader.h"
+#include "engine/plan.h"
+#include "engine/sink.h"
+#include "engine/staging.h"
+#include "io/checkpoint.h"
+#include "io/read_backend.h"
+#include "io/status.h"
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace shardstream::engine {
+
+// Staged reads are copied twice (file → slot → destination), so slots that stay in cache pay:
+// loading a page-cache-hot 2 GB file into host memory on a 2-core VM ran at 8–15 GB/s with 1–4 MiB
+// chunks but 2.5–5.5 GB/s with 16 MiB ones, while cold O_DIRECT reads were the same (~2.6–2.9 GB/s)
+// from 2 to 16 MiB.
+inline constexpr uint64_t kDefaultStagedChunkBytes = 4ull << 20;
+
+struct PipelineOptions {
+  io::BackendKind backend = io::BackendKind::kPread;  // kPread or kUring (kMmap works, uselessly)
+  BackendFactory make_backend;     // overrides `backend` when set (tests inject faults here)
+  bool fall_back_to_pread = true;  // io_uring refused: use pread, say why in PipelineStats::notes
+  // Open files with O_DIRECT and align reads for it. A filesystem that refuses (tmpfs) falls back
+  // to buffered reads, noted in PipelineStats::notes.
+  bool direct = false;
+  uint64_t chunk_bytes = kDefaultStagedChunkBytes;  // largest read; one slot holds one chunk
+  uint64_t staging_bytes = kDefaultStagingBytes;    // bound on staging memory (when `pool` is null)
+  // A pool to use instead of making one (e.g. pinned memory kept across loads). Its slots must
+  // hold the largest chunk (rule "staging" otherwise); it must not be cancelled.
+  StagingPool* pool = nullptr;
+  // Reads in flight (io_uring; pread does one at a time), at most one per slot.
+  uint32_t queue_depth = kDefaultQueueDepth;
+  // oneTBB workers running Consume. 0, or more than oneTBB has: all of its workers (one per core
+  // less one, which the IO thread uses, unless a tbb::global_control says otherwise).
+  int copy_threads = 0;
+  ProgressFn progress;  // progress counts bytes that reached the sink
+};
+
+struct PipelineStats {
+  uint64_t payload_bytes = 0;  // bytes handed to the sink
+  uint64_t read_bytes = 0;     // bytes read (payload, gaps read through, O_DIRECT alignment)
+  size_t chunks = 0;
+  double seconds = 0;            // open to return
+  bool direct = false;           // O_DIRECT was used
+  uint32_t alignment_bytes = 1;  // the read alignment planned with
+  uint32_t peak_in_flight = 0;   // most reads in flight at once
+  uint32_t slots = 0;            // slots in the pool
+  uint64_t slot_bytes = 0;
+  uint32_t peak_slots_in_use = 0;  // most slots held at once (reading or being copied)
+  int copy_threads = 0;            // the workers used
+  // Wall time during which at least one read was in flight, at least one copy ran, and both.
+  double io_busy_seconds = 0;
+  double copy_busy_seconds = 0;
+  double overlap_seconds = 0;
+  double copy_thread_seconds = 0;  // summed over copy tasks
+  std::vector<std::string> notes;  // fallbacks taken (O_DIRECT refused, io_uring refused)
+};
+
+// Loads `targets` (tensors of `checkpoint`) through staging slots into `sink`. Target i is
+// Piece::target == i for the sink; destinations are only used by sinks that need them (CpuSink),
+// so they may be null for DiscardSink. Errors: those of BuildReadPlan and FileSet::Open, rule
+// "staging" when the staging memory cannot hold one chunk, read errors (rule "file-changed" when a
+// file shrank), the sink's errors, and rule "cancelled" when the progress callback returned false.
+io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
+                                            std::span<const LoadTarget> targets, Sink& sink,
+                                            const PipelineOptions& options);
+
+}  // namespace shardstream::engine

@@ -1,0 +1,152 @@
+#include "engine/staging.h"
+
+#include "engine/host_memory.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+namespace shardstream::engine {
+namespace {
+
+// AllocateHostBuffer maps large buffers (page-aligned) but takes small ones from aligned_alloc at
+// 64 bytes: O_DIRECT needs page alignment, so small pools come from posix_memalign instead.
+io::Result<std::byte*> AllocateAligned(uint64_t size_bytes) {
+  if (size_bytes >= kHugePageBytes) return AllocateHostBuffer(size_bytes);
+  void* data = nullptr;
+  if (int err = ::posix_memalign(&data, kStagingAlignment, size_bytes); err != 0) {
+    return io::Status::FromErrno(
+        err, "posix_memalign of " + std::to_string(size_bytes) + " staging bytes");
+  }
+  return static_cast<std::byte*>(data);
+}
+
+void FreeAligned(std::byte* data, uint64_t size_bytes) {
+  if (size_bytes >= kHugePageBytes) {
+    FreeHostBuffer(data, size_bytes);
+  } else {
+    std::free(data);
+  }
+}
+
+}  // namespace
+
+io::Result<std::unique_ptr<StagingPool>> StagingPool::Create(uint64_t staging_bytes,
+                                                             uint64_t slot_bytes,
+                                                             StagingAllocateHook on_allocate,
+                                                             StagingFreeHook on_free) {
+  if (slot_bytes == 0 || slot_bytes > UINT64_MAX - kStagingAlignment) {
+    return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",
+                             "staging slot size must be positive");
+  }
+  const uint64_t aligned_slot = (slot_bytes + kStagingAlignment - 1) & ~(kStagingAlignment - 1);
+  const uint64_t count = staging_bytes / aligned_slot;
+  if (count == 0) {
+    return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",
+                             "staging memory of " + std::to_string(staging_bytes) +
+                                 " bytes cannot hold one slot of " + std::to_string(aligned_slot) +
+                                 " bytes (the largest read); raise staging bytes or lower the "
+                                 "chunk size");
+  }
+  if (count > UINT32_MAX) {
+    return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",
+                             "too many staging slots: " + std::to_string(count));
+  }
+  const uint64_t total = count * aligned_slot;
+  auto memory = AllocateAligned(total);
+  if (!memory.ok()) {
+    return io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
+                             "cannot allocate " + std::to_string(total) +
+                                 " bytes of staging memory: " + memory.status().message())
+        .WithErrno(memory.status().sys_errno());
+  }
+  if (on_allocate) {
+    if (io::Status status = on_allocate(*memory, total); !status.ok()) {
+      FreeAligned(*memory, total);
+      return status;
+    }
+  }
+  return std::unique_ptr<StagingPool>(
+      new StagingPool(*memory, total, aligned_slot, std::move(on_free)));
+}
+
+StagingPool::StagingPool(std::byte* memory, uint64_t allocated_bytes, uint64_t slot_bytes,
+                         StagingFreeHook on_free)
+    : memory_(memory),
+      allocated_bytes_(allocated_bytes),
+      slot_bytes_(slot_bytes),
+      on_free_(std::move(on_free)) {
+  const auto count = static_cast<uint32_t>(allocated_bytes / slot_bytes);
+  slots_.reserve(count);
+  free_.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    slots_.push_back(StagingSlot{memory_ + uint64_t{i} * slot_bytes, slot_bytes, i});
+  }
+  // Handed out lowest index first (free_ is used as a stack), so a load that needs few slots
+  // touches only the front of the allocation.
+  for (uint32_t i = count; i > 0; --i) free_.push_back(i - 1);
+}
+
+StagingPool::~StagingPool() {
+  if (on_free_) on_free_(memory_, allocated_bytes_);
+  FreeAligned(memory_, allocated_bytes_);
+}
+
+std::optional<StagingSlot> StagingPool::TakeLocked() {
+  if (cancelled_ || free_.empty()) return std::nullopt;
+  const uint32_t index = free_.back();
+  free_.pop_back();
+  peak_in_use_ = std::max(peak_in_use_, static_cast<uint32_t>(slots_.size() - free_.size()));
+  return slots_[index];
+}
+
+std::optional<StagingSlot> StagingPool::Acquire() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  slot_freed_.wait(lock, [&] { return cancelled_ || !free_.empty(); });
+  return TakeLocked();
+}
+
+std::optional<StagingSlot> StagingPool::TryAcquire() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return TakeLocked();
+}
+
+void StagingPool::Release(const StagingSlot& slot) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(slot.index);
+  }
+  slot_freed_.notify_one();
+}
+
+void StagingPool::Cancel() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cancelled_ = true;
+  }
+  slot_freed_.notify_all();
+}
+
+void StagingPool::Reset() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cancelled_ = false;
+}
+
+uint32_t StagingPool::in_use() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<uint32_t>(slots_.size() - free_.size());
+}
+
+uint32_t StagingPool::peak_in_use() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return peak_in_use_;
+}
+
+void StagingPool::ResetPeak() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  peak_in_use_ = static_cast<uint32_t>(slots_.size() - free_.size());
+}
+
+}  // namespace shardstream::engine

@@ -1,0 +1,546 @@
+#include "engine/pipeline.h"
+
+#include "engine/loader.h"
+#include "engine/sink.h"
+#include "engine/staging.h"
+#include "io/checkpoint.h"
+#include "io/file.h"
+#include "tests/support/test_files.h"
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+namespace shardstream::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using shardstream::testing::ScratchDir;
+
+// A valid file of U8 tensors "t0".."t{n-1}", each `size` bytes of a pattern that tells tensors
+// and positions apart. Odd sizes keep tensors and the file end off every block boundary.
+std::string PatternFile(int n, uint64_t size, int first = 0) {
+  std::string header = "{";
+  std::string data;
+  for (int i = 0; i < n; ++i) {
+    if (i) header += ",";
+    header += "\"t" + std::to_string(first + i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
+              std::to_string(size) + "],\"data_offsets\":[" + std::to_string(i * size) + "," +
+              std::to_string((i + 1) * size) + "]}";
+    for (uint64_t b = 0; b < size; ++b) {
+      data += static_cast<char>(((first + i) * 31 + b * 7) & 0xff);
+    }
+  }
+  header += "}";
+  return shardstream::testing::SafetensorsBytes(header, data);
+}
+
+struct Loaded {
+  io::Checkpoint checkpoint;
+  std::vector<std::vector<std::byte>> buffers;
+  std::vector<LoadTarget> targets;
+};
+
+Loaded Prepare(const fs::path& path) {
+  auto checkpoint = io::OpenCheckpoint(path);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  Loaded loaded{std::move(*checkpoint), {}, {}};
+  const auto& tensors = loaded.checkpoint.files[0].header.tensors;
+  loaded.buffers.resize(tensors.size());
+  for (uint32_t i = 0; i < tensors.size(); ++i) {
+    loaded.buffers[i].assign(tensors[i].size_bytes(), std::byte{0xAA});
+    loaded.targets.push_back(LoadTarget{{0, i}, loaded.buffers[i].data()});
+  }
+  return loaded;
+}
+
+void ExpectPattern(const Loaded& loaded) {
+  const auto& tensors = loaded.checkpoint.files[0].header.tensors;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int index = std::stoi(tensors[i].name.substr(1));
+    for (uint64_t b = 0; b < tensors[i].size_bytes(); ++b) {
+      ASSERT_EQ(loaded.buffers[i][b], std::byte((index * 31 + b * 7) & 0xff))
+          << tensors[i].name << " byte " << b;
+    }
+  }
+}
+
+size_t CountOpenFds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+constexpr uint64_t kTestChunkBytes = 8192;
+
+// Backend × O_DIRECT × staging size (2 slots or plenty).
+using Params = std::tuple<io::BackendKind, bool, bool>;
+
+class PipelineTest : public ::testing::TestWithParam<Params> {
+ protected:
+  PipelineOptions Options() const {
+    const auto [backend, direct, tiny] = GetParam();
+    PipelineOptions options;
+    options.backend = backend;
+    options.fall_back_to_pread = false;  // a refused io_uring must be a skip, not a quiet pread
+    options.direct = direct;
+    options.chunk_bytes = kTestChunkBytes;
+    // A slot holds one chunk (8 KiB after alignment): 2 slots or 64.
+    options.staging_bytes = (tiny ? 2 : 64) * kTestChunkBytes;
+    options.queue_depth = 4;
+    options.copy_threads = 2;
+    return options;
+  }
+  // Skips when the machine lacks what the parameters ask for.
+  bool Unavailable(const io::Result<PipelineStats>& stats, std::string* why) const {
+    if (!stats.ok() && stats.status().rule() == "io-uring-unavailable") {
+      *why = stats.status().ToString();
+      return true;
+    }
+    if (stats.ok() && std::get<1>(GetParam()) && !stats->direct) {
+      *why = "O_DIRECT refused here: " + (stats->notes.empty() ? "" : stats->notes[0]);
+      return true;
+    }
+    return false;
+  }
+};
+
+TEST_P(PipelineTest, CpuSinkFillsEveryTargetByteExact) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  Loaded loaded = Prepare(path);
+  CpuSink sink(loaded.targets);
+  const PipelineOptions options = Options();
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  std::string why;
+  if (Unavailable(stats, &why)) GTEST_SKIP() << why;
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  ExpectPattern(loaded);
+  EXPECT_EQ(stats->payload_bytes, 40u * 3001);
+  EXPECT_GE(stats->read_bytes, stats->payload_bytes);
+  EXPECT_GT(stats->chunks, 10u);
+  EXPECT_EQ(stats->slots, std::get<2>(GetParam()) ? 2u : 64u);
+  EXPECT_LE(stats->peak_slots_in_use, stats->slots);
+  EXPECT_GE(stats->peak_slots_in_use, 1u);
+  EXPECT_LE(uint64_t{stats->slots} * stats->slot_bytes, options.staging_bytes);
+  if (std::get<1>(GetParam())) {
+    EXPECT_GE(stats->alignment_bytes, 512u);
+  }
+  if (std::get<0>(GetParam()) == io::BackendKind::kUring && !std::get<2>(GetParam())) {
+    EXPECT_GT(stats->peak_in_flight, 1u);
+  }
+  EXPECT_GE(stats->io_busy_seconds, stats->overlap_seconds);
+  EXPECT_GE(stats->copy_busy_seconds, stats->overlap_seconds);
+
+  // The same bytes as the direct-to-destination loader.
+  Loaded reference = Prepare(path);
+  auto filled = FillTargets(reference.checkpoint, reference.targets, FillOptions{});
+  ASSERT_TRUE(filled.ok()) << filled.status().ToString();
+  EXPECT_EQ(loaded.buffers, reference.buffers);
+}
+
+TEST_P(PipelineTest, ShardsWithUnalignedEndsAreReadByteExact) {
+  ScratchDir dir;
+  dir.Write("a.safetensors", PatternFile(7, 4093, 0));
+  dir.Write("b.safetensors", PatternFile(5, 12289, 7));
+  auto checkpoint = io::OpenCheckpoint(dir.path());
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  ASSERT_EQ(checkpoint->files.size(), 2u);
+  std::vector<std::vector<std::byte>> buffers;
+  std::vector<LoadTarget> targets;
+  for (uint32_t f = 0; f < 2; ++f) {
+    for (uint32_t i = 0; i < checkpoint->files[f].header.tensors.size(); ++i) {
+      buffers.emplace_back(checkpoint->files[f].header.tensors[i].size_bytes(), std::byte{0xAA});
+    }
+  }
+  for (uint32_t f = 0, k = 0; f < 2; ++f) {
+    for (uint32_t i = 0; i < checkpoint->files[f].header.tensors.size(); ++i, ++k) {
+      targets.push_back(LoadTarget{{f, i}, buffers[k].data()});
+    }
+  }
+  CpuSink sink(targets);
+  auto stats = RunStagedPipeline(*checkpoint, targets, sink, Options());
+  std::string why;
+  if (Unavailable(stats, &why)) GTEST_SKIP() << why;
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  for (size_t k = 0; k < targets.size(); ++k) {
+    const io::TensorInfo& t = checkpoint->tensor(targets[k].source);
+    const int index = std::stoi(t.name.substr(1));
+    for (uint64_t b = 0; b < t.size_bytes(); ++b) {
+      ASSERT_EQ(buffers[k][b], std::byte((index * 31 + b * 7) & 0xff)) << t.name << " byte " << b;
+    }
+  }
+}
+
+TEST_P(PipelineTest, DiscardSinkSeesEveryPayloadByte) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(25, 5003));
+  Loaded loaded = Prepare(path);
+  std::vector<LoadTarget> targets = loaded.targets;
+  for (LoadTarget& t : targets) t.destination = nullptr;  // DiscardSink needs none
+  DiscardSink sink;
+  auto stats = RunStagedPipeline(loaded.checkpoint, targets, sink, Options());
+  std::string why;
+  if (Unavailable(stats, &why)) GTEST_SKIP() << why;
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(sink.bytes(), 25u * 5003);
+  EXPECT_EQ(sink.slots(), stats->chunks);
+  EXPECT_EQ(stats->payload_bytes, sink.bytes());
+}
+
+TEST_P(PipelineTest, SharedPoolIsBoundedAndEveryLoadGivesItsSlotsBack) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(30, 2999));
+  const auto [backend, direct, tiny] = GetParam();
+  const uint32_t slots = tiny ? 2 : 5;
+  auto pool = StagingPool::Create(slots * kTestChunkBytes, kTestChunkBytes);
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  ASSERT_EQ((*pool)->slot_count(), slots);
+  for (int round = 0; round < 2; ++round) {
+    Loaded loaded = Prepare(path);
+    CpuSink sink(loaded.targets);
+    PipelineOptions options = Options();
+    options.pool = pool->get();
+    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    std::string why;
+    if (Unavailable(stats, &why)) GTEST_SKIP() << why;
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    ExpectPattern(loaded);
+    EXPECT_EQ((*pool)->in_use(), 0u);
+    EXPECT_LE((*pool)->peak_in_use(), slots);
+    EXPECT_LE(stats->peak_slots_in_use, slots);
+  }
+}
+
+// Forwards to a real backend; the file shrinks to 200 bytes just before the `when`-th Submit
+// (after the files were opened and checked), or, with `fail_after`, reads of that request onwards
+// complete with an injected EIO.
+class FaultyBackend : public io::ReadBackend {
+ public:
+  FaultyBackend(std::unique_ptr<io::ReadBackend> inner, fs::path path, int when, bool truncate)
+      : inner_(std::move(inner)), path_(std::move(path)), when_(when), truncate_(truncate) {}
+  io::BackendKind kind() const override { return inner_->kind(); }
+  io::Status Submit(std::span<const io::ReadRequest> requests) override {
+    if (++submits_ == when_ && truncate_) shardstream::testing::Truncate(path_, 200);
+    if (submits_ >= when_ && !truncate_) {
+      for (const io::ReadRequest& r : requests) failing_.push_back(r.id);
+    }
+    return inner_->Submit(requests);
+  }
+  io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
+    auto n = inner_->Reap(out, min);
+    if (!n.ok()) return n;
+    for (size_t i = 0; i < *n; ++i) {
+      for (uint64_t id : failing_) {
+        if (out[i].id == id && out[i].status.ok()) {
+          out[i].status = io::Status::FromErrno(EIO, "injected read");
+        }
+      }
+    }
+    return n;
+  }
+
+ private:
+  std::unique_ptr<io::ReadBackend> inner_;
+  fs::path path_;
+  int when_;
+  bool truncate_;
+  int submits_ = 0;
+  std::vector<uint64_t> failing_;
+};
+
+TEST_P(PipelineTest, FailureMidwayReleasesEverySlotAndFileAndNamesTheTensor) {
+  for (const bool truncate : {true, false}) {
+    SCOPED_TRACE(truncate ? "file truncated while reading" : "read fails with EIO");
+    ScratchDir dir;
+    auto path = dir.Write("m.safetensors", PatternFile(30, 3001));
+    Loaded loaded = Prepare(path);
+    auto pool = StagingPool::Create(3 * kTestChunkBytes, kTestChunkBytes);
+    ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+    const size_t fds_before = CountOpenFds();
+    CpuSink sink(loaded.targets);
+    PipelineOptions options = Options();
+    options.pool = pool->get();
+    std::string unavailable;
+    options.make_backend = [&](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
+      auto inner = io::MakeBackendOrError(std::get<0>(GetParam()), files);
+      if (!inner.ok()) {
+        unavailable = inner.status().ToString();
+        inner = io::MakeBackendOrError(io::BackendKind::kPread, files);
+      }
+      return std::make_unique<FaultyBackend>(std::move(*inner), path, 3, truncate);
+    };
+    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    if (!unavailable.empty()) GTEST_SKIP() << unavailable;
+    ASSERT_FALSE(stats.ok());
+    const io::Status& status = stats.status();
+    EXPECT_EQ(status.rule(), truncate ? "file-changed" : "io") << status.ToString();
+    EXPECT_EQ(status.path(), path.string());
+    EXPECT_FALSE(status.tensor().empty()) << status.ToString();
+    EXPECT_TRUE(status.offset().has_value());
+    EXPECT_EQ((*pool)->in_use(), 0u);
+    EXPECT_EQ(CountOpenFds(), fds_before);
+  }
+}
+
+TEST_P(PipelineTest, ProgressCanCancelAndEverySlotComesBack) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  Loaded loaded = Prepare(path);
+  auto pool = StagingPool::Create(4 * kTestChunkBytes, kTestChunkBytes);
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  const size_t fds_before = CountOpenFds();
+  CpuSink sink(loaded.targets);
+  PipelineOptions options = Options();
+  options.pool = pool->get();
+  std::atomic<int> calls{0};
+  options.progress = [&](const Progress& p) {
+    EXPECT_LE(p.done_bytes, p.total_bytes);
+    return calls.fetch_add(1) < 0;  // cancel at the first report
+  };
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  if (!stats.ok() && stats.status().rule() == "io-uring-unavailable") GTEST_SKIP();
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().rule(), "cancelled") << stats.status().ToString();
+  EXPECT_GE(calls.load(), 1);
+  EXPECT_EQ((*pool)->in_use(), 0u);
+  EXPECT_EQ(CountOpenFds(), fds_before);
+}
+
+// A sink whose `fail_at`-th Consume fails.
+class FailingSink : public Sink {
+ public:
+  explicit FailingSink(int fail_at) : fail_at_(fail_at) {}
+  io::Status Consume(const StagedSlot&, std::span<const Piece>) override {
+    if (++calls_ == fail_at_) {
+      return io::Status::Error(io::StatusCode::kIoError, "device", "copy failed");
+    }
+    return io::Status::Ok();
+  }
+  io::Status Finish() override {
+    finished_ = true;
+    return io::Status::Ok();
+  }
+  bool finished() const { return finished_; }
+
+ private:
+  const int fail_at_;
+  std::atomic<int> calls_{0};
+  std::atomic<bool> finished_{false};
+};
+
+TEST_P(PipelineTest, SinkErrorStopsTheLoadAndIsReturned) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  Loaded loaded = Prepare(path);
+  auto pool = StagingPool::Create(2 * kTestChunkBytes, kTestChunkBytes);
+  ASSERT_TRUE(pool.ok());
+  FailingSink sink(3);
+  PipelineOptions options = Options();
+  options.pool = pool->get();
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  if (!stats.ok() && stats.status().rule() == "io-uring-unavailable") GTEST_SKIP();
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().rule(), "device");
+  EXPECT_EQ(stats.status().path(), path.string());
+  EXPECT_TRUE(sink.finished());
+  EXPECT_EQ((*pool)->in_use(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(BackendsDirectStaging, PipelineTest,
+                         ::testing::Combine(::testing::Values(io::BackendKind::kPread,
+                                                              io::BackendKind::kUring),
+                                            ::testing::Bool(), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<Params>& param_info) {
+                           return std::string(io::BackendName(std::get<0>(param_info.param))) +
+                                  (std::get<1>(param_info.param) ? "Direct" : "Buffered") +
+                                  (std::get<2>(param_info.param) ? "TwoSlots" : "ManySlots");
+                         });
+
+TEST(PipelineOptionsTest, StagingSmallerThanOneChunkIsRejected) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(4, 100000));
+  Loaded loaded = Prepare(path);
+  DiscardSink sink;
+  PipelineOptions options;
+  options.chunk_bytes = 1 << 20;
+  options.staging_bytes = 64 << 10;
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().rule(), "staging") << stats.status().ToString();
+}
+
+TEST(PipelineOptionsTest, PoolWithSlotsSmallerThanAChunkIsRejected) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(4, 100000));
+  Loaded loaded = Prepare(path);
+  auto pool = StagingPool::Create(1 << 20, 64 << 10);
+  ASSERT_TRUE(pool.ok());
+  DiscardSink sink;
+  PipelineOptions options;
+  options.chunk_bytes = 1 << 20;
+  options.pool = pool->get();
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().rule(), "staging");
+}
+
+TEST(StagedPipelineTest, SameTensorTwiceFillsBothDestinations) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(3, 5000));
+  Loaded loaded = Prepare(path);
+  std::vector<std::byte> copy(5000, std::byte{0});
+  std::vector<LoadTarget> targets = loaded.targets;
+  targets.push_back(LoadTarget{{0, 1}, copy.data()});
+  CpuSink sink(targets);
+  PipelineOptions options;
+  options.chunk_bytes = 4096;
+  options.staging_bytes = 3 * 4096;
+  auto stats = RunStagedPipeline(loaded.checkpoint, targets, sink, options);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  ExpectPattern(loaded);
+  EXPECT_EQ(copy, loaded.buffers[1]);
+}
+
+TEST(StagedPipelineTest, DirectIoRefusedFallsBackToBufferedAndSaysSo) {
+  if (!fs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm (tmpfs) to refuse O_DIRECT";
+  char pattern[] = "/dev/shm/shardstream-pipeline-XXXXXX";
+  if (::mkdtemp(pattern) == nullptr) GTEST_SKIP() << "cannot create a folder in /dev/shm";
+  const fs::path path = fs::path(pattern) / "m.safetensors";
+  {
+    const std::string bytes = PatternFile(10, 3001);
+    std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<long>(bytes.size()));
+  }
+  Loaded loaded = Prepare(path);
+  CpuSink sink(loaded.targets);
+  PipelineOptions options;
+  options.direct = true;
+  options.chunk_bytes = 4096;
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  std::error_code ignored;
+  fs::remove_all(pattern, ignored);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  ExpectPattern(loaded);
+  if (stats->direct) GTEST_SKIP() << "this kernel's tmpfs accepts O_DIRECT (Linux 6.6+)";
+  ASSERT_EQ(stats->notes.size(), 1u);
+  EXPECT_NE(stats->notes[0].find("O_DIRECT"), std::string::npos) << stats->notes[0];
+  EXPECT_EQ(stats->alignment_bytes, 1u);
+}
+
+TEST(StagedPipelineTest, NoTargetsIsAnEmptySuccess) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(3, 100));
+  Loaded loaded = Prepare(path);
+  DiscardSink sink;
+  auto stats = RunStagedPipeline(loaded.checkpoint, {}, sink, PipelineOptions{});
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->chunks, 0u);
+  EXPECT_EQ(sink.bytes(), 0u);
+}
+
+TEST(StagingPoolTest, SlotsAreAlignedDisjointAndBounded) {
+  auto pool = StagingPool::Create(10 * 4096 + 100, 3 * 4096 - 5);
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  EXPECT_EQ((*pool)->slot_bytes(), 3u * 4096);
+  EXPECT_EQ((*pool)->slot_count(), 3u);
+  EXPECT_LE((*pool)->allocated_bytes(), 10u * 4096 + 100);
+  std::vector<StagingSlot> held;
+  while (auto slot = (*pool)->TryAcquire()) held.push_back(*slot);
+  ASSERT_EQ(held.size(), 3u);
+  for (size_t i = 0; i < held.size(); ++i) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(held[i].data) % kStagingAlignment, 0u);
+    std::memset(held[i].data, static_cast<int>(i), held[i].size_bytes);  // must be writable
+    for (size_t j = 0; j < i; ++j) {
+      EXPECT_TRUE(held[i].data + held[i].size_bytes <= held[j].data ||
+                  held[j].data + held[j].size_bytes <= held[i].data);
+    }
+  }
+  EXPECT_EQ((*pool)->in_use(), 3u);
+  EXPECT_EQ((*pool)->peak_in_use(), 3u);
+  for (const StagingSlot& s : held) (*pool)->Release(s);
+  EXPECT_EQ((*pool)->in_use(), 0u);
+}
+
+TEST(StagingPoolTest, TooLittleMemoryForOneSlotIsRuleStaging) {
+  auto pool = StagingPool::Create(4096, 8192);
+  ASSERT_FALSE(pool.ok());
+  EXPECT_EQ(pool.status().rule(), "staging");
+}
+
+TEST(StagingPoolTest, AcquireWaitsForReleaseAndCancelWakesIt) {
+  auto pool = StagingPool::Create(4096, 4096);
+  ASSERT_TRUE(pool.ok());
+  auto first = (*pool)->Acquire();
+  ASSERT_TRUE(first.has_value());
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    auto slot = (*pool)->Acquire();
+    got = slot.has_value();
+    if (slot) (*pool)->Release(*slot);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(got.load());
+  (*pool)->Release(*first);
+  waiter.join();
+  EXPECT_TRUE(got.load());
+
+  auto held = (*pool)->Acquire();
+  ASSERT_TRUE(held.has_value());
+  std::thread cancelled([&] { EXPECT_FALSE((*pool)->Acquire().has_value()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  (*pool)->Cancel();
+  cancelled.join();
+  (*pool)->Release(*held);
+  (*pool)->Reset();
+  EXPECT_TRUE((*pool)->TryAcquire().has_value());
+}
+
+TEST(StagingPoolTest, AllocateHookSeesTheWholeAllocationAndCanFail) {
+  std::byte* seen = nullptr;
+  size_t seen_bytes = 0;
+  bool freed = false;
+  {
+    auto pool = StagingPool::Create(
+        4 << 20, 1 << 20,
+        [&](std::byte* data, size_t bytes) {
+          seen = data;
+          seen_bytes = bytes;
+          return io::Status::Ok();
+        },
+        [&](std::byte*, size_t) { freed = true; });
+    ASSERT_TRUE(pool.ok());
+    EXPECT_EQ(seen_bytes, (*pool)->allocated_bytes());
+    EXPECT_EQ((*pool)->TryAcquire()->data, seen);
+    (*pool)->Release(StagingSlot{seen, 1 << 20, 0});
+  }
+  EXPECT_TRUE(freed);
+  auto refused = StagingPool::Create(4 << 20, 1 << 20, [](std::byte*, size_t) {
+    return io::Status::Error(io::StatusCode::kResourceExhausted, "pin", "cannot pin");
+  });
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().rule(), "pin");
+}
+
+TEST(LogicalBlockSizeTest, IsAPowerOfTwoOfAtLeast512) {
+  ScratchDir dir;
+  auto path = dir.Write("f", "hello");
+  auto file = io::OpenForRead(path);
+  ASSERT_TRUE(file.ok());
+  auto block = io::LogicalBlockSize(file->fd.get());
+  if (!block.ok() && block.status().rule() == "direct-io-unsupported") {
+    GTEST_SKIP() << block.status().ToString();
+  }
+  ASSERT_TRUE(block.ok()) << block.status().ToString();
+  EXPECT_GE(*block, 512u);
+  EXPECT_EQ(*block & (*block - 1), 0u);
+}
+
+}  // namespace
+}  // namespace shardstream::engine
