@@ -25,10 +25,12 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 11> kFlags = {{
+constexpr std::array<FlagSpec, 13> kFlags = {{
     {"device", "DEV", "target device (cpu; default cpu)"},
     {"io", "MODE", "auto, pread, mmap or uring (default auto = pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
+    {"direct", "MODE", "O_DIRECT reads: on, off, or auto = on when the files are not cached"},
+    {"staging-mb", "N", "bound on staging memory for direct reads in MiB (default 256)"},
     {"zero-copy", "", "tensors view private mappings of the files instead of owning memory"},
     {"threads", "N", "worker threads (default: one per core)"},
     {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
@@ -140,6 +142,22 @@ int RunLoad(std::span<char* const> argv) {
     }
     options.io = *mode;
   }
+  if (auto direct = args->Get("direct")) {
+    std::optional<DirectIo> mode = ParseDirectIo(*direct);
+    if (!mode) {
+      PrintError("--direct must be on, off or auto, not '" + *direct + "'");
+      return kExitUsage;
+    }
+    options.direct = *mode;
+  }
+  std::optional<uint64_t> staging_mb =
+      args->GetUint("staging-mb", engine::kDefaultStagingBytes >> 20);
+  if (!staging_mb) return kExitUsage;
+  if (*staging_mb == 0 || *staging_mb > (1u << 20)) {
+    PrintError("--staging-mb must be 1..1048576");
+    return kExitUsage;
+  }
+  options.staging_bytes = *staging_mb << 20;
   options.zero_copy = args->Has("zero-copy");
   options.huge_pages = args->Has("huge-pages");
   if (options.zero_copy && args->Has("io")) {
@@ -204,6 +222,16 @@ int RunLoad(std::span<char* const> argv) {
     out.Field("queue_depth", uint64_t{options.queue_depth});
     out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
     out.Field("fallback", report.fallback);
+    out.Field("direct", report.direct);
+    out.Key("resident_fraction");
+    if (report.resident_fraction >= 0) {
+      out.Double(report.resident_fraction);
+    } else {
+      out.Null();
+    }
+    out.Key("notes").BeginArray();
+    for (const std::string& note : report.notes) out.String(note);
+    out.EndArray();
     out.Key("stages").BeginObject();
     for (const auto& [stage, seconds] : report.stages) out.Field(stage, seconds);
     out.EndObject();
@@ -238,7 +266,7 @@ int RunLoad(std::span<char* const> argv) {
        << (report.files == 1 ? "" : "s") << "\n";
   text << "bytes       " << FormatCount(report.bytes) << " (" << FormatBytes(report.bytes) << ")\n";
   text << "time        " << rate << "\n";
-  text << "io          " << report.io;
+  text << "io          " << report.io << (report.direct ? " O_DIRECT" : "");
   if (!options.zero_copy) {
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
          << FormatBytes(options.chunk_bytes) << " chunks";
@@ -250,6 +278,7 @@ int RunLoad(std::span<char* const> argv) {
     text << item;
   }
   text << "\n";
+  for (const std::string& note : report.notes) text << "note        " << note << "\n";
   for (const auto& [name, dtype] : report.raw_dtypes) {
     text << "note        '" << name << "' is " << io::DTypeName(dtype)
          << ", which torch cannot represent: loaded as uint8 bytes\n";

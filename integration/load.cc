@@ -4,6 +4,7 @@
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
 #include "io/read_backend.h"
+#include "io/residency.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -70,6 +71,13 @@ std::optional<IoMode> ParseIoMode(std::string_view name) {
   if (name == "pread") return IoMode::kPread;
   if (name == "mmap") return IoMode::kMmap;
   if (name == "uring" || name == "io_uring") return IoMode::kUring;
+  return std::nullopt;
+}
+
+std::optional<DirectIo> ParseDirectIo(std::string_view name) {
+  if (name == "off") return DirectIo::kOff;
+  if (name == "on") return DirectIo::kOn;
+  if (name == "auto") return DirectIo::kAuto;
   return std::nullopt;
 }
 
@@ -197,24 +205,66 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     }
     out.stages.emplace_back("allocate", SecondsSince(stage_start));
 
-    engine::FillOptions fill;
-    fill.backend = backend;
-    fill.threads = options.threads;
-    fill.chunk_bytes = options.chunk_bytes;
-    fill.queue_depth = options.queue_depth;
-    fill.progress = options.progress;
-    io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
-    if (!stats.ok()) {
-      tensors.clear();  // never hand out half-filled tensors
-      ThrowIfError(stats.status());
+    // Direct or buffered: decided once, before reading, from what the page cache holds.
+    bool direct = options.direct == DirectIo::kOn;
+    if (options.direct == DirectIo::kAuto && mode != IoMode::kMmap) {
+      double resident_bytes = 0, all_bytes = 0;  // weighted by file size
+      for (const io::CheckpointFile& f : checkpoint.files) {
+        io::Result<io::OpenFile> file = io::OpenForRead(f.path);
+        ThrowIfError(file.status());
+        io::Result<double> fraction = io::ResidentFraction(file->fd.get(), file->size_bytes);
+        const double bytes = static_cast<double>(f.header.file_bytes);
+        resident_bytes += (fraction.ok() ? *fraction : 1.0) * bytes;  // cannot tell: buffered
+        all_bytes += bytes;
+      }
+      out.resident_fraction = all_bytes > 0 ? resident_bytes / all_bytes : 1.0;
+      direct = out.resident_fraction < 0.5;
     }
-    out.threads = stats->threads;
-    out.peak_in_flight = stats->peak_in_flight;
-    if (!stats->fallback.empty()) {
-      out.fallback = stats->fallback;
-      out.io = std::string(io::BackendName(io::BackendKind::kPread));
+    if (direct && mode == IoMode::kMmap) {
+      tensors.clear();
+      ThrowIfError(LoadStatus("direct", "O_DIRECT reads need --io pread or uring, not mmap"));
     }
-    for (auto& stage : stats->stages) out.stages.push_back(std::move(stage));
+    if (direct) {
+      engine::CpuSink sink(targets);
+      engine::PipelineOptions pipeline;
+      pipeline.backend = backend;
+      pipeline.direct = true;
+      pipeline.staging_bytes = options.staging_bytes;
+      pipeline.queue_depth = options.queue_depth;
+      pipeline.copy_threads = options.threads;
+      pipeline.progress = options.progress;
+      const auto read_start = Clock::now();
+      io::Result<engine::PipelineStats> stats =
+          engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
+      if (!stats.ok()) {
+        tensors.clear();  // never hand out half-filled tensors
+        ThrowIfError(stats.status());
+      }
+      out.direct = stats->direct;
+      out.threads = stats->copy_threads;
+      out.peak_in_flight = stats->peak_in_flight;
+      out.notes = stats->notes;
+      out.stages.emplace_back("read", SecondsSince(read_start));
+    } else {
+      engine::FillOptions fill;
+      fill.backend = backend;
+      fill.threads = options.threads;
+      fill.chunk_bytes = options.chunk_bytes;
+      fill.queue_depth = options.queue_depth;
+      fill.progress = options.progress;
+      io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
+      if (!stats.ok()) {
+        tensors.clear();  // never hand out half-filled tensors
+        ThrowIfError(stats.status());
+      }
+      out.threads = stats->threads;
+      out.peak_in_flight = stats->peak_in_flight;
+      if (!stats->fallback.empty()) {
+        out.fallback = stats->fallback;
+        out.io = std::string(io::BackendName(io::BackendKind::kPread));
+      }
+      for (auto& stage : stats->stages) out.stages.push_back(std::move(stage));
+    }
   }
 
   if (options.dtype) {

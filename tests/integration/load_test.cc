@@ -2,12 +2,15 @@
 // its failure modes.
 #include "integration/load.h"
 
+#include "io/file.h"
 #include "tests/support/test_files.h"
 
 #include <ATen/ops/zeros.h>
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -58,14 +61,25 @@ std::vector<Mode> Modes() {
   std::vector<Mode> modes;
   LoadOptions pread;
   pread.io = IoMode::kPread;
-  pread.chunk_bytes = 1 << 20;  // mixed.safetensors spans several chunks
+  pread.direct = DirectIo::kOff;  // whatever the page cache holds
+  pread.chunk_bytes = 1 << 20;    // mixed.safetensors spans several chunks
   modes.push_back({"pread", pread});
   LoadOptions pread_one_thread = pread;
   pread_one_thread.threads = 1;
   modes.push_back({"pread1thread", pread_one_thread});
   LoadOptions mmap;
   mmap.io = IoMode::kMmap;
+  mmap.direct = DirectIo::kOff;
   modes.push_back({"mmap", mmap});
+  LoadOptions direct;
+  direct.io = IoMode::kPread;
+  direct.direct = DirectIo::kOn;
+  direct.staging_bytes = 8 << 20;  // a few slots: reused many times for mixed.safetensors
+  modes.push_back({"preaddirect", direct});
+  LoadOptions uring;
+  uring.io = IoMode::kUring;
+  uring.direct = DirectIo::kOff;
+  modes.push_back({"uring", uring});
   LoadOptions zero_copy;
   zero_copy.zero_copy = true;
   modes.push_back({"zerocopy", zero_copy});
@@ -87,10 +101,18 @@ TEST_P(LoadFixtureTest, BytesMatchTheReferenceChecksums) {
     EXPECT_TRUE(tensors.at(name).device().is_cpu());
   }
   EXPECT_GT(report.seconds, 0);
-  EXPECT_EQ(report.io, mode.options.zero_copy              ? "zero-copy"
-                       : mode.name.substr(0, 5) == "pread" ? "pread"
-                                                           : "mmap");
+  const std::string want_io = mode.options.zero_copy              ? "zero-copy"
+                              : mode.options.io == IoMode::kMmap  ? "mmap"
+                              : mode.options.io == IoMode::kUring ? "uring"
+                                                                  : "pread";
+  if (report.fallback.empty()) {
+    EXPECT_EQ(report.io, want_io);
+  }
+  EXPECT_EQ(report.direct, mode.options.direct == DirectIo::kOn);
 }
+
+// gtest names the mode rather than dumping its bytes.
+void PrintTo(const Mode& mode, std::ostream* os) { *os << mode.name; }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LoadFixtureTest,
                          ::testing::Combine(::testing::Values("dtypes", "mixed", "many_10k"),
@@ -98,6 +120,35 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LoadFixtureTest,
                          [](const auto& p) {
                            return std::get<0>(p.param) + "_" + std::get<1>(p.param).name;
                          });
+
+TEST(LoadFileTest, AutoReadsColdFilesDirectAndCachedOnesBuffered) {
+  ScratchDir dir;
+  std::string data(8 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 131 % 251);
+  auto path = dir.Write(
+      "cold.safetensors",
+      SafetensorsBytes("{\"a\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(data.size()) +
+                           "],\"data_offsets\":[0," + std::to_string(data.size()) + "]}}",
+                       data));
+  LoadReport warm;
+  LoadFile(path, {}, &warm);
+  EXPECT_FALSE(warm.direct);
+  EXPECT_GT(warm.resident_fraction, 0.5);
+
+  // Drop the file's pages (written pages must reach the disk before they can be dropped).
+  {
+    io::Result<io::OpenFile> file = io::OpenForRead(path);
+    ASSERT_TRUE(file.ok());
+    ::fdatasync(file->fd.get());
+    ::posix_fadvise(file->fd.get(), 0, 0, POSIX_FADV_DONTNEED);
+  }
+  LoadReport cold;
+  TensorMap t = LoadFile(path, {}, &cold);
+  if (cold.resident_fraction >= 0.5) GTEST_SKIP() << "the kernel kept the file cached";
+  EXPECT_TRUE(cold.direct);
+  ASSERT_EQ(t.at("a").nbytes(), data.size());
+  EXPECT_EQ(std::memcmp(t.at("a").data_ptr(), data.data(), data.size()), 0);
+}
 
 TEST(LoadFileTest, DTypesAndShapesFollowTheMapping) {
   TensorMap t = LoadFile(Fixture("dtypes.safetensors"));

@@ -46,6 +46,8 @@ from support import CliResult, header_tensors, same_path
 INDEX = crafted.INDEX_NAME
 FIXTURES = ["dtypes", "mixed", "many_10k"]
 MODES = {"pread": ("--io", "pread"), "mmap": ("--io", "mmap"), "uring": ("--io", "uring"),
+         "direct": ("--io", "pread", "--direct", "on"),
+         "direct-uring": ("--io", "uring", "--direct", "on", "--staging-mb", "8"),
          "zero-copy": ("--zero-copy",)}
 THREADS = [1, 2]
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -254,11 +256,12 @@ def check_json_report(res, target, exp, mode, threads=None, chunk_mb=None, diges
     assert doc.get("tensors") == len(exp), ctx
     assert doc.get("files") == len(target.shards), ctx
     assert doc.get("bytes") == sum(e[2] for e in exp.values()), ctx
-    want_io = {"pread": "pread", "mmap": "mmap", "uring": "uring", "zero-copy": "zero-copy",
-               None: "pread"}[mode]
+    want_io = {"pread": "pread", "mmap": "mmap", "uring": "uring", "direct": "pread",
+               "direct-uring": "uring", "zero-copy": "zero-copy", None: "pread"}[mode]
     assert doc.get("io") == want_io, ctx
     assert doc.get("zero_copy") is (mode == "zero-copy"), ctx
-    if threads is not None and mode != "zero-copy":
+    # Direct loads report their copy threads, which oneTBB may cap below the request.
+    if threads is not None and mode not in ("zero-copy", "direct", "direct-uring"):
         assert doc.get("threads") == threads, ctx
     elif mode == "zero-copy":  # no reads, so no worker threads: 0 or the requested count
         assert doc.get("threads") in (0, threads), ctx
@@ -397,7 +400,7 @@ def test_load_digest_text(tid, mode, targets, load_cli, reference):
 
 
 CHUNK_MATRIX = [("pread", 1), ("pread", 2), ("mmap", 1), ("mmap", 2), ("uring", 1), ("uring", 2),
-                ("zero-copy", 2)]
+                ("direct", 1), ("direct", 2), ("zero-copy", 2)]
 
 
 @pytest.mark.parametrize("mode,threads", CHUNK_MATRIX, ids=[f"{m}-t{n}" for m, n in CHUNK_MATRIX])

@@ -1,0 +1,15 @@
+// How much of a file is in the page cache: the input to `--direct auto`.
+#pragma once
+
+#include "io/status.h"
+
+#include <cstdint>
+
+namespace shardstream::io {
+
+// The fraction (0..1) of the file's pages that are resident, sampled with mincore(2) over up to
+// 64 windows of 1 MiB spread evenly across the file (the whole file when it is small). A 0-byte
+// file counts as resident. Errors carry errno (mmap or mincore refused). Thread-safe.
+Result<double> ResidentFraction(int fd, uint64_t size_bytes);
+
+}  // namespace shardstream::io
