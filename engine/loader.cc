@@ -1,5 +1,7 @@
 #include "engine/loader.h"
 
+#include "engine/detail/load_support.h"
+
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
@@ -15,75 +17,12 @@
 namespace shardstream::engine {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-constexpr auto kProgressInterval = std::chrono::milliseconds(50);
-
-// The first error of a parallel load wins; later ones are consequences.
-class FirstError {
- public:
-  void Record(io::Status status) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (status_.ok()) status_ = std::move(status);
-  }
-  io::Status Take() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return std::move(status_);
-  }
-
- private:
-  std::mutex mutex_;
-  io::Status status_;
-};
-
-// Serialises progress callbacks and rate-limits them.
-class ProgressReporter {
- public:
-  ProgressReporter(const ProgressFn& fn, uint64_t total) : fn_(fn), total_(total) {}
-
-  // Adds `bytes`; returns false when the callback asked to cancel.
-  bool Add(uint64_t bytes) {
-    const uint64_t done = done_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    if (!fn_) return true;
-    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
-    if (!lock.owns_lock()) return !cancelled_.load(std::memory_order_relaxed);
-    const auto now = Clock::now();
-    if (done < total_ && now - last_ < kProgressInterval) return !cancelled_;
-    last_ = now;
-    if (!fn_(Progress{done, total_})) cancelled_ = true;
-    return !cancelled_;
-  }
-  bool Final() {
-    if (!fn_) return true;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!fn_(Progress{done_.load(), total_})) cancelled_ = true;
-    return !cancelled_;
-  }
-
- private:
-  const ProgressFn& fn_;
-  const uint64_t total_;
-  std::atomic<uint64_t> done_{0};
-  std::atomic<bool> cancelled_{false};
-  std::mutex mutex_;
-  Clock::time_point last_ = Clock::now();
-};
-
-// The tensor, if any, whose bytes start at or contain `file_offset` in chunk's file: errors
-// name it.
-std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t file_offset) {
-  const io::Header& header = checkpoint.files[file].header;
-  if (file_offset < header.data_offset()) return {};
-  const uint64_t rel = file_offset - header.data_offset();
-  for (const io::TensorInfo& t : header.tensors) {
-    if (rel >= t.begin && rel < t.end) return t.name;
-  }
-  return {};
-}
+using detail::Cancelled;
+using detail::Clock;
+using detail::FirstError;
+using detail::ProgressReporter;
+using detail::SecondsSince;
+using detail::TensorAt;
 
 }  // namespace
 
@@ -145,15 +84,11 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
   FirstError first_error;
   ProgressReporter progress(options.progress, plan.payload_bytes);
   std::atomic<size_t> next_chunk{0};
-  std::atomic<bool> stop{false};
   std::atomic<uint32_t> in_flight{0};
   std::atomic<uint32_t> peak_in_flight{0};
   std::atomic<bool> fell_back{false};
 
-  auto fail = [&](io::Status status) {
-    first_error.Record(std::move(status));
-    stop.store(true, std::memory_order_relaxed);
-  };
+  auto fail = [&](io::Status status) { first_error.Record(std::move(status)); };
 
   auto run_worker = [&] {
     std::unique_ptr<io::ReadBackend> backend;
@@ -184,7 +119,7 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
     size_t outstanding = 0;
     while (true) {
       batch.clear();
-      while (!stop.load(std::memory_order_relaxed) && !free_slots.empty()) {
+      while (!first_error.stopped() && !free_slots.empty()) {
         const size_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
         if (c >= plan.chunks.size()) break;
         const size_t s = free_slots.back();
@@ -228,8 +163,7 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
           status.WithTensor(TensorAt(checkpoint, chunk.file, at));
           fail(std::move(status));
         } else if (!progress.Add(chunk.needed_bytes)) {
-          fail(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
-                                 "load cancelled by the progress callback"));
+          fail(Cancelled());
         }
       }
     }
@@ -251,8 +185,7 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
   stats.peak_in_flight = peak_in_flight.load();
   if (io::Status error = first_error.Take(); !error.ok()) return error;
   if (!progress.Final()) {
-    return io::Status::Error(io::StatusCode::kCancelled, "cancelled",
-                             "load cancelled by the progress callback");
+    return Cancelled();
   }
 
   for (const auto& [target, unique] : copies) {

@@ -1,5 +1,6 @@
 #include "engine/pipeline.h"
 
+#include "engine/detail/load_support.h"
 #include "io/file.h"
 
 #include <oneapi/tbb/global_control.h>
@@ -22,71 +23,13 @@
 namespace shardstream::engine {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-constexpr auto kProgressInterval = std::chrono::milliseconds(50);
+using detail::Cancelled;
+using detail::Clock;
+using detail::FirstError;
+using detail::ProgressReporter;
+using detail::TensorAt;
 
 uint64_t AlignDown(uint64_t value, uint64_t alignment) { return value & ~(alignment - 1); }
-
-io::Status Cancelled() {
-  return io::Status::Error(io::StatusCode::kCancelled, "cancelled",
-                           "load cancelled by the progress callback");
-}
-
-// The first error of the load wins; later ones are its consequences. `stop` tells the IO thread
-// and copy tasks to wind down.
-class FirstError {
- public:
-  void Record(io::Status status) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (status_.ok()) status_ = std::move(status);
-    stop_.store(true, std::memory_order_relaxed);
-  }
-  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
-  io::Status Take() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return std::move(status_);
-  }
-
- private:
-  std::mutex mutex_;
-  io::Status status_;
-  std::atomic<bool> stop_{false};
-};
-
-// Serialises progress callbacks and rate-limits them (the same contract as FillTargets').
-class ProgressReporter {
- public:
-  ProgressReporter(const ProgressFn& fn, uint64_t total) : fn_(fn), total_(total) {}
-
-  // Adds `bytes`; returns false when the callback asked to cancel. Any thread.
-  bool Add(uint64_t bytes) {
-    const uint64_t done = done_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    if (!fn_) return true;
-    // A copy task never waits for another's callback: it skips the report instead.
-    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
-    if (!lock.owns_lock()) return !cancelled_.load(std::memory_order_relaxed);
-    const auto now = Clock::now();
-    if (done < total_ && now - last_ < kProgressInterval) return !cancelled_;
-    last_ = now;
-    if (!fn_(Progress{done, total_})) cancelled_ = true;
-    return !cancelled_;
-  }
-  bool Final() {
-    if (!fn_) return true;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!fn_(Progress{done_.load(), total_})) cancelled_ = true;
-    return !cancelled_;
-  }
-
- private:
-  const ProgressFn& fn_;
-  const uint64_t total_;
-  std::atomic<uint64_t> done_{0};
-  std::atomic<bool> cancelled_{false};
-  std::mutex mutex_;
-  Clock::time_point last_ = Clock::now();
-};
 
 // Wall-clock accounting of how much reading and copying overlapped: every change in the number of
 // reads in flight or copies running closes an interval that is charged to IO, copy, or both.
@@ -125,17 +68,6 @@ uint64_t PayloadBytes(std::span<const Piece> pieces) {
   uint64_t bytes = 0;
   for (const Piece& piece : pieces) bytes += piece.length;
   return bytes;
-}
-
-// The tensor whose bytes contain `file_offset` of `file`, if any: errors name it.
-std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t file_offset) {
-  const io::Header& header = checkpoint.files[file].header;
-  if (file_offset < header.data_offset()) return {};
-  const uint64_t rel = file_offset - header.data_offset();
-  for (const io::TensorInfo& t : header.tensors) {
-    if (rel >= t.begin && rel < t.end) return t.name;
-  }
-  return {};
 }
 
 // Opens the files, with O_DIRECT when asked and allowed. Sets *direct to what was used and adds a

@@ -5,6 +5,7 @@
 #include "engine/staging.h"
 #include "io/checkpoint.h"
 #include "io/file.h"
+#include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
 
 #include <atomic>
@@ -24,53 +25,10 @@ namespace {
 namespace fs = std::filesystem;
 using shardstream::testing::ScratchDir;
 
-// A valid file of U8 tensors "t0".."t{n-1}", each `size` bytes of a pattern that tells tensors
-// and positions apart. Odd sizes keep tensors and the file end off every block boundary.
-std::string PatternFile(int n, uint64_t size, int first = 0) {
-  std::string header = "{";
-  std::string data;
-  for (int i = 0; i < n; ++i) {
-    if (i) header += ",";
-    header += "\"t" + std::to_string(first + i) + "\":{\"dtype\":\"U8\",\"shape\":[" +
-              std::to_string(size) + "],\"data_offsets\":[" + std::to_string(i * size) + "," +
-              std::to_string((i + 1) * size) + "]}";
-    for (uint64_t b = 0; b < size; ++b) {
-      data += static_cast<char>(((first + i) * 31 + b * 7) & 0xff);
-    }
-  }
-  header += "}";
-  return shardstream::testing::SafetensorsBytes(header, data);
-}
-
-struct Loaded {
-  io::Checkpoint checkpoint;
-  std::vector<std::vector<std::byte>> buffers;
-  std::vector<LoadTarget> targets;
-};
-
-Loaded Prepare(const fs::path& path) {
-  auto checkpoint = io::OpenCheckpoint(path);
-  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
-  Loaded loaded{std::move(*checkpoint), {}, {}};
-  const auto& tensors = loaded.checkpoint.files[0].header.tensors;
-  loaded.buffers.resize(tensors.size());
-  for (uint32_t i = 0; i < tensors.size(); ++i) {
-    loaded.buffers[i].assign(tensors[i].size_bytes(), std::byte{0xAA});
-    loaded.targets.push_back(LoadTarget{{0, i}, loaded.buffers[i].data()});
-  }
-  return loaded;
-}
-
-void ExpectPattern(const Loaded& loaded) {
-  const auto& tensors = loaded.checkpoint.files[0].header.tensors;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const int index = std::stoi(tensors[i].name.substr(1));
-    for (uint64_t b = 0; b < tensors[i].size_bytes(); ++b) {
-      ASSERT_EQ(loaded.buffers[i][b], std::byte((index * 31 + b * 7) & 0xff))
-          << tensors[i].name << " byte " << b;
-    }
-  }
-}
+using testing::ExpectPattern;
+using testing::Loaded;
+using testing::PatternFile;
+using testing::Prepare;
 
 size_t CountOpenFds() {
   size_t n = 0;

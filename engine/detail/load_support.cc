@@ -1,0 +1,55 @@
+#include "engine/detail/load_support.h"
+
+namespace shardstream::engine::detail {
+namespace {
+
+constexpr auto kProgressInterval = std::chrono::milliseconds(50);
+
+}  // namespace
+
+io::Status Cancelled() {
+  return io::Status::Error(io::StatusCode::kCancelled, "cancelled",
+                           "load cancelled by the progress callback");
+}
+
+void FirstError::Record(io::Status status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (status_.ok()) status_ = std::move(status);
+  stop_.store(true, std::memory_order_relaxed);
+}
+
+io::Status FirstError::Take() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return std::move(status_);
+}
+
+bool ProgressReporter::Add(uint64_t bytes) {
+  const uint64_t done = done_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  if (!fn_) return true;
+  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return !cancelled_.load(std::memory_order_relaxed);
+  const auto now = Clock::now();
+  if (done < total_ && now - last_ < kProgressInterval) return !cancelled_;
+  last_ = now;
+  if (!fn_(Progress{done, total_})) cancelled_ = true;
+  return !cancelled_;
+}
+
+bool ProgressReporter::Final() {
+  if (!fn_) return true;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!fn_(Progress{done_.load(), total_})) cancelled_ = true;
+  return !cancelled_;
+}
+
+std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t file_offset) {
+  const io::Header& header = checkpoint.files[file].header;
+  if (file_offset < header.data_offset()) return {};
+  const uint64_t rel = file_offset - header.data_offset();
+  for (const io::TensorInfo& t : header.tensors) {
+    if (rel >= t.begin && rel < t.end) return t.name;
+  }
+  return {};
+}
+
+}  // namespace shardstream::engine::detail

@@ -1,0 +1,66 @@
+// Pieces shared by the direct loader (engine/loader.cc) and the staged pipeline
+// (engine/pipeline.cc): first-error-wins recording, the rate-limited progress reporter, and
+// naming the tensor at a file offset for error messages. Private to engine/.
+#pragma once
+
+#include "engine/loader.h"
+#include "io/checkpoint.h"
+#include "io/status.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace shardstream::engine::detail {
+
+using Clock = std::chrono::steady_clock;
+
+inline double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The status a cancelled load returns.
+io::Status Cancelled();
+
+// The first error of a parallel load wins; later ones are its consequences. Recording any error
+// also raises stopped(), which tells every reader and copier to wind down. Thread-safe.
+class FirstError {
+ public:
+  void Record(io::Status status);
+  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
+  io::Status Take();
+
+ private:
+  std::mutex mutex_;
+  io::Status status_;
+  std::atomic<bool> stop_{false};
+};
+
+// Serialises progress callbacks and rate-limits them to one per ~50 ms (and one at the end).
+// `fn` must outlive the reporter. Thread-safe.
+class ProgressReporter {
+ public:
+  ProgressReporter(const ProgressFn& fn, uint64_t total) : fn_(fn), total_(total) {}
+
+  // Adds `bytes`; returns false once the callback has asked to cancel. A caller never waits for
+  // another thread's callback: it skips its report instead.
+  bool Add(uint64_t bytes);
+  // The final report; false when the callback asked to cancel.
+  bool Final();
+
+ private:
+  const ProgressFn& fn_;
+  const uint64_t total_;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<bool> cancelled_{false};
+  std::mutex mutex_;
+  Clock::time_point last_ = Clock::now();
+};
+
+// The name of the tensor whose bytes contain `file_offset` of checkpoint file `file`, or "" (the
+// header, a gap): errors name it.
+std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t file_offset);
+
+}  // namespace shardstream::engine::detail
