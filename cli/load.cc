@@ -7,7 +7,11 @@
 #include "cli/commands.h"
 #include "cli/format.h"
 #include "cli/sha256.h"
+#include "engine/pipeline.h"
+#include "engine/sink.h"
+#include "io/checkpoint.h"
 #include "io/json_writer.h"
+#include "io/residency.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -25,12 +29,13 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 13> kFlags = {{
+constexpr std::array<FlagSpec, 14> kFlags = {{
     {"device", "DEV", "target device (cpu; default cpu)"},
     {"io", "MODE", "auto, pread, mmap or uring (default auto = pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
     {"direct", "MODE", "O_DIRECT reads: on, off, or auto = on when the files are not cached"},
     {"staging-mb", "N", "bound on staging memory for direct reads in MiB (default 256)"},
+    {"sink", "SINK", "tensors (default), or discard: read into staging and drop the bytes"},
     {"zero-copy", "", "tensors view private mappings of the files instead of owning memory"},
     {"threads", "N", "worker threads (default: one per core)"},
     {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
@@ -114,6 +119,91 @@ std::vector<DigestLine> Digest(const TensorMap& tensors, const LoadReport& repor
   return lines;
 }
 
+// `--sink discard`: the staged pipeline into staging slots with the bytes dropped: what will feed
+// a GPU, free of destination page faults. No tensors are allocated.
+int RunDiscard(const std::string& path, const LoadOptions& options, bool json, ProgressBar& bar) {
+  const auto start = std::chrono::steady_clock::now();
+  io::Result<io::Checkpoint> checkpoint = io::OpenCheckpoint(path);
+  if (!checkpoint.ok()) {
+    PrintError(checkpoint.status().ToString());
+    return kExitFailure;
+  }
+  std::vector<engine::LoadTarget> targets;
+  for (uint32_t f = 0; f < checkpoint->files.size(); ++f) {
+    for (uint32_t i = 0; i < checkpoint->files[f].header.tensors.size(); ++i) {
+      targets.push_back(engine::LoadTarget{{f, i}, nullptr});
+    }
+  }
+  engine::PipelineOptions pipeline;
+  pipeline.backend =
+      options.io == IoMode::kUring ? io::BackendKind::kUring : io::BackendKind::kPread;
+  pipeline.direct = options.direct == DirectIo::kOn;
+  double resident = -1;
+  if (options.direct == DirectIo::kAuto) {
+    io::Result<double> fraction = io::CheckpointResidentFraction(*checkpoint);
+    if (!fraction.ok()) {
+      PrintError(fraction.status().ToString());
+      return kExitFailure;
+    }
+    resident = *fraction;
+    pipeline.direct = resident < 0.5;
+  }
+  pipeline.staging_bytes = options.staging_bytes;
+  pipeline.queue_depth = options.queue_depth;
+  pipeline.copy_threads = options.threads;
+  pipeline.progress = options.progress;
+  engine::DiscardSink sink;
+  io::Result<engine::PipelineStats> stats =
+      engine::RunStagedPipeline(*checkpoint, targets, sink, pipeline);
+  bar.Clear();
+  if (!stats.ok()) {
+    PrintError(io::Status(stats.status()).WithPath(path).ToString());  // path: when none is named
+    return kExitFailure;
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const uint64_t bytes = checkpoint->data_bytes();
+  const double gbps = seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0;
+  const std::string io_name(io::BackendName(pipeline.backend));
+  if (json) {
+    io::JsonWriter out;
+    out.BeginObject().Field("path", path).Field("sink", "discard");
+    out.Field("bytes", bytes).Field("tensors", uint64_t{checkpoint->tensor_count()});
+    out.Field("files", uint64_t{checkpoint->files.size()}).Field("seconds", seconds);
+    out.Field("gbps", gbps).Field("io", io_name).Field("direct", stats->direct);
+    out.Key("resident_fraction");
+    if (resident >= 0) {
+      out.Double(resident);
+    } else {
+      out.Null();
+    }
+    out.Field("read_bytes", stats->read_bytes).Field("discarded_bytes", sink.bytes());
+    out.Field("queue_depth", uint64_t{options.queue_depth});
+    out.Field("peak_in_flight", uint64_t{stats->peak_in_flight});
+    out.Field("slots", uint64_t{stats->slots}).Field("slot_bytes", stats->slot_bytes);
+    out.Field("peak_slots_in_use", uint64_t{stats->peak_slots_in_use});
+    out.Field("io_busy_seconds", stats->io_busy_seconds);
+    out.Field("copy_busy_seconds", stats->copy_busy_seconds);
+    out.Field("overlap_seconds", stats->overlap_seconds);
+    out.Key("notes").BeginArray();
+    for (const std::string& note : stats->notes) out.String(note);
+    out.EndArray().EndObject();
+    std::cout << out.str() << "\n";
+    return kExitOk;
+  }
+  char rate[64];
+  std::snprintf(rate, sizeof rate, "%.3f s  (%.2f GB/s)", seconds, gbps);
+  std::cout << "read        " << path << " (sink: discard)\n";
+  std::cout << "bytes       " << FormatCount(bytes) << " (" << FormatBytes(bytes) << "), "
+            << FormatCount(stats->read_bytes) << " read\n";
+  std::cout << "time        " << rate << "\n";
+  std::cout << "io          " << io_name << (stats->direct ? " O_DIRECT" : "") << ", "
+            << stats->slots << " slots of " << FormatBytes(stats->slot_bytes) << ", peak "
+            << stats->peak_in_flight << " reads in flight\n";
+  for (const std::string& note : stats->notes) std::cout << "note        " << note << "\n";
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunLoad(std::span<char* const> argv) {
@@ -191,6 +281,19 @@ int RunLoad(std::span<char* const> argv) {
   const bool digest = args->Has("digest");
   ProgressBar bar(!json && !args->Has("quiet"));
   options.progress = [&bar](const engine::Progress& p) { return bar.Update(p); };
+  if (auto sink = args->Get("sink"); sink && *sink != "tensors") {
+    if (*sink != "discard") {
+      PrintError("--sink must be tensors or discard, not '" + *sink + "'");
+      return kExitUsage;
+    }
+    if (digest || options.zero_copy || options.dtype || options.io == IoMode::kMmap) {
+      PrintError(
+          "--sink discard keeps no tensors: it takes no --digest, --zero-copy, --dtype or "
+          "--io mmap");
+      return kExitUsage;
+    }
+    return RunDiscard(args->positional()[0], options, json, bar);
+  }
 
   LoadReport report;
   TensorMap tensors;

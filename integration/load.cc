@@ -208,16 +208,9 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     // Direct or buffered: decided once, before reading, from what the page cache holds.
     bool direct = options.direct == DirectIo::kOn;
     if (options.direct == DirectIo::kAuto && mode != IoMode::kMmap) {
-      double resident_bytes = 0, all_bytes = 0;  // weighted by file size
-      for (const io::CheckpointFile& f : checkpoint.files) {
-        io::Result<io::OpenFile> file = io::OpenForRead(f.path);
-        ThrowIfError(file.status());
-        io::Result<double> fraction = io::ResidentFraction(file->fd.get(), file->size_bytes);
-        const double bytes = static_cast<double>(f.header.file_bytes);
-        resident_bytes += (fraction.ok() ? *fraction : 1.0) * bytes;  // cannot tell: buffered
-        all_bytes += bytes;
-      }
-      out.resident_fraction = all_bytes > 0 ? resident_bytes / all_bytes : 1.0;
+      io::Result<double> resident = io::CheckpointResidentFraction(checkpoint);
+      ThrowIfError(resident.status());
+      out.resident_fraction = *resident;
       direct = out.resident_fraction < 0.5;
     }
     if (direct && mode == IoMode::kMmap) {
@@ -238,7 +231,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
           engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
       if (!stats.ok()) {
         tensors.clear();  // never hand out half-filled tensors
-        ThrowIfError(stats.status());
+        ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
       }
       out.direct = stats->direct;
       out.threads = stats->copy_threads;

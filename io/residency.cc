@@ -1,5 +1,7 @@
 #include "io/residency.h"
 
+#include "io/file.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -39,6 +41,18 @@ Result<double> ResidentFraction(int fd, uint64_t size_bytes) {
   }
   ::munmap(map, size_bytes);
   return total ? static_cast<double>(resident) / static_cast<double>(total) : 1.0;
+}
+
+Result<double> CheckpointResidentFraction(const Checkpoint& checkpoint) {
+  double resident_bytes = 0, all_bytes = 0;
+  for (const CheckpointFile& f : checkpoint.files) {
+    SHARDSTREAM_ASSIGN_OR_RETURN(OpenFile file, OpenForRead(f.path));
+    Result<double> fraction = ResidentFraction(file.fd.get(), file.size_bytes);
+    const double bytes = static_cast<double>(f.header.file_bytes);
+    resident_bytes += (fraction.ok() ? *fraction : 1.0) * bytes;
+    all_bytes += bytes;
+  }
+  return all_bytes > 0 ? resident_bytes / all_bytes : 1.0;
 }
 
 }  // namespace shardstream::io

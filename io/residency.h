@@ -1,6 +1,7 @@
 // How much of a file is in the page cache: the input to `--direct auto`.
 #pragma once
 
+#include "io/checkpoint.h"
 #include "io/status.h"
 
 #include <cstdint>
@@ -11,5 +12,10 @@ namespace shardstream::io {
 // 64 windows of 1 MiB spread evenly across the file (the whole file when it is small). A 0-byte
 // file counts as resident. Errors carry errno (mmap or mincore refused). Thread-safe.
 Result<double> ResidentFraction(int fd, uint64_t size_bytes);
+
+// The residency of a whole checkpoint, weighted by file size. Files that cannot be sampled count
+// as resident (the safe answer for `--direct auto`: buffered reads). Errors: a file that cannot
+// be opened.
+Result<double> CheckpointResidentFraction(const Checkpoint& checkpoint);
 
 }  // namespace shardstream::io

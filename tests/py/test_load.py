@@ -451,6 +451,39 @@ def test_load_uring_unavailable_falls_back_to_pread(targets, load_cli, reference
     assert got == {name: e[3] for name, e in exp.items()}, res.describe()
 
 
+@pytest.mark.parametrize("extra", [("--direct", "on"), ("--direct", "off"),
+                                   ("--io", "uring", "--direct", "on", "--staging-mb", "8")],
+                         ids=["direct", "buffered", "uring-direct-tiny-staging"])
+def test_load_sink_discard_reads_every_byte(extra, targets, load_cli):
+    """--sink discard runs the staged pipeline into staging and drops the bytes: all counted."""
+    for tid in ("sharded", "fixture-mixed"):
+        target = targets[tid]
+        res = load_cli("load", target.arg, "--quiet", "--json", "--sink", "discard", *extra)
+        assert res.returncode == 0, res.describe()
+        doc = res.json()
+        exp = expected_for(target)
+        assert doc["sink"] == "discard", res.describe()
+        assert doc["bytes"] == sum(e[2] for e in exp.values()), res.describe()
+        assert doc["discarded_bytes"] == doc["bytes"], res.describe()
+        assert doc["read_bytes"] >= doc["bytes"], res.describe()
+        assert doc["direct"] is ("on" in extra), res.describe()
+        assert doc["peak_slots_in_use"] <= doc["slots"], res.describe()
+
+
+def test_load_sink_discard_refuses_what_needs_tensors(targets, load_cli):
+    target = targets["sharded"]
+    for extra in (["--digest"], ["--zero-copy"], ["--dtype", "f32"], ["--io", "mmap"]):
+        res = load_cli("load", target.arg, "--quiet", "--sink", "discard", *extra)
+        assert res.returncode == 2 and res.stdout == "", res.describe()
+    res = load_cli("load", target.arg, "--quiet", "--sink", "gpu")
+    assert res.returncode == 2, res.describe()
+    # Less staging than one 4 MiB slot: a clear error, not a hang.
+    mixed = targets["fixture-mixed"]
+    res = load_cli("load", mixed.arg, "--quiet", "--sink", "discard", "--direct", "on",
+                   "--staging-mb", "1")
+    assert_load_error(res, "staging", file=mixed.arg)
+
+
 def test_load_fixture_listing_matches(targets, load_cli):
     """The digest names/dtypes/shapes are those of the fixtures' own sum64 listings."""
     from support import parse_sum64
