@@ -333,15 +333,7 @@ io::Status PrepareOutputDir(const fs::path& dir, bool force) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
     if (errno != ENOENT) return io::Status::FromErrno(errno, "stat").WithPath(dir.string());
-    std::string partial;
-    for (const fs::path& part : dir) {
-      if (!partial.empty() && partial.back() != '/') partial += '/';
-      partial += part.string();
-      if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-        return io::Status::FromErrno(errno, "mkdir").WithPath(partial);
-      }
-    }
-    return io::Status::Ok();
+    return io::MakeDirectories(dir);
   }
   if (!S_ISDIR(st.st_mode)) {
     return io::Status::Error(io::StatusCode::kInvalidArgument, "not-a-directory",

@@ -32,13 +32,7 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
   auto stage_start = Clock::now();
 
   // Files: opened once, checked against the sizes their headers were validated with.
-  std::vector<std::filesystem::path> paths;
-  std::vector<uint64_t> sizes;
-  for (const io::CheckpointFile& f : checkpoint.files) {
-    paths.push_back(f.path);
-    sizes.push_back(f.header.file_bytes);
-  }
-  SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, io::FileSet::Open(paths, sizes));
+  SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, io::FileSet::Open(checkpoint));
   stats.stages.emplace_back("open", SecondsSince(stage_start));
 
   // Plan. A tensor wanted twice is read once and copied afterwards: one read cannot scatter the

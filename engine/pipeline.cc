@@ -72,11 +72,10 @@ uint64_t PayloadBytes(std::span<const Piece> pieces) {
 
 // Opens the files, with O_DIRECT when asked and allowed. Sets *direct to what was used and adds a
 // note when O_DIRECT was refused.
-io::Result<io::FileSet> OpenFiles(std::span<const std::filesystem::path> paths,
-                                  std::span<const uint64_t> sizes, bool* direct,
+io::Result<io::FileSet> OpenFiles(const io::Checkpoint& checkpoint, bool* direct,
                                   std::vector<std::string>* notes) {
   if (*direct) {
-    auto files = io::FileSet::Open(paths, sizes, O_DIRECT);
+    auto files = io::FileSet::Open(checkpoint, O_DIRECT);
     if (files.ok()) return files;
     // EINVAL from open(O_DIRECT) is the filesystem refusing direct IO (tmpfs, some FUSE): read
     // through the page cache instead. Anything else (ENOENT, EACCES) fails the same way buffered.
@@ -84,7 +83,7 @@ io::Result<io::FileSet> OpenFiles(std::span<const std::filesystem::path> paths,
     notes->push_back("direct: O_DIRECT refused, reading buffered: " + files.status().ToString());
     *direct = false;
   }
-  return io::FileSet::Open(paths, sizes);
+  return io::FileSet::Open(checkpoint);
 }
 
 // One read in flight: the slot it fills and the chunk it reads.
@@ -102,14 +101,8 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   const auto start = Clock::now();
   PipelineStats stats;
 
-  std::vector<std::filesystem::path> paths;
-  std::vector<uint64_t> sizes;
-  for (const io::CheckpointFile& f : checkpoint.files) {
-    paths.push_back(f.path);
-    sizes.push_back(f.header.file_bytes);
-  }
   bool direct = options.direct;
-  SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, OpenFiles(paths, sizes, &direct, &stats.notes));
+  SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, OpenFiles(checkpoint, &direct, &stats.notes));
 
   // O_DIRECT: every read offset and length must be a multiple of the files' alignment (the
   // largest over files, since one plan covers them all).
@@ -126,7 +119,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
     }
     if (!direct) {
       alignment = 1;
-      SHARDSTREAM_ASSIGN_OR_RETURN(files, io::FileSet::Open(paths, sizes));
+      SHARDSTREAM_ASSIGN_OR_RETURN(files, io::FileSet::Open(checkpoint));
     }
   }
   // The last block of a file whose size is not a multiple of the alignment cannot be read with
@@ -134,7 +127,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   // tails (under one block per file) are read with pread from a buffered descriptor instead.
   std::optional<io::FileSet> buffered;
   if (direct) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(buffered, io::FileSet::Open(paths, sizes));
+    SHARDSTREAM_ASSIGN_OR_RETURN(buffered, io::FileSet::Open(checkpoint));
   }
   stats.direct = direct;
   stats.alignment_bytes = alignment;

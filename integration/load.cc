@@ -142,16 +142,12 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     }
   }
 
+  // Every failure below throws, which frees whatever `tensors` holds: a failed load never hands
+  // out half-filled tensors.
   TensorMap tensors;
   if (options.zero_copy) {
     out.io = "zero-copy";
-    std::vector<std::filesystem::path> paths;
-    std::vector<uint64_t> sizes;
-    for (const io::CheckpointFile& f : checkpoint.files) {
-      paths.push_back(f.path);
-      sizes.push_back(f.header.file_bytes);
-    }
-    io::Result<io::FileSet> files = io::FileSet::Open(paths, sizes);
+    io::Result<io::FileSet> files = io::FileSet::Open(checkpoint);
     ThrowIfError(files.status());
     std::vector<std::shared_ptr<io::MappedFile>> maps;
     for (size_t f = 0; f < files->size(); ++f) {
@@ -191,7 +187,6 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       const uint64_t bytes = t.size_bytes();
       auto buffer = engine::AllocateHostBuffer(bytes, options.huge_pages);
       if (!buffer.ok()) {
-        tensors.clear();
         ThrowIfError(std::move(buffer).status().WithTensor(t.name).WithPath(
             checkpoint.files[p.location.file].path.string()));
       }
@@ -214,7 +209,6 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       direct = out.resident_fraction < 0.5;
     }
     if (direct && mode == IoMode::kMmap) {
-      tensors.clear();
       ThrowIfError(LoadStatus("direct", "O_DIRECT reads need --io pread or uring, not mmap"));
     }
     if (direct) {
@@ -230,7 +224,6 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       io::Result<engine::PipelineStats> stats =
           engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
       if (!stats.ok()) {
-        tensors.clear();  // never hand out half-filled tensors
         ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
       }
       out.direct = stats->direct;
@@ -247,7 +240,6 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       fill.progress = options.progress;
       io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
       if (!stats.ok()) {
-        tensors.clear();  // never hand out half-filled tensors
         ThrowIfError(stats.status());
       }
       out.threads = stats->threads;
@@ -269,7 +261,6 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       try {
         tensor = tensor.to(*options.dtype);
       } catch (const c10::Error& e) {
-        tensors.clear();
         ThrowIfError(LoadStatus("cast", std::string("torch cannot cast it to ") +
                                             c10::toString(*options.dtype) + ": " +
                                             e.what_without_backtrace())

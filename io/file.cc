@@ -41,6 +41,18 @@ Result<OpenFile> OpenForRead(const std::filesystem::path& path, int extra_flags)
   return file;
 }
 
+Status MakeDirectories(const std::filesystem::path& dir) {
+  std::string partial;
+  for (const std::filesystem::path& part : dir) {
+    if (!partial.empty() && partial.back() != '/') partial += '/';
+    partial += part.string();
+    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
+      return Status::FromErrno(errno, "mkdir").WithPath(partial);
+    }
+  }
+  return Status::Ok();
+}
+
 Status PreadFull(int fd, std::span<std::byte> dst, uint64_t offset) {
   size_t done = 0;
   while (done < dst.size()) {

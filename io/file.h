@@ -44,6 +44,11 @@ struct OpenFile {
 // "not-a-file".
 Result<OpenFile> OpenForRead(const std::filesystem::path& path, int extra_flags = 0);
 
+// mkdir -p: creates `dir` and any missing parents (mode 0755). Errors name the component that
+// could not be made. POSIX only: processes that link the PyPI torch wheel must not call
+// std::filesystem's operations, which its libtorch.so interposes.
+Status MakeDirectories(const std::filesystem::path& dir);
+
 // Reads exactly dst.size() bytes at `offset`, retrying EINTR and short reads. Reaching end of file
 // early is an error with rule "file-changed" (the file shrank after it was validated). Thread-safe
 // (pread does not move the file offset).

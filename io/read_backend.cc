@@ -182,6 +182,16 @@ Result<FileSet> FileSet::Open(std::span<const std::filesystem::path> paths,
   return set;
 }
 
+Result<FileSet> FileSet::Open(const Checkpoint& checkpoint, int extra_flags) {
+  std::vector<std::filesystem::path> paths;
+  std::vector<uint64_t> sizes;
+  for (const CheckpointFile& f : checkpoint.files) {
+    paths.push_back(f.path);
+    sizes.push_back(f.header.file_bytes);
+  }
+  return Open(paths, sizes, extra_flags);
+}
+
 Result<std::shared_ptr<MappedFile>> FileSet::Mapping(size_t i) const {
   std::lock_guard<std::mutex> lock(*mapping_mutex_);
   std::shared_ptr<MappedFile>& slot = (*mappings_)[i];

@@ -18,6 +18,7 @@
 // and may be shared by every thread.
 #pragma once
 
+#include "io/checkpoint.h"
 #include "io/file.h"
 #include "io/status.h"
 
@@ -65,6 +66,8 @@ class FileSet {
   // `extra_flags` are added to every open (O_DIRECT for the staged pipeline).
   static Result<FileSet> Open(std::span<const std::filesystem::path> paths,
                               std::span<const uint64_t> expected_sizes, int extra_flags = 0);
+  // Every file of a validated checkpoint, in its order, checked against its header's file size.
+  static Result<FileSet> Open(const Checkpoint& checkpoint, int extra_flags = 0);
 
   size_t size() const { return files_.size(); }
   int fd(size_t i) const { return files_[i].fd.get(); }

@@ -1,5 +1,7 @@
 #include "tests/support/test_files.h"
 
+#include "io/file.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,13 +40,8 @@ int RemoveEntry(const char* path, const struct stat*, int type, struct FTW*) {
 ScratchDir::~ScratchDir() { ::nftw(path_.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS); }
 
 void MakeDirs(const std::filesystem::path& dir) {
-  std::string partial;
-  for (const auto& part : dir) {
-    if (!partial.empty() && partial.back() != '/') partial += '/';
-    partial += part.string();
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw std::runtime_error("mkdir " + partial + ": " + std::strerror(errno));
-    }
+  if (io::Status status = io::MakeDirectories(dir); !status.ok()) {
+    throw std::runtime_error(status.ToString());
   }
 }
 
