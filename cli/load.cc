@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/format.h"
 #include "cli/sha256.h"
+#include "engine/host_memory.h"
 #include "engine/pipeline.h"
 #include "engine/sink.h"
 #include "io/checkpoint.h"
@@ -24,17 +25,19 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 14> kFlags = {{
+constexpr std::array<FlagSpec, 15> kFlags = {{
     {"device", "DEV", "target device (cpu; default cpu)"},
-    {"io", "MODE", "auto, pread, mmap or uring (default auto = pread)"},
+    {"io", "MODE", "auto, pread, mmap or uring (auto: uring for O_DIRECT, else pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
+    {"sqpoll", "", "io_uring: a kernel thread polls for submissions (costs a busy core)"},
     {"direct", "MODE", "O_DIRECT reads: on, off, or auto = on when the files are not cached"},
-    {"staging-mb", "N", "bound on staging memory for direct reads in MiB (default 256)"},
+    {"staging-mb", "N", "bound on staging memory for direct reads in MiB (default 64)"},
     {"sink", "SINK", "tensors (default), or discard: read into staging and drop the bytes"},
     {"zero-copy", "", "tensors view private mappings of the files instead of owning memory"},
     {"threads", "N", "worker threads (default: one per core)"},
@@ -119,6 +122,30 @@ std::vector<DigestLine> Digest(const TensorMap& tensors, const LoadReport& repor
   return lines;
 }
 
+// How reading and copying overlapped in a staged load (nothing for direct-to-tensor reads, which
+// have no copies: busy times are negative there).
+std::string OverlapLine(double io_busy, double copy_busy, double overlap) {
+  if (io_busy < 0) return "";
+  char line[160];
+  std::snprintf(line, sizeof line,
+                "overlap     reads busy %.3f s, copies busy %.3f s, both at once %.3f s\n", io_busy,
+                copy_busy, overlap);
+  return line;
+}
+
+void OverlapFields(io::JsonWriter& out, double io_busy, double copy_busy, double overlap) {
+  for (const auto& [key, value] : {std::pair<const char*, double>{"io_busy_seconds", io_busy},
+                                   {"copy_busy_seconds", copy_busy},
+                                   {"overlap_seconds", overlap}}) {
+    out.Key(key);
+    if (value >= 0) {
+      out.Double(value);
+    } else {
+      out.Null();
+    }
+  }
+}
+
 // `--sink discard`: the staged pipeline into staging slots with the bytes dropped: what will feed
 // a GPU, free of destination page faults. No tensors are allocated.
 int RunDiscard(const std::string& path, const LoadOptions& options, bool json, ProgressBar& bar) {
@@ -134,9 +161,7 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
       targets.push_back(engine::LoadTarget{{f, i}, nullptr});
     }
   }
-  engine::PipelineOptions pipeline;
-  pipeline.backend =
-      options.io == IoMode::kUring ? io::BackendKind::kUring : io::BackendKind::kPread;
+  engine::PipelineOptions pipeline = StagedPipelineOptions(options);
   pipeline.direct = options.direct == DirectIo::kOn;
   double resident = -1;
   if (options.direct == DirectIo::kAuto) {
@@ -148,10 +173,6 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
     resident = *fraction;
     pipeline.direct = resident < 0.5;
   }
-  pipeline.staging_bytes = options.staging_bytes;
-  pipeline.queue_depth = options.queue_depth;
-  pipeline.copy_threads = options.threads;
-  pipeline.progress = options.progress;
   engine::DiscardSink sink;
   io::Result<engine::PipelineStats> stats =
       engine::RunStagedPipeline(*checkpoint, targets, sink, pipeline);
@@ -164,7 +185,7 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const uint64_t bytes = checkpoint->data_bytes();
   const double gbps = seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0;
-  const std::string io_name(io::BackendName(pipeline.backend));
+  const std::string& io_name = stats->backend;
   if (json) {
     io::JsonWriter out;
     out.BeginObject().Field("path", path).Field("sink", "discard");
@@ -180,11 +201,12 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
     out.Field("read_bytes", stats->read_bytes).Field("discarded_bytes", sink.bytes());
     out.Field("queue_depth", uint64_t{options.queue_depth});
     out.Field("peak_in_flight", uint64_t{stats->peak_in_flight});
+    out.Field("sqpoll", stats->sqpoll);
+    out.Field("registered_buffer_bytes", stats->registered_buffer_bytes);
+    out.Field("peak_rss_bytes", engine::PeakResidentBytes());
     out.Field("slots", uint64_t{stats->slots}).Field("slot_bytes", stats->slot_bytes);
     out.Field("peak_slots_in_use", uint64_t{stats->peak_slots_in_use});
-    out.Field("io_busy_seconds", stats->io_busy_seconds);
-    out.Field("copy_busy_seconds", stats->copy_busy_seconds);
-    out.Field("overlap_seconds", stats->overlap_seconds);
+    OverlapFields(out, stats->io_busy_seconds, stats->copy_busy_seconds, stats->overlap_seconds);
     out.Key("notes").BeginArray();
     for (const std::string& note : stats->notes) out.String(note);
     out.EndArray().EndObject();
@@ -199,7 +221,10 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
   std::cout << "time        " << rate << "\n";
   std::cout << "io          " << io_name << (stats->direct ? " O_DIRECT" : "") << ", "
             << stats->slots << " slots of " << FormatBytes(stats->slot_bytes) << ", peak "
-            << stats->peak_in_flight << " reads in flight\n";
+            << stats->peak_in_flight << " reads in flight" << (stats->sqpoll ? ", SQPOLL" : "")
+            << (stats->registered_buffer_bytes > 0 ? ", fixed buffers" : "") << "\n";
+  std::cout << OverlapLine(stats->io_busy_seconds, stats->copy_busy_seconds,
+                           stats->overlap_seconds);
   for (const std::string& note : stats->notes) std::cout << "note        " << note << "\n";
   return kExitOk;
 }
@@ -261,6 +286,7 @@ int RunLoad(std::span<char* const> argv) {
     return kExitUsage;
   }
   options.queue_depth = static_cast<uint32_t>(*queue_depth);
+  options.sqpoll = args->Has("sqpoll");
   std::optional<uint64_t> threads = args->GetUint("threads", 0);
   std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", engine::kDefaultChunkBytes >> 20);
   if (!threads || !chunk_mb) return kExitUsage;
@@ -325,7 +351,9 @@ int RunLoad(std::span<char* const> argv) {
     out.Field("queue_depth", uint64_t{options.queue_depth});
     out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
     out.Field("fallback", report.fallback);
-    out.Field("direct", report.direct);
+    out.Field("direct", report.direct).Field("sqpoll", report.sqpoll);
+    OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
+    out.Field("peak_rss_bytes", engine::PeakResidentBytes());
     out.Key("resident_fraction");
     if (report.resident_fraction >= 0) {
       out.Double(report.resident_fraction);
@@ -374,7 +402,9 @@ int RunLoad(std::span<char* const> argv) {
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
          << FormatBytes(options.chunk_bytes) << " chunks";
   }
-  text << "\nstages     ";
+  text << "\n"
+       << OverlapLine(report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
+  text << "stages     ";
   for (const auto& [stage, seconds] : report.stages) {
     char item[64];
     std::snprintf(item, sizeof item, " %s %.3f s", stage.c_str(), seconds);

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -54,6 +55,18 @@ void FreeHostBuffer(std::byte* data, uint64_t size_bytes) noexcept {
   } else {
     ::munmap(data, RoundUp(size_bytes, kHugePageBytes));
   }
+}
+
+uint64_t PeakResidentBytes() {
+  std::FILE* status = std::fopen("/proc/self/status", "re");
+  if (status == nullptr) return 0;
+  char line[256];
+  uint64_t kib = 0;
+  while (std::fgets(line, sizeof line, status) != nullptr) {
+    if (std::sscanf(line, "VmHWM: %lu kB", &kib) == 1) break;
+  }
+  std::fclose(status);
+  return kib << 10;
 }
 
 }  // namespace shardstream::engine

@@ -26,4 +26,7 @@ inline constexpr uint64_t kHugePageBytes = 2ull << 20;
 io::Result<std::byte*> AllocateHostBuffer(uint64_t size_bytes, bool huge_pages = false);
 void FreeHostBuffer(std::byte* data, uint64_t size_bytes) noexcept;
 
+// The process's peak resident memory so far (VmHWM in /proc/self/status), 0 if unknown.
+uint64_t PeakResidentBytes();
+
 }  // namespace shardstream::engine

@@ -1,10 +1,10 @@
 #include "engine/loader.h"
 
 #include "engine/detail/load_support.h"
+#include "engine/executor.h"
+#include "io/uring_backend.h"
 
-#include <oneapi/tbb/parallel_for.h>
-#include <oneapi/tbb/task_arena.h>
-
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -89,7 +89,10 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
     if (options.make_backend) {
       backend = options.make_backend(files);
     } else {
-      auto made = io::MakeBackendOrError(options.backend, files);
+      io::UringOptions uring;
+      uring.queue_depth = std::clamp<uint32_t>(options.queue_depth, 1, io::kMaxUringQueueDepth);
+      uring.sqpoll = options.sqpoll;
+      auto made = io::MakeBackendOrError(options.backend, files, &uring);
       if (!made.ok() && options.backend == io::BackendKind::kUring && options.fall_back_to_pread) {
         // io_uring refused (old kernel, seccomp): pread does the same job, only with less overlap.
         if (!fell_back.exchange(true)) stats.fallback = made.status().ToString();
@@ -163,9 +166,12 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
     }
   };
 
-  tbb::task_arena arena(threads);
-  arena.execute([&] {
-    tbb::parallel_for(0, threads, [&](int) {
+  // The workers run as tasks (oneTBB, or std::threads under TSan: engine/executor.h); this thread
+  // waits, and with oneTBB may run one of them itself.
+  std::unique_ptr<TaskGroup> workers = MakeTaskGroup(threads, options.executor);
+  for (int i = 0; i < threads; ++i) {
+    workers->Run([&] {
+      // The task boundary: nothing may escape into the executor, which would terminate.
       try {
         run_worker();
       } catch (const std::bad_alloc&) {
@@ -175,7 +181,8 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
         fail(io::Status::Error(io::StatusCode::kInternal, "internal", e.what()));
       }
     });
-  });
+  }
+  workers->Wait();
   stats.peak_in_flight = peak_in_flight.load();
   if (io::Status error = first_error.Take(); !error.ok()) return error;
   if (!progress.Final()) {

@@ -11,6 +11,7 @@
 // loads may run concurrently.
 #pragma once
 
+#include "engine/executor.h"
 #include "engine/plan.h"
 #include "io/checkpoint.h"
 #include "io/read_backend.h"
@@ -54,8 +55,10 @@ struct FillOptions {
   int threads = 0;              // 0: one per core
   uint64_t chunk_bytes = kDefaultChunkBytes;
   uint32_t queue_depth = kDefaultQueueDepth;  // reads in flight per thread (io_uring only)
+  bool sqpoll = false;  // io_uring: a polling kernel thread per ring (io/uring_backend.h)
   bool fall_back_to_pread = true;  // io_uring refused: use pread, say why in FillStats::fallback
   ProgressFn progress;
+  ExecutorKind executor = DefaultExecutor();  // where the read workers run
 };
 
 struct FillStats {

@@ -1,11 +1,9 @@
 #include "engine/pipeline.h"
 
 #include "engine/detail/load_support.h"
+#include "engine/executor.h"
 #include "io/file.h"
-
-#include <oneapi/tbb/global_control.h>
-#include <oneapi/tbb/task_arena.h>
-#include <oneapi/tbb/task_group.h>
+#include "io/uring_backend.h"
 
 #include <fcntl.h>
 #include <sys/uio.h>
@@ -150,7 +148,12 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   StagingPool* pool = options.pool;
   const uint64_t slot_bytes = std::max<uint64_t>(plan.max_chunk_bytes, 1);
   if (pool == nullptr) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(own_pool, StagingPool::Create(options.staging_bytes, slot_bytes));
+    // No more slots than chunks: a small checkpoint does not pay for (or register) a large pool.
+    const uint64_t wanted =
+        std::max<uint64_t>(plan.chunks.size(), 1) *
+        ((slot_bytes + kStagingAlignment - 1) / kStagingAlignment * kStagingAlignment);
+    SHARDSTREAM_ASSIGN_OR_RETURN(
+        own_pool, StagingPool::Create(std::min(options.staging_bytes, wanted), slot_bytes));
     pool = own_pool.get();
   } else if (pool->slot_bytes() < slot_bytes) {
     return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",
@@ -169,7 +172,13 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   if (options.make_backend) {
     backend = options.make_backend(files);
   } else {
-    auto made = io::MakeBackendOrError(options.backend, files);
+    io::UringOptions uring;
+    uring.queue_depth = std::clamp<uint32_t>(options.queue_depth, 1, io::kMaxUringQueueDepth);
+    uring.sqpoll = options.sqpoll;
+    if (options.register_buffers) {
+      uring.fixed_buffers.push_back(iovec{pool->data(), pool->allocated_bytes()});
+    }
+    auto made = io::MakeBackendOrError(options.backend, files, &uring);
     if (!made.ok() && options.backend == io::BackendKind::kUring && options.fall_back_to_pread) {
       stats.notes.push_back("backend: io_uring refused, using pread: " + made.status().ToString());
       made = io::MakeBackendOrError(io::BackendKind::kPread, files);
@@ -180,6 +189,14 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   if (backend == nullptr) {
     return io::Status::Error(io::StatusCode::kInternal, "internal", "no read backend");
   }
+  stats.backend = std::string(io::BackendName(backend->kind()));
+  if (const auto* ring = dynamic_cast<const io::UringBackend*>(backend.get())) {
+    stats.sqpoll = ring->setup().sqpoll;
+    stats.registered_buffer_bytes = ring->setup().registered_buffer_bytes;
+    for (const std::string& fallback : ring->setup().fallbacks) {
+      stats.notes.push_back("io_uring: " + fallback);
+    }
+  }
   // A synchronous backend does the read inside Submit: more than one request per batch would only
   // delay the first copy.
   const uint32_t depth =
@@ -188,20 +205,14 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
           : 1;
 
   // oneTBB has max_allowed_parallelism - 1 workers (cores - 1 unless a global_control says
-  // otherwise); asking the arena for more only makes oneTBB print a warning.
-  const int tbb_workers = std::max<int>(1, static_cast<int>(tbb::global_control::active_value(
-                                               tbb::global_control::max_allowed_parallelism)) -
-                                               1);
+  // otherwise); asking an arena for more only makes oneTBB print a warning. The copy tasks are
+  // queued, never run by this thread: it must not be pulled into copying while finished reads sit
+  // unreaped. The group tracks the copies; this thread waits for them only at the end.
+  const int workers = std::max(1, HardwareConcurrency(options.executor) - 1);
   const int copy_threads =
-      std::min(options.copy_threads > 0 ? options.copy_threads : tbb_workers, tbb_workers);
+      std::min(options.copy_threads > 0 ? options.copy_threads : workers, workers);
   stats.copy_threads = copy_threads;
-  // Copies are enqueued into the arena, not spawned inside arena.execute: the IO thread must not
-  // join the arena while reads are in flight (it would end up running copies, or waiting for an
-  // arena slot, while finished reads sit unreaped). No slot is reserved for external threads, and
-  // enqueued work is guaranteed a worker even where the machine has one core. The task_group
-  // tracks the copies: the IO thread joins only at the end, to wait for them.
-  tbb::task_arena arena(copy_threads, 0);
-  tbb::task_group copies;
+  std::unique_ptr<TaskGroup> copies = MakeTaskGroup(copy_threads, options.executor);
 
   FirstError error;
   Activity activity;
@@ -219,7 +230,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
 
   // Hands a filled slot to a copy task, which releases it when the sink is done with it.
   auto dispatch = [&](StagingSlot slot, uint32_t c) {
-    arena.enqueue(copies.defer([&, slot, c] {
+    copies->Run([&, slot, c] {
       const Chunk& chunk = plan.chunks[c];
       if (!error.stopped()) {
         const StagedSlot staged{slot.data, chunk.needed_bytes, chunk.file_offset, chunk.file,
@@ -250,7 +261,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
       }
       // Only now, with the sink done reading it, may the slot take another read.
       pool->Release(slot);
-    }));
+    });
   };
 
   // The IO loop: keep `depth` reads in flight while slots are free; reap; dispatch.
@@ -360,7 +371,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   backend.reset();
 
   // Every copy must be finished before the slots, the plan and this frame go away.
-  arena.execute([&] { copies.wait(); });
+  copies->Wait();
   io::Status finish = sink.Finish();
 
   activity.Fill(&stats);

@@ -41,7 +41,9 @@ namespace shardstream::engine {
 inline constexpr uint64_t kDefaultStagedChunkBytes = 4ull << 20;
 
 struct PipelineOptions {
-  io::BackendKind backend = io::BackendKind::kPread;  // kPread or kUring (kMmap works, uselessly)
+  // kUring or kPread (kMmap works, uselessly). io_uring keeps `queue_depth` reads in flight;
+  // where it is refused, `fall_back_to_pread` decides.
+  io::BackendKind backend = io::BackendKind::kUring;
   BackendFactory make_backend;     // overrides `backend` when set (tests inject faults here)
   bool fall_back_to_pread = true;  // io_uring refused: use pread, say why in PipelineStats::notes
   // Open files with O_DIRECT and align reads for it. A filesystem that refuses (tmpfs) falls back
@@ -54,21 +56,31 @@ struct PipelineOptions {
   StagingPool* pool = nullptr;
   // Reads in flight (io_uring; pread does one at a time), at most one per slot.
   uint32_t queue_depth = kDefaultQueueDepth;
+  // io_uring: a kernel thread polls the submission ring (io/uring_backend.h; falls back when
+  // refused, noted in PipelineStats::notes).
+  bool sqpoll = false;
+  // io_uring: register the staging memory as fixed buffers, so reads into slots skip pinning
+  // their pages each time. Falls back to plain reads (noted) when registration fails.
+  bool register_buffers = true;
   // oneTBB workers running Consume. 0, or more than oneTBB has: all of its workers (one per core
   // less one, which the IO thread uses, unless a tbb::global_control says otherwise).
   int copy_threads = 0;
-  ProgressFn progress;  // progress counts bytes that reached the sink
+  ExecutorKind executor = DefaultExecutor();  // where the copy tasks run (engine/executor.h)
+  ProgressFn progress;                        // progress counts bytes that reached the sink
 };
 
 struct PipelineStats {
   uint64_t payload_bytes = 0;  // bytes handed to the sink
   uint64_t read_bytes = 0;     // bytes read (payload, gaps read through, O_DIRECT alignment)
   size_t chunks = 0;
-  double seconds = 0;            // open to return
-  bool direct = false;           // O_DIRECT was used
-  uint32_t alignment_bytes = 1;  // the read alignment planned with
-  uint32_t peak_in_flight = 0;   // most reads in flight at once
-  uint32_t slots = 0;            // slots in the pool
+  double seconds = 0;                    // open to return
+  bool direct = false;                   // O_DIRECT was used
+  uint32_t alignment_bytes = 1;          // the read alignment planned with
+  uint32_t peak_in_flight = 0;           // most reads in flight at once
+  std::string backend;                   // "pread", "mmap" or "uring": what read the bytes
+  bool sqpoll = false;                   // io_uring's submission polling thread was used
+  uint64_t registered_buffer_bytes = 0;  // staging memory registered with io_uring
+  uint32_t slots = 0;                    // slots in the pool
   uint64_t slot_bytes = 0;
   uint32_t peak_slots_in_use = 0;  // most slots held at once (reading or being copied)
   int copy_threads = 0;            // the workers used

@@ -25,7 +25,11 @@
 namespace shardstream::engine {
 
 inline constexpr uint64_t kStagingAlignment = 4096;
-inline constexpr uint64_t kDefaultStagingBytes = 256ull << 20;
+// 16 slots of the default 4 MiB chunk: room for 8 reads in flight and the copies behind them. More
+// did not load faster on our 2-core VM (peak slots in use stayed 8–13 at depth 8, cold or warm),
+// and a warm load into the 16 MiB of a smaller pool even ran 2–4× faster than into 256 MiB
+// (slots stay in the CPU cache; fewer first-touch faults). BENCHMARKS.md has the runs.
+inline constexpr uint64_t kDefaultStagingBytes = 64ull << 20;
 
 // Called once with the whole allocation after it was made, e.g. to pin it (cudaHostRegister). An
 // error fails StagingPool::Create. The memory stays valid until the pool is destroyed.
@@ -66,6 +70,9 @@ class StagingPool {
   void Reset();
 
   uint32_t slot_count() const { return static_cast<uint32_t>(slots_.size()); }
+  // The one allocation every slot lies in: [data(), data() + allocated_bytes()). For registering it
+  // once (io_uring fixed buffers, cudaHostRegister).
+  std::byte* data() const { return memory_; }
   uint64_t slot_bytes() const { return slot_bytes_; }
   uint64_t allocated_bytes() const { return allocated_bytes_; }  // <= staging_bytes
   uint32_t in_use() const;

@@ -93,6 +93,21 @@ void ThrowIfError(const io::Status& status) {
   if (!status.ok()) throw LoadError(status);
 }
 
+engine::PipelineOptions StagedPipelineOptions(const LoadOptions& options) {
+  engine::PipelineOptions pipeline;
+  // Staged reads are where queue depth pays: `auto` is io_uring here, pread where it is refused.
+  pipeline.backend = options.io == IoMode::kPread  ? io::BackendKind::kPread
+                     : options.io == IoMode::kMmap ? io::BackendKind::kMmap
+                                                   : io::BackendKind::kUring;
+  pipeline.fall_back_to_pread = true;
+  pipeline.staging_bytes = options.staging_bytes;
+  pipeline.queue_depth = options.queue_depth;
+  pipeline.sqpoll = options.sqpoll;
+  pipeline.copy_threads = options.threads;
+  pipeline.progress = options.progress;
+  return pipeline;
+}
+
 TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options,
                    LoadReport* report) {
   const auto start = Clock::now();
@@ -213,13 +228,8 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     }
     if (direct) {
       engine::CpuSink sink(targets);
-      engine::PipelineOptions pipeline;
-      pipeline.backend = backend;
+      engine::PipelineOptions pipeline = StagedPipelineOptions(options);
       pipeline.direct = true;
-      pipeline.staging_bytes = options.staging_bytes;
-      pipeline.queue_depth = options.queue_depth;
-      pipeline.copy_threads = options.threads;
-      pipeline.progress = options.progress;
       const auto read_start = Clock::now();
       io::Result<engine::PipelineStats> stats =
           engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
@@ -227,9 +237,14 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
         ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
       }
       out.direct = stats->direct;
+      out.io = stats->backend;
       out.threads = stats->copy_threads;
       out.peak_in_flight = stats->peak_in_flight;
       out.notes = stats->notes;
+      out.sqpoll = stats->sqpoll;
+      out.io_busy_seconds = stats->io_busy_seconds;
+      out.copy_busy_seconds = stats->copy_busy_seconds;
+      out.overlap_seconds = stats->overlap_seconds;
       out.stages.emplace_back("read", SecondsSince(read_start));
     } else {
       engine::FillOptions fill;
@@ -237,6 +252,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       fill.threads = options.threads;
       fill.chunk_bytes = options.chunk_bytes;
       fill.queue_depth = options.queue_depth;
+      fill.sqpoll = options.sqpoll;
       fill.progress = options.progress;
       io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
       if (!stats.ok()) {

@@ -41,7 +41,8 @@ namespace shardstream {
 using TensorMap = std::map<std::string, at::Tensor>;
 
 enum class IoMode : uint8_t {
-  kAuto,   // pread (see BENCHMARKS.md for why not io_uring yet)
+  kAuto,   // buffered reads straight into tensors: pread (BENCHMARKS.md: io_uring's depth buys
+           // nothing when page faults bound the load); staged O_DIRECT reads: io_uring
   kPread,  // preadv straight into the tensors
   kMmap,   // copy out of a mapping of each file (SIGBUS if a file is truncated meanwhile)
   kUring,  // io_uring readv straight into the tensors, `queue_depth` reads in flight per thread;
@@ -66,6 +67,7 @@ struct LoadOptions {
   uint32_t queue_depth = engine::kDefaultQueueDepth;  // io_uring reads in flight per thread
   DirectIo direct = DirectIo::kAuto;                  // O_DIRECT (staged) or buffered reads
   uint64_t staging_bytes = engine::kDefaultStagingBytes;  // bound on staging memory (direct)
+  bool sqpoll = false;  // io_uring: a kernel thread polls for submissions (falls back if refused)
   std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
   engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
 };
@@ -73,9 +75,15 @@ struct LoadOptions {
 struct LoadReport {
   std::string io;        // "pread", "mmap", "uring" or "zero-copy": what actually read the bytes
   std::string fallback;  // why the asked-for backend was not used (empty when it was)
-  uint32_t peak_in_flight = 0;     // most reads in flight at once
-  bool direct = false;             // read with O_DIRECT through staging slots
-  double resident_fraction = -1;   // page-cache residency sampled for DirectIo::kAuto (-1: not)
+  uint32_t peak_in_flight = 0;    // most reads in flight at once
+  bool direct = false;            // read with O_DIRECT through staging slots
+  double resident_fraction = -1;  // page-cache residency sampled for DirectIo::kAuto (-1: not)
+  bool sqpoll = false;            // io_uring's polling thread was used
+  // Staged (direct) loads: wall time with a read in flight, with a copy running, and with both;
+  // -1 when the reads went straight into the tensors (no copies to overlap with).
+  double io_busy_seconds = -1;
+  double copy_busy_seconds = -1;
+  double overlap_seconds = -1;
   std::vector<std::string> notes;  // fallbacks taken (O_DIRECT refused, ...)
   uint64_t bytes = 0;
   size_t tensors = 0;
@@ -107,6 +115,10 @@ class LoadError : public std::runtime_error {
   std::optional<uint64_t> offset_;
   io::StatusCode code_;
 };
+
+// The staged pipeline's options for a load with `options`: the one mapping from LoadOptions (also
+// used by the CLI's --sink discard). IoMode::kAuto reads with io_uring (pread where refused).
+engine::PipelineOptions StagedPipelineOptions(const LoadOptions& options);
 
 // Throws LoadError when `status` is an error. The one place a Status becomes an exception.
 void ThrowIfError(const io::Status& status);

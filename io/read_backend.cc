@@ -227,7 +227,8 @@ std::unique_ptr<ReadBackend> MakeBackend(BackendKind kind, const FileSet& files)
   return backend.ok() ? std::move(backend).value() : nullptr;
 }
 
-Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const FileSet& files) {
+Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const FileSet& files,
+                                                        const UringOptions* uring) {
   switch (kind) {
     case BackendKind::kPread:
       return std::unique_ptr<ReadBackend>(std::make_unique<PreadBackend>(files));
@@ -241,7 +242,7 @@ Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const 
                              "io_uring disabled by SHARDSTREAM_DISABLE_IO_URING");
       }
 #ifdef SHARDSTREAM_HAVE_IO_URING
-      return MakeUringBackend(files);
+      return MakeUringBackend(files, uring != nullptr ? *uring : UringOptions{});
 #else
       return Status::Error(StatusCode::kUnsupported, "io-uring-unavailable",
                            "this build of shardstream has no io_uring support (built without "

@@ -123,7 +123,11 @@ std::unique_ptr<ReadBackend> MakeBackend(BackendKind kind, const FileSet& files)
 // Setting SHARDSTREAM_DISABLE_IO_URING=1 in the environment makes kUring unavailable.
 // MakeBackend with the reason for a failure: for kUring, rule "io-uring-unavailable" with errno
 // (kUnsupported when this build has no liburing), after which the caller may fall back to pread.
-Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const FileSet& files);
+// `uring` configures a kUring backend (io/uring_backend.h; defaults when null) and is ignored for
+// the others.
+struct UringOptions;
+Result<std::unique_ptr<ReadBackend>> MakeBackendOrError(BackendKind kind, const FileSet& files,
+                                                        const UringOptions* uring = nullptr);
 
 namespace detail {
 // For backend implementations: the error for a file that ended at `offset + got_bytes` inside a

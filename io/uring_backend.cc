@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <limits>
@@ -27,6 +28,8 @@ constexpr size_t kMaxIovecsPerRead = IOV_MAX;
 // io_uring_submit (liburing checks IORING_SQ_NEED_WAKEUP), so a short idle time costs one system
 // call after a pause, not correctness.
 constexpr unsigned kSqThreadIdleMs = 20;
+// The kernel refuses to register a buffer larger than this (io_uring's per-buffer limit).
+constexpr uint64_t kMaxFixedBufferBytes = 1ull << 30;
 // Completions taken off the ring per io_uring_peek_batch_cqe.
 constexpr unsigned kCqeBatch = 64;
 // Offsets are loff_t in the kernel. READV at offset -1 means "at the file position" (and moves
@@ -138,6 +141,17 @@ class Ring {
   io_uring* get() { return &ring_; }
   bool sqpoll() const { return (ring_.flags & IORING_SETUP_SQPOLL) != 0; }
 
+  // A registered buffer: [begin, end) is the ring's buffer `index`.
+  struct FixedBuffer {
+    uintptr_t begin = 0;
+    uintptr_t end = 0;
+    uint16_t index = 0;
+  };
+  // The registered buffer holding all of [data, data + size), if any.
+  const FixedBuffer* FindFixed(const void* data, size_t size) const;
+  // Registers options.fixed_buffers (split at kMaxFixedBufferBytes), or records why not.
+  void RegisterBuffers(const UringOptions& options, UringSetup* setup);
+
  private:
   // io_uring_queue_init with `flags`, then without the optional ones if the kernel does not know
   // them. Returns 0 or -errno; `note` says which flags were dropped.
@@ -153,7 +167,59 @@ class Ring {
 
   io_uring ring_{};
   bool open_ = false;
+  std::vector<FixedBuffer> fixed_;  // sorted by begin, not overlapping
 };
+
+void Ring::RegisterBuffers(const UringOptions& options, UringSetup* setup) {
+  std::vector<iovec> pieces;
+  for (const iovec& region : options.fixed_buffers) {
+    for (uint64_t done = 0; done < region.iov_len; done += kMaxFixedBufferBytes) {
+      pieces.push_back(iovec{static_cast<char*>(region.iov_base) + done,
+                             std::min<uint64_t>(kMaxFixedBufferBytes, region.iov_len - done)});
+    }
+  }
+  if (pieces.empty()) return;
+  std::sort(pieces.begin(), pieces.end(),
+            [](const iovec& a, const iovec& b) { return a.iov_base < b.iov_base; });
+  for (size_t i = 1; i < pieces.size(); ++i) {
+    if (static_cast<char*>(pieces[i - 1].iov_base) + pieces[i - 1].iov_len >
+        static_cast<char*>(pieces[i].iov_base)) {
+      setup->fallbacks.push_back(
+          "register-buffers: the fixed buffers overlap; reads use plain buffers");
+      return;
+    }
+  }
+  // The kernel caps the table at IORING_MAX_REG_BUFFERS (16384) and buffer indexes are 16 bits.
+  int rc = pieces.size() > 16384 ? -EINVAL : 0;
+  if (rc == 0) {
+    rc = options.faults_for_testing.register_buffers_errno != 0
+             ? -options.faults_for_testing.register_buffers_errno
+             : io_uring_register_buffers(&ring_, pieces.data(),
+                                         static_cast<unsigned>(pieces.size()));
+  }
+  if (rc < 0) {
+    std::string why = ErrnoText(-rc);
+    if (rc == -ENOMEM || rc == -EPERM) why += "; pinning counts against RLIMIT_MEMLOCK (ulimit -l)";
+    setup->fallbacks.push_back("register-buffers: io_uring_register_buffers failed (" + why +
+                               "); reads use plain buffers");
+    return;
+  }
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const auto begin = reinterpret_cast<uintptr_t>(pieces[i].iov_base);
+    fixed_.push_back(FixedBuffer{begin, begin + pieces[i].iov_len, static_cast<uint16_t>(i)});
+    setup->registered_buffer_bytes += pieces[i].iov_len;
+  }
+}
+
+const Ring::FixedBuffer* Ring::FindFixed(const void* data, size_t size) const {
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  // The last buffer starting at or before `data`.
+  auto it = std::upper_bound(fixed_.begin(), fixed_.end(), begin,
+                             [](uintptr_t value, const FixedBuffer& b) { return value < b.begin; });
+  if (it == fixed_.begin()) return nullptr;
+  --it;
+  return begin + size <= it->end ? &*it : nullptr;
+}
 
 int Ring::Init(uint32_t entries, unsigned flags, const UringFaultsForTesting& faults) {
   if (faults.setup_errno != 0) return -faults.setup_errno;
@@ -230,6 +296,7 @@ Result<std::unique_ptr<Ring>> Ring::Open(const FileSet& files, const UringOption
       setup->fallbacks.push_back("register-files: io_uring_register_files failed (" +
                                  ErrnoText(-registered) + "); reads use plain file descriptors");
     }
+    ring->RegisterBuffers(options, setup);
     io_uring* r = ring->get();
     setup->sq_entries = r->sq.ring_entries;
     setup->cq_entries = r->cq.ring_entries;
@@ -259,6 +326,7 @@ class UringBackendImpl final : public UringBackend {
 
   Status Submit(std::span<const ReadRequest> requests) override;
   Result<size_t> Reap(std::span<Completion> out, size_t min_completions) override;
+  uint64_t fixed_reads() const override { return fixed_reads_; }
 
  private:
   enum class Failure : uint8_t { kNone, kEndOfFile, kError };
@@ -325,6 +393,7 @@ class UringBackendImpl final : public UringBackend {
   uint32_t in_flight_ = 0;        // SQEs prepared and not yet completed
   size_t active_requests_ = 0;    // requests with parts pending or in flight
   uint64_t reads_prepared_ = 0;   // for faults_.eagain_every
+  uint64_t fixed_reads_ = 0;      // READ_FIXED SQEs prepared
   Status broken_;                 // the first ring failure; sticky
 };
 
@@ -432,8 +501,19 @@ void UringBackendImpl::PrepareRead(io_uring_sqe* sqe, uint32_t part_index) {
     io_uring_sqe_set_data64(sqe, part_index);
     return;
   }
-  io_uring_prep_readv(sqe, fd, part.iovecs.data() + part.first,
-                      static_cast<unsigned>(part.iovecs.size() - part.first), part.offset);
+  const iovec& first = part.iovecs[part.first];
+  const Ring::FixedBuffer* fixed = part.iovecs.size() - part.first == 1
+                                       ? ring_->FindFixed(first.iov_base, first.iov_len)
+                                       : nullptr;
+  if (fixed != nullptr) {
+    // One destination inside a registered buffer: READ_FIXED skips pinning its pages again.
+    io_uring_prep_read_fixed(sqe, fd, first.iov_base, static_cast<unsigned>(first.iov_len),
+                             part.offset, fixed->index);
+    ++fixed_reads_;
+  } else {
+    io_uring_prep_readv(sqe, fd, part.iovecs.data() + part.first,
+                        static_cast<unsigned>(part.iovecs.size() - part.first), part.offset);
+  }
   // IOSQE_FIXED_FILE: `fd` is an index into the registered table (see Ring::Open).
   if (fixed_files_) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(sqe, part_index);

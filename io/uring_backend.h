@@ -33,6 +33,8 @@
 #include "io/read_backend.h"
 #include "io/status.h"
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -51,11 +53,12 @@ inline constexpr uint32_t kMaxUringQueueDepth = 32768;
 // bytes (a shortened read makes the backend read the rest again); eagain_every replaces the read
 // itself by a no-op, so nothing is read until the backend resubmits.
 struct UringFaultsForTesting {
-  int setup_errno = 0;            // every io_uring_setup fails with this errno
-  int sqpoll_errno = 0;           // io_uring_setup with SQPOLL fails with this errno
-  int register_files_errno = 0;   // io_uring_register_files fails with this errno
-  uint32_t short_read_bytes = 0;  // completions of more bytes count as this many
-  uint32_t eagain_every = 0;      // every n-th read submitted completes with -EAGAIN, unread
+  int setup_errno = 0;             // every io_uring_setup fails with this errno
+  int sqpoll_errno = 0;            // io_uring_setup with SQPOLL fails with this errno
+  int register_files_errno = 0;    // io_uring_register_files fails with this errno
+  int register_buffers_errno = 0;  // io_uring_register_buffers fails with this errno
+  uint32_t short_read_bytes = 0;   // completions of more bytes count as this many
+  uint32_t eagain_every = 0;       // every n-th read submitted completes with -EAGAIN, unread
   // Reads whose range reaches past this offset complete with -fail_reads_errno.
   uint64_t fail_reads_past_offset = std::numeric_limits<uint64_t>::max();
   int fail_reads_errno = 0;
@@ -68,6 +71,15 @@ struct UringOptions {
   // A kernel thread polls the submission ring, so submitting needs no system call while reads
   // flow. Costs a CPU spinning while busy; falls back to normal submission if refused.
   bool sqpoll = false;
+  // Memory that reads will land in, registered with the ring (io_uring_register_buffers): a read
+  // into a single buffer lying inside one of these regions goes out as IORING_OP_READ_FIXED, so
+  // the kernel does not look up and pin the destination pages on every read (it did so once, at
+  // registration). Worth it for staging slots that take thousands of reads; pointless for
+  // destinations read once. Registration pins the pages (RLIMIT_MEMLOCK for unprivileged users,
+  // and it faults them in); when it fails, reads use plain buffers and setup().fallbacks says
+  // why. Regions over 1 GiB (the kernel's limit per buffer) are registered in 1 GiB pieces. The
+  // memory must stay mapped while the backend lives.
+  std::vector<iovec> fixed_buffers;
   UringFaultsForTesting faults_for_testing;
 };
 
@@ -78,8 +90,10 @@ struct UringSetup {
   uint32_t flags = 0;  // IORING_SETUP_* flags in use
   bool sqpoll = false;
   bool registered_files = false;
-  // One line per fallback taken ("sqpoll: ...", "setup-flags: ...", "register-files: ..."): what
-  // was refused, with strerror, and what is used instead. Empty when everything was granted.
+  uint64_t registered_buffer_bytes = 0;  // of UringOptions::fixed_buffers; 0 if not registered
+  // One line per fallback taken ("sqpoll: ...", "setup-flags: ...", "register-files: ...",
+  // "register-buffers: ..."): what was refused, with strerror, and what is used instead. Empty
+  // when everything was granted.
   std::vector<std::string> fallbacks;
 };
 
@@ -93,6 +107,8 @@ class UringBackend : public ReadBackend {
 
   BackendKind kind() const final { return BackendKind::kUring; }
   const UringSetup& setup() const { return setup_; }
+  // Reads submitted as IORING_OP_READ_FIXED (into UringOptions::fixed_buffers) so far.
+  virtual uint64_t fixed_reads() const = 0;
 
  protected:
   explicit UringBackend(UringSetup setup) : setup_(std::move(setup)) {}

@@ -629,6 +629,58 @@ TEST_F(UringBackendTest, FileRegistrationFailureFallsBackToPlainDescriptors) {
   ASSERT_NO_FATAL_FAILURE(ReadAndCheck(*backend, MixedReads(50, rng), "plain fds"));
 }
 
+// Registered buffers: every read's memory is registered, so single-buffer reads go out as
+// READ_FIXED (also when short reads make the backend read the rest again) and multi-buffer ones as
+// READV; both must land byte-exact.
+TEST_F(UringBackendTest, FixedBuffersReadEveryByte) {
+  for (const uint32_t short_read : {0u, 4093u}) {
+    SCOPED_TRACE(short_read ? "short reads" : "full reads");
+    std::mt19937_64 rng(11);
+    std::vector<std::unique_ptr<Read>> reads;
+    for (int i = 0; i < 40; ++i) {
+      const uint64_t offset = rng() % files_->size(0);
+      const uint64_t length = rng() % (std::min<uint64_t>(files_->size(0) - offset, 200u << 10));
+      reads.push_back(
+          MakeRead(0, offset, length,
+                   i % 4 == 3 ? RandomSplit(length, 5, rng) : std::vector<uint64_t>{length}));
+    }
+    UringOptions options;
+    options.faults_for_testing.short_read_bytes = short_read;
+    for (const auto& read : reads) {
+      options.fixed_buffers.push_back(iovec{read->memory.data(), read->memory.size()});
+    }
+    uint64_t registered = 0;
+    for (const iovec& v : options.fixed_buffers) registered += v.iov_len;
+    auto backend = Make(options);
+    ASSERT_NE(backend, nullptr);
+    if (backend->setup().registered_buffer_bytes == 0) {
+      GTEST_SKIP() << "buffer registration refused: " << backend->setup().fallbacks.at(0);
+    }
+    EXPECT_EQ(backend->setup().registered_buffer_bytes, registered);
+    ASSERT_NO_FATAL_FAILURE(ReadAndCheck(*backend, reads, "fixed buffers"));
+    EXPECT_GE(backend->fixed_reads(), 30u);  // the 30 single-buffer reads, at least once each
+  }
+}
+
+TEST_F(UringBackendTest, BufferRegistrationFailureFallsBackToPlainReads) {
+  std::mt19937_64 rng(12);
+  std::vector<std::unique_ptr<Read>> reads = MixedReads(30, rng);
+  UringOptions options;
+  options.faults_for_testing.register_buffers_errno = ENOMEM;
+  for (const auto& read : reads) {
+    options.fixed_buffers.push_back(iovec{read->memory.data(), read->memory.size()});
+  }
+  auto backend = Make(options);
+  ASSERT_NE(backend, nullptr);
+  EXPECT_EQ(backend->setup().registered_buffer_bytes, 0u);
+  ASSERT_EQ(backend->setup().fallbacks.size(), 1u);
+  const std::string& line = backend->setup().fallbacks[0];
+  EXPECT_EQ(line.rfind("register-buffers:", 0), 0u) << line;
+  EXPECT_NE(line.find("RLIMIT_MEMLOCK"), std::string::npos) << line;
+  ASSERT_NO_FATAL_FAILURE(ReadAndCheck(*backend, reads, "unregistered"));
+  EXPECT_EQ(backend->fixed_reads(), 0u);
+}
+
 TEST_F(UringBackendTest, QueueDepthOneCompletesAHundredRequests) {
   UringOptions options;
   options.queue_depth = 1;
