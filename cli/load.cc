@@ -22,6 +22,7 @@
 
 #include <array>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -31,7 +32,7 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 15> kFlags = {{
+constexpr std::array<FlagSpec, 16> kFlags = {{
     {"device", "DEV", "target device (cpu; default cpu)"},
     {"io", "MODE", "auto, pread, mmap or uring (auto: uring for O_DIRECT, else pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
@@ -44,6 +45,7 @@ constexpr std::array<FlagSpec, 15> kFlags = {{
     {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
     {"chunk-mb", "N", "largest single read in MiB (default 16)"},
     {"dtype", "DT", "cast floating-point tensors to bf16, f16 or f32 after loading"},
+    {"touch", "", "after loading, read one byte of every 4 KiB page (timed: touch_seconds)"},
     {"digest", "", "print 'name<TAB>DTYPE<TAB>[shape]<TAB>sha256' per tensor, sorted by name"},
     {"json", "", "print the report as one JSON object on stdout"},
     {"quiet", "", "no progress bar"},
@@ -336,6 +338,22 @@ int RunLoad(std::span<char* const> argv) {
                  report.fallback.c_str());
   }
 
+  // --touch: what a lazy (zero-copy) load costs once its bytes are used, measured the same way a
+  // benchmark touches safetensors' mmap-backed tensors: one read per page, one thread.
+  double touch_seconds = -1;
+  if (args->Has("touch")) {
+    const auto touch_start = std::chrono::steady_clock::now();
+    touch_seconds = 0;
+    unsigned sum = 0;
+    for (const auto& [name, tensor] : tensors) {
+      const auto* bytes = static_cast<const volatile unsigned char*>(tensor.data_ptr());
+      const uint64_t size = tensor.nbytes();
+      for (uint64_t at = 0; at < size; at += 4096) sum += bytes[at];
+    }
+    touch_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - touch_start).count();
+    if (sum == 1u) std::fputc(' ', stderr);  // keeps the reads observable
+  }
   std::vector<DigestLine> digests;
   if (digest) digests = Digest(tensors, report);
   const double gbps =
@@ -352,6 +370,12 @@ int RunLoad(std::span<char* const> argv) {
     out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
     out.Field("fallback", report.fallback);
     out.Field("direct", report.direct).Field("sqpoll", report.sqpoll);
+    out.Key("touch_seconds");
+    if (touch_seconds >= 0) {
+      out.Double(touch_seconds);
+    } else {
+      out.Null();
+    }
     OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
     out.Field("peak_rss_bytes", engine::PeakResidentBytes());
     out.Key("resident_fraction");
@@ -397,6 +421,11 @@ int RunLoad(std::span<char* const> argv) {
        << (report.files == 1 ? "" : "s") << "\n";
   text << "bytes       " << FormatCount(report.bytes) << " (" << FormatBytes(report.bytes) << ")\n";
   text << "time        " << rate << "\n";
+  if (touch_seconds >= 0) {
+    char touch[64];
+    std::snprintf(touch, sizeof touch, "%.3f s (one byte of every page)", touch_seconds);
+    text << "touch       " << touch << "\n";
+  }
   text << "io          " << report.io << (report.direct ? " O_DIRECT" : "");
   if (!options.zero_copy) {
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")

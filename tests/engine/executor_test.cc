@@ -90,8 +90,14 @@ TEST_P(ExecutorTest, DestructorWaitsForQueuedTasks) {
   EXPECT_EQ(done.load(), 20);
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest,
-                         ::testing::Values(ExecutorKind::kTbb, ExecutorKind::kThreads),
+// ThreadSanitizer builds test only the std::thread executor: Debian's oneTBB is not instrumented,
+// so TSan reports races inside it that are not there (the reason the seam exists).
+#ifdef SHARDSTREAM_EXECUTOR_THREADS
+#define SHARDSTREAM_TEST_EXECUTORS ExecutorKind::kThreads
+#else
+#define SHARDSTREAM_TEST_EXECUTORS ExecutorKind::kTbb, ExecutorKind::kThreads
+#endif
+INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest, ::testing::Values(SHARDSTREAM_TEST_EXECUTORS),
                          [](const ::testing::TestParamInfo<ExecutorKind>& info) {
                            return std::string(ExecutorName(info.param));
                          });
