@@ -43,7 +43,7 @@ constexpr std::array<FlagSpec, 16> kFlags = {{
     {"zero-copy", "", "tensors view private mappings of the files instead of owning memory"},
     {"threads", "N", "worker threads (default: one per core)"},
     {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
-    {"chunk-mb", "N", "largest single read in MiB (default 16)"},
+    {"chunk-mb", "N", "largest single read in MiB (default 16, or 4 through staging)"},
     {"dtype", "DT", "cast floating-point tensors to bf16, f16 or f32 after loading"},
     {"touch", "", "after loading, read one byte of every 4 KiB page (timed: touch_seconds)"},
     {"digest", "", "print 'name<TAB>DTYPE<TAB>[shape]<TAB>sha256' per tensor, sorted by name"},
@@ -290,9 +290,9 @@ int RunLoad(std::span<char* const> argv) {
   options.queue_depth = static_cast<uint32_t>(*queue_depth);
   options.sqpoll = args->Has("sqpoll");
   std::optional<uint64_t> threads = args->GetUint("threads", 0);
-  std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", engine::kDefaultChunkBytes >> 20);
+  std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", 0);
   if (!threads || !chunk_mb) return kExitUsage;
-  if (*chunk_mb == 0 || *chunk_mb > (1u << 20) || *threads > 4096) {
+  if ((args->Has("chunk-mb") && *chunk_mb == 0) || *chunk_mb > (1u << 20) || *threads > 4096) {
     PrintError("--chunk-mb must be 1..1048576 and --threads at most 4096");
     return kExitUsage;
   }
@@ -365,7 +365,7 @@ int RunLoad(std::span<char* const> argv) {
     out.Field("bytes", report.bytes).Field("tensors", uint64_t{report.tensors});
     out.Field("files", uint64_t{report.files}).Field("seconds", report.seconds);
     out.Field("gbps", gbps).Field("io", report.io).Field("zero_copy", options.zero_copy);
-    out.Field("threads", uint64_t(report.threads)).Field("chunk_bytes", options.chunk_bytes);
+    out.Field("threads", uint64_t(report.threads)).Field("chunk_bytes", report.chunk_bytes);
     out.Field("queue_depth", uint64_t{options.queue_depth});
     out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
     out.Field("fallback", report.fallback);
@@ -429,7 +429,7 @@ int RunLoad(std::span<char* const> argv) {
   text << "io          " << report.io << (report.direct ? " O_DIRECT" : "");
   if (!options.zero_copy) {
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
-         << FormatBytes(options.chunk_bytes) << " chunks";
+         << FormatBytes(report.chunk_bytes) << " chunks";
   }
   text << "\n"
        << OverlapLine(report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);

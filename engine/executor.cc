@@ -39,9 +39,7 @@ class TbbTaskGroup final : public TaskGroup {
   // A task_group destroyed with tasks pending throws; waiting first means it never does.
   ~TbbTaskGroup() override { TbbTaskGroup::Wait(); }
 
-  void Run(std::function<void()> task) override {
-    arena_.enqueue(group_->defer(std::move(task)));
-  }
+  void Run(std::function<void()> task) override { arena_.enqueue(group_->defer(std::move(task))); }
   // The waiting thread may join the arena and run queued tasks itself: it has nothing else to do.
   void Wait() override {
     arena_.execute([&] { group_->wait(); });

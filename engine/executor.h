@@ -27,7 +27,7 @@ namespace shardstream::engine {
 
 enum class ExecutorKind : uint8_t { kTbb, kThreads };
 
-std::string_view ExecutorName(ExecutorKind kind);                // "tbb", "threads"
+std::string_view ExecutorName(ExecutorKind kind);                  // "tbb", "threads"
 std::optional<ExecutorKind> ParseExecutor(std::string_view name);  // "tbb", "threads"
 // The build's default, overridden by SHARDSTREAM_EXECUTOR when that names a kind.
 ExecutorKind DefaultExecutor();

@@ -100,6 +100,7 @@ engine::PipelineOptions StagedPipelineOptions(const LoadOptions& options) {
                      : options.io == IoMode::kMmap ? io::BackendKind::kMmap
                                                    : io::BackendKind::kUring;
   pipeline.fall_back_to_pread = true;
+  if (options.chunk_bytes != 0) pipeline.chunk_bytes = options.chunk_bytes;
   pipeline.staging_bytes = options.staging_bytes;
   pipeline.queue_depth = options.queue_depth;
   pipeline.sqpoll = options.sqpoll;
@@ -238,6 +239,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       }
       out.direct = stats->direct;
       out.io = stats->backend;
+      out.chunk_bytes = pipeline.chunk_bytes;
       out.threads = stats->copy_threads;
       out.peak_in_flight = stats->peak_in_flight;
       out.notes = stats->notes;
@@ -250,7 +252,9 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       engine::FillOptions fill;
       fill.backend = backend;
       fill.threads = options.threads;
-      fill.chunk_bytes = options.chunk_bytes;
+      fill.chunk_bytes =
+          options.chunk_bytes != 0 ? options.chunk_bytes : engine::kDefaultChunkBytes;
+      out.chunk_bytes = fill.chunk_bytes;
       fill.queue_depth = options.queue_depth;
       fill.sqpoll = options.sqpoll;
       fill.progress = options.progress;

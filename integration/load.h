@@ -63,9 +63,11 @@ struct LoadOptions {
   bool zero_copy = false;   // views into file mappings instead of owned memory
   bool huge_pages = false;  // back large tensors with transparent huge pages (engine/host_memory.h)
   int threads = 0;          // 0: one per core
-  uint64_t chunk_bytes = engine::kDefaultChunkBytes;  // buffered reads; direct ones use 4 MiB slots
-  uint32_t queue_depth = engine::kDefaultQueueDepth;  // io_uring reads in flight per thread
-  DirectIo direct = DirectIo::kAuto;                  // O_DIRECT (staged) or buffered reads
+  // Largest single read. 0: the path's default, 16 MiB straight into tensors
+  // (engine::kDefaultChunkBytes), 4 MiB through staging (engine::kDefaultStagedChunkBytes).
+  uint64_t chunk_bytes = 0;
+  uint32_t queue_depth = engine::kDefaultQueueDepth;      // io_uring reads in flight per thread
+  DirectIo direct = DirectIo::kAuto;                      // O_DIRECT (staged) or buffered reads
   uint64_t staging_bytes = engine::kDefaultStagingBytes;  // bound on staging memory (direct)
   bool sqpoll = false;  // io_uring: a kernel thread polls for submissions (falls back if refused)
   std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
@@ -76,6 +78,7 @@ struct LoadReport {
   std::string io;        // "pread", "mmap", "uring" or "zero-copy": what actually read the bytes
   std::string fallback;  // why the asked-for backend was not used (empty when it was)
   uint32_t peak_in_flight = 0;    // most reads in flight at once
+  uint64_t chunk_bytes = 0;       // largest single read used (0: zero-copy, no reads)
   bool direct = false;            // read with O_DIRECT through staging slots
   double resident_fraction = -1;  // page-cache residency sampled for DirectIo::kAuto (-1: not)
   bool sqpoll = false;            // io_uring's polling thread was used
