@@ -228,13 +228,20 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
     error.Record(std::move(status));
   };
 
-  // Hands a filled slot to a copy task, which releases it when the sink is done with it.
+  // Hands a filled slot to a copy task, which releases it when the sink is done with it (or, for
+  // a sink that keeps slots, the sink releases it when its asynchronous copies are done).
+  const bool sink_keeps_slots = sink.keeps_slots();
   auto dispatch = [&](StagingSlot slot, uint32_t c) {
     copies->Run([&, slot, c] {
       const Chunk& chunk = plan.chunks[c];
+      bool released_by_sink = false;
       if (!error.stopped()) {
-        const StagedSlot staged{slot.data, chunk.needed_bytes, chunk.file_offset, chunk.file,
-                                c,         slot.index};
+        StagedSlot staged{
+            slot.data, chunk.needed_bytes, chunk.file_offset, chunk.file, c, slot.index, {}};
+        if (sink_keeps_slots) {
+          staged.release = [pool, slot] { pool->Release(slot); };
+          released_by_sink = true;
+        }
         activity.Change(0, +1);
         const auto copy_start = Clock::now();
         io::Status status;
@@ -260,7 +267,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
         }
       }
       // Only now, with the sink done reading it, may the slot take another read.
-      pool->Release(slot);
+      if (!released_by_sink) pool->Release(slot);
     });
   };
 
@@ -373,6 +380,14 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   // Every copy must be finished before the slots, the plan and this frame go away.
   copies->Wait();
   io::Status finish = sink.Finish();
+  if (sink_keeps_slots && own_pool != nullptr && own_pool->in_use() > 0) {
+    // A sink broke its contract: copies may still read slots. Leaking the pool is the only safe
+    // thing left to do with it.
+    finish = io::Status::Error(io::StatusCode::kInternal, "sink",
+                               "the sink still holds " + std::to_string(own_pool->in_use()) +
+                                   " staging slots after Finish");
+    (void)own_pool.release();
+  }
 
   activity.Fill(&stats);
   stats.copy_thread_seconds = static_cast<double>(copy_nanos.load()) * 1e-9;

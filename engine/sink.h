@@ -16,13 +16,15 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
 namespace shardstream::engine {
 
 // A chunk that has been read: data[0, size_bytes) holds file `file` from `file_offset`. Piece
-// offsets (Piece::chunk_offset) are relative to `data`. Valid only during Consume.
+// offsets (Piece::chunk_offset) are relative to `data`. The struct is valid during Consume; the
+// memory at `data` until the slot is released (when Consume returns, unless the sink keeps slots).
 struct StagedSlot {
   const std::byte* data = nullptr;
   uint64_t size_bytes = 0;  // the chunk's needed bytes
@@ -30,6 +32,9 @@ struct StagedSlot {
   uint32_t file = 0;
   uint32_t chunk = 0;  // index into ReadPlan::chunks
   uint32_t slot = 0;   // the staging slot's index (a CUDA sink keeps an event per slot)
+  // Gives the slot back to the pool, for sinks that keep slots (Sink::keeps_slots); empty for
+  // the others. Call it exactly once, from any thread, when nothing reads the slot any more.
+  std::function<void()> release;
 };
 
 class Sink {
@@ -41,6 +46,13 @@ class Sink {
   // An error fails the load (the pipeline stops, drains and returns it).
   [[nodiscard]] virtual io::Status Consume(const StagedSlot& slot,
                                            std::span<const Piece> pieces) = 0;
+  // False (the default): the sink is done with the slot when Consume returns, and the pipeline
+  // releases it then. True: copies out of the slot may still run after Consume returned (a device
+  // sink's cudaMemcpyAsync); the sink calls slot.release() exactly once for every slot it is
+  // given, whatever Consume returns (so Consume must not throw), once nothing reads it any more,
+  // and Finish returns only after every slot was released. The IO thread meanwhile reads into
+  // the slots that are free, so the copies of many slots overlap with reading.
+  virtual bool keeps_slots() const { return false; }
   // Called once, after the last Consume returned, on success and on failure alike; on success it
   // must leave every target complete (a device sink waits for its streams here).
   [[nodiscard]] virtual io::Status Finish() = 0;
