@@ -124,6 +124,13 @@ std::vector<DigestLine> Digest(const TensorMap& tensors, const LoadReport& repor
   return lines;
 }
 
+// io_uring was asked for (or chosen by --io auto) and refused: said once, on stderr.
+void PrintFallback(const std::string& fallback) {
+  if (fallback.empty()) return;
+  std::fprintf(stderr, "shardstream: io_uring unavailable, reading with pread instead: %s\n",
+               fallback.c_str());
+}
+
 // How reading and copying overlapped in a staged load (nothing for direct-to-tensor reads, which
 // have no copies: busy times are negative there).
 std::string OverlapLine(double io_busy, double copy_busy, double overlap) {
@@ -188,12 +195,14 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
   const uint64_t bytes = checkpoint->data_bytes();
   const double gbps = seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0;
   const std::string& io_name = stats->backend;
+  PrintFallback(stats->fallback);
   if (json) {
     io::JsonWriter out;
     out.BeginObject().Field("path", path).Field("sink", "discard");
     out.Field("bytes", bytes).Field("tensors", uint64_t{checkpoint->tensor_count()});
     out.Field("files", uint64_t{checkpoint->files.size()}).Field("seconds", seconds);
     out.Field("gbps", gbps).Field("io", io_name).Field("direct", stats->direct);
+    out.Field("fallback", stats->fallback);
     out.Key("resident_fraction");
     if (resident >= 0) {
       out.Double(resident);
@@ -333,10 +342,7 @@ int RunLoad(std::span<char* const> argv) {
     return kExitFailure;
   }
   bar.Clear();
-  if (!report.fallback.empty()) {
-    std::fprintf(stderr, "shardstream: io_uring unavailable, reading with pread instead: %s\n",
-                 report.fallback.c_str());
-  }
+  PrintFallback(report.fallback);
 
   // --touch: what a lazy (zero-copy) load costs once its bytes are used, measured the same way a
   // benchmark touches safetensors' mmap-backed tensors: one read per page, one thread.

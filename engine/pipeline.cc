@@ -180,7 +180,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
     }
     auto made = io::MakeBackendOrError(options.backend, files, &uring);
     if (!made.ok() && options.backend == io::BackendKind::kUring && options.fall_back_to_pread) {
-      stats.notes.push_back("backend: io_uring refused, using pread: " + made.status().ToString());
+      stats.fallback = made.status().ToString();
       made = io::MakeBackendOrError(io::BackendKind::kPread, files);
     }
     if (!made.ok()) return std::move(made).status();

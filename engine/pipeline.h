@@ -44,8 +44,9 @@ struct PipelineOptions {
   // kUring or kPread (kMmap works, uselessly). io_uring keeps `queue_depth` reads in flight;
   // where it is refused, `fall_back_to_pread` decides.
   io::BackendKind backend = io::BackendKind::kUring;
-  BackendFactory make_backend;     // overrides `backend` when set (tests inject faults here)
-  bool fall_back_to_pread = true;  // io_uring refused: use pread, say why in PipelineStats::notes
+  BackendFactory make_backend;  // overrides `backend` when set (tests inject faults here)
+  bool fall_back_to_pread =
+      true;  // io_uring refused: use pread, say why in PipelineStats::fallback
   // Open files with O_DIRECT and align reads for it. A filesystem that refuses (tmpfs) falls back
   // to buffered reads, noted in PipelineStats::notes.
   bool direct = false;
@@ -89,7 +90,8 @@ struct PipelineStats {
   double copy_busy_seconds = 0;
   double overlap_seconds = 0;
   double copy_thread_seconds = 0;  // summed over copy tasks
-  std::vector<std::string> notes;  // fallbacks taken (O_DIRECT refused, io_uring refused)
+  std::string fallback;            // why io_uring was asked for and not used (empty if it was)
+  std::vector<std::string> notes;  // other fallbacks (O_DIRECT refused, io_uring setup options)
 };
 
 // Loads `targets` (tensors of `checkpoint`) through staging slots into `sink`. Target i is

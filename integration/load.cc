@@ -239,6 +239,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       }
       out.direct = stats->direct;
       out.io = stats->backend;
+      out.fallback = stats->fallback;
       out.chunk_bytes = pipeline.chunk_bytes;
       out.threads = stats->copy_threads;
       out.peak_in_flight = stats->peak_in_flight;

@@ -541,6 +541,27 @@ TEST(PipelineOptionsTest, PoolWithSlotsSmallerThanAChunkIsRejected) {
   EXPECT_EQ(stats.status().rule(), "staging");
 }
 
+TEST(StagedPipelineTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(8, 10000));
+  Loaded loaded = Prepare(path);
+  CpuSink sink(loaded.targets);
+  PipelineOptions options;  // io_uring by default
+  options.chunk_bytes = 8192;
+  ::setenv("SHARDSTREAM_DISABLE_IO_URING", "1", 1);
+  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  options.fall_back_to_pread = false;
+  auto refused = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  ::unsetenv("SHARDSTREAM_DISABLE_IO_URING");
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->backend, "pread");
+  EXPECT_NE(stats->fallback.find("io-uring-unavailable"), std::string::npos) << stats->fallback;
+  EXPECT_EQ(stats->peak_in_flight, 1u);
+  ExpectPattern(loaded);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().rule(), "io-uring-unavailable");
+}
+
 TEST(StagedPipelineTest, SameTensorTwiceFillsBothDestinations) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(3, 5000));

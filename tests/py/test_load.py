@@ -443,11 +443,14 @@ def test_load_json_without_digest_and_io_auto(targets, load_cli, reference):
     check_json_report(res, target, expected_for(target), None, digest=False)
 
 
-def test_load_uring_unavailable_falls_back_to_pread(targets, load_cli, reference):
-    """Where io_uring cannot be set up, --io uring reads with pread and says why, once."""
+@pytest.mark.parametrize("extra", [("--io", "uring"), ("--io", "auto", "--direct", "on")],
+                         ids=["uring", "auto-staged"])
+def test_load_uring_unavailable_falls_back_to_pread(extra, targets, load_cli, reference):
+    """Where io_uring cannot be set up, --io uring (and --io auto on the staged O_DIRECT path,
+    which picks io_uring) reads with pread and says why, once."""
     target = targets["sharded"]
     res = load_cli.run_with_prefix(["env", "SHARDSTREAM_DISABLE_IO_URING=1"], "load", target.arg,
-                                   "--quiet", "--json", "--digest", "--io", "uring")
+                                   "--quiet", "--json", "--digest", *extra)
     assert res.returncode == 0, res.describe()
     doc = res.json()
     assert doc["io"] == "pread", res.describe()
