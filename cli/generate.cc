@@ -48,7 +48,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr std::array<FlagSpec, 6> kFlags = {{
-    {"preset", "NAME", "tiny, small (default), llama-1b or llama-8b"},
+    {"preset", "NAME", "tiny, small (default), llama-1b, llama-3b or llama-8b"},
     {"size-gb", "X", "choose the layer count so the tensors total about X GB (1e9 bytes)"},
     {"shards", "N", "split into N files with an index (default 1: one model.safetensors)"},
     {"dtype", "DT", "bf16 (default), f16 or f32"},
@@ -85,6 +85,7 @@ std::optional<ModelShape> Preset(std::string_view name) {
   if (name == "tiny") return ModelShape{"tiny", 64, 176, 2, 256, 4, 2, false};
   if (name == "small") return ModelShape{"small", 1024, 2816, 0, 32000, 16, 8, true};
   if (name == "llama-1b") return ModelShape{"llama-1b", 2048, 8192, 16, 128256, 32, 8, false};
+  if (name == "llama-3b") return ModelShape{"llama-3b", 3072, 8192, 28, 128256, 24, 8, false};
   if (name == "llama-8b") return ModelShape{"llama-8b", 4096, 14336, 32, 128256, 32, 8, false};
   return std::nullopt;
 }
@@ -394,7 +395,8 @@ int RunGenerate(std::span<char* const> argv) {
         "that transformers loads as LlamaForCausalLM. Contents are pseudo-random, finite, and\n"
         "the same for the same seed, preset and dtype, whatever the shard count.\n"
         "Presets: tiny (~250 KB), small (layers chosen by --size-gb, default 1 GB), llama-1b,\n"
-        "llama-8b; --size-gb overrides the layer count of any preset but tiny.\n"
+        "llama-3b, llama-8b (Llama 3.x shapes, untied lm_head); --size-gb overrides the layer\n"
+        "count of any preset but tiny.\n"
         "Exit status: 0 written, 1 failure (one 'error:' line on stderr), 2 usage.",
         kFlags);
     return kExitOk;
@@ -408,7 +410,7 @@ int RunGenerate(std::span<char* const> argv) {
   const std::string preset_name = args->Get("preset").value_or("small");
   std::optional<ModelShape> shape = Preset(preset_name);
   if (!shape) {
-    PrintError("unknown preset '" + preset_name + "' (tiny, small, llama-1b, llama-8b)");
+    PrintError("unknown preset '" + preset_name + "' (tiny, small, llama-1b, llama-3b, llama-8b)");
     return kExitUsage;
   }
   const std::string dtype_name = args->Get("dtype").value_or("bf16");

@@ -6,6 +6,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/format.h"
+#include "cli/load_common.h"
 #include "cli/sha256.h"
 #include "engine/host_memory.h"
 #include "engine/pipeline.h"
@@ -18,8 +19,7 @@
 
 #include <oneapi/tbb/parallel_for.h>
 
-#include <unistd.h>
-
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -51,84 +51,15 @@ constexpr std::array<FlagSpec, 16> kFlags = {{
     {"quiet", "", "no progress bar"},
 }};
 
-std::optional<c10::ScalarType> ParseCastDType(std::string_view name) {
-  if (name == "bf16" || name == "bfloat16") return c10::ScalarType::BFloat16;
-  if (name == "f16" || name == "fp16" || name == "float16") return c10::ScalarType::Half;
-  if (name == "f32" || name == "fp32" || name == "float32") return c10::ScalarType::Float;
-  return std::nullopt;
-}
-
-// A one-line progress bar on stderr, shown only on a terminal and only once a load has taken more
-// than a second (short loads stay quiet).
-class ProgressBar {
- public:
-  explicit ProgressBar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
-  ~ProgressBar() { Clear(); }
-
-  bool Update(const engine::Progress& p) {
-    if (!enabled_) return true;
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    if (elapsed < 1.0) return true;
-    constexpr int kWidth = 30;
-    const double fraction =
-        p.total_bytes ? static_cast<double>(p.done_bytes) / static_cast<double>(p.total_bytes) : 1;
-    const int filled = static_cast<int>(fraction * kWidth);
-    std::string bar(static_cast<size_t>(filled), '#');
-    bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r[%s] %3d%%  %s / %s  %.2f GB/s ", bar.c_str(),
-                 static_cast<int>(fraction * 100), FormatBytes(p.done_bytes).c_str(),
-                 FormatBytes(p.total_bytes).c_str(), p.done_bytes / elapsed / 1e9);
-    std::fflush(stderr);
-    drawn_ = true;
-    return true;
-  }
-  void Clear() {
-    if (drawn_) std::fprintf(stderr, "\r\033[K");
-    drawn_ = false;
-  }
-
- private:
-  bool enabled_;
-  bool drawn_ = false;
-  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-};
-
-struct DigestLine {
-  std::string name;
-  std::string dtype;
-  std::string shape;
-  std::string sha256;
-};
-
-// Digests of the loaded bytes, computed in parallel, sorted by name in byte order (TensorMap
-// is a std::map of std::string: byte order already).
+// Digest lines for a TensorMap: dtype and shape as the file holds them.
 std::vector<DigestLine> Digest(const TensorMap& tensors, const LoadReport& report) {
-  std::vector<const std::pair<const std::string, at::Tensor>*> entries;
-  for (const auto& entry : tensors) entries.push_back(&entry);
-  std::vector<DigestLine> lines(entries.size());
-  tbb::parallel_for(size_t{0}, entries.size(), [&](size_t i) {
-    const auto& [name, tensor] = *entries[i];
-    at::Tensor t = tensor.contiguous();
-    DigestLine& line = lines[i];
-    line.name = name;
+  std::vector<DigestSource> sources;
+  sources.reserve(tensors.size());
+  for (const auto& [name, tensor] : tensors) {
     const LoadReport::FileTensor& source = report.file_tensors.at(name);
-    line.dtype = std::string(io::DTypeName(source.dtype));
-    line.shape = "[";
-    for (size_t d = 0; d < source.shape.size(); ++d) {
-      line.shape += (d ? "," : "") + std::to_string(source.shape[d]);
-    }
-    line.shape += "]";
-    line.sha256 = Sha256Hex(std::span(static_cast<const std::byte*>(t.data_ptr()), t.nbytes()));
-  });
-  return lines;
-}
-
-// io_uring was asked for (or chosen by --io auto) and refused: said once, on stderr.
-void PrintFallback(const std::string& fallback) {
-  if (fallback.empty()) return;
-  std::fprintf(stderr, "shardstream: io_uring unavailable, reading with pread instead: %s\n",
-               fallback.c_str());
+    sources.push_back({name, std::string(io::DTypeName(source.dtype)), source.shape, tensor});
+  }
+  return DigestTensors(sources);
 }
 
 // How reading and copying overlapped in a staged load (nothing for direct-to-tensor reads, which
@@ -243,20 +174,31 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
 }  // namespace
 
 int RunLoad(std::span<char* const> argv) {
-  std::optional<Args> args = Args::Parse(argv, kFlags);
+  std::vector<FlagSpec> flags(kFlags.begin(), kFlags.end());
+  flags.insert(flags.end(), ModelFlags().begin(), ModelFlags().end());
+  std::optional<Args> args = Args::Parse(argv, flags);
   if (!args) return kExitUsage;
   if (args->help()) {
     PrintHelp("load CKPT [options]",
               "Loads a checkpoint (a .safetensors file, a folder, or a shard index) into tensors\n"
               "and reports bytes, seconds, GB/s and the time of each stage. With --digest, prints\n"
               "a SHA-256 of every tensor's loaded bytes instead (the report goes to stderr).\n"
+              "With --model llama, builds the model from config.json on the meta device,\n"
+              "materialises it, streams the checkpoint into its parameters and computes its\n"
+              "non-persistent buffers (--dtype is then the model's dtype).\n"
               "Exit status: 0 loaded, 1 failed (one 'error:' line on stderr), 2 usage.",
-              kFlags);
+              flags);
     return kExitOk;
   }
   if (args->positional().size() != 1) {
     PrintError("load takes exactly one checkpoint path (see --help)");
     return kExitUsage;
+  }
+  for (const FlagSpec& flag : ModelFlags()) {
+    if (flag.name != "model" && args->Has(flag.name) && !args->Has("model")) {
+      PrintError("--" + std::string(flag.name) + " needs --model");
+      return kExitUsage;
+    }
   }
   LoadOptions options;
   options.device = args->Get("device").value_or("cpu");
@@ -318,6 +260,11 @@ int RunLoad(std::span<char* const> argv) {
   const bool digest = args->Has("digest");
   ProgressBar bar(!json && !args->Has("quiet"));
   options.progress = [&bar](const engine::Progress& p) { return bar.Update(p); };
+  if (args->Has("model")) {
+    const std::optional<c10::ScalarType> model_dtype = options.dtype;
+    options.dtype.reset();
+    return RunLoadModel(*args, options, model_dtype, bar);
+  }
   if (auto sink = args->Get("sink"); sink && *sink != "tensors") {
     if (*sink != "discard") {
       PrintError("--sink must be tensors or discard, not '" + *sink + "'");
@@ -362,76 +309,133 @@ int RunLoad(std::span<char* const> argv) {
   }
   std::vector<DigestLine> digests;
   if (digest) digests = Digest(tensors, report);
-  const double gbps =
-      report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
   if (json) {
     io::JsonWriter out;
     out.BeginObject();
-    out.Field("path", args->positional()[0]);
-    out.Field("bytes", report.bytes).Field("tensors", uint64_t{report.tensors});
-    out.Field("files", uint64_t{report.files}).Field("seconds", report.seconds);
-    out.Field("gbps", gbps).Field("io", report.io).Field("zero_copy", options.zero_copy);
-    out.Field("threads", uint64_t(report.threads)).Field("chunk_bytes", report.chunk_bytes);
-    out.Field("queue_depth", uint64_t{options.queue_depth});
-    out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
-    out.Field("fallback", report.fallback);
-    out.Field("direct", report.direct).Field("sqpoll", report.sqpoll);
+    WriteLoadFields(out, args->positional()[0], report, options);
     out.Key("touch_seconds");
     if (touch_seconds >= 0) {
       out.Double(touch_seconds);
     } else {
       out.Null();
     }
-    OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
-    out.Field("peak_rss_bytes", engine::PeakResidentBytes());
-    out.Key("resident_fraction");
-    if (report.resident_fraction >= 0) {
-      out.Double(report.resident_fraction);
-    } else {
-      out.Null();
-    }
-    out.Key("notes").BeginArray();
-    for (const std::string& note : report.notes) out.String(note);
-    out.EndArray();
-    out.Key("stages").BeginObject();
-    for (const auto& [stage, seconds] : report.stages) out.Field(stage, seconds);
-    out.EndObject();
     out.Key("raw_dtypes").BeginObject();
     for (const auto& [name, dtype] : report.raw_dtypes) out.Field(name, io::DTypeName(dtype));
     out.EndObject();
-    if (digest) {
-      out.Key("digest").BeginArray();
-      for (const DigestLine& line : digests) {
-        out.BeginObject().Field("name", line.name).Field("dtype", line.dtype);
-        out.Field("shape", line.shape).Field("sha256", line.sha256).EndObject();
-      }
-      out.EndArray();
-    }
+    if (digest) WriteDigestJson(out, digests);
     out.EndObject();
     std::cout << out.str() << "\n";
     return kExitOk;
   }
 
   std::ostream& text = digest ? std::cerr : std::cout;
-  if (digest) {
-    std::string buffer;
-    for (const DigestLine& line : digests) {
-      buffer += line.name + "\t" + line.dtype + "\t" + line.shape + "\t" + line.sha256 + "\n";
-    }
-    std::cout << buffer << std::flush;
-  }
-  char rate[64];
-  std::snprintf(rate, sizeof rate, "%.3f s  (%.2f GB/s)", report.seconds, gbps);
-  text << "loaded      " << args->positional()[0] << "\n";
-  text << "tensors     " << FormatCount(report.tensors) << " in " << report.files << " file"
-       << (report.files == 1 ? "" : "s") << "\n";
-  text << "bytes       " << FormatCount(report.bytes) << " (" << FormatBytes(report.bytes) << ")\n";
-  text << "time        " << rate << "\n";
+  if (digest) PrintDigestLines(digests);
+  PrintLoadReport(text, args->positional()[0], report, options);
   if (touch_seconds >= 0) {
     char touch[64];
     std::snprintf(touch, sizeof touch, "%.3f s (one byte of every page)", touch_seconds);
     text << "touch       " << touch << "\n";
   }
+  for (const auto& [name, dtype] : report.raw_dtypes) {
+    text << "note        '" << name << "' is " << io::DTypeName(dtype)
+         << ", which torch cannot represent: loaded as uint8 bytes\n";
+  }
+  text << std::flush;
+  return kExitOk;
+}
+
+std::optional<c10::ScalarType> ParseCastDType(std::string_view name) {
+  if (name == "bf16" || name == "bfloat16") return c10::ScalarType::BFloat16;
+  if (name == "f16" || name == "fp16" || name == "float16") return c10::ScalarType::Half;
+  if (name == "f32" || name == "fp32" || name == "float32") return c10::ScalarType::Float;
+  return std::nullopt;
+}
+
+std::vector<DigestLine> DigestTensors(std::span<const DigestSource> sources) {
+  std::vector<DigestLine> lines(sources.size());
+  tbb::parallel_for(size_t{0}, sources.size(), [&](size_t i) {
+    const DigestSource& source = sources[i];
+    at::Tensor t = source.tensor.contiguous();
+    DigestLine& line = lines[i];
+    line.name = source.name;
+    line.dtype = source.dtype;
+    line.shape = "[";
+    for (size_t d = 0; d < source.shape.size(); ++d) {
+      line.shape += (d ? "," : "") + std::to_string(source.shape[d]);
+    }
+    line.shape += "]";
+    line.sha256 = Sha256Hex(std::span(static_cast<const std::byte*>(t.data_ptr()), t.nbytes()));
+  });
+  // Byte order of names, as the plain load's std::map gives them.
+  std::sort(lines.begin(), lines.end(),
+            [](const DigestLine& a, const DigestLine& b) { return a.name < b.name; });
+  return lines;
+}
+
+void PrintDigestLines(const std::vector<DigestLine>& lines) {
+  std::string buffer;
+  for (const DigestLine& line : lines) {
+    buffer += line.name + "\t" + line.dtype + "\t" + line.shape + "\t" + line.sha256 + "\n";
+  }
+  std::cout << buffer << std::flush;
+}
+
+void WriteDigestJson(io::JsonWriter& out, const std::vector<DigestLine>& lines) {
+  out.Key("digest").BeginArray();
+  for (const DigestLine& line : lines) {
+    out.BeginObject().Field("name", line.name).Field("dtype", line.dtype);
+    out.Field("shape", line.shape).Field("sha256", line.sha256).EndObject();
+  }
+  out.EndArray();
+}
+
+// io_uring was asked for (or chosen by --io auto) and refused: said once, on stderr.
+void PrintFallback(const std::string& fallback) {
+  if (fallback.empty()) return;
+  std::fprintf(stderr, "shardstream: io_uring unavailable, reading with pread instead: %s\n",
+               fallback.c_str());
+}
+
+void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadReport& report,
+                     const LoadOptions& options) {
+  const double gbps =
+      report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
+  out.Field("path", path);
+  out.Field("bytes", report.bytes).Field("tensors", uint64_t{report.tensors});
+  out.Field("files", uint64_t{report.files}).Field("seconds", report.seconds);
+  out.Field("gbps", gbps).Field("io", report.io).Field("zero_copy", options.zero_copy);
+  out.Field("threads", uint64_t(report.threads)).Field("chunk_bytes", report.chunk_bytes);
+  out.Field("queue_depth", uint64_t{options.queue_depth});
+  out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
+  out.Field("fallback", report.fallback);
+  out.Field("direct", report.direct).Field("sqpoll", report.sqpoll);
+  OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
+  out.Field("peak_rss_bytes", engine::PeakResidentBytes());
+  out.Key("resident_fraction");
+  if (report.resident_fraction >= 0) {
+    out.Double(report.resident_fraction);
+  } else {
+    out.Null();
+  }
+  out.Key("notes").BeginArray();
+  for (const std::string& note : report.notes) out.String(note);
+  out.EndArray();
+  out.Key("stages").BeginObject();
+  for (const auto& [stage, seconds] : report.stages) out.Field(stage, seconds);
+  out.EndObject();
+}
+
+void PrintLoadReport(std::ostream& text, const std::string& path, const LoadReport& report,
+                     const LoadOptions& options) {
+  const double gbps =
+      report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
+  char rate[64];
+  std::snprintf(rate, sizeof rate, "%.3f s  (%.2f GB/s)", report.seconds, gbps);
+  text << "loaded      " << path << "\n";
+  text << "tensors     " << FormatCount(report.tensors) << " in " << report.files << " file"
+       << (report.files == 1 ? "" : "s") << "\n";
+  text << "bytes       " << FormatCount(report.bytes) << " (" << FormatBytes(report.bytes) << ")\n";
+  text << "time        " << rate << "\n";
   text << "io          " << report.io << (report.direct ? " O_DIRECT" : "");
   if (!options.zero_copy) {
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
@@ -447,12 +451,6 @@ int RunLoad(std::span<char* const> argv) {
   }
   text << "\n";
   for (const std::string& note : report.notes) text << "note        " << note << "\n";
-  for (const auto& [name, dtype] : report.raw_dtypes) {
-    text << "note        '" << name << "' is " << io::DTypeName(dtype)
-         << ", which torch cannot represent: loaded as uint8 bytes\n";
-  }
-  text << std::flush;
-  return kExitOk;
 }
 
 }  // namespace shardstream::cli

@@ -1,5 +1,9 @@
 #include "integration/dtype.h"
 
+#include <limits>
+#include <string>
+#include <utility>
+
 namespace shardstream {
 
 std::optional<c10::ScalarType> TorchDType(io::DType dtype) {
@@ -54,6 +58,38 @@ std::optional<c10::ScalarType> TorchDType(io::DType dtype) {
 
 c10::ScalarType StorageDType(io::DType dtype) {
   return TorchDType(dtype).value_or(c10::ScalarType::Byte);
+}
+
+std::optional<io::DType> SafetensorsDType(c10::ScalarType dtype) {
+  for (io::DType d : io::AllDTypes()) {
+    if (TorchDType(d) == dtype) return d;
+  }
+  return std::nullopt;
+}
+
+io::Result<std::vector<int64_t>> TorchShape(const io::TensorInfo& t) {
+  auto error = [&](std::string rule, std::string message) {
+    return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message))
+        .WithTensor(t.name);
+  };
+  const uint32_t bits = io::DTypeBits(t.dtype);
+  if (bits == 6) return std::vector<int64_t>{static_cast<int64_t>(t.size_bytes())};
+  for (uint64_t dim : t.shape) {
+    if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return error("torch-shape", "dimension " + std::to_string(dim) + " of shape " +
+                                      io::FormatShape(t.shape) + " exceeds torch's int64 sizes");
+    }
+  }
+  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
+  if (t.dtype == io::DType::kF4) {
+    if (shape.empty() || shape.back() % 2 != 0) {
+      return error("f4-shape", "F4 tensor of shape " + io::FormatShape(t.shape) +
+                                   " has an odd last dimension; torch packs F4 values in pairs "
+                                   "(float4_e2m1fn_x2)");
+    }
+    shape.back() /= 2;
+  }
+  return shape;
 }
 
 }  // namespace shardstream

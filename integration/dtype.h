@@ -2,10 +2,14 @@
 #pragma once
 
 #include "io/dtype.h"
+#include "io/safetensors_header.h"
+#include "io/status.h"
 
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace shardstream {
 
@@ -17,5 +21,14 @@ std::optional<c10::ScalarType> TorchDType(io::DType dtype);
 
 // The dtype a tensor is stored with in torch: TorchDType, or Byte for the F6 types.
 c10::ScalarType StorageDType(io::DType dtype);
+
+// The safetensors dtype a torch dtype is written as: the inverse of TorchDType (Float4_e2m1fn_x2
+// → F4). nullopt for torch dtypes safetensors has no name for (e.g. QInt8, ComplexDouble).
+std::optional<io::DType> SafetensorsDType(c10::ScalarType dtype);
+
+// The torch shape a checkpoint tensor loads with: its own shape, except F4 (last dimension halved;
+// an odd one is rule "f4-shape") and F6 (flat bytes). Dimensions beyond int64 are rule
+// "torch-shape". Errors name the tensor, not the file.
+io::Result<std::vector<int64_t>> TorchShape(const io::TensorInfo& tensor);
 
 }  // namespace shardstream

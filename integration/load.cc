@@ -1,17 +1,15 @@
 #include "integration/load.h"
 
 #include "engine/host_memory.h"
+#include "integration/detail/read_targets.h"
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
-#include "io/read_backend.h"
-#include "io/residency.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/core/Device.h>
 
 #include <chrono>
-#include <limits>
 #include <memory>
 
 namespace shardstream {
@@ -25,31 +23,6 @@ double SecondsSince(Clock::time_point start) {
 
 io::Status LoadStatus(std::string rule, std::string message) {
   return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
-}
-
-// The torch shape a tensor loads with (see load.h for F4 and F6).
-io::Result<std::vector<int64_t>> TorchShape(const io::TensorInfo& t) {
-  const uint32_t bits = io::DTypeBits(t.dtype);
-  if (bits == 6) return std::vector<int64_t>{static_cast<int64_t>(t.size_bytes())};
-  for (uint64_t dim : t.shape) {
-    if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return LoadStatus("torch-shape", "dimension " + std::to_string(dim) + " of shape " +
-                                           io::FormatShape(t.shape) +
-                                           " exceeds torch's int64 sizes")
-          .WithTensor(t.name);
-    }
-  }
-  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
-  if (t.dtype == io::DType::kF4) {
-    if (shape.empty() || shape.back() % 2 != 0) {
-      return LoadStatus("f4-shape", "F4 tensor of shape " + io::FormatShape(t.shape) +
-                                        " has an odd last dimension; torch packs F4 values in "
-                                        "pairs (float4_e2m1fn_x2)")
-          .WithTensor(t.name);
-    }
-    shape.back() /= 2;
-  }
-  return shape;
 }
 
 io::Status CheckDevice(const std::string& device) {
@@ -191,11 +164,6 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     }
     out.stages.emplace_back("views", SecondsSince(stage_start));
   } else {
-    const IoMode mode = options.io == IoMode::kAuto ? IoMode::kPread : options.io;
-    const io::BackendKind backend = mode == IoMode::kMmap    ? io::BackendKind::kMmap
-                                    : mode == IoMode::kUring ? io::BackendKind::kUring
-                                                             : io::BackendKind::kPread;
-    out.io = std::string(io::BackendName(backend));
     std::vector<engine::LoadTarget> targets;
     targets.reserve(planned.size());
     for (const Planned& p : planned) {
@@ -217,59 +185,9 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     out.stages.emplace_back("allocate", SecondsSince(stage_start));
 
     // Direct or buffered: decided once, before reading, from what the page cache holds.
-    bool direct = options.direct == DirectIo::kOn;
-    if (options.direct == DirectIo::kAuto && mode != IoMode::kMmap) {
-      io::Result<double> resident = io::CheckpointResidentFraction(checkpoint);
-      ThrowIfError(resident.status());
-      out.resident_fraction = *resident;
-      direct = out.resident_fraction < 0.5;
-    }
-    if (direct && mode == IoMode::kMmap) {
-      ThrowIfError(LoadStatus("direct", "O_DIRECT reads need --io pread or uring, not mmap"));
-    }
-    if (direct) {
-      engine::CpuSink sink(targets);
-      engine::PipelineOptions pipeline = StagedPipelineOptions(options);
-      pipeline.direct = true;
-      const auto read_start = Clock::now();
-      io::Result<engine::PipelineStats> stats =
-          engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
-      if (!stats.ok()) {
-        ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
-      }
-      out.direct = stats->direct;
-      out.io = stats->backend;
-      out.fallback = stats->fallback;
-      out.chunk_bytes = pipeline.chunk_bytes;
-      out.threads = stats->copy_threads;
-      out.peak_in_flight = stats->peak_in_flight;
-      out.notes = stats->notes;
-      out.sqpoll = stats->sqpoll;
-      out.io_busy_seconds = stats->io_busy_seconds;
-      out.copy_busy_seconds = stats->copy_busy_seconds;
-      out.overlap_seconds = stats->overlap_seconds;
-      out.stages.emplace_back("read", SecondsSince(read_start));
-    } else {
-      engine::FillOptions fill;
-      fill.backend = backend;
-      fill.threads = options.threads;
-      fill.chunk_bytes =
-          options.chunk_bytes != 0 ? options.chunk_bytes : engine::kDefaultChunkBytes;
-      out.chunk_bytes = fill.chunk_bytes;
-      fill.queue_depth = options.queue_depth;
-      fill.sqpoll = options.sqpoll;
-      fill.progress = options.progress;
-      io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
-      if (!stats.ok()) {
-        ThrowIfError(stats.status());
-      }
-      out.threads = stats->threads;
-      out.peak_in_flight = stats->peak_in_flight;
-      if (!stats->fallback.empty()) {
-        out.fallback = stats->fallback;
-        out.io = std::string(io::BackendName(io::BackendKind::kPread));
-      }
-      for (auto& stage : stats->stages) out.stages.push_back(std::move(stage));
+    const bool direct = detail::ChooseDirect(checkpoint, options, out);
+    for (auto& stage : detail::ReadTargets(checkpoint, targets, options, direct, out)) {
+      out.stages.push_back(std::move(stage));
     }
   }
 

@@ -483,11 +483,27 @@ INSTANTIATE_TEST_SUITE_P(BackendsDirectStaging, PipelineTest,
                                   (std::get<2>(param_info.param) ? "TwoSlots" : "ManySlots");
                          });
 
+// A CpuSink whose copies take at least `delay`: a slow destination (or a busy machine).
+class SlowSink : public Sink {
+ public:
+  SlowSink(std::span<const LoadTarget> targets, std::chrono::microseconds delay)
+      : cpu_(targets), delay_(delay) {}
+  io::Status Consume(const StagedSlot& slot, std::span<const Piece> pieces) override {
+    std::this_thread::sleep_for(delay_);
+    return cpu_.Consume(slot, pieces);
+  }
+  io::Status Finish() override { return cpu_.Finish(); }
+
+ private:
+  CpuSink cpu_;
+  std::chrono::microseconds delay_;
+};
+
 // At the defaults of a cold load (io_uring, depth 8, 4 MiB chunks, 64 MiB staging, a copy task per
-// spare core, O_DIRECT), more than one read is in flight and reading overlaps copying: the
-// pipeline is a pipeline. The file's pages are dropped first so that reads take device time (a
-// warm buffered read completes inside io_uring_enter, and on a starved 2-core machine the copies
-// could then all run between reads).
+// spare core, O_DIRECT), more than one read is in flight and reading overlaps copying: the IO
+// thread keeps reading into free slots while copies run. The file's pages are dropped so that
+// reads take device time, and each copy takes at least 3 ms, so that on a starved 2-core machine
+// the copies cannot all slip in between reads.
 TEST(StagedPipelineTest, DefaultsKeepReadsInFlightWhileCopying) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(24, (4u << 20) - 5));
@@ -498,7 +514,7 @@ TEST(StagedPipelineTest, DefaultsKeepReadsInFlightWhileCopying) {
     ::fdatasync(fd.get());
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
   }
-  CpuSink sink(loaded.targets);
+  SlowSink sink(loaded.targets, std::chrono::milliseconds(3));
   PipelineOptions options;
   options.direct = true;
   auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);

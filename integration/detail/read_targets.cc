@@ -1,0 +1,100 @@
+#include "integration/detail/read_targets.h"
+
+#include "engine/pipeline.h"
+#include "engine/sink.h"
+#include "io/read_backend.h"
+#include "io/residency.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace shardstream::detail {
+namespace {
+
+// The backend of buffered reads straight into the destinations (staged reads:
+// StagedPipelineOptions).
+io::BackendKind Backend(IoMode mode) {
+  switch (mode) {
+    case IoMode::kMmap:
+      return io::BackendKind::kMmap;
+    case IoMode::kUring:
+      return io::BackendKind::kUring;
+    case IoMode::kAuto:  // straight into tensors, pread: BENCHMARKS.md (fault-bound, depth buys
+                         // nothing)
+    case IoMode::kPread:
+      return io::BackendKind::kPread;
+  }
+  return io::BackendKind::kPread;
+}
+
+}  // namespace
+
+bool ChooseDirect(const io::Checkpoint& checkpoint, const LoadOptions& options,
+                  LoadReport& report) {
+  const bool mmap = options.io == IoMode::kMmap;
+  bool direct = options.direct == DirectIo::kOn;
+  if (options.direct == DirectIo::kAuto && !mmap) {
+    io::Result<double> resident = io::CheckpointResidentFraction(checkpoint);
+    ThrowIfError(resident.status());
+    report.resident_fraction = *resident;
+    direct = report.resident_fraction < 0.5;
+  }
+  if (direct && mmap) {
+    ThrowIfError(io::Status::Error(io::StatusCode::kInvalidArgument, "direct",
+                                   "O_DIRECT reads need --io pread or uring, not mmap"));
+  }
+  return direct;
+}
+
+std::vector<std::pair<std::string, double>> ReadTargets(const io::Checkpoint& checkpoint,
+                                                        std::span<const engine::LoadTarget> targets,
+                                                        const LoadOptions& options, bool direct,
+                                                        LoadReport& report) {
+  std::vector<std::pair<std::string, double>> stages;
+  if (direct) {
+    engine::CpuSink sink(targets);
+    engine::PipelineOptions pipeline = StagedPipelineOptions(options);
+    pipeline.direct = true;
+    const auto read_start = std::chrono::steady_clock::now();
+    io::Result<engine::PipelineStats> stats =
+        engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
+    if (!stats.ok()) {
+      ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
+    }
+    report.direct = stats->direct;
+    report.io = stats->backend;
+    report.fallback = stats->fallback;
+    report.chunk_bytes = pipeline.chunk_bytes;
+    report.threads = stats->copy_threads;
+    report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
+    report.sqpoll = stats->sqpoll;
+    report.io_busy_seconds = stats->io_busy_seconds;
+    report.copy_busy_seconds = stats->copy_busy_seconds;
+    report.overlap_seconds = stats->overlap_seconds;
+    report.notes.insert(report.notes.end(), stats->notes.begin(), stats->notes.end());
+    stages.emplace_back(
+        "read",
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - read_start).count());
+    return stages;
+  }
+  engine::FillOptions fill;
+  fill.backend = Backend(options.io);
+  report.io = std::string(io::BackendName(fill.backend));
+  fill.threads = options.threads;
+  fill.chunk_bytes = options.chunk_bytes != 0 ? options.chunk_bytes : engine::kDefaultChunkBytes;
+  report.chunk_bytes = fill.chunk_bytes;
+  fill.queue_depth = options.queue_depth;
+  fill.sqpoll = options.sqpoll;
+  fill.progress = options.progress;
+  io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, targets, fill);
+  ThrowIfError(stats.status());
+  report.threads = stats->threads;
+  report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
+  if (!stats->fallback.empty()) {
+    report.fallback = stats->fallback;
+    report.io = std::string(io::BackendName(io::BackendKind::kPread));
+  }
+  return std::move(stats->stages);
+}
+
+}  // namespace shardstream::detail
