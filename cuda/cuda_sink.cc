@@ -609,6 +609,15 @@ io::Status CudaSink::Finish() {
   return status;
 }
 
+io::Result<bool> CudaSink::StreamsIdle() const {
+  bool idle = true;
+  for (const auto& s : streams_) {
+    SHARDSTREAM_ASSIGN_OR_RETURN(const bool ready, ops_.QueryStream(s->handle));
+    idle = idle && ready;
+  }
+  return idle;
+}
+
 CudaSinkStats CudaSink::stats() const {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   return stats_;

@@ -132,6 +132,8 @@ class CudaSink final : public engine::Sink {
   io::Status Finish() override;
 
   CudaSinkStats stats() const;
+  // Whether every stream has finished its work (asks without waiting). After Finish: true.
+  io::Result<bool> StreamsIdle() const;
   // Per-Consume device intervals (record_timing only), available after Finish.
   io::Result<std::vector<CopyInterval>> CopyIntervals() const;
 
