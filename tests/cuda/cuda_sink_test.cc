@@ -1,0 +1,661 @@
+// The CUDA sink's logic on the CPU: the sink runs against FakeDevice (cuda/fake_device.h), whose
+// streams execute later than queued, so a slot released early, a cast before its bytes landed, or
+// a Consume that waits for the device shows up as wrong bytes or as time. Built with and without
+// CUDA; needs no GPU.
+#include "cuda/cuda_sink.h"
+
+#include "cuda/fake_device.h"
+#include "engine/pipeline.h"
+#include "engine/staging.h"
+#include "io/checkpoint.h"
+#include "io/dtype.h"
+#include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/test_files.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <iterator>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace shardstream::cuda {
+namespace {
+
+using engine::testing::ExpectPattern;
+using engine::testing::Loaded;
+using engine::testing::PatternFile;
+using engine::testing::Prepare;
+using shardstream::testing::ScratchDir;
+using Clock = std::chrono::steady_clock;
+
+// ---- A CPU "cast kernel" for the fake device: queued on the stream like a launch, so it reads
+// the scratch only when the stream gets there.
+
+uint64_t Bytes(io::DType dtype) { return io::DTypeBits(dtype) / 8; }
+
+double Read(io::DType dtype, const std::byte* p) {
+  switch (dtype) {
+    case io::DType::kF32: {
+      float v;
+      std::memcpy(&v, p, 4);
+      return v;
+    }
+    case io::DType::kF64: {
+      double v;
+      std::memcpy(&v, p, 8);
+      return v;
+    }
+    case io::DType::kI16: {
+      int16_t v;
+      std::memcpy(&v, p, 2);
+      return v;
+    }
+    case io::DType::kI64: {
+      int64_t v;
+      std::memcpy(&v, p, 8);
+      return static_cast<double>(v);
+    }
+    default:
+      ADD_FAILURE() << "test cast does not read " << io::DTypeName(dtype);
+      return 0;
+  }
+}
+
+void Write(io::DType dtype, double value, std::byte* p) {
+  switch (dtype) {
+    case io::DType::kF32: {
+      const auto v = static_cast<float>(value);
+      std::memcpy(p, &v, 4);
+      return;
+    }
+    case io::DType::kF64:
+      std::memcpy(p, &value, 8);
+      return;
+    case io::DType::kI64: {
+      const auto v = static_cast<int64_t>(value);
+      std::memcpy(p, &v, 8);
+      return;
+    }
+    default:
+      ADD_FAILURE() << "test cast does not write " << io::DTypeName(dtype);
+  }
+}
+
+void CastOnHost(const std::byte* src, io::DType src_dtype, std::byte* dst, io::DType dst_dtype,
+                uint64_t elements) {
+  for (uint64_t i = 0; i < elements; ++i) {
+    Write(dst_dtype, Read(src_dtype, src + i * Bytes(src_dtype)), dst + i * Bytes(dst_dtype));
+  }
+}
+
+DeviceCastFn FakeCast(FakeDevice& device, std::atomic<uint64_t>* elements_cast = nullptr) {
+  return [&device, elements_cast](StreamHandle stream, const std::byte* src, io::DType src_dtype,
+                                  std::byte* dst, io::DType dst_dtype, uint64_t elements) {
+    if (elements_cast != nullptr) elements_cast->fetch_add(elements);
+    return device.Enqueue(stream, [=] { CastOnHost(src, src_dtype, dst, dst_dtype, elements); });
+  };
+}
+
+// A checkpoint of tensors in several dtypes with random values, odd element counts so that
+// neither tensors nor chunks line up with elements.
+struct TensorSpec {
+  std::string name;
+  io::DType dtype;
+  uint64_t elements;
+};
+
+std::string MixedFile(const std::vector<TensorSpec>& specs, uint32_t seed) {
+  std::mt19937_64 random(seed);
+  std::string header = "{", data;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const uint64_t begin = data.size();
+    for (uint64_t e = 0; e < specs[i].elements; ++e) {
+      std::byte value[8];
+      const double v = std::uniform_real_distribution<double>(-1000, 1000)(random);
+      switch (specs[i].dtype) {
+        case io::DType::kI16: {
+          const auto x = static_cast<int16_t>(v);
+          std::memcpy(value, &x, 2);
+          break;
+        }
+        case io::DType::kU8:
+          value[0] = static_cast<std::byte>(random());
+          break;
+        default:
+          Write(specs[i].dtype, v, value);
+      }
+      data.append(reinterpret_cast<const char*>(value), Bytes(specs[i].dtype));
+    }
+    if (i) header += ",";
+    header += "\"" + specs[i].name + "\":{\"dtype\":\"" +
+              std::string(io::DTypeName(specs[i].dtype)) + "\",\"shape\":[" +
+              std::to_string(specs[i].elements) + "],\"data_offsets\":[" + std::to_string(begin) +
+              "," + std::to_string(data.size()) + "]}";
+  }
+  header += "}";
+  return shardstream::testing::SafetensorsBytes(header, data);
+}
+
+constexpr uint64_t kChunkBytes = 4096;
+
+engine::PipelineOptions TinyPool(uint32_t slots) {
+  engine::PipelineOptions options;
+  options.backend = io::BackendKind::kPread;
+  options.chunk_bytes = kChunkBytes;
+  options.staging_bytes = slots * kChunkBytes;
+  options.copy_threads = 4;
+  return options;
+}
+
+// Nothing left on the fake device: no queued work, no stream, event or allocation.
+void ExpectNothingLeft(const FakeDevice& device) {
+  EXPECT_EQ(device.pending(), 0u);
+  EXPECT_EQ(device.live_streams(), 0u);
+  EXPECT_EQ(device.live_events(), 0u);
+  EXPECT_EQ(device.live_allocations(), 0u);
+}
+
+// ---- Pure helpers.
+
+TEST(SplitIntoElementsTest, EveryByteIsInExactlyOnePartAndWholeElementsAreWhole) {
+  for (uint64_t size : {1u, 2u, 4u, 8u}) {
+    for (uint64_t begin = 0; begin < 40; ++begin) {
+      for (uint64_t end = begin + 1; end <= 40; ++end) {
+        SCOPED_TRACE("element " + std::to_string(size) + " bytes [" + std::to_string(begin) + ", " +
+                     std::to_string(end) + ")");
+        const ElementSplit split = SplitIntoElements(begin, end, size);
+        std::vector<int> seen(40, 0);
+        auto mark = [&](const ElementSplit::Partial& p) {
+          ASSERT_LT(p.offset_in_element + p.size_bytes, size + 1);
+          ASSERT_TRUE(p.offset_in_element != 0 || p.size_bytes != size) << "a whole element";
+          for (uint64_t b = 0; b < p.size_bytes; ++b)
+            ++seen[p.element * size + p.offset_in_element + b];
+        };
+        if (split.head) mark(*split.head);
+        if (split.tail) mark(*split.tail);
+        if (split.tail) {
+          ASSERT_TRUE(split.head || begin % size == 0);
+        }
+        for (uint64_t e = split.first_whole; e < split.end_whole; ++e) {
+          for (uint64_t b = 0; b < size; ++b) ++seen[e * size + b];
+        }
+        for (uint64_t b = 0; b < 40; ++b) ASSERT_EQ(seen[b], b >= begin && b < end ? 1 : 0) << b;
+      }
+    }
+  }
+}
+
+TEST(MaxConcurrentTest, CountsOverlapsButNotTouchingEnds) {
+  EXPECT_EQ(MaxConcurrent({}), 0u);
+  std::vector<CopyInterval> serial = {{0, 1, 0}, {1, 2, 0}, {2, 3, 1}};
+  EXPECT_EQ(MaxConcurrent(serial), 1u);
+  std::vector<CopyInterval> overlapping = {{0, 2, 0}, {1, 3, 1}, {1.5, 1.8, 2}, {5, 6, 0}};
+  EXPECT_EQ(MaxConcurrent(overlapping), 3u);
+}
+
+// ---- Creation.
+
+TEST(CudaSinkCreateTest, CastsNeedACastFunctionWholeBytesAndWholeElements) {
+  FakeDevice device;
+  std::vector<std::byte> dst(64);
+  auto no_fn = CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, {}, device);
+  ASSERT_FALSE(no_fn.ok());
+  EXPECT_EQ(no_fn.status().rule(), "cast");
+  EXPECT_NE(no_fn.status().message().find("F32 to F64"), std::string::npos)
+      << no_fn.status().ToString();
+
+  CudaSinkOptions options;
+  options.cast = FakeCast(device);
+  auto sub_byte =
+      CudaSink::Create({{dst.data(), 16, io::DType::kF4, io::DType::kU8}}, options, device);
+  ASSERT_FALSE(sub_byte.ok());
+  EXPECT_EQ(sub_byte.status().rule(), "cast");
+  auto ragged =
+      CudaSink::Create({{dst.data(), 15, io::DType::kF32, io::DType::kF64}}, options, device);
+  ASSERT_FALSE(ragged.ok());
+  EXPECT_EQ(ragged.status().rule(), "cast");
+
+  options.scratch_bytes = 1024;  // the 4096 straddling cells alone need 32 KiB
+  auto small =
+      CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, options, device);
+  ASSERT_FALSE(small.ok());
+  EXPECT_EQ(small.status().rule(), "cast-scratch") << small.status().ToString();
+  ExpectNothingLeft(device);
+}
+
+TEST(CudaSinkCreateTest, ScratchIsAllocatedOnlyWhenSomethingCasts) {
+  FakeDevice device;
+  std::vector<std::byte> dst(64);
+  {
+    auto sink = CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF32}}, {}, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    EXPECT_EQ((*sink)->stats().scratch_bytes, 0u);
+    EXPECT_EQ(device.live_allocations(), 0u);
+    EXPECT_EQ(device.live_streams(), kDefaultCopyStreams);
+    EXPECT_TRUE((*sink)->Finish().ok());
+  }
+  CudaSinkOptions options;
+  options.cast = FakeCast(device);
+  {
+    auto sink =
+        CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, options, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    EXPECT_EQ(device.live_allocations(), 1u);
+    EXPECT_LE((*sink)->stats().scratch_bytes, options.scratch_bytes);
+    EXPECT_GT((*sink)->stats().scratch_bytes, options.scratch_bytes / 2);
+  }
+  ExpectNothingLeft(device);
+}
+
+// ---- Through the real pipeline.
+
+class CudaSinkPipelineTest : public ::testing::TestWithParam<uint32_t> {};  // streams
+
+TEST_P(CudaSinkPipelineTest, TinyPoolAndManyChunksGiveEveryByteWithNoSlotReusedEarly) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  Loaded loaded = Prepare(path);
+  // Slow copies: a slot handed back before its copy ran would be overwritten by the next read
+  // and the late copy would move the wrong chunk's bytes.
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(300)});
+  auto pool = engine::StagingPool::Create(2 * kChunkBytes, kChunkBytes);
+  ASSERT_TRUE(pool.ok());
+  {
+    CudaSinkOptions options;
+    options.streams = GetParam();
+    auto sink = CudaSink::Create(DeviceTargets(loaded.checkpoint, loaded.targets), options, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    engine::PipelineOptions pipeline = TinyPool(2);
+    pipeline.pool = pool->get();
+    auto stats = engine::RunStagedPipeline(loaded.checkpoint, loaded.targets, **sink, pipeline);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    EXPECT_GT(stats->chunks, 25u);
+    EXPECT_EQ(stats->peak_slots_in_use, 2u);
+    EXPECT_EQ((*pool)->in_use(), 0u);
+    EXPECT_EQ(device.pending(), 0u);
+    EXPECT_EQ((*sink)->stats().copied_bytes, 40u * 3001);
+  }
+  ExpectPattern(loaded);
+  ExpectNothingLeft(device);
+}
+
+INSTANTIATE_TEST_SUITE_P(Streams, CudaSinkPipelineTest, ::testing::Values(1u, 4u),
+                         [](const ::testing::TestParamInfo<uint32_t>& param_info) {
+                           return std::to_string(param_info.param) + "Streams";
+                         });
+
+TEST(CudaSinkTest, CastsAcrossStraddlingElementsEqualAHostCast) {
+  const std::vector<TensorSpec> specs = {{"a", io::DType::kF32, 3001}, {"b", io::DType::kU8, 777},
+                                         {"c", io::DType::kF64, 1501}, {"d", io::DType::kI16, 4099},
+                                         {"e", io::DType::kF32, 1},    {"f", io::DType::kF64, 2},
+                                         {"g", io::DType::kF32, 5003}, {"h", io::DType::kI16, 3}};
+  const uint32_t seed = 1234;
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", MixedFile(specs, seed));
+  auto checkpoint = io::OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  const auto& tensors = checkpoint->files[0].header.tensors;
+
+  auto cast_to = [](io::DType from) {
+    switch (from) {
+      case io::DType::kF32:
+        return io::DType::kF64;
+      case io::DType::kF64:
+        return io::DType::kF32;
+      case io::DType::kI16:
+        return io::DType::kI64;
+      default:
+        return from;
+    }
+  };
+  std::vector<std::vector<std::byte>> out(tensors.size());
+  std::vector<engine::LoadTarget> targets;
+  std::vector<DeviceTarget> device_targets;
+  for (uint32_t i = 0; i < tensors.size(); ++i) {
+    const io::DType to = cast_to(tensors[i].dtype);
+    out[i].assign(tensors[i].numel() * Bytes(to), std::byte{0xAA});
+    targets.push_back(engine::LoadTarget{{0, i}, out[i].data()});
+    device_targets.push_back({out[i].data(), tensors[i].size_bytes(), tensors[i].dtype, to});
+  }
+
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(100)});
+  std::atomic<uint64_t> elements_cast{0};
+  {
+    CudaSinkOptions options;
+    options.cast = FakeCast(device, &elements_cast);
+    // Windows of 256 bytes: every piece of a cast target is uploaded and cast in many steps
+    // through the same scratch.
+    options.max_straddling_elements = 32;
+    options.scratch_bytes = 256 + options.streams * 256;
+    auto sink = CudaSink::Create(device_targets, options, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    engine::PipelineOptions pipeline = TinyPool(3);
+    pipeline.chunk_bytes = 4099;  // odd: chunk boundaries split elements of every width
+    pipeline.staging_bytes = 3 * 8192;
+    auto stats = engine::RunStagedPipeline(*checkpoint, targets, **sink, pipeline);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    const CudaSinkStats sink_stats = (*sink)->stats();
+    EXPECT_GT(sink_stats.straddling_elements, 5u);
+    EXPECT_LE(sink_stats.peak_straddling, options.max_straddling_elements);
+    EXPECT_GT(sink_stats.cast_calls, stats->chunks);
+  }
+  uint64_t cast_elements = 0;
+  // The expected bytes, straight from the file.
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const uint64_t data_start = checkpoint->files[0].header.data_offset();
+  for (uint32_t i = 0; i < tensors.size(); ++i) {
+    const io::DType to = cast_to(tensors[i].dtype);
+    const auto* src =
+        reinterpret_cast<const std::byte*>(bytes.data()) + data_start + tensors[i].begin;
+    std::vector<std::byte> expected(out[i].size());
+    if (to == tensors[i].dtype) {
+      std::memcpy(expected.data(), src, expected.size());
+    } else {
+      CastOnHost(src, tensors[i].dtype, expected.data(), to, tensors[i].numel());
+      cast_elements += tensors[i].numel();
+    }
+    if (out[i] == expected) continue;
+    for (size_t b = 0; b < expected.size(); ++b) {
+      ASSERT_EQ(out[i][b], expected[b]) << tensors[i].name << " byte " << b;
+    }
+  }
+  EXPECT_EQ(elements_cast.load(), cast_elements) << "some element was cast twice or never";
+  ExpectNothingLeft(device);
+}
+
+// An element split over three pieces that arrive out of order on three streams: whichever piece
+// brings the last byte casts it, after the other two uploads (on other, slower streams) landed.
+TEST(CudaSinkTest, ElementSplitOverThreePiecesOnThreeStreamsIsCastOnceAllBytesLanded) {
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(2000)});
+  const double values[2] = {3.25, -1e10};
+  std::byte raw[16];
+  std::memcpy(raw, values, 16);
+  std::vector<std::byte> out(8, std::byte{0xAA});
+  std::atomic<int> released{0};
+  {
+    CudaSinkOptions options;
+    options.streams = 3;
+    options.cast = FakeCast(device);
+    options.max_straddling_elements = 4;
+    options.scratch_bytes = 4096;
+    auto sink =
+        CudaSink::Create({{out.data(), 16, io::DType::kF64, io::DType::kF32}}, options, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    // Pieces [5,16), [0,3), [3,5): each in its own slot, a copy of the bytes it holds.
+    const std::pair<uint64_t, uint64_t> ranges[] = {{5, 16}, {0, 3}, {3, 5}};
+    std::vector<std::vector<std::byte>> slots;
+    for (const auto& [begin, end] : ranges) slots.emplace_back(raw + begin, raw + end);
+    for (size_t i = 0; i < 3; ++i) {
+      engine::StagedSlot slot;
+      slot.data = slots[i].data();
+      slot.size_bytes = slots[i].size();
+      slot.slot = static_cast<uint32_t>(i);
+      slot.release = [&released] { released.fetch_add(1); };
+      const engine::Piece piece{0, ranges[i].first, 0, slots[i].size()};
+      ASSERT_TRUE((*sink)->Consume(slot, std::span(&piece, 1)).ok());
+    }
+    EXPECT_LT(released.load(), 3) << "slots released before their slow copies ran";
+    ASSERT_TRUE((*sink)->Finish().ok());
+    EXPECT_EQ(released.load(), 3);
+    EXPECT_EQ((*sink)->stats().straddling_elements, 1u);  // element 1 came whole
+  }
+  float got[2];
+  std::memcpy(got, out.data(), 8);
+  EXPECT_EQ(got[0], 3.25f);
+  EXPECT_EQ(got[1], static_cast<float>(-1e10));
+  ExpectNothingLeft(device);
+}
+
+// Straddling cells are bounded: when all are taken by casts already queued, Consume waits for the
+// device to run them (a slow path); when they wait for bytes still to come, it fails clearly.
+TEST(CudaSinkTest, StraddlingCellsAreReusedAfterTheirCastAndExhaustionIsAnError) {
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(500)});
+  const float values[3] = {1.5f, 2.5f, 3.5f};
+  std::byte raw[12];
+  std::memcpy(raw, values, 12);
+  std::vector<std::byte> out(24, std::byte{0xAA});
+  CudaSinkOptions options;
+  options.streams = 2;
+  options.cast = FakeCast(device);
+  options.max_straddling_elements = 1;
+  options.scratch_bytes = 4096;
+  auto sink =
+      CudaSink::Create({{out.data(), 12, io::DType::kF32, io::DType::kF64}}, options, device);
+  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+  int released = 0;
+  auto consume = [&](uint64_t begin, uint64_t end) {
+    engine::StagedSlot slot;
+    slot.data = raw + begin;
+    slot.size_bytes = end - begin;
+    slot.release = [&released] { ++released; };
+    const engine::Piece piece{0, begin, 0, end - begin};
+    return (*sink)->Consume(slot, std::span(&piece, 1));
+  };
+  ASSERT_TRUE(consume(0, 2).ok());         // element 0 opens the only cell
+  ASSERT_TRUE(consume(2, 6).ok());         // completes element 0 (cast queued) and opens element 1:
+                                           // the cell must come back from the queued cast first
+  io::Status exhausted = consume(10, 11);  // element 2 while element 1 still waits for bytes
+  ASSERT_FALSE(exhausted.ok());
+  EXPECT_EQ(exhausted.rule(), "cast-scratch") << exhausted.ToString();
+  ASSERT_TRUE(consume(6, 10).ok());  // completes element 1
+  ASSERT_TRUE(consume(10, 12).ok());
+  ASSERT_TRUE((*sink)->Finish().ok());
+  EXPECT_EQ(released, 5);
+  double got[3];
+  std::memcpy(got, out.data(), 24);
+  EXPECT_EQ(got[0], 1.5);
+  EXPECT_EQ(got[1], 2.5);
+  EXPECT_EQ(got[2], 3.5);
+}
+
+TEST(CudaSinkTest, ConsumeReturnsWhileTheDeviceIsStillBusy) {
+  constexpr auto kCopy = std::chrono::milliseconds(40);
+  FakeDevice device(FakeDeviceOptions{kCopy});
+  std::vector<std::byte> src(4096), dst(4096, std::byte{0});
+  for (size_t i = 0; i < src.size(); ++i) src[i] = std::byte(i * 13 + 1);
+  std::atomic<bool> released{false};
+  {
+    auto sink = CudaSink::Create({{dst.data(), 4096, io::DType::kU8, io::DType::kU8}}, {}, device);
+    ASSERT_TRUE(sink.ok());
+    const engine::Piece pieces[] = {
+        {0, 0, 0, 1024}, {0, 1024, 1024, 1024}, {0, 2048, 2048, 1024}, {0, 3072, 3072, 1024}};
+    engine::StagedSlot slot;
+    slot.data = src.data();
+    slot.size_bytes = src.size();
+    slot.release = [&released] { released = true; };
+    const auto start = Clock::now();
+    ASSERT_TRUE((*sink)->Consume(slot, pieces).ok());
+    const auto took = Clock::now() - start;
+    // Four copies of 40 ms each are queued on one stream: 160 ms of device work.
+    EXPECT_LT(took, kCopy / 2) << "Consume waited for the device";
+    EXPECT_GT(device.pending(), 0u);
+    EXPECT_FALSE(released.load()) << "the slot went back before its copies ran";
+    ASSERT_TRUE((*sink)->Finish().ok());
+    EXPECT_TRUE(released.load());
+    EXPECT_EQ(device.pending(), 0u);
+  }
+  EXPECT_EQ(dst, src);
+  ExpectNothingLeft(device);
+}
+
+TEST(CudaSinkTest, SeveralCopiesAreInFlightAtOnce) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(24, 4000));
+  Loaded loaded = Prepare(path);
+  FakeDevice device(FakeDeviceOptions{std::chrono::milliseconds(3)});
+  {
+    CudaSinkOptions options;
+    options.record_timing = true;
+    auto sink = CudaSink::Create(DeviceTargets(loaded.checkpoint, loaded.targets), options, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    auto stats = engine::RunStagedPipeline(loaded.checkpoint, loaded.targets, **sink, TinyPool(8));
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    auto intervals = (*sink)->CopyIntervals();
+    ASSERT_TRUE(intervals.ok()) << intervals.status().ToString();
+    EXPECT_EQ(intervals->size(), stats->chunks);
+    EXPECT_GE(MaxConcurrent(*intervals), 2u) << "the event timeline shows one copy at a time";
+  }
+  EXPECT_GE(device.peak_concurrent_copies(), 2u);
+  ExpectPattern(loaded);
+  ExpectNothingLeft(device);
+}
+
+// Many threads consuming at once onto shared streams, for the sanitizers: a plain target and a
+// cast target filled from small pieces in random order.
+TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
+  constexpr uint64_t kElements = 3000;
+  std::vector<std::byte> source(kElements * 4);
+  std::vector<float> values(kElements);
+  for (uint64_t i = 0; i < kElements; ++i) values[i] = static_cast<float>(i) * 0.5f - 7;
+  std::memcpy(source.data(), values.data(), source.size());
+  std::vector<std::byte> plain(source.size(), std::byte{0}), cast(kElements * 8, std::byte{0});
+  FakeDevice device;
+  std::atomic<int> released{0};
+  int slots = 0;
+  {
+    CudaSinkOptions options;
+    options.cast = FakeCast(device);
+    options.scratch_bytes = 64 << 10;
+    auto sink = CudaSink::Create({{plain.data(), source.size(), io::DType::kF32, io::DType::kF32},
+                                  {cast.data(), source.size(), io::DType::kF32, io::DType::kF64}},
+                                 options, device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    // Cut the bytes at random points; each cut piece goes to both targets.
+    std::mt19937 random(99);
+    std::vector<uint64_t> cuts = {0, source.size()};
+    for (int i = 0; i < 300; ++i) cuts.push_back(random() % source.size());
+    std::sort(cuts.begin(), cuts.end());
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    std::vector<size_t> order(cuts.size() - 1);
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), random);
+    slots = static_cast<int>(order.size());
+    std::atomic<size_t> next{0};
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&] {
+        for (size_t k; (k = next.fetch_add(1)) < order.size();) {
+          const uint64_t begin = cuts[order[k]], end = cuts[order[k] + 1];
+          engine::StagedSlot slot;
+          slot.data = source.data() + begin;
+          slot.size_bytes = end - begin;
+          slot.release = [&released] { released.fetch_add(1); };
+          const engine::Piece pieces[] = {{0, begin, 0, end - begin}, {1, begin, 0, end - begin}};
+          if (!(*sink)->Consume(slot, pieces).ok()) failures.fetch_add(1);
+        }
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    EXPECT_EQ(failures.load(), 0);
+    ASSERT_TRUE((*sink)->Finish().ok());
+  }
+  EXPECT_EQ(released.load(), slots);
+  EXPECT_EQ(plain, source);
+  std::vector<double> got(kElements);
+  std::memcpy(got.data(), cast.data(), cast.size());
+  for (uint64_t i = 0; i < kElements; ++i) ASSERT_EQ(got[i], values[i]) << "element " << i;
+  ExpectNothingLeft(device);
+}
+
+// ---- Failures: whatever fails, no work stays queued and every slot goes back.
+
+struct FailureCase {
+  const char* name;
+  bool at_enqueue;
+  const char* call;  // the call the error must name
+};
+
+class CudaSinkFailureTest : public ::testing::TestWithParam<FailureCase> {};
+
+TEST_P(CudaSinkFailureTest, FailingCopyMidLoadLeavesNothingPendingAndEverySlotFree) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  Loaded loaded = Prepare(path);
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(200)});
+  auto pool = engine::StagingPool::Create(4 * kChunkBytes, kChunkBytes);
+  ASSERT_TRUE(pool.ok());
+  {
+    auto sink = CudaSink::Create(DeviceTargets(loaded.checkpoint, loaded.targets), {}, device);
+    ASSERT_TRUE(sink.ok());
+    device.FailCopy(7, GetParam().at_enqueue);
+    engine::PipelineOptions options = TinyPool(4);
+    options.pool = pool->get();
+    auto stats = engine::RunStagedPipeline(loaded.checkpoint, loaded.targets, **sink, options);
+    ASSERT_FALSE(stats.ok());
+    EXPECT_EQ(stats.status().rule(), "cuda") << stats.status().ToString();
+    EXPECT_NE(stats.status().message().find(GetParam().call), std::string::npos)
+        << stats.status().ToString();
+    EXPECT_EQ(device.pending(), 0u);
+    EXPECT_EQ((*pool)->in_use(), 0u);
+    EXPECT_EQ(device.failed(), !GetParam().at_enqueue);
+  }
+  ExpectNothingLeft(device);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Copies, CudaSinkFailureTest,
+    ::testing::Values(FailureCase{"RefusedAtEnqueue", true, "cudaMemcpyAsync"},
+                      // A sticky device error: later calls fail, and the runtime never calls the
+                      // host functions that would have released the slots.
+                      FailureCase{"FailsOnTheDevice", false, "cudaErrorLaunchFailure"}),
+    [](const ::testing::TestParamInfo<FailureCase>& param_info) {
+      return std::string(param_info.param.name);
+    });
+
+TEST(CudaSinkTest, CastFailureIsReturnedAndTheSlotStillGoesBack) {
+  FakeDevice device;
+  std::vector<std::byte> src(16), dst(32);
+  CudaSinkOptions options;
+  options.cast = [](StreamHandle, const std::byte*, io::DType, std::byte*, io::DType, uint64_t) {
+    return io::Status::Error(io::StatusCode::kUnsupported, "cast", "no kernel for this");
+  };
+  int released = 0;
+  {
+    auto sink =
+        CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, options, device);
+    ASSERT_TRUE(sink.ok());
+    engine::StagedSlot slot;
+    slot.data = src.data();
+    slot.size_bytes = 16;
+    slot.release = [&released] { ++released; };
+    const engine::Piece piece{0, 0, 0, 16};
+    io::Status status = (*sink)->Consume(slot, std::span(&piece, 1));
+    ASSERT_FALSE(status.ok());
+    EXPECT_EQ(status.rule(), "cast");
+    EXPECT_NE(status.message().find("target 0"), std::string::npos) << status.ToString();
+    EXPECT_TRUE((*sink)->Finish().ok());
+  }
+  EXPECT_EQ(released, 1);
+  ExpectNothingLeft(device);
+}
+
+TEST(CudaSinkTest, DestroyedWithoutFinishStillWaitsAndReleases) {
+  FakeDevice device(FakeDeviceOptions{std::chrono::milliseconds(20)});
+  std::vector<std::byte> src(64, std::byte{7}), dst(64);
+  std::atomic<int> released{0};
+  {
+    auto sink = CudaSink::Create({{dst.data(), 64, io::DType::kU8, io::DType::kU8}}, {}, device);
+    ASSERT_TRUE(sink.ok());
+    engine::StagedSlot slot;
+    slot.data = src.data();
+    slot.size_bytes = 64;
+    slot.release = [&released] { released.fetch_add(1); };
+    const engine::Piece piece{0, 0, 0, 64};
+    ASSERT_TRUE((*sink)->Consume(slot, std::span(&piece, 1)).ok());
+  }
+  EXPECT_EQ(released.load(), 1);
+  EXPECT_EQ(dst, src);
+  ExpectNothingLeft(device);
+}
+
+}  // namespace
+}  // namespace shardstream::cuda

@@ -1,0 +1,119 @@
+// FakeDevice follows the runtime semantics the CUDA sink relies on; if it did not, the sink's CPU
+// tests would prove nothing.
+#include "cuda/fake_device.h"
+
+#include <atomic>
+#include <chrono>
+#include <gtest/gtest.h>
+#include <thread>
+#include <vector>
+
+namespace shardstream::cuda {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(FakeDeviceTest, StreamsRunLaterAndInOrder) {
+  FakeDevice device(FakeDeviceOptions{5ms});
+  auto stream = device.CreateStream();
+  ASSERT_TRUE(stream.ok());
+  std::vector<std::byte> a(16, std::byte{1}), b(16, std::byte{2}), dst(16, std::byte{0});
+  ASSERT_TRUE(device.CopyAsync(dst.data(), a.data(), 16, *stream).ok());
+  ASSERT_TRUE(device.CopyAsync(dst.data(), b.data(), 16, *stream).ok());
+  EXPECT_EQ(dst[0], std::byte{0}) << "the copy ran before the call returned";
+  ASSERT_TRUE(device.SynchronizeStream(*stream).ok());
+  EXPECT_EQ(dst[0], std::byte{2});
+  EXPECT_EQ(device.copies_done(), 2u);
+  device.DestroyStream(*stream);
+  EXPECT_EQ(device.live_streams(), 0u);
+}
+
+TEST(FakeDeviceTest, WaitEventOrdersAcrossStreamsAndUsesTheCaptureAtTheCall) {
+  FakeDevice device(FakeDeviceOptions{20ms});
+  auto slow = device.CreateStream();
+  auto fast = device.CreateStream();
+  auto event = device.CreateEvent(false);
+  ASSERT_TRUE(slow.ok() && fast.ok() && event.ok());
+  std::vector<std::byte> src(8, std::byte{9}), dst(8, std::byte{0});
+  std::atomic<int> seen{-1};
+  ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *slow).ok());
+  ASSERT_TRUE(device.RecordEvent(*event, *slow).ok());
+  ASSERT_TRUE(device.WaitEvent(*fast, *event).ok());
+  // Recording again after the wait was queued must not make the wait wait for this capture.
+  ASSERT_TRUE(device.Enqueue(*slow, [] { std::this_thread::sleep_for(200ms); }).ok());
+  ASSERT_TRUE(device.RecordEvent(*event, *slow).ok());
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(device.Enqueue(*fast, [&] { seen = static_cast<int>(dst[0]); }).ok());
+  ASSERT_TRUE(device.SynchronizeStream(*fast).ok());
+  EXPECT_EQ(seen.load(), 9) << "ran before the copy it waited for";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 150ms) << "waited for the later capture";
+  ASSERT_TRUE(device.SynchronizeStream(*slow).ok());
+  device.DestroyEvent(*event);
+  device.DestroyStream(*slow);
+  device.DestroyStream(*fast);
+}
+
+TEST(FakeDeviceTest, AfterAnAsynchronousErrorNothingRunsAndHostFunctionsAreNeverCalled) {
+  FakeDevice device;
+  auto stream = device.CreateStream();
+  ASSERT_TRUE(stream.ok());
+  std::vector<std::byte> src(8, std::byte{1}), dst(8, std::byte{0});
+  device.FailCopy(1, /*at_enqueue=*/false);
+  ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *stream).ok());  // fails later
+  static std::atomic<int> calls{0};
+  io::Status launched = device.LaunchHostFunc(
+      *stream, [](void*) { calls.fetch_add(1); }, nullptr);
+  io::Status synced = device.SynchronizeStream(*stream);
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.rule(), "cuda");
+  EXPECT_NE(synced.message().find("cudaStreamSynchronize"), std::string::npos);
+  EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ(dst[0], std::byte{0});
+  // The error is sticky: later calls fail at once.
+  io::Status later = device.CopyAsync(dst.data(), src.data(), 8, *stream);
+  EXPECT_FALSE(later.ok());
+  EXPECT_NE(later.message().find("cudaMemcpyAsync"), std::string::npos) << later.ToString();
+  (void)launched;
+  device.DestroyStream(*stream);
+  EXPECT_EQ(device.pending(), 0u);
+}
+
+TEST(FakeDeviceTest, CopyRefusedAtEnqueueQueuesNothing) {
+  FakeDevice device;
+  auto stream = device.CreateStream();
+  ASSERT_TRUE(stream.ok());
+  std::vector<std::byte> src(8, std::byte{1}), dst(8, std::byte{0});
+  device.FailCopy(2, /*at_enqueue=*/true);
+  ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *stream).ok());
+  io::Status refused = device.CopyAsync(dst.data(), src.data(), 8, *stream);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(refused.rule(), "cuda");
+  EXPECT_TRUE(device.SynchronizeStream(*stream).ok()) << "a refused call is not sticky";
+  EXPECT_EQ(device.copies_done(), 1u);
+  device.DestroyStream(*stream);
+}
+
+TEST(FakeDeviceTest, TimingEventsMeasureTheStreamsClock) {
+  FakeDevice device(FakeDeviceOptions{30ms});
+  auto stream = device.CreateStream();
+  auto start = device.CreateEvent(true);
+  auto end = device.CreateEvent(true);
+  auto untimed = device.CreateEvent(false);
+  ASSERT_TRUE(stream.ok() && start.ok() && end.ok() && untimed.ok());
+  std::vector<std::byte> src(8), dst(8);
+  ASSERT_TRUE(device.RecordEvent(*start, *stream).ok());
+  ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *stream).ok());
+  ASSERT_TRUE(device.RecordEvent(*end, *stream).ok());
+  ASSERT_TRUE(device.RecordEvent(*untimed, *stream).ok());
+  ASSERT_TRUE(device.SynchronizeStream(*stream).ok());
+  auto ms = device.ElapsedMs(*start, *end);
+  ASSERT_TRUE(ms.ok()) << ms.status().ToString();
+  EXPECT_GE(*ms, 25.0f);
+  EXPECT_FALSE(device.ElapsedMs(*start, *untimed).ok());
+  for (EventHandle e : {*start, *end, *untimed}) device.DestroyEvent(e);
+  device.DestroyStream(*stream);
+  EXPECT_EQ(device.live_events(), 0u);
+}
+
+}  // namespace
+}  // namespace shardstream::cuda
