@@ -32,8 +32,9 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 16> kFlags = {{
-    {"device", "DEV", "target device (cpu; default cpu)"},
+constexpr std::array<FlagSpec, 17> kFlags = {{
+    {"device", "DEV", "cpu (default), or cuda[:N]: pinned staging, async copies, casts on GPU"},
+    {"copy-streams", "N", "CUDA: host-to-device copy streams (default 4)"},
     {"io", "MODE", "auto, pread, mmap or uring (auto: uring for O_DIRECT, else pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
     {"sqpoll", "", "io_uring: a kernel thread polls for submissions (costs a busy core)"},
@@ -240,6 +241,13 @@ int RunLoad(std::span<char* const> argv) {
   }
   options.queue_depth = static_cast<uint32_t>(*queue_depth);
   options.sqpoll = args->Has("sqpoll");
+  std::optional<uint64_t> copy_streams = args->GetUint("copy-streams", 0);
+  if (!copy_streams) return kExitUsage;
+  if (*copy_streams > 64) {
+    PrintError("--copy-streams must be 1..64");
+    return kExitUsage;
+  }
+  options.copy_streams = static_cast<uint32_t>(*copy_streams);
   std::optional<uint64_t> threads = args->GetUint("threads", 0);
   std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", 0);
   if (!threads || !chunk_mb) return kExitUsage;
@@ -409,6 +417,8 @@ void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadRep
   out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
   out.Field("fallback", report.fallback);
   out.Field("direct", report.direct).Field("sqpoll", report.sqpoll);
+  out.Field("device", options.device).Field("copy_streams", uint64_t{report.copy_streams});
+  out.Field("pin_seconds", report.pin_seconds).Field("staging_reused", report.staging_reused);
   OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
   out.Field("peak_rss_bytes", engine::PeakResidentBytes());
   out.Key("resident_fraction");
@@ -440,6 +450,13 @@ void PrintLoadReport(std::ostream& text, const std::string& path, const LoadRepo
   if (!options.zero_copy) {
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
          << FormatBytes(report.chunk_bytes) << " chunks";
+  }
+  if (report.copy_streams > 0) {
+    char line[128];
+    std::snprintf(line, sizeof line, ", %s via %u copy streams, staging %s", options.device.c_str(),
+                  report.copy_streams,
+                  report.staging_reused ? "pinned earlier (reused)" : "pinned now");
+    text << line;
   }
   text << "\n"
        << OverlapLine(report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);

@@ -2,6 +2,7 @@
 
 #include "engine/host_memory.h"
 #include "integration/detail/read_targets.h"
+#include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
 
@@ -25,16 +26,18 @@ io::Status LoadStatus(std::string rule, std::string message) {
   return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
 }
 
-io::Status CheckDevice(const std::string& device) {
+// The device a load targets: cpu, or cuda[:N] (index 0 when none is given).
+c10::Device ParseDevice(const std::string& name) {
+  std::optional<c10::Device> device;
   try {
-    c10::Device parsed(device);
-    if (parsed.is_cpu()) return io::Status::Ok();
-    return LoadStatus("device", "device '" + device +
-                                    "' is not supported by this version: only cpu (CUDA loading "
-                                    "comes with the GPU upload path)");
+    device.emplace(name);
   } catch (const std::exception&) {
-    return LoadStatus("device", "'" + device + "' is not a device (expected cpu or cuda:N)");
   }
+  if (!device || !(device->is_cpu() || device->is_cuda())) {
+    ThrowIfError(LoadStatus("device", "'" + name + "' is not a device (expected cpu or cuda:N)"));
+  }
+  if (device->is_cuda() && !device->has_index()) device->set_index(0);
+  return *device;
 }
 
 }  // namespace
@@ -88,7 +91,16 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
   LoadReport local_report;
   LoadReport& out = report ? *report : local_report;
   out = LoadReport{};
-  ThrowIfError(CheckDevice(options.device));
+  const c10::Device device = ParseDevice(options.device);
+  if (device.is_cuda()) {
+    if (options.zero_copy) {
+      ThrowIfError(LoadStatus("device",
+                              "zero-copy tensors view file mappings in host memory; "
+                              "they cannot live on " +
+                                  device.str()));
+    }
+    (void)detail::RequireTorchCuda(device);  // before any file is opened
+  }
 
   auto stage_start = Clock::now();
   io::Result<io::Checkpoint> opened = io::OpenCheckpoint(path);
@@ -163,6 +175,31 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       tensors.emplace(t.name, std::move(tensor));
     }
     out.stages.emplace_back("views", SecondsSince(stage_start));
+  } else if (device.is_cuda()) {
+    // Device tensors, allocated once and uninitialised; bytes go up raw and a `dtype` cast runs on
+    // the device, never on the CPU.
+    std::vector<engine::LoadTarget> targets;
+    std::vector<cuda::DeviceTarget> device_targets;
+    targets.reserve(planned.size());
+    device_targets.reserve(planned.size());
+    for (const Planned& p : planned) {
+      const io::TensorInfo& t = checkpoint.tensor(p.location);
+      const bool cast = options.dtype && at::isFloatingType(p.dtype) && p.dtype != *options.dtype;
+      const c10::ScalarType dtype = cast ? *options.dtype : p.dtype;
+      at::Tensor tensor = at::empty(p.shape, at::TensorOptions().dtype(dtype).device(device));
+      auto* data = static_cast<std::byte*>(tensor.data_ptr());
+      targets.push_back(engine::LoadTarget{p.location, data});
+      device_targets.push_back(cuda::DeviceTarget{data, t.size_bytes(), t.dtype,
+                                                  cast ? *SafetensorsDType(dtype) : t.dtype});
+      tensors.emplace(t.name, std::move(tensor));
+    }
+    out.stages.emplace_back("allocate", SecondsSince(stage_start));
+    const bool direct = detail::ChooseDirect(checkpoint, options, out);
+    for (auto& stage :
+         detail::ReadDeviceTargets(checkpoint, static_cast<int>(device.index()), targets,
+                                   std::move(device_targets), options, direct, out)) {
+      out.stages.push_back(std::move(stage));
+    }
   } else {
     std::vector<engine::LoadTarget> targets;
     targets.reserve(planned.size());
@@ -191,7 +228,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     }
   }
 
-  if (options.dtype) {
+  if (options.dtype && !device.is_cuda()) {  // CUDA loads cast on the device, above
     stage_start = Clock::now();
     for (auto& [name, tensor] : tensors) {
       if (!at::isFloatingType(tensor.scalar_type()) || tensor.scalar_type() == *options.dtype) {

@@ -58,7 +58,10 @@ enum class DirectIo : uint8_t { kOff, kOn, kAuto };
 std::optional<DirectIo> ParseDirectIo(std::string_view name);  // "off", "on", "auto"
 
 struct LoadOptions {
-  std::string device = "cpu";  // only "cpu" in this version
+  // "cpu", or "cuda" / "cuda:N": tensors allocated on that GPU, filled through pinned staging and
+  // asynchronous copies, casts (`dtype`) run on the device. Needs a CUDA build, a GPU and
+  // LibTorch with CUDA (rule "device" otherwise).
+  std::string device = "cpu";
   IoMode io = IoMode::kAuto;
   bool zero_copy = false;   // views into file mappings instead of owned memory
   bool huge_pages = false;  // back large tensors with transparent huge pages (engine/host_memory.h)
@@ -70,6 +73,7 @@ struct LoadOptions {
   DirectIo direct = DirectIo::kAuto;                      // O_DIRECT (staged) or buffered reads
   uint64_t staging_bytes = engine::kDefaultStagingBytes;  // bound on staging memory (direct)
   bool sqpoll = false;  // io_uring: a kernel thread polls for submissions (falls back if refused)
+  uint32_t copy_streams = 0;  // CUDA: host-to-device copy streams (0: cuda::kDefaultCopyStreams)
   std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
   engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
 };
@@ -82,6 +86,11 @@ struct LoadReport {
   bool direct = false;            // read with O_DIRECT through staging slots
   double resident_fraction = -1;  // page-cache residency sampled for DirectIo::kAuto (-1: not)
   bool sqpoll = false;            // io_uring's polling thread was used
+  // CUDA loads: seconds spent pinning the staging pool (0 when a pool kept from an earlier load
+  // of this process was reused, staging_reused), and the copy streams used.
+  double pin_seconds = 0;
+  bool staging_reused = false;
+  uint32_t copy_streams = 0;
   // Staged (direct) loads: wall time with a read in flight, with a copy running, and with both;
   // -1 when the reads went straight into the tensors (no copies to overlap with).
   double io_busy_seconds = -1;

@@ -2,6 +2,7 @@
 
 #include "engine/host_memory.h"
 #include "integration/detail/read_targets.h"
+#include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 #include "integration/layers.h"
 #include "io/checkpoint.h"
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -209,6 +211,18 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
                          "'" + options.load.device + "' is not a device (expected cpu or cuda:N)"));
     }
   }
+  // CUDA targets need LibTorch's CUDA side loaded before anything is allocated there.
+  auto require_cuda = [](c10::Device device) {
+    if (!device.is_cuda()) return;
+    if (!device.has_index()) device.set_index(0);
+    (void)detail::RequireTorchCuda(device);
+  };
+  if (devices.fallback.is_cuda() && !devices.fallback.has_index()) devices.fallback.set_index(0);
+  require_cuda(devices.fallback);
+  for (auto& [prefix, device] : devices.prefixes) {
+    if (device.is_cuda() && !device.has_index()) device.set_index(0);
+    require_cuda(device);
+  }
 
   auto stage_start = Clock::now();
   io::Result<io::Checkpoint> opened = io::OpenCheckpoint(path);
@@ -389,22 +403,48 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   };
   std::vector<engine::LoadTarget> direct_targets;
   std::vector<CastTarget> cast_targets;
+  // Per CUDA device: the targets it holds, loaded by one pipeline per device.
+  struct DeviceLoad {
+    std::vector<engine::LoadTarget> targets;
+    std::vector<cuda::DeviceTarget> device_targets;
+  };
+  std::map<int, DeviceLoad> device_loads;
   uint64_t largest_cast = 0;
   uint64_t cast_total = 0;
   for (const Group& group : groups) {
     if (!group.source) continue;
     const Entry& entry = entries[group.source_entry];
     const io::TensorInfo& t = checkpoint.tensor(*group.source);
-    if (!entry.tensor.device().is_cpu()) {
-      ThrowIfError(Error("device", "the module holds it on " + entry.tensor.device().str() +
-                                       "; this version loads into CPU tensors only (the CUDA "
-                                       "upload path comes later)")
+    const c10::Device where = entry.tensor.device();
+    if (!where.is_cpu() && !where.is_cuda()) {
+      ThrowIfError(Error("device", "the module holds it on " + where.str() +
+                                       "; shardstream loads into CPU and CUDA tensors")
                        .WithTensor(entry.name)
                        .WithPath(source));
     }
     out.bytes += t.size_bytes();
     ++out.tensors;
     const c10::ScalarType from = StorageDType(t.dtype);
+    if (where.is_cuda()) {
+      // Raw bytes go up through the device's pipeline; a dtype change is a cast on the device.
+      const std::optional<io::DType> to = from == entry.tensor.scalar_type()
+                                              ? std::optional<io::DType>(t.dtype)
+                                              : SafetensorsDType(entry.tensor.scalar_type());
+      if (!entry.tensor.is_contiguous() || !to) {
+        ThrowIfError(Error("cast", "cannot load " + std::string(io::DTypeName(t.dtype)) +
+                                       " into a " + c10::toString(entry.tensor.scalar_type()) +
+                                       (entry.tensor.is_contiguous() ? "" : " non-contiguous") +
+                                       " CUDA tensor")
+                         .WithTensor(entry.name)
+                         .WithPath(source));
+      }
+      auto* data = static_cast<std::byte*>(entry.tensor.data_ptr());
+      DeviceLoad& load = device_loads[static_cast<int>(where.index())];
+      load.targets.push_back(engine::LoadTarget{*group.source, data});
+      load.device_targets.push_back(cuda::DeviceTarget{data, t.size_bytes(), t.dtype, *to});
+      if (*to != t.dtype) out.cast.push_back(entry.name);
+      continue;
+    }
     if (from == entry.tensor.scalar_type() && entry.tensor.is_contiguous()) {
       direct_targets.push_back(
           engine::LoadTarget{*group.source, static_cast<std::byte*>(entry.tensor.data_ptr())});
@@ -421,6 +461,13 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   const bool direct = detail::ChooseDirect(checkpoint, options.load, out);
   if (!direct_targets.empty()) {
     (void)detail::ReadTargets(checkpoint, direct_targets, options.load, direct, out);
+  }
+  for (auto& [device, load] : device_loads) {
+    for (auto& [stage, seconds] :
+         detail::ReadDeviceTargets(checkpoint, device, load.targets, std::move(load.device_targets),
+                                   options.load, direct, out)) {
+      if (stage == "pin") out.stages.emplace_back("pin cuda:" + std::to_string(device), seconds);
+    }
   }
   out.stages.emplace_back("stream", SecondsSince(stage_start));
 

@@ -1,7 +1,10 @@
 #include "integration/detail/read_targets.h"
 
+#include "cuda/pinned_pool.h"
 #include "engine/pipeline.h"
 #include "engine/sink.h"
+#include "engine/staging.h"
+#include "integration/detail/torch_cuda.h"
 #include "io/read_backend.h"
 #include "io/residency.h"
 
@@ -95,6 +98,63 @@ std::vector<std::pair<std::string, double>> ReadTargets(const io::Checkpoint& ch
     report.io = std::string(io::BackendName(io::BackendKind::kPread));
   }
   return std::move(stats->stages);
+}
+
+std::vector<std::pair<std::string, double>> ReadDeviceTargets(
+    const io::Checkpoint& checkpoint, int device, std::span<const engine::LoadTarget> targets,
+    std::vector<cuda::DeviceTarget> device_targets, const LoadOptions& options, bool direct,
+    LoadReport& report) {
+  std::vector<std::pair<std::string, double>> stages;
+  const TorchCudaPlugin& plugin =
+      RequireTorchCuda(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
+  io::Result<std::shared_ptr<cuda::DeviceOps>> ops = cuda::MakeCudaRuntimeOps(device);
+  ThrowIfError(ops.status());
+
+  engine::PipelineOptions pipeline = StagedPipelineOptions(options);
+  pipeline.direct = direct;
+  // Pinned slots, kept across loads: only the first load of a process pays for pinning. A slot
+  // holds one chunk plus the O_DIRECT alignment on both ends.
+  const uint64_t slot_bytes = pipeline.chunk_bytes + 2 * engine::kStagingAlignment;
+  const auto pin_start = std::chrono::steady_clock::now();
+  cuda::PinnedPoolStats pinned;
+  io::Result<std::shared_ptr<engine::StagingPool>> pool = cuda::PinnedPool::Shared(
+      device, std::max(options.staging_bytes, slot_bytes), slot_bytes, &pinned);
+  ThrowIfError(pool.status());
+  pipeline.pool = pool->get();
+  report.pin_seconds = pinned.reused ? 0 : pinned.pin_seconds;
+  report.staging_reused = pinned.reused;
+  stages.emplace_back(
+      "pin", std::chrono::duration<double>(std::chrono::steady_clock::now() - pin_start).count());
+
+  cuda::CudaSinkOptions sink_options;
+  sink_options.cast = TorchCudaCast(plugin, device);
+  if (options.copy_streams > 0) sink_options.streams = options.copy_streams;
+  io::Result<std::unique_ptr<cuda::CudaSink>> sink =
+      cuda::CudaSink::Create(std::move(device_targets), sink_options, **ops);
+  ThrowIfError(io::Status(sink.status()).WithPath(checkpoint.source.string()));
+
+  const auto read_start = std::chrono::steady_clock::now();
+  io::Result<engine::PipelineStats> stats =
+      engine::RunStagedPipeline(checkpoint, targets, **sink, pipeline);
+  if (!stats.ok()) {
+    ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
+  }
+  report.direct = stats->direct;
+  report.io = stats->backend;
+  report.fallback = stats->fallback;
+  report.chunk_bytes = pipeline.chunk_bytes;
+  report.threads = stats->copy_threads;
+  report.copy_streams = sink_options.streams;
+  report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
+  report.sqpoll = stats->sqpoll;
+  report.io_busy_seconds = stats->io_busy_seconds;
+  report.copy_busy_seconds = stats->copy_busy_seconds;
+  report.overlap_seconds = stats->overlap_seconds;
+  report.notes.insert(report.notes.end(), stats->notes.begin(), stats->notes.end());
+  stages.emplace_back(
+      "upload",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - read_start).count());
+  return stages;
 }
 
 }  // namespace shardstream::detail

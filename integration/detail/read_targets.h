@@ -4,6 +4,7 @@
 // torch types: destinations are plain memory. Private to integration/.
 #pragma once
 
+#include "cuda/cuda_sink.h"
 #include "engine/loader.h"
 #include "integration/load.h"
 #include "io/checkpoint.h"
@@ -28,5 +29,16 @@ std::vector<std::pair<std::string, double>> ReadTargets(const io::Checkpoint& ch
                                                         std::span<const engine::LoadTarget> targets,
                                                         const LoadOptions& options, bool direct,
                                                         LoadReport& report);
+
+// The same into device memory on CUDA device `device`: the staged pipeline (O_DIRECT as `direct`
+// says, else buffered reads) into pinned staging slots kept across loads (cuda/pinned_pool.h),
+// emptied by a CudaSink (cuda/cuda_sink.h) with cudaMemcpyAsync on several streams. A target whose
+// device_targets entry has another destination dtype is cast on the device (ATen, through the
+// torch CUDA plugin, integration/detail/torch_cuda.h). device_targets[i] describes targets[i].
+// Records the pinning cost (stage "pin", 0 when the pool was reused) and returns the stages.
+std::vector<std::pair<std::string, double>> ReadDeviceTargets(
+    const io::Checkpoint& checkpoint, int device, std::span<const engine::LoadTarget> targets,
+    std::vector<cuda::DeviceTarget> device_targets, const LoadOptions& options, bool direct,
+    LoadReport& report);
 
 }  // namespace shardstream::detail

@@ -98,8 +98,8 @@ TEST_P(ExecutorTest, DestructorWaitsForQueuedTasks) {
 #define SHARDSTREAM_TEST_EXECUTORS ExecutorKind::kTbb, ExecutorKind::kThreads
 #endif
 INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest, ::testing::Values(SHARDSTREAM_TEST_EXECUTORS),
-                         [](const ::testing::TestParamInfo<ExecutorKind>& info) {
-                           return std::string(ExecutorName(info.param));
+                         [](const ::testing::TestParamInfo<ExecutorKind>& param_info) {
+                           return std::string(ExecutorName(param_info.param));
                          });
 
 TEST(ExecutorNamesTest, ParseAndDefault) {

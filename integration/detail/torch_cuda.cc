@@ -1,0 +1,108 @@
+#include "integration/detail/torch_cuda.h"
+
+#include "cuda/device.h"
+#include "integration/load.h"
+
+#include <unistd.h>
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace shardstream::detail {
+namespace {
+
+constexpr const char* kPluginName = "libshardstream_torch_cuda.so";
+constexpr const char* kEntryPoint = "shardstream_torch_cuda_plugin";
+using EntryPoint = const TorchCudaPlugin* (*)();
+
+io::Status DeviceError(std::string message) {
+  return io::Status::Error(io::StatusCode::kUnsupported, "device", std::move(message));
+}
+
+std::string ExecutableDir() {
+  char path[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+  if (n <= 0) return "";
+  std::string exe(path, static_cast<size_t>(n));
+  const size_t slash = exe.rfind('/');
+  return slash == std::string::npos ? "" : exe.substr(0, slash);
+}
+
+// The plugin's entry point: already in the process (linked in), or dlopened from the first place
+// that has it. On failure, *why lists every place tried and what dlopen said.
+const TorchCudaPlugin* FindPlugin(std::string* why) {
+  if (void* entry = ::dlsym(RTLD_DEFAULT, kEntryPoint)) {
+    return reinterpret_cast<EntryPoint>(entry)();
+  }
+  std::vector<std::string> candidates;
+  if (const std::string dir = ExecutableDir(); !dir.empty())
+    candidates.push_back(dir + "/" + kPluginName);
+#ifdef SHARDSTREAM_TORCH_CUDA_PLUGIN
+  candidates.push_back(SHARDSTREAM_TORCH_CUDA_PLUGIN);  // where this build put it
+#endif
+  candidates.push_back(kPluginName);  // LD_LIBRARY_PATH, rpath, the system's paths
+  for (const std::string& candidate : candidates) {
+    void* handle = ::dlopen(candidate.c_str(), RTLD_NOW | RTLD_GLOBAL);
+    if (handle == nullptr) {
+      const char* error = ::dlerror();
+      *why += "\n  " + candidate + ": " + (error ? error : "not loadable");
+      continue;
+    }
+    if (void* entry = ::dlsym(handle, kEntryPoint)) return reinterpret_cast<EntryPoint>(entry)();
+    *why += "\n  " + candidate + ": no " + kEntryPoint;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const TorchCudaPlugin& RequireTorchCuda(c10::Device device) {
+  static std::once_flag once;
+  static const TorchCudaPlugin* plugin = nullptr;
+  static io::Status failure;
+  std::call_once(once, [] {
+    if (!cuda::BuiltWithCuda()) {
+      failure = DeviceError(
+          "this build of shardstream has no CUDA support (configure with the CUDA toolkit "
+          "installed, or -DSHARDSTREAM_WITH_CUDA=ON to require it)");
+      return;
+    }
+    const cuda::DeviceProbe probe = cuda::ProbeDevices();
+    if (probe.device_count == 0) {
+      failure = DeviceError("no usable CUDA device: " + probe.reason);
+      return;
+    }
+    std::string why;
+    const TorchCudaPlugin* found = FindPlugin(&why);
+    if (found == nullptr) {
+      failure = DeviceError(std::string("cannot load shardstream's LibTorch CUDA support (") +
+                            kPluginName + "; it needs LibTorch with CUDA):" + why);
+      return;
+    }
+    if (found->abi != kTorchCudaPluginAbi || found->cast == nullptr ||
+        found->device_count == nullptr) {
+      failure = DeviceError(std::string(kPluginName) + " is from another shardstream version");
+      return;
+    }
+    plugin = found;
+  });
+  ThrowIfError(failure);
+  const int count = plugin->device_count();
+  if (device.index() >= count) {
+    ThrowIfError(DeviceError(device.str() + " does not exist: torch sees " + std::to_string(count) +
+                             " CUDA device" + (count == 1 ? "" : "s")));
+  }
+  return *plugin;
+}
+
+cuda::DeviceCastFn TorchCudaCast(const TorchCudaPlugin& plugin, int device) {
+  return [&plugin, device](cuda::StreamHandle stream, const std::byte* src, io::DType src_dtype,
+                           std::byte* dst, io::DType dst_dtype, uint64_t elements) {
+    return plugin.cast(device, stream, src, src_dtype, dst, dst_dtype, elements);
+  };
+}
+
+}  // namespace shardstream::detail
