@@ -419,6 +419,8 @@ void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadRep
   out.Field("direct", report.direct).Field("sqpoll", report.sqpoll);
   out.Field("device", options.device).Field("copy_streams", uint64_t{report.copy_streams});
   out.Field("pin_seconds", report.pin_seconds).Field("staging_reused", report.staging_reused);
+  out.Field("device_peak_bytes", report.device_peak_bytes);
+  out.Field("device_scratch_bytes", report.device_scratch_bytes);
   OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
   out.Field("peak_rss_bytes", engine::PeakResidentBytes());
   out.Key("resident_fraction");

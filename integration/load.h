@@ -91,6 +91,10 @@ struct LoadReport {
   double pin_seconds = 0;
   bool staging_reused = false;
   uint32_t copy_streams = 0;
+  // CUDA loads: the peak of torch's allocator on the device after the load (the tensors and
+  // anything else the process allocated there), and the cast scratch the sink cudaMalloc'd.
+  uint64_t device_peak_bytes = 0;
+  uint64_t device_scratch_bytes = 0;
   // Staged (direct) loads: wall time with a read in flight, with a copy running, and with both;
   // -1 when the reads went straight into the tensors (no copies to overlap with).
   double io_busy_seconds = -1;

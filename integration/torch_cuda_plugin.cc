@@ -4,6 +4,7 @@
 #include "integration/dtype.h"
 
 #include <ATen/ops/from_blob.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -45,7 +46,19 @@ io::Status Cast(int device, cuda::StreamHandle stream, const std::byte* src, io:
   }
 }
 
-const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount, &Cast};
+uint64_t PeakAllocatedBytes(int device) {
+  try {
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    return static_cast<uint64_t>(
+        stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+            .peak);
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount, &Cast, &PeakAllocatedBytes};
 
 }  // namespace
 }  // namespace shardstream::detail

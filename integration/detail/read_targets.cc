@@ -151,6 +151,10 @@ std::vector<std::pair<std::string, double>> ReadDeviceTargets(
   report.copy_busy_seconds = stats->copy_busy_seconds;
   report.overlap_seconds = stats->overlap_seconds;
   report.notes.insert(report.notes.end(), stats->notes.begin(), stats->notes.end());
+  report.device_scratch_bytes =
+      std::max(report.device_scratch_bytes, (*sink)->stats().scratch_bytes);
+  report.device_peak_bytes =
+      std::max(report.device_peak_bytes, plugin.peak_allocated_bytes(device));
   stages.emplace_back(
       "upload",
       std::chrono::duration<double>(std::chrono::steady_clock::now() - read_start).count());

@@ -83,7 +83,7 @@ const TorchCudaPlugin& RequireTorchCuda(c10::Device device) {
       return;
     }
     if (found->abi != kTorchCudaPluginAbi || found->cast == nullptr ||
-        found->device_count == nullptr) {
+        found->device_count == nullptr || found->peak_allocated_bytes == nullptr) {
       failure = DeviceError(std::string(kPluginName) + " is from another shardstream version");
       return;
     }

@@ -31,6 +31,8 @@ struct TorchCudaPlugin {
   io::Status (*cast)(int device, cuda::StreamHandle stream, const std::byte* src,
                      io::DType src_dtype, std::byte* dst, io::DType dst_dtype,
                      uint64_t elements) = nullptr;
+  // The most bytes torch's caching allocator has had allocated on `device` in this process.
+  uint64_t (*peak_allocated_bytes)(int device) = nullptr;
 };
 
 // The plugin, loaded on first use, after checking that this build has CUDA, that the plugin can
