@@ -11,9 +11,9 @@
 namespace shardstream::cuda {
 namespace {
 
-#define SHARDSTREAM_REQUIRE_GPU()                                          \
-  do {                                                                     \
-    DeviceProbe probe = ProbeDevices();                                    \
+#define SHARDSTREAM_REQUIRE_GPU()                                            \
+  do {                                                                       \
+    DeviceProbe probe = ProbeDevices();                                      \
     if (probe.device_count == 0) GTEST_SKIP() << "no GPU: " << probe.reason; \
   } while (0)
 
