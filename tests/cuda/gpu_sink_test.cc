@@ -1,0 +1,352 @@
+// The CUDA sink on a real GPU, through the real staged pipeline and pinned pools: byte-exact
+// against the CPU loader, with tiny pools, with copies overlapping, and failing cleanly. Every
+// test skips, with the reason, where there is no GPU.
+#include "cuda/cuda_sink.h"
+#include "cuda/device.h"
+#include "cuda/device_ops.h"
+#include "cuda/error.h"
+#include "cuda/pinned_pool.h"
+#include "engine/loader.h"
+#include "engine/pipeline.h"
+#include "io/checkpoint.h"
+#include "io/read_backend.h"
+#include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/test_files.h"
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <chrono>
+#include <gtest/gtest.h>
+#include <string>
+#include <vector>
+
+namespace shardstream::cuda {
+namespace {
+
+using engine::testing::PatternFile;
+using shardstream::testing::ScratchDir;
+
+#define SHARDSTREAM_REQUIRE_GPU()                                            \
+  do {                                                                       \
+    DeviceProbe probe = ProbeDevices();                                      \
+    if (probe.device_count == 0) GTEST_SKIP() << "no GPU: " << probe.reason; \
+  } while (0)
+
+// Device memory for every tensor of a checkpoint, one allocation, each target 256-byte aligned.
+struct DeviceLoad {
+  std::vector<engine::LoadTarget> targets;
+  std::vector<uint64_t> sizes;
+  std::byte* base = nullptr;
+  uint64_t total = 0;
+
+  explicit DeviceLoad(const io::Checkpoint& checkpoint) {
+    std::vector<uint64_t> offsets;
+    for (uint32_t f = 0; f < checkpoint.files.size(); ++f) {
+      for (uint32_t i = 0; i < checkpoint.files[f].header.tensors.size(); ++i) {
+        const uint64_t size = checkpoint.files[f].header.tensors[i].size_bytes();
+        offsets.push_back(total);
+        sizes.push_back(size);
+        targets.push_back(engine::LoadTarget{{f, i}, nullptr});
+        total += (size + 255) / 256 * 256;
+      }
+    }
+    void* p = nullptr;
+    SHARDSTREAM_CUDA_TRY(cudaMalloc(&p, std::max<uint64_t>(total, 1)));
+    SHARDSTREAM_CUDA_TRY(cudaMemset(p, 0xAA, std::max<uint64_t>(total, 1)));
+    base = static_cast<std::byte*>(p);
+    for (size_t k = 0; k < targets.size(); ++k) targets[k].destination = base + offsets[k];
+  }
+  ~DeviceLoad() { SHARDSTREAM_CUDA_TRY_NOTHROW(cudaFree(base)); }
+
+  // Copies every target back and compares it with the CPU loader's bytes.
+  void ExpectEqualsCpuLoad(const io::Checkpoint& checkpoint) const {
+    std::vector<std::vector<std::byte>> cpu(targets.size());
+    std::vector<engine::LoadTarget> cpu_targets = targets;
+    for (size_t k = 0; k < targets.size(); ++k) {
+      cpu[k].assign(sizes[k], std::byte{0x55});
+      cpu_targets[k].destination = cpu[k].data();
+    }
+    auto filled = engine::FillTargets(checkpoint, cpu_targets, engine::FillOptions{});
+    ASSERT_TRUE(filled.ok()) << filled.status().ToString();
+    for (size_t k = 0; k < targets.size(); ++k) {
+      std::vector<std::byte> back(sizes[k]);
+      ASSERT_EQ(cudaMemcpy(back.data(), targets[k].destination, sizes[k], cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      ASSERT_TRUE(back == cpu[k]) << checkpoint.tensor(targets[k].source).name << " differs";
+    }
+  }
+};
+
+struct LoadResult {
+  io::Result<engine::PipelineStats> stats = io::Status::Ok();
+  CudaSinkStats sink;
+  std::vector<CopyInterval> intervals;
+  bool idle_after = false;
+};
+
+// Loads through CudaSink over the runtime with `pool`.
+LoadResult Load(const io::Checkpoint& checkpoint, const DeviceLoad& device,
+                engine::StagingPool* pool, uint64_t chunk_bytes, CudaSinkOptions sink_options = {},
+                engine::BackendFactory make_backend = {}) {
+  LoadResult result;
+  auto ops = MakeCudaRuntimeOps(0);
+  EXPECT_TRUE(ops.ok()) << ops.status().ToString();
+  if (!ops.ok()) return result;
+  auto sink = CudaSink::Create(DeviceTargets(checkpoint, device.targets), sink_options, **ops);
+  EXPECT_TRUE(sink.ok()) << sink.status().ToString();
+  if (!sink.ok()) return result;
+  engine::PipelineOptions options;
+  options.backend = io::BackendKind::kPread;
+  options.chunk_bytes = chunk_bytes;
+  options.pool = pool;
+  options.make_backend = std::move(make_backend);
+  result.stats = engine::RunStagedPipeline(checkpoint, device.targets, **sink, options);
+  result.sink = (*sink)->stats();
+  auto idle = (*sink)->StreamsIdle();
+  result.idle_after = idle.ok() && *idle;
+  if (sink_options.record_timing && result.stats.ok()) {
+    auto intervals = (*sink)->CopyIntervals();
+    EXPECT_TRUE(intervals.ok()) << intervals.status().ToString();
+    if (intervals.ok()) result.intervals = std::move(*intervals);
+  }
+  return result;
+}
+
+std::shared_ptr<engine::StagingPool> Pinned(uint64_t staging_bytes, uint64_t slot_bytes) {
+  auto pool = PinnedPool::Create(staging_bytes, slot_bytes);
+  EXPECT_TRUE(pool.ok()) << pool.status().ToString();
+  return pool.ok() ? *pool : nullptr;
+}
+
+TEST(GpuSinkTest, EveryFixtureLoadsByteIdenticalToTheCpuLoad) {
+  SHARDSTREAM_REQUIRE_GPU();
+  auto pool = Pinned(16 << 20, 1 << 20);
+  ASSERT_NE(pool, nullptr);
+  for (const char* name : {"dtypes.safetensors", "mixed.safetensors", "many_10k.safetensors"}) {
+    SCOPED_TRACE(name);
+    auto checkpoint = io::OpenCheckpoint(shardstream::testing::Fixture(name));
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+    DeviceLoad device(*checkpoint);
+    LoadResult result = Load(*checkpoint, device, pool.get(), 1 << 20);
+    ASSERT_TRUE(result.stats.ok()) << result.stats.status().ToString();
+    EXPECT_TRUE(result.idle_after);
+    EXPECT_EQ(pool->in_use(), 0u);
+    device.ExpectEqualsCpuLoad(*checkpoint);
+  }
+}
+
+TEST(GpuSinkTest, TinyPinnedPoolAndManyChunksGiveEveryByte) {
+  SHARDSTREAM_REQUIRE_GPU();
+  ScratchDir dir;
+  dir.Write("a.safetensors", PatternFile(40, 30011, 0));
+  dir.Write("b.safetensors", PatternFile(7, 200003, 40));
+  auto checkpoint = io::OpenCheckpoint(dir.path());
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  DeviceLoad device(*checkpoint);
+  auto pool = Pinned(2 * 8192, 8192);  // two slots
+  ASSERT_NE(pool, nullptr);
+  LoadResult result = Load(*checkpoint, device, pool.get(), 8192);
+  ASSERT_TRUE(result.stats.ok()) << result.stats.status().ToString();
+  EXPECT_GT(result.stats->chunks, 300u);
+  EXPECT_EQ(result.stats->peak_slots_in_use, 2u);
+  EXPECT_EQ(pool->in_use(), 0u);
+  device.ExpectEqualsCpuLoad(*checkpoint);
+}
+
+TEST(GpuSinkTest, EventTimelineShowsCopiesInFlightTogether) {
+  SHARDSTREAM_REQUIRE_GPU();
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(8, (16u << 20) - 3));  // 128 MiB
+  auto checkpoint = io::OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok());
+  DeviceLoad device(*checkpoint);
+  auto pool = Pinned(64 << 20, 4 << 20);
+  ASSERT_NE(pool, nullptr);
+  CudaSinkOptions options;
+  options.record_timing = true;
+  LoadResult result = Load(*checkpoint, device, pool.get(), 4 << 20, options);
+  ASSERT_TRUE(result.stats.ok()) << result.stats.status().ToString();
+  ASSERT_EQ(result.intervals.size(), result.stats->chunks);
+  const uint32_t concurrent = MaxConcurrent(result.intervals);
+  std::printf("copies: %zu, most in flight at once: %u, copy threads %d\n", result.intervals.size(),
+              concurrent, result.stats->copy_threads);
+  if (result.stats->copy_threads < 2) GTEST_SKIP() << "one copy thread: nothing to overlap";
+  EXPECT_GE(concurrent, 2u);
+  device.ExpectEqualsCpuLoad(*checkpoint);
+}
+
+TEST(GpuSinkTest, ConsumeReturnsBeforeTheCopyFinishes) {
+  SHARDSTREAM_REQUIRE_GPU();
+  constexpr uint64_t kBytes = 1ull << 30;  // ~20 ms over PCIe 5
+  auto pool = Pinned(kBytes, kBytes);
+  ASSERT_NE(pool, nullptr);
+  auto slot = pool->TryAcquire();
+  ASSERT_TRUE(slot.has_value());
+  void* dst = nullptr;
+  ASSERT_EQ(cudaMalloc(&dst, kBytes), cudaSuccess);
+  auto ops = MakeCudaRuntimeOps(0);
+  ASSERT_TRUE(ops.ok());
+  std::atomic<bool> released{false};
+  double consume_ms = 0;
+  {
+    auto sink = CudaSink::Create(
+        {{static_cast<std::byte*>(dst), kBytes, io::DType::kU8, io::DType::kU8}}, {}, **ops);
+    ASSERT_TRUE(sink.ok());
+    engine::StagedSlot staged{slot->data, kBytes, 0, 0, 0, slot->index, [&] { released = true; }};
+    const engine::Piece piece{0, 0, 0, kBytes};
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE((*sink)->Consume(staged, std::span(&piece, 1)).ok());
+    consume_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_FALSE(released.load()) << "the slot came back before a 1 GiB copy could have finished";
+    ASSERT_TRUE((*sink)->Finish().ok());
+    EXPECT_TRUE(released.load());
+  }
+  pool->Release(*slot);
+  std::printf("Consume of a 1 GiB copy returned in %.3f ms\n", consume_ms);
+  EXPECT_LT(consume_ms, 5.0);
+  ASSERT_EQ(cudaFree(dst), cudaSuccess);
+}
+
+// Reads fail with EIO from the `when`-th Submit on: the load stops midway.
+class FailingBackend : public io::ReadBackend {
+ public:
+  FailingBackend(std::unique_ptr<io::ReadBackend> inner, int when)
+      : inner_(std::move(inner)), when_(when) {}
+  io::BackendKind kind() const override { return inner_->kind(); }
+  io::Status Submit(std::span<const io::ReadRequest> requests) override {
+    if (++submits_ >= when_) {
+      for (const io::ReadRequest& r : requests) failing_.push_back(r.id);
+    }
+    return inner_->Submit(requests);
+  }
+  io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
+    auto n = inner_->Reap(out, min);
+    if (!n.ok()) return n;
+    for (size_t i = 0; i < *n; ++i) {
+      for (uint64_t id : failing_) {
+        if (out[i].id == id) out[i].status = io::Status::FromErrno(EIO, "injected read");
+      }
+    }
+    return n;
+  }
+
+ private:
+  std::unique_ptr<io::ReadBackend> inner_;
+  int when_;
+  int submits_ = 0;
+  std::vector<uint64_t> failing_;
+};
+
+TEST(GpuSinkTest, FailingBackendMidLoadLeavesNoStreamWorkAndFreesTheSlots) {
+  SHARDSTREAM_REQUIRE_GPU();
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(30, 300007));
+  auto checkpoint = io::OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok());
+  DeviceLoad device(*checkpoint);
+  auto pool = Pinned(4 * 65536, 65536);
+  ASSERT_NE(pool, nullptr);
+  LoadResult result = Load(*checkpoint, device, pool.get(), 65536, {},
+                           [](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
+                             return std::make_unique<FailingBackend>(
+                                 io::MakeBackend(io::BackendKind::kPread, files), 20);
+                           });
+  ASSERT_FALSE(result.stats.ok());
+  EXPECT_EQ(result.stats.status().rule(), "io") << result.stats.status().ToString();
+  EXPECT_TRUE(result.idle_after) << "stream work still pending after the load returned";
+  EXPECT_GT(result.sink.copies, 0u) << "failed before any copy: the test checks nothing";
+  EXPECT_EQ(pool->in_use(), 0u);
+}
+
+TEST(GpuSinkTest, RefusedCopyIsRuleCudaNamingTheCallAndFreesTheSlots) {
+  SHARDSTREAM_REQUIRE_GPU();
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(30, 30011));
+  auto checkpoint = io::OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok());
+  DeviceLoad device(*checkpoint);
+  DeviceLoad broken(*checkpoint);
+  // Tensor 10 goes to an address that is no device memory: cudaMemcpyAsync refuses it.
+  broken.targets[10].destination = reinterpret_cast<std::byte*>(uintptr_t{0x1000});
+  auto pool = Pinned(4 * 8192, 8192);
+  ASSERT_NE(pool, nullptr);
+  LoadResult result = Load(*checkpoint, broken, pool.get(), 8192);
+  ASSERT_FALSE(result.stats.ok());
+  EXPECT_EQ(result.stats.status().rule(), "cuda") << result.stats.status().ToString();
+  EXPECT_NE(result.stats.status().message().find("cudaMemcpyAsync"), std::string::npos)
+      << result.stats.status().ToString();
+  EXPECT_TRUE(result.idle_after);
+  EXPECT_EQ(pool->in_use(), 0u);
+  // The device is still usable: a clean load right after works.
+  LoadResult again = Load(*checkpoint, device, pool.get(), 8192);
+  ASSERT_TRUE(again.stats.ok()) << again.stats.status().ToString();
+  device.ExpectEqualsCpuLoad(*checkpoint);
+}
+
+// The cast machinery on real streams and events, with a "cast" that is a device-to-device copy
+// between two 4-byte dtypes: the bytes must arrive unchanged, which only happens when every
+// window and every straddling element was uploaded before its cast ran.
+TEST(GpuSinkTest, CastPathOrdersUploadsBeforeCastsOnRealStreams) {
+  SHARDSTREAM_REQUIRE_GPU();
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(12, 4 * 100003));
+  auto checkpoint = io::OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok());
+  DeviceLoad device(*checkpoint);
+  std::vector<DeviceTarget> targets = DeviceTargets(*checkpoint, device.targets);
+  for (DeviceTarget& t : targets) {  // declare U8 bytes as F32 going to I32
+    t.source_dtype = io::DType::kF32;
+    t.destination_dtype = io::DType::kI32;
+  }
+  auto ops = MakeCudaRuntimeOps(0);
+  ASSERT_TRUE(ops.ok());
+  std::atomic<uint64_t> elements{0};
+  CudaSinkOptions options;
+  options.scratch_bytes = 64 << 10;  // small windows: many uploads through each
+  options.cast = [&elements](StreamHandle stream, const std::byte* src, io::DType, std::byte* dst,
+                             io::DType, uint64_t n) {
+    elements.fetch_add(n);
+    return CudaStatus(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToDevice, stream),
+                      "cudaMemcpyAsync");
+  };
+  auto sink = CudaSink::Create(targets, options, **ops);
+  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+  auto pool = Pinned(8 * 8192, 8192);
+  ASSERT_NE(pool, nullptr);
+  engine::PipelineOptions pipeline;
+  pipeline.backend = io::BackendKind::kPread;
+  pipeline.chunk_bytes = 8191;  // odd: elements straddle chunks
+  pipeline.pool = pool.get();
+  auto stats = engine::RunStagedPipeline(*checkpoint, device.targets, **sink, pipeline);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_GT((*sink)->stats().straddling_elements, 100u);
+  EXPECT_EQ(elements.load(), 12u * 100003);
+  device.ExpectEqualsCpuLoad(*checkpoint);
+}
+
+TEST(GpuPinnedPoolTest, SecondLoadReusesThePinnedPoolAndPaysNoPinning) {
+  SHARDSTREAM_REQUIRE_GPU();
+  PinnedPool::DropCache();
+  PinnedPoolStats first, second;
+  auto a = PinnedPool::Shared(0, 64 << 20, 4 << 20, &first);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto b = PinnedPool::Shared(0, 64 << 20, 4 << 20, &second);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(a->get(), b->get());
+  EXPECT_FALSE(first.reused);
+  EXPECT_TRUE(second.reused);
+  EXPECT_GT(first.pin_seconds, 0.0);
+  EXPECT_EQ(second.pin_seconds, 0.0);
+  EXPECT_EQ(second.first_pin_seconds, first.pin_seconds);
+  std::printf("pinning 64 MiB took %.3f ms\n", first.pin_seconds * 1e3);
+  cudaPointerAttributes attributes{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attributes, (*a)->data()), cudaSuccess);
+  EXPECT_EQ(attributes.type, cudaMemoryTypeHost) << "the staging memory is not pinned";
+  PinnedPool::DropCache();
+  EXPECT_EQ(PinnedPool::CachedPools(), 0u);
+}
+
+}  // namespace
+}  // namespace shardstream::cuda

@@ -1,0 +1,238 @@
+// The GPU upload ceilings a loader is measured against, on this machine, now:
+//
+//   h2d_pinned_Kstreams   cudaMemcpyAsync from pinned memory, large transfers, over 1 and K streams
+//   cache_to_pinned       memcpy from a mapped, page-cache-resident file into pinned memory, with
+//                         N threads (what the staged pipeline's read path does at best when warm)
+//   pin_register/alloc    setting up the staging memory: cudaHostRegister of fresh page-aligned
+//                         memory (what PinnedPool does) vs cudaHostAlloc, and their teardown
+//
+//   build/bench/cuda_ceiling [--json] [--gib N] [--streams K] [--threads N] [--staging-mb M]
+//                            [--file PATH]
+//
+// Prints one line per figure as it is measured (one JSON object per line with --json). Without
+// --file it writes a temporary file of the transfer size under $TMPDIR and reads it while it is
+// still in the page cache. Exit status 2 when there is no GPU.
+#include "cuda/error.h"
+
+#include <cuda_runtime_api.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using shardstream::cuda::CudaError;
+
+constexpr uint64_t kTransferBytes = 64ull << 20;  // one cudaMemcpyAsync
+constexpr int kRepeats = 3;                       // best of
+
+bool g_json = false;
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void Row(const char* name, double value, const char* unit, const std::string& detail) {
+  if (g_json) {
+    std::printf("{\"figure\":\"%s\",\"value\":%.4f,\"unit\":\"%s\",\"detail\":\"%s\"}\n", name,
+                value, unit, detail.c_str());
+  } else {
+    std::printf("%-24s %10.3f %-5s %s\n", name, value, unit, detail.c_str());
+  }
+  std::fflush(stdout);
+}
+
+// Best GB/s of copying `bytes` from pinned `host` to `device` over `streams` streams, each
+// taking every streams-th 64 MiB transfer.
+double PinnedH2D(const char* host, char* device, uint64_t bytes, int stream_count) {
+  std::vector<cudaStream_t> streams(stream_count);
+  for (auto& s : streams)
+    SHARDSTREAM_CUDA_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  double best = 0;
+  for (int r = 0; r < kRepeats + 1; ++r) {  // the first round warms up
+    SHARDSTREAM_CUDA_TRY(cudaDeviceSynchronize());
+    const auto start = Clock::now();
+    uint64_t k = 0;
+    for (uint64_t at = 0; at < bytes; at += kTransferBytes, ++k) {
+      SHARDSTREAM_CUDA_TRY(cudaMemcpyAsync(device + at, host + at,
+                                           std::min(kTransferBytes, bytes - at),
+                                           cudaMemcpyHostToDevice, streams[k % stream_count]));
+    }
+    for (auto& s : streams) SHARDSTREAM_CUDA_TRY(cudaStreamSynchronize(s));
+    const double gbps = static_cast<double>(bytes) / Seconds(start) / 1e9;
+    if (r > 0) best = std::max(best, gbps);
+  }
+  for (auto& s : streams) SHARDSTREAM_CUDA_TRY(cudaStreamDestroy(s));
+  return best;
+}
+
+// Best GB/s of memcpy from `src` into `dst` with `threads` threads, 4 MiB at a time (the staged
+// pipeline's chunk).
+double CopyRate(const char* src, char* dst, uint64_t bytes, int threads) {
+  double best = 0;
+  for (int r = 0; r < kRepeats; ++r) {
+    const auto start = Clock::now();
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([=] {
+        constexpr uint64_t kStep = 4ull << 20;
+        const uint64_t steps = (bytes + kStep - 1) / kStep;
+        for (uint64_t i = steps * t / threads; i < steps * (t + 1) / threads; ++i) {
+          const uint64_t at = i * kStep;
+          std::memcpy(dst + at, src + at, std::min(kStep, bytes - at));
+        }
+      });
+    }
+    for (std::thread& w : workers) w.join();
+    best = std::max(best, static_cast<double>(bytes) / Seconds(start) / 1e9);
+  }
+  return best;
+}
+
+int Run(int argc, char** argv) {
+  uint64_t bytes = 1ull << 30;
+  int streams = 4;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  uint64_t staging = 64ull << 20;
+  std::string file;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "cuda_ceiling: %s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--json") {
+      g_json = true;
+    } else if (arg == "--gib") {
+      bytes = static_cast<uint64_t>(std::atof(next()) * (1ull << 30));
+    } else if (arg == "--streams") {
+      streams = std::max(1, std::atoi(next()));
+    } else if (arg == "--threads") {
+      threads = std::max(1, std::atoi(next()));
+    } else if (arg == "--staging-mb") {
+      staging = std::strtoull(next(), nullptr, 10) << 20;
+    } else if (arg == "--file") {
+      file = next();
+    } else {
+      std::fprintf(stderr,
+                   "usage: cuda_ceiling [--json] [--gib N] [--streams K] [--threads N] "
+                   "[--staging-mb M] [--file PATH]\n");
+      return 2;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "cuda_ceiling: no GPU (%s)\n", cudaGetErrorName(cudaGetLastError()));
+    return 2;
+  }
+  cudaDeviceProp prop{};
+  SHARDSTREAM_CUDA_TRY(cudaGetDeviceProperties(&prop, 0));
+  const std::string size_detail = std::to_string(bytes >> 20) + " MiB";
+
+  // --- Pinning setup: what the first load pays for its staging memory.
+  {
+    double register_s = 1e9, unregister_s = 1e9, alloc_s = 1e9, free_s = 1e9;
+    for (int r = 0; r < kRepeats; ++r) {
+      void* fresh =
+          ::mmap(nullptr, staging, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (fresh == MAP_FAILED) throw std::runtime_error("mmap of staging memory failed");
+      auto start = Clock::now();
+      SHARDSTREAM_CUDA_TRY(cudaHostRegister(fresh, staging, cudaHostRegisterPortable));
+      register_s = std::min(register_s, Seconds(start));
+      start = Clock::now();
+      SHARDSTREAM_CUDA_TRY(cudaHostUnregister(fresh));
+      unregister_s = std::min(unregister_s, Seconds(start));
+      ::munmap(fresh, staging);
+      void* pinned = nullptr;
+      start = Clock::now();
+      SHARDSTREAM_CUDA_TRY(cudaHostAlloc(&pinned, staging, cudaHostAllocPortable));
+      alloc_s = std::min(alloc_s, Seconds(start));
+      start = Clock::now();
+      SHARDSTREAM_CUDA_TRY(cudaFreeHost(pinned));
+      free_s = std::min(free_s, Seconds(start));
+    }
+    const std::string detail = std::to_string(staging >> 20) + " MiB staging, best of 3";
+    Row("pin_register_ms", register_s * 1e3, "ms", detail + " (cudaHostRegister of fresh mmap)");
+    Row("pin_unregister_ms", unregister_s * 1e3, "ms", detail);
+    Row("pin_hostalloc_ms", alloc_s * 1e3, "ms", detail + " (cudaHostAlloc)");
+    Row("pin_freehost_ms", free_s * 1e3, "ms", detail);
+  }
+
+  // --- Pinned host-to-device.
+  char* host = nullptr;
+  char* device = nullptr;
+  SHARDSTREAM_CUDA_TRY(
+      cudaHostAlloc(reinterpret_cast<void**>(&host), bytes, cudaHostAllocPortable));
+  SHARDSTREAM_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&device), bytes));
+  std::memset(host, 0x5A, bytes);
+  const std::string h2d_detail = size_detail + " in 64 MiB transfers to " + prop.name;
+  Row("h2d_pinned_1stream", PinnedH2D(host, device, bytes, 1), "GB/s", h2d_detail);
+  if (streams > 1) {
+    const std::string name = "h2d_pinned_" + std::to_string(streams) + "streams";
+    Row(name.c_str(), PinnedH2D(host, device, bytes, streams), "GB/s", h2d_detail);
+  }
+
+  // --- Page cache to pinned memory.
+  std::string path = file;
+  bool temporary = false;
+  if (path.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    path = std::string(tmp != nullptr ? tmp : "/tmp") + "/shardstream-ceiling-XXXXXX";
+    int fd = ::mkstemp(path.data());
+    if (fd < 0) throw std::runtime_error("mkstemp failed: " + std::string(std::strerror(errno)));
+    temporary = true;
+    for (uint64_t at = 0; at < bytes;) {  // the pinned buffer's bytes; they stay in page cache
+      const ssize_t n = ::write(fd, host + at, std::min<uint64_t>(bytes - at, 64ull << 20));
+      if (n <= 0) throw std::runtime_error("write failed: " + std::string(std::strerror(errno)));
+      at += static_cast<uint64_t>(n);
+    }
+    ::close(fd);
+  }
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0 || st.st_size == 0) {
+    throw std::runtime_error(path + ": " + std::strerror(errno));
+  }
+  const uint64_t file_bytes = std::min<uint64_t>(static_cast<uint64_t>(st.st_size), bytes);
+  // Mapped and populated up front: the copy is timed, not the page-table setup.
+  void* src = ::mmap(nullptr, file_bytes, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  ::close(fd);
+  if (src == MAP_FAILED) throw std::runtime_error("mmap of " + path + " failed");
+  for (int t : {1, threads}) {
+    const std::string name = "cache_to_pinned_" + std::to_string(t) + "t";
+    Row(name.c_str(), CopyRate(static_cast<const char*>(src), host, file_bytes, t), "GB/s",
+        std::to_string(file_bytes >> 20) + " MiB from " + (temporary ? "a fresh temp file" : path));
+    if (threads == 1) break;
+  }
+  ::munmap(src, file_bytes);
+  if (temporary) ::unlink(path.c_str());
+  SHARDSTREAM_CUDA_TRY(cudaFree(device));
+  SHARDSTREAM_CUDA_TRY(cudaFreeHost(host));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cuda_ceiling: %s\n", e.what());
+    return 1;
+  }
+}
