@@ -545,7 +545,10 @@ io::Status CudaSink::QueueCompletion(StreamHandle stream, std::unique_ptr<Comple
       completions_.pop_front();
     }
     completions_.push_back(std::move(completion));
-    outstanding_.fetch_add(1);
+    const uint64_t now = outstanding_.fetch_add(1) + 1;
+    uint64_t peak = peak_outstanding_.load(std::memory_order_relaxed);
+    while (now > peak && !peak_outstanding_.compare_exchange_weak(peak, now)) {
+    }
   }
   // cudaLaunchHostFunc rather than a reclaimer thread waiting on per-slot events: the release
   // then happens on the stream, exactly when its copies are done, without a thread of ours
@@ -620,7 +623,9 @@ io::Result<bool> CudaSink::StreamsIdle() const {
 
 CudaSinkStats CudaSink::stats() const {
   std::lock_guard<std::mutex> lock(stats_mutex_);
-  return stats_;
+  CudaSinkStats stats = stats_;
+  stats.peak_in_flight = static_cast<uint32_t>(peak_outstanding_.load());
+  return stats;
 }
 
 io::Result<std::vector<CopyInterval>> CudaSink::CopyIntervals() const {

@@ -106,6 +106,11 @@ struct CudaSinkStats {
   uint64_t straddling_elements = 0;
   uint64_t scratch_bytes = 0;    // device scratch allocated (0 without casts)
   uint32_t peak_straddling = 0;  // most straddling elements open at once
+  // Most slots whose copies were queued and not yet finished, at once: the copies in flight from
+  // the host's side. (On the device, copies in one direction share the copy engines: an H100
+  // runs host-to-device copies of several streams one after another, so device-side intervals
+  // need not overlap even when many copies are in flight.)
+  uint32_t peak_in_flight = 0;
 };
 
 class CudaSink final : public engine::Sink {
@@ -176,6 +181,7 @@ class CudaSink final : public engine::Sink {
   std::deque<std::unique_ptr<Completion>> completions_;  // guarded; oldest first
   std::atomic<uint64_t> outstanding_{0};                 // queued, not yet completed
   std::atomic<uint64_t> completed_{0};                   // completed so far
+  std::atomic<uint64_t> peak_outstanding_{0};            // most outstanding at once
 
   // The watchdog: when host functions are outstanding and none completed for a period, it asks
   // the streams (without waiting) whether the device failed; if so it releases every slot, since

@@ -3,6 +3,7 @@
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 
+#include <ATen/Context.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -58,7 +59,10 @@ uint64_t PeakAllocatedBytes(int device) {
   }
 }
 
-const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount, &Cast, &PeakAllocatedBytes};
+bool TorchHasCuda() { return at::hasCUDA(); }
+
+const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount, &Cast, &PeakAllocatedBytes,
+                              &TorchHasCuda};
 
 }  // namespace
 }  // namespace shardstream::detail

@@ -83,8 +83,15 @@ const TorchCudaPlugin& RequireTorchCuda(c10::Device device) {
       return;
     }
     if (found->abi != kTorchCudaPluginAbi || found->cast == nullptr ||
-        found->device_count == nullptr || found->peak_allocated_bytes == nullptr) {
+        found->device_count == nullptr || found->peak_allocated_bytes == nullptr ||
+        found->torch_has_cuda == nullptr) {
       failure = DeviceError(std::string(kPluginName) + " is from another shardstream version");
+      return;
+    }
+    if (!found->torch_has_cuda()) {
+      failure = DeviceError(std::string(kPluginName) +
+                            " loaded, but LibTorch's CUDA library (libtorch_cuda) did not register "
+                            "its kernels: is this LibTorch built with CUDA?");
       return;
     }
     plugin = found;

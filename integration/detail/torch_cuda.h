@@ -33,6 +33,8 @@ struct TorchCudaPlugin {
                      uint64_t elements) = nullptr;
   // The most bytes torch's caching allocator has had allocated on `device` in this process.
   uint64_t (*peak_allocated_bytes)(int device) = nullptr;
+  // Whether LibTorch's CUDA kernels and allocator are registered (libtorch_cuda loaded).
+  bool (*torch_has_cuda)() = nullptr;
 };
 
 // The plugin, loaded on first use, after checking that this build has CUDA, that the plugin can
