@@ -175,6 +175,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
     io::UringOptions uring;
     uring.queue_depth = std::clamp<uint32_t>(options.queue_depth, 1, io::kMaxUringQueueDepth);
     uring.sqpoll = options.sqpoll;
+    uring.async_reads = !direct && options.async_buffered_reads;
     if (options.register_buffers) {
       uring.fixed_buffers.push_back(iovec{pool->data(), pool->allocated_bytes()});
     }

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace shardstream::engine {
@@ -63,6 +64,10 @@ struct PipelineOptions {
   // io_uring: register the staging memory as fixed buffers, so reads into slots skip pinning
   // their pages each time. Falls back to plain reads (noted) when registration fails.
   bool register_buffers = true;
+  // io_uring, buffered reads: hand every read to the kernel's worker threads (UringOptions::
+  // async_reads), so that copies out of a warm page cache run on several cores at once instead of
+  // inside the IO thread's io_uring_enter. On by default where there are more than 4 cores.
+  bool async_buffered_reads = std::thread::hardware_concurrency() > 4;
   // oneTBB workers running Consume. 0, or more than oneTBB has: all of its workers (one per core
   // less one, which the IO thread uses, unless a tbb::global_control says otherwise).
   int copy_threads = 0;

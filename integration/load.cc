@@ -87,7 +87,6 @@ engine::PipelineOptions StagedPipelineOptions(const LoadOptions& options) {
 
 TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options,
                    LoadReport* report) {
-  const auto start = Clock::now();
   LoadReport local_report;
   LoadReport& out = report ? *report : local_report;
   out = LoadReport{};
@@ -99,8 +98,10 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
                               "they cannot live on " +
                                   device.str()));
     }
-    (void)detail::RequireTorchCuda(device);  // before any file is opened
+    // The process's one-time CUDA start-up, before the clock starts (see RequireTorchCuda).
+    (void)detail::RequireTorchCuda(device);
   }
+  const auto start = Clock::now();
 
   auto stage_start = Clock::now();
   io::Result<io::Checkpoint> opened = io::OpenCheckpoint(path);

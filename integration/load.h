@@ -105,7 +105,10 @@ struct LoadReport {
   size_t tensors = 0;
   size_t files = 0;
   int threads = 0;
-  double seconds = 0;  // from opening the first file to the last byte in place
+  // From opening the first file to the last byte in place. A CUDA load starts the clock after the
+  // process's one-time CUDA start-up (library load, context creation), as Python loaders are
+  // timed after torch.cuda.init().
+  double seconds = 0;
   std::vector<std::pair<std::string, double>> stages;
   std::map<std::string, io::DType> raw_dtypes;  // tensors loaded as bytes: name → file dtype
   // Every tensor as written in the file (F4 and F6 load with other dtypes and shapes).

@@ -61,8 +61,17 @@ uint64_t PeakAllocatedBytes(int device) {
 
 bool TorchHasCuda() { return at::hasCUDA(); }
 
-const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount, &Cast, &PeakAllocatedBytes,
-                              &TorchHasCuda};
+io::Status InitDevice(int device) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const cudaError_t error = cudaFree(nullptr);  // creates the primary context
+  if (error == cudaSuccess) return io::Status::Ok();
+  return io::Status::Error(io::StatusCode::kUnsupported, "device",
+                           "cannot start CUDA on cuda:" + std::to_string(device) + ": " +
+                               cudaGetErrorName(error) + ": " + cudaGetErrorString(error));
+}
+
+const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount,  &Cast,
+                              &PeakAllocatedBytes, &TorchHasCuda, &InitDevice};
 
 }  // namespace
 }  // namespace shardstream::detail

@@ -318,7 +318,8 @@ class UringBackendImpl final : public UringBackend {
         ring_(std::move(ring)),
         owner_(std::this_thread::get_id()),
         max_in_flight_(std::min(options.queue_depth, this->setup().sq_entries)),
-        fixed_files_(this->setup().registered_files) {}
+        fixed_files_(this->setup().registered_files),
+        async_reads_(options.async_reads) {}
 
   UringBackendImpl(const UringBackendImpl&) = delete;
   UringBackendImpl& operator=(const UringBackendImpl&) = delete;
@@ -383,6 +384,7 @@ class UringBackendImpl final : public UringBackend {
   const std::thread::id owner_;
   const uint32_t max_in_flight_;
   const bool fixed_files_;
+  const bool async_reads_;
 
   std::vector<Request> requests_;
   std::vector<uint32_t> free_requests_;
@@ -516,6 +518,7 @@ void UringBackendImpl::PrepareRead(io_uring_sqe* sqe, uint32_t part_index) {
   }
   // IOSQE_FIXED_FILE: `fd` is an index into the registered table (see Ring::Open).
   if (fixed_files_) sqe->flags |= IOSQE_FIXED_FILE;
+  if (async_reads_) sqe->flags |= IOSQE_ASYNC;
   io_uring_sqe_set_data64(sqe, part_index);
 }
 

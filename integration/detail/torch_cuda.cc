@@ -102,6 +102,7 @@ const TorchCudaPlugin& RequireTorchCuda(c10::Device device) {
     ThrowIfError(DeviceError(device.str() + " does not exist: torch sees " + std::to_string(count) +
                              " CUDA device" + (count == 1 ? "" : "s")));
   }
+  ThrowIfError(plugin->init_device(device.index()));
   return *plugin;
 }
 

@@ -681,6 +681,16 @@ TEST_F(UringBackendTest, BufferRegistrationFailureFallsBackToPlainReads) {
   EXPECT_EQ(backend->fixed_reads(), 0u);
 }
 
+TEST_F(UringBackendTest, AsyncReadsReadEverything) {
+  UringOptions options;
+  options.async_reads = true;
+  options.queue_depth = 16;
+  auto backend = Make(options);
+  ASSERT_NE(backend, nullptr);
+  std::mt19937_64 rng(13);
+  ASSERT_NO_FATAL_FAILURE(ReadAndCheck(*backend, MixedReads(100, rng), "async"));
+}
+
 TEST_F(UringBackendTest, QueueDepthOneCompletesAHundredRequests) {
   UringOptions options;
   options.queue_depth = 1;
