@@ -34,6 +34,21 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pipeline_bench import drop_pages as drop_file_pages  # noqa: E402
+from pipeline_bench import warm_pages as warm_file_pages  # noqa: E402
+
+
+def drop_pages(files):
+    for path in files:
+        drop_file_pages(path)
+
+
+def warm_pages(files):
+    for path in files:
+        warm_file_pages(path)
+
+
 PY_LOAD_FILE = r"""
 import json, sys, time, torch
 from safetensors.torch import load_file
@@ -80,23 +95,6 @@ def run(argv, env=None):
 def shard_files(directory):
     return sorted(os.path.join(directory, f) for f in os.listdir(directory)
                   if f.endswith(".safetensors"))
-
-
-def drop_pages(files):
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def warm_pages(files):
-    for path in files:
-        with open(path, "rb") as f:
-            while f.read(64 << 20):
-                pass
 
 
 def storage_ceiling(files):

@@ -30,6 +30,30 @@ io::BackendKind Backend(IoMode mode) {
   return io::BackendKind::kPread;
 }
 
+// Runs the staged pipeline into `sink` and records what it did in `report`. Returns the seconds
+// the pipeline took. Throws LoadError naming file, tensor and offset.
+double RunStaged(const io::Checkpoint& checkpoint, std::span<const engine::LoadTarget> targets,
+                 engine::Sink& sink, const engine::PipelineOptions& pipeline, LoadReport& report) {
+  const auto start = std::chrono::steady_clock::now();
+  io::Result<engine::PipelineStats> stats =
+      engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
+  if (!stats.ok()) {
+    ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
+  }
+  report.direct = stats->direct;
+  report.io = stats->backend;
+  report.fallback = stats->fallback;
+  report.chunk_bytes = pipeline.chunk_bytes;
+  report.threads = stats->copy_threads;
+  report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
+  report.sqpoll = stats->sqpoll;
+  report.io_busy_seconds = stats->io_busy_seconds;
+  report.copy_busy_seconds = stats->copy_busy_seconds;
+  report.overlap_seconds = stats->overlap_seconds;
+  report.notes.insert(report.notes.end(), stats->notes.begin(), stats->notes.end());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 }  // namespace
 
 bool ChooseDirect(const io::Checkpoint& checkpoint, const LoadOptions& options,
@@ -58,26 +82,7 @@ std::vector<std::pair<std::string, double>> ReadTargets(const io::Checkpoint& ch
     engine::CpuSink sink(targets);
     engine::PipelineOptions pipeline = StagedPipelineOptions(options);
     pipeline.direct = true;
-    const auto read_start = std::chrono::steady_clock::now();
-    io::Result<engine::PipelineStats> stats =
-        engine::RunStagedPipeline(checkpoint, targets, sink, pipeline);
-    if (!stats.ok()) {
-      ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
-    }
-    report.direct = stats->direct;
-    report.io = stats->backend;
-    report.fallback = stats->fallback;
-    report.chunk_bytes = pipeline.chunk_bytes;
-    report.threads = stats->copy_threads;
-    report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
-    report.sqpoll = stats->sqpoll;
-    report.io_busy_seconds = stats->io_busy_seconds;
-    report.copy_busy_seconds = stats->copy_busy_seconds;
-    report.overlap_seconds = stats->overlap_seconds;
-    report.notes.insert(report.notes.end(), stats->notes.begin(), stats->notes.end());
-    stages.emplace_back(
-        "read",
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - read_start).count());
+    stages.emplace_back("read", RunStaged(checkpoint, targets, sink, pipeline, report));
     return stages;
   }
   engine::FillOptions fill;
@@ -133,31 +138,13 @@ std::vector<std::pair<std::string, double>> ReadDeviceTargets(
       cuda::CudaSink::Create(std::move(device_targets), sink_options, **ops);
   ThrowIfError(io::Status(sink.status()).WithPath(checkpoint.source.string()));
 
-  const auto read_start = std::chrono::steady_clock::now();
-  io::Result<engine::PipelineStats> stats =
-      engine::RunStagedPipeline(checkpoint, targets, **sink, pipeline);
-  if (!stats.ok()) {
-    ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
-  }
-  report.direct = stats->direct;
-  report.io = stats->backend;
-  report.fallback = stats->fallback;
-  report.chunk_bytes = pipeline.chunk_bytes;
-  report.threads = stats->copy_threads;
+  const double upload_seconds = RunStaged(checkpoint, targets, **sink, pipeline, report);
   report.copy_streams = sink_options.streams;
-  report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
-  report.sqpoll = stats->sqpoll;
-  report.io_busy_seconds = stats->io_busy_seconds;
-  report.copy_busy_seconds = stats->copy_busy_seconds;
-  report.overlap_seconds = stats->overlap_seconds;
-  report.notes.insert(report.notes.end(), stats->notes.begin(), stats->notes.end());
   report.device_scratch_bytes =
       std::max(report.device_scratch_bytes, (*sink)->stats().scratch_bytes);
   report.device_peak_bytes =
       std::max(report.device_peak_bytes, plugin.peak_allocated_bytes(device));
-  stages.emplace_back(
-      "upload",
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - read_start).count());
+  stages.emplace_back("upload", upload_seconds);
   return stages;
 }
 
