@@ -2,6 +2,10 @@
 
 #include <liburing.h>
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -124,6 +128,8 @@ Status Unavailable(int err) {
       .WithErrno(err);
 }
 
+void ReleaseRingHistory();
+
 // Owns one io_uring: set up, descriptors registered, torn down on destruction. Not movable
 // (liburing's struct io_uring is used in place).
 class Ring {
@@ -161,14 +167,33 @@ class Ring {
     // Also drops the registered files: the kernel releases them with the ring. (No explicit
     // io_uring_unregister_files: under SINGLE_ISSUER it would fail with EEXIST on any thread but
     // the creator, and the destructor may run elsewhere.)
-    if (open_) io_uring_queue_exit(&ring_);
+    if (open_) {
+      ReleaseRingHistory();
+      io_uring_queue_exit(&ring_);
+    }
     open_ = false;
   }
+
+  // ThreadSanitizer only: liburing maps and unmaps the rings with raw system calls, which TSan
+  // does not see, so a new ring mapped where another thread's old ring was looks like memory
+  // shared without synchronisation (see ReleaseRingHistory).
+  void ForgetRingHistory();
 
   io_uring ring_{};
   bool open_ = false;
   std::vector<FixedBuffer> fixed_;  // sorted by begin, not overlapping
 };
+
+#if defined(__SANITIZE_THREAD__)
+// Every ring teardown happens before any later ring setup that may reuse its addresses: tell
+// TSan through one synchronisation object (a release at teardown, an acquire at setup).
+char ring_lifetimes;
+void Ring::ForgetRingHistory() { __tsan_acquire(&ring_lifetimes); }
+void ReleaseRingHistory() { __tsan_release(&ring_lifetimes); }
+#else
+void Ring::ForgetRingHistory() {}
+void ReleaseRingHistory() {}
+#endif
 
 void Ring::RegisterBuffers(const UringOptions& options, UringSetup* setup) {
   std::vector<iovec> pieces;
@@ -232,6 +257,7 @@ int Ring::Init(uint32_t entries, unsigned flags, const UringFaultsForTesting& fa
   // overflow list and io_uring_enter never fails with EBUSY for that reason.
   const int rc = io_uring_queue_init_params(entries, &ring_, &params);
   open_ = rc == 0;
+  if (open_) ForgetRingHistory();
   return rc;
 }
 
