@@ -193,6 +193,12 @@ def main():
             ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
     if versions["transformers"]:
         rows.append(("transformers from_pretrained", "warm", python(PY_FROM_PRETRAINED, ckpt)))
+    # Tuning rows: how the warm path scales with reads in flight and chunk size (the defaults are
+    # depth 8 and 4 MiB chunks), measured beside the rest so the next default is chosen by data.
+    for depth, chunk in ((16, 4), (32, 4), (16, 16)):
+        rows.append((f"shardstream LoadFile --queue-depth {depth} --chunk-mb {chunk}", "warm",
+                     shardstream(["--queue-depth", str(depth), "--chunk-mb", str(chunk),
+                                  "--staging-mb", str(max(64, 2 * depth * chunk))])))
     rows += [("shardstream LoadFile", "cold", shardstream([])),
              ("shardstream LoadInto (llama)", "cold", shardstream(["--model", "llama"])),
              ("safetensors load_file", "cold", python(PY_LOAD_FILE, *files))]
