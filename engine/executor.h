@@ -49,7 +49,10 @@ class TaskGroup {
   virtual int concurrency() const = 0;
 };
 
-// A group running at most `concurrency` (at least 1) tasks at once.
+// A group running at most `concurrency` (at least 1) tasks at once on its workers. With oneTBB
+// the thread blocked in Wait may run one more itself (it joins the arena while it waits), which
+// the pipeline never sees (its IO thread waits only once every read is done) and the loader
+// counts on (its read workers include the waiting thread on small machines).
 std::unique_ptr<TaskGroup> MakeTaskGroup(int concurrency, ExecutorKind kind = DefaultExecutor());
 
 }  // namespace shardstream::engine

@@ -45,7 +45,10 @@ TEST_P(ExecutorTest, NeverRunsMoreTasksAtOnceThanItsConcurrency) {
       });
     }
     group->Wait();
-    EXPECT_LE(peak.load(), concurrency);
+    // oneTBB: the thread blocked in Wait may also run a queued task (see executor.h); 1 run in
+    // ~200 under load showed it. The std::thread executor keeps the bound exactly.
+    const int allowed = GetParam() == ExecutorKind::kTbb ? concurrency + 1 : concurrency;
+    EXPECT_LE(peak.load(), allowed);
     EXPECT_GE(peak.load(), 1);
   }
 }
