@@ -184,11 +184,7 @@ TEST(LoaderTest, ProgressReachesTheTotalAndCanCancel) {
 TEST(LoaderTest, OpensNoFileDescriptorsThatOutliveTheLoad) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(4, 100));
-  auto count_fds = [] {
-    size_t n = 0;
-    for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
-    return n;
-  };
+  const auto count_fds = shardstream::testing::CountOpenFds;
   Loaded loaded = Prepare(path);
   const size_t before = count_fds();
   ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());

@@ -32,18 +32,13 @@ namespace shardstream::engine {
 namespace {
 
 namespace fs = std::filesystem;
+using shardstream::testing::CountOpenFds;
 using shardstream::testing::ScratchDir;
 
 using testing::ExpectPattern;
 using testing::Loaded;
 using testing::PatternFile;
 using testing::Prepare;
-
-size_t CountOpenFds() {
-  size_t n = 0;
-  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
-  return n;
-}
 
 constexpr uint64_t kTestChunkBytes = 8192;
 

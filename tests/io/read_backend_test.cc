@@ -37,6 +37,7 @@ static void PrintTo(BackendKind kind, std::ostream* os) { *os << BackendName(kin
 namespace {
 
 namespace fs = std::filesystem;
+using shardstream::testing::CountOpenFds;
 using shardstream::testing::ScratchDir;
 
 constexpr uint8_t kGuardByte = 0xCD;  // fills the gaps between destinations: must stay untouched
@@ -208,12 +209,6 @@ void ReadAndCheck(ReadBackend& backend, const std::vector<std::unique_ptr<Read>>
 uint64_t TestSeed() {
   if (const char* env = std::getenv("SHARDSTREAM_TEST_SEED")) return std::strtoull(env, nullptr, 0);
   return std::random_device{}();
-}
-
-size_t CountOpenFds() {
-  size_t n = 0;
-  for ([[maybe_unused]] const auto& entry : fs::directory_iterator("/proc/self/fd")) ++n;
-  return n;
 }
 
 // ---------------------------------------------------------------------------------------------

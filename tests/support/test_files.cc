@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
 #include <fstream>
 #include <ftw.h>
 #include <gtest/gtest.h>
@@ -49,6 +50,18 @@ void Truncate(const std::filesystem::path& file, uint64_t size_bytes) {
   if (::truncate(file.c_str(), static_cast<off_t>(size_bytes)) != 0) {
     throw std::runtime_error("truncate " + file.string() + ": " + std::strerror(errno));
   }
+}
+
+size_t CountOpenFds() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr)
+    throw std::runtime_error(std::string("opendir /proc/self/fd: ") + std::strerror(errno));
+  size_t n = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') ++n;
+  }
+  ::closedir(dir);
+  return n - 1;  // the descriptor opendir itself held
 }
 
 void Chmod(const std::filesystem::path& path, unsigned mode) {

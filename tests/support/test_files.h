@@ -2,6 +2,7 @@
 // files built from a header string, and the bundled fixtures.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -36,6 +37,10 @@ class ScratchDir {
 void MakeDirs(const std::filesystem::path& dir);
 void Truncate(const std::filesystem::path& file, uint64_t size_bytes);
 void Chmod(const std::filesystem::path& path, unsigned mode);
+
+// How many file descriptors this process has open (entries of /proc/self/fd, read with POSIX
+// calls), for tests that check a failed load leaks none.
+size_t CountOpenFds();
 
 // Expects `check()` to return true when run without privileges: directly when the test is not
 // root, else in a child process that drops to uid/gid 65534 first (root reads any file, so a
