@@ -150,8 +150,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   if (pool == nullptr) {
     // No more slots than chunks: a small checkpoint does not pay for (or register) a large pool.
     const uint64_t wanted =
-        std::max<uint64_t>(plan.chunks.size(), 1) *
-        ((slot_bytes + kStagingAlignment - 1) / kStagingAlignment * kStagingAlignment);
+        std::max<uint64_t>(plan.chunks.size(), 1) * StagingSlotBytes(slot_bytes);
     SHARDSTREAM_ASSIGN_OR_RETURN(
         own_pool, StagingPool::Create(std::min(options.staging_bytes, wanted), slot_bytes));
     pool = own_pool.get();

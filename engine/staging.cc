@@ -41,7 +41,7 @@ io::Result<std::unique_ptr<StagingPool>> StagingPool::Create(uint64_t staging_by
     return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",
                              "staging slot size must be positive");
   }
-  const uint64_t aligned_slot = (slot_bytes + kStagingAlignment - 1) & ~(kStagingAlignment - 1);
+  const uint64_t aligned_slot = StagingSlotBytes(slot_bytes);
   const uint64_t count = staging_bytes / aligned_slot;
   if (count == 0) {
     return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",

@@ -31,6 +31,11 @@ inline constexpr uint64_t kStagingAlignment = 4096;
 // (slots stay in the CPU cache; fewer first-touch faults). BENCHMARKS.md has the runs.
 inline constexpr uint64_t kDefaultStagingBytes = 64ull << 20;
 
+// The size a slot of `slot_bytes` takes in a pool: rounded up to kStagingAlignment.
+inline uint64_t StagingSlotBytes(uint64_t slot_bytes) {
+  return (slot_bytes + kStagingAlignment - 1) & ~(kStagingAlignment - 1);
+}
+
 // Called once with the whole allocation after it was made, e.g. to pin it (cudaHostRegister). An
 // error fails StagingPool::Create. The memory stays valid until the pool is destroyed.
 using StagingAllocateHook = std::function<io::Status(std::byte* data, size_t size_bytes)>;
