@@ -13,7 +13,6 @@
 #include "engine/sink.h"
 #include "io/checkpoint.h"
 #include "io/json_writer.h"
-#include "io/residency.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -74,17 +73,20 @@ std::string OverlapLine(double io_busy, double copy_busy, double overlap) {
   return line;
 }
 
-void OverlapFields(io::JsonWriter& out, double io_busy, double copy_busy, double overlap) {
-  for (const auto& [key, value] : {std::pair<const char*, double>{"io_busy_seconds", io_busy},
-                                   {"copy_busy_seconds", copy_busy},
-                                   {"overlap_seconds", overlap}}) {
-    out.Key(key);
-    if (value >= 0) {
-      out.Double(value);
-    } else {
-      out.Null();
-    }
+// `key`: the value, or null when it is negative (not measured).
+void FieldOrNull(io::JsonWriter& out, const char* key, double value) {
+  out.Key(key);
+  if (value >= 0) {
+    out.Double(value);
+  } else {
+    out.Null();
   }
+}
+
+void OverlapFields(io::JsonWriter& out, double io_busy, double copy_busy, double overlap) {
+  FieldOrNull(out, "io_busy_seconds", io_busy);
+  FieldOrNull(out, "copy_busy_seconds", copy_busy);
+  FieldOrNull(out, "overlap_seconds", overlap);
 }
 
 // `--sink discard`: the staged pipeline into staging slots with the bytes dropped: what will feed
@@ -103,17 +105,14 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
     }
   }
   engine::PipelineOptions pipeline = StagedPipelineOptions(options);
-  pipeline.direct = options.direct == DirectIo::kOn;
-  double resident = -1;
-  if (options.direct == DirectIo::kAuto) {
-    io::Result<double> fraction = io::CheckpointResidentFraction(*checkpoint);
-    if (!fraction.ok()) {
-      PrintError(fraction.status().ToString());
-      return kExitFailure;
-    }
-    resident = *fraction;
-    pipeline.direct = resident < 0.5;
+  LoadReport sampled;  // the residency ChooseDirectIo sampled, when it did
+  try {
+    pipeline.direct = ChooseDirectIo(*checkpoint, options, sampled);
+  } catch (const LoadError& e) {
+    PrintError(e.what());
+    return kExitFailure;
   }
+  const double resident = sampled.resident_fraction;
   engine::DiscardSink sink;
   io::Result<engine::PipelineStats> stats =
       engine::RunStagedPipeline(*checkpoint, targets, sink, pipeline);
@@ -135,12 +134,7 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
     out.Field("files", uint64_t{checkpoint->files.size()}).Field("seconds", seconds);
     out.Field("gbps", gbps).Field("io", io_name).Field("direct", stats->direct);
     out.Field("fallback", stats->fallback);
-    out.Key("resident_fraction");
-    if (resident >= 0) {
-      out.Double(resident);
-    } else {
-      out.Null();
-    }
+    FieldOrNull(out, "resident_fraction", resident);
     out.Field("read_bytes", stats->read_bytes).Field("discarded_bytes", sink.bytes());
     out.Field("queue_depth", uint64_t{options.queue_depth});
     out.Field("peak_in_flight", uint64_t{stats->peak_in_flight});
@@ -321,12 +315,7 @@ int RunLoad(std::span<char* const> argv) {
     io::JsonWriter out;
     out.BeginObject();
     WriteLoadFields(out, args->positional()[0], report, options);
-    out.Key("touch_seconds");
-    if (touch_seconds >= 0) {
-      out.Double(touch_seconds);
-    } else {
-      out.Null();
-    }
+    FieldOrNull(out, "touch_seconds", touch_seconds);
     out.Key("raw_dtypes").BeginObject();
     for (const auto& [name, dtype] : report.raw_dtypes) out.Field(name, io::DTypeName(dtype));
     out.EndObject();
@@ -423,12 +412,7 @@ void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadRep
   out.Field("device_scratch_bytes", report.device_scratch_bytes);
   OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
   out.Field("peak_rss_bytes", engine::PeakResidentBytes());
-  out.Key("resident_fraction");
-  if (report.resident_fraction >= 0) {
-    out.Double(report.resident_fraction);
-  } else {
-    out.Null();
-  }
+  FieldOrNull(out, "resident_fraction", report.resident_fraction);
   out.Key("notes").BeginArray();
   for (const std::string& note : report.notes) out.String(note);
   out.EndArray();

@@ -5,6 +5,7 @@
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
+#include "io/residency.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -83,6 +84,23 @@ engine::PipelineOptions StagedPipelineOptions(const LoadOptions& options) {
   pipeline.copy_threads = options.threads;
   pipeline.progress = options.progress;
   return pipeline;
+}
+
+bool ChooseDirectIo(const io::Checkpoint& checkpoint, const LoadOptions& options,
+                    LoadReport& report) {
+  const bool mmap = options.io == IoMode::kMmap;
+  bool direct = options.direct == DirectIo::kOn;
+  if (options.direct == DirectIo::kAuto && !mmap) {
+    io::Result<double> resident = io::CheckpointResidentFraction(checkpoint);
+    ThrowIfError(resident.status());
+    report.resident_fraction = *resident;
+    direct = report.resident_fraction < 0.5;
+  }
+  if (direct && mmap) {
+    ThrowIfError(io::Status::Error(io::StatusCode::kInvalidArgument, "direct",
+                                   "O_DIRECT reads need --io pread or uring, not mmap"));
+  }
+  return direct;
 }
 
 TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options,
@@ -195,7 +213,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
       tensors.emplace(t.name, std::move(tensor));
     }
     out.stages.emplace_back("allocate", SecondsSince(stage_start));
-    const bool direct = detail::ChooseDirect(checkpoint, options, out);
+    const bool direct = ChooseDirectIo(checkpoint, options, out);
     for (auto& stage :
          detail::ReadDeviceTargets(checkpoint, static_cast<int>(device.index()), targets,
                                    std::move(device_targets), options, direct, out)) {
@@ -223,7 +241,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     out.stages.emplace_back("allocate", SecondsSince(stage_start));
 
     // Direct or buffered: decided once, before reading, from what the page cache holds.
-    const bool direct = detail::ChooseDirect(checkpoint, options, out);
+    const bool direct = ChooseDirectIo(checkpoint, options, out);
     for (auto& stage : detail::ReadTargets(checkpoint, targets, options, direct, out)) {
       out.stages.push_back(std::move(stage));
     }

@@ -139,6 +139,12 @@ class LoadError : public std::runtime_error {
 // used by the CLI's --sink discard). IoMode::kAuto reads with io_uring (pread where refused).
 engine::PipelineOptions StagedPipelineOptions(const LoadOptions& options);
 
+// Decides once, before any read, whether a load with `options` reads with O_DIRECT: DirectIo::kOn,
+// or kAuto when less than half of the checkpoint is in the page cache (sampled with mincore;
+// recorded in report.resident_fraction). Throws LoadError (rule "direct" for O_DIRECT with mmap).
+bool ChooseDirectIo(const io::Checkpoint& checkpoint, const LoadOptions& options,
+                    LoadReport& report);
+
 // Throws LoadError when `status` is an error. The one place a Status becomes an exception.
 void ThrowIfError(const io::Status& status);
 

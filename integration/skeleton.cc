@@ -459,7 +459,7 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   }
 
   stage_start = Clock::now();
-  const bool direct = detail::ChooseDirect(checkpoint, options.load, out);
+  const bool direct = ChooseDirectIo(checkpoint, options.load, out);
   if (!direct_targets.empty()) {
     (void)detail::ReadTargets(checkpoint, direct_targets, options.load, direct, out);
   }

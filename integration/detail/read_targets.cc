@@ -56,23 +56,6 @@ double RunStaged(const io::Checkpoint& checkpoint, std::span<const engine::LoadT
 
 }  // namespace
 
-bool ChooseDirect(const io::Checkpoint& checkpoint, const LoadOptions& options,
-                  LoadReport& report) {
-  const bool mmap = options.io == IoMode::kMmap;
-  bool direct = options.direct == DirectIo::kOn;
-  if (options.direct == DirectIo::kAuto && !mmap) {
-    io::Result<double> resident = io::CheckpointResidentFraction(checkpoint);
-    ThrowIfError(resident.status());
-    report.resident_fraction = *resident;
-    direct = report.resident_fraction < 0.5;
-  }
-  if (direct && mmap) {
-    ThrowIfError(io::Status::Error(io::StatusCode::kInvalidArgument, "direct",
-                                   "O_DIRECT reads need --io pread or uring, not mmap"));
-  }
-  return direct;
-}
-
 std::vector<std::pair<std::string, double>> ReadTargets(const io::Checkpoint& checkpoint,
                                                         std::span<const engine::LoadTarget> targets,
                                                         const LoadOptions& options, bool direct,

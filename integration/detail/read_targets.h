@@ -16,11 +16,6 @@
 
 namespace shardstream::detail {
 
-// Decides once, before any read, whether to read with O_DIRECT: DirectIo::kOn, or kAuto when less
-// than half of the checkpoint is in the page cache (sampled with mincore; recorded in
-// report.resident_fraction). Throws LoadError (rule "direct" for O_DIRECT with --io mmap).
-bool ChooseDirect(const io::Checkpoint& checkpoint, const LoadOptions& options, LoadReport& report);
-
 // Fills every target's destination (each holding the tensor's bytes, contiguous, host memory that
 // outlives the call). Records in `report` what read the bytes (io, fallback, threads,
 // peak_in_flight, direct, notes) and returns the engine's stages, (name, seconds), in order.
