@@ -27,8 +27,9 @@ io::Status LoadStatus(std::string rule, std::string message) {
   return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
 }
 
-// The device a load targets: cpu, or cuda[:N] (index 0 when none is given).
-c10::Device ParseDevice(const std::string& name) {
+}  // namespace
+
+c10::Device ParseLoadDevice(const std::string& name) {
   std::optional<c10::Device> device;
   try {
     device.emplace(name);
@@ -40,8 +41,6 @@ c10::Device ParseDevice(const std::string& name) {
   if (device->is_cuda() && !device->has_index()) device->set_index(0);
   return *device;
 }
-
-}  // namespace
 
 std::optional<IoMode> ParseIoMode(std::string_view name) {
   if (name == "auto") return IoMode::kAuto;
@@ -108,7 +107,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
   LoadReport local_report;
   LoadReport& out = report ? *report : local_report;
   out = LoadReport{};
-  const c10::Device device = ParseDevice(options.device);
+  const c10::Device device = ParseLoadDevice(options.device);
   if (device.is_cuda()) {
     if (options.zero_copy) {
       ThrowIfError(LoadStatus("device",

@@ -26,6 +26,7 @@
 #include "io/status.h"
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -48,7 +49,11 @@ enum class IoMode : uint8_t {
   kUring,  // io_uring readv straight into the tensors, `queue_depth` reads in flight per thread;
            // falls back to pread (LoadReport::fallback says why) where io_uring is unavailable
 };
-std::optional<IoMode> ParseIoMode(std::string_view name);  // "auto", "pread", "mmap", "uring"
+std::optional<IoMode> ParseIoMode(std::string_view name);
+
+// The device a load targets: "cpu", or "cuda[:N]" (index 0 when none is given). Anything else
+// throws LoadError with rule "device".
+c10::Device ParseLoadDevice(const std::string& name);  // "auto", "pread", "mmap", "uring"
 
 // O_DIRECT for the reads. kAuto reads with O_DIRECT through the bounded staged pipeline when less
 // than half of the checkpoint is in the page cache (sampled with mincore): cold loads skip the

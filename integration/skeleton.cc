@@ -204,25 +204,16 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   }
   DeviceMap devices = options.devices;
   if (devices.prefixes.empty() && devices.fallback.is_cpu()) {
-    try {
-      devices.fallback = c10::Device(options.load.device);
-    } catch (const std::exception&) {
-      ThrowIfError(Error("device",
-                         "'" + options.load.device + "' is not a device (expected cpu or cuda:N)"));
-    }
+    devices.fallback = ParseLoadDevice(options.load.device);
   }
   // CUDA targets need LibTorch's CUDA side loaded before anything is allocated there.
-  auto require_cuda = [](c10::Device device) {
+  auto require_cuda = [](c10::Device& device) {
     if (!device.is_cuda()) return;
     if (!device.has_index()) device.set_index(0);
     (void)detail::RequireTorchCuda(device);
   };
-  if (devices.fallback.is_cuda() && !devices.fallback.has_index()) devices.fallback.set_index(0);
   require_cuda(devices.fallback);
-  for (auto& [prefix, device] : devices.prefixes) {
-    if (device.is_cuda() && !device.has_index()) device.set_index(0);
-    require_cuda(device);
-  }
+  for (auto& [prefix, device] : devices.prefixes) require_cuda(device);
   start = Clock::now();  // after the process's one-time CUDA start-up, as LoadFile
 
   auto stage_start = Clock::now();

@@ -6,7 +6,6 @@
 #include "engine/staging.h"
 #include "integration/detail/torch_cuda.h"
 #include "io/read_backend.h"
-#include "io/residency.h"
 
 #include <algorithm>
 #include <chrono>
