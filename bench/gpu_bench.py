@@ -135,6 +135,19 @@ def ceilings(build_dir, files):
     return h2d, cache, figures
 
 
+# --sweep: the warm path over the knobs that bound it, each row beside the default in the same run.
+SWEEP = ([], ["--no-device-reserve"],
+         ["--queue-depth", "16", "--staging-mb", "128"],
+         ["--queue-depth", "32", "--staging-mb", "256"],
+         ["--queue-depth", "64", "--staging-mb", "512"],
+         ["--queue-depth", "128", "--staging-mb", "1024"],
+         ["--queue-depth", "16", "--chunk-mb", "16", "--staging-mb", "512"],
+         ["--queue-depth", "32", "--chunk-mb", "8", "--staging-mb", "512"],
+         ["--queue-depth", "64", "--chunk-mb", "2", "--staging-mb", "256"],
+         ["--queue-depth", "32", "--staging-mb", "256", "--copy-streams", "8"],
+         ["--queue-depth", "32", "--staging-mb", "256", "--copy-streams", "2"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build-dir", default=os.environ.get("SHARDSTREAM_BUILD_DIR", "build"))
@@ -142,6 +155,9 @@ def main():
     parser.add_argument("--size-gb", type=float, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only warm shardstream rows, over queue depth, chunk, staging, copy "
+                             "streams and device reservation, with each row's stage times")
     args = parser.parse_args()
     binary = os.environ.get("SHARDSTREAM_BIN", os.path.join(args.build_dir, "shardstream"))
     ckpt = args.checkpoint or os.path.join(args.build_dir, f"gpu-bench-{args.size_gb:g}g")
@@ -173,13 +189,20 @@ def main():
     print(f"ceiling: pinned H2D {h2d:.2f} GB/s, page cache -> pinned {cache:.2f} GB/s, "
           f"storage {data_bytes / storage_s / 1e9:.2f} GB/s ({storage_how})", flush=True)
 
-    def shardstream(extra):
+    details = {}  # row name -> shardstream's own figures per run (stages, reads in flight)
+
+    def shardstream(name, extra):
         def go():
             out, rss = run([binary, "load", ckpt, "--device", "cuda:0", "--json", "--quiet", *extra])
             report = json.loads(out)
             extra_gpu = report["device_peak_bytes"] - data_bytes + report["device_scratch_bytes"]
+            figures = dict(report.get("stages", {}))
+            for key in ("peak_in_flight", "io_busy_seconds", "copy_busy_seconds", "pin_seconds"):
+                if isinstance(report.get(key), (int, float)):
+                    figures[key] = report[key]
+            details.setdefault(name, []).append(figures)
             return report["seconds"], extra_gpu, rss
-        return go
+        return (name, go)
 
     def python(code, *argv):
         def go():
@@ -188,20 +211,22 @@ def main():
             return report["seconds"], report["peak"] - report["params"], rss
         return go
 
-    rows = [("shardstream LoadFile", "warm", shardstream([])),
-            ("shardstream LoadInto (llama)", "warm", shardstream(["--model", "llama"])),
-            ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
-    if versions["transformers"]:
-        rows.append(("transformers from_pretrained", "warm", python(PY_FROM_PRETRAINED, ckpt)))
-    # Tuning rows: how the warm path scales with reads in flight and chunk size (the defaults are
-    # depth 8 and 4 MiB chunks), measured beside the rest so the next default is chosen by data.
-    for depth, chunk in ((16, 4), (32, 4), (16, 16)):
-        rows.append((f"shardstream LoadFile --queue-depth {depth} --chunk-mb {chunk}", "warm",
-                     shardstream(["--queue-depth", str(depth), "--chunk-mb", str(chunk),
-                                  "--staging-mb", str(max(64, 2 * depth * chunk))])))
-    rows += [("shardstream LoadFile", "cold", shardstream([])),
-             ("shardstream LoadInto (llama)", "cold", shardstream(["--model", "llama"])),
-             ("safetensors load_file", "cold", python(PY_LOAD_FILE, *files))]
+    def ours(name, temp, extra):
+        return (name, temp, shardstream(f"{temp} {name}", extra)[1])
+
+    if args.sweep:
+        rows = [ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"])]
+        rows += [ours(" ".join(["shardstream LoadFile", *flags]), "warm", flags) for flags in SWEEP]
+    else:
+        rows = [ours("shardstream LoadFile", "warm", []),
+                ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"]),
+                ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
+        if versions["transformers"]:
+            rows.append(("transformers from_pretrained", "warm",
+                         python(PY_FROM_PRETRAINED, ckpt)))
+        rows += [ours("shardstream LoadFile", "cold", []),
+                 ours("shardstream LoadInto (llama)", "cold", ["--model", "llama"]),
+                 ("safetensors load_file", "cold", python(PY_LOAD_FILE, *files))]
 
     results = {(name, temp): [] for name, temp, _ in rows}
     for r in range(args.repeat):
@@ -240,6 +265,12 @@ def main():
         table.append({"row": name, "cache": temp, "median_s": med, "min_s": min(times),
                       "max_s": max(times), "gbps": gbps, "extra_gpu_bytes": max(x[1] for x in ok),
                       "peak_rss_bytes": max(x[2] for x in ok), "failed_runs": len(runs) - len(ok)})
+    if details:
+        print("\nshardstream's own figures, median over runs (seconds unless named):")
+        for name, runs in details.items():
+            keys = sorted({k for run in runs for k in run})
+            parts = [f"{k} {statistics.median(r[k] for r in runs if k in r):.3f}" for k in keys]
+            print(f"  {name}: " + ", ".join(parts))
     for temp in ("warm", "cold"):
         ours = medians.get(("shardstream LoadFile", temp))
         for (name, t), med in medians.items():
@@ -254,7 +285,7 @@ def main():
             json.dump({"card": card, "driver": driver, "versions": versions,
                        "checkpoint": ckpt, "data_bytes": data_bytes, "ceilings": figures,
                        "storage_seconds": storage_s, "storage_how": storage_how,
-                       "rows": table, "command": sys.argv}, f, indent=1)
+                       "rows": table, "details": details, "command": sys.argv}, f, indent=1)
 
 
 if __name__ == "__main__":

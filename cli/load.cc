@@ -31,9 +31,10 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 17> kFlags = {{
+constexpr std::array<FlagSpec, 18> kFlags = {{
     {"device", "DEV", "cpu (default), or cuda[:N]: pinned staging, async copies, casts on GPU"},
     {"copy-streams", "N", "CUDA: host-to-device copy streams (default 4)"},
+    {"no-device-reserve", "", "CUDA: a cudaMalloc per tensor, not one block split for all"},
     {"io", "MODE", "auto, pread, mmap or uring (auto: uring for O_DIRECT, else pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
     {"sqpoll", "", "io_uring: a kernel thread polls for submissions (costs a busy core)"},
@@ -242,6 +243,7 @@ int RunLoad(std::span<char* const> argv) {
     return kExitUsage;
   }
   options.copy_streams = static_cast<uint32_t>(*copy_streams);
+  options.reserve_device_memory = !args->Has("no-device-reserve");
   std::optional<uint64_t> threads = args->GetUint("threads", 0);
   std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", 0);
   if (!threads || !chunk_mb) return kExitUsage;
@@ -410,6 +412,7 @@ void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadRep
   out.Field("pin_seconds", report.pin_seconds).Field("staging_reused", report.staging_reused);
   out.Field("device_peak_bytes", report.device_peak_bytes);
   out.Field("device_scratch_bytes", report.device_scratch_bytes);
+  out.Field("device_allocations", report.device_allocations);
   OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
   out.Field("peak_rss_bytes", engine::PeakResidentBytes());
   FieldOrNull(out, "resident_fraction", report.resident_fraction);

@@ -4,6 +4,8 @@
 #include "cuda/error.h"
 
 #include <cuda_runtime_api.h>
+
+#include <sys/mman.h>
 #endif
 
 #include <chrono>
@@ -65,6 +67,9 @@ io::Result<std::shared_ptr<engine::StagingPool>> PinnedPool::Create(uint64_t sta
       staging_bytes, slot_bytes,
       [&pin_seconds](std::byte* data, size_t size_bytes) {
         const auto start = std::chrono::steady_clock::now();
+        // Pinning faults every page in first; 2 MiB pages make that ~10x fewer faults (the pool's
+        // memory is 2 MiB-aligned). Advice only: where THP is off, 4 KiB pages are pinned.
+        ::madvise(data, size_bytes, MADV_HUGEPAGE);
         // Portable: the pages count as pinned in every device's context, so one pool can feed
         // any GPU. The pool's memory is page-aligned, as cudaHostRegister wants.
         io::Status status = CudaStatus(cudaHostRegister(data, size_bytes, cudaHostRegisterPortable),

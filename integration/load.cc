@@ -10,6 +10,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/core/Device.h>
+#include <c10/util/accumulate.h>
 
 #include <chrono>
 #include <memory>
@@ -108,6 +109,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
   LoadReport& out = report ? *report : local_report;
   out = LoadReport{};
   const c10::Device device = ParseLoadDevice(options.device);
+  const detail::TorchCudaPlugin* torch_cuda = nullptr;
   if (device.is_cuda()) {
     if (options.zero_copy) {
       ThrowIfError(LoadStatus("device",
@@ -116,7 +118,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
                                   device.str()));
     }
     // The process's one-time CUDA start-up, before the clock starts (see RequireTorchCuda).
-    (void)detail::RequireTorchCuda(device);
+    torch_cuda = &detail::RequireTorchCuda(device);
   }
   const auto start = Clock::now();
 
@@ -200,6 +202,17 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     std::vector<cuda::DeviceTarget> device_targets;
     targets.reserve(planned.size());
     device_targets.reserve(planned.size());
+    const uint64_t allocations_before = torch_cuda->device_allocations(device.index());
+    if (options.reserve_device_memory) {
+      uint64_t reservation = 0;
+      for (const Planned& p : planned) {
+        const bool cast = options.dtype && at::isFloatingType(p.dtype) && p.dtype != *options.dtype;
+        const auto elements = static_cast<uint64_t>(c10::multiply_integers(p.shape));
+        detail::AddDeviceReservation(elements * c10::elementSize(cast ? *options.dtype : p.dtype),
+                                     &reservation);
+      }
+      detail::ReserveDeviceMemory(device, reservation);
+    }
     for (const Planned& p : planned) {
       const io::TensorInfo& t = checkpoint.tensor(p.location);
       const bool cast = options.dtype && at::isFloatingType(p.dtype) && p.dtype != *options.dtype;
@@ -211,6 +224,7 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
                                                   cast ? *SafetensorsDType(dtype) : t.dtype});
       tensors.emplace(t.name, std::move(tensor));
     }
+    out.device_allocations = torch_cuda->device_allocations(device.index()) - allocations_before;
     out.stages.emplace_back("allocate", SecondsSince(stage_start));
     const bool direct = ChooseDirectIo(checkpoint, options, out);
     for (auto& stage :

@@ -79,6 +79,9 @@ struct LoadOptions {
   uint64_t staging_bytes = engine::kDefaultStagingBytes;  // bound on staging memory (direct)
   bool sqpoll = false;  // io_uring: a kernel thread polls for submissions (falls back if refused)
   uint32_t copy_streams = 0;  // CUDA: host-to-device copy streams (0: cuda::kDefaultCopyStreams)
+  // CUDA: allocate the device tensors by splitting one block that torch's caching allocator
+  // cudaMalloc'd for them all, instead of a cudaMalloc per tensor (detail/torch_cuda.h).
+  bool reserve_device_memory = true;
   std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
   engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
 };
@@ -100,6 +103,9 @@ struct LoadReport {
   // anything else the process allocated there), and the cast scratch the sink cudaMalloc'd.
   uint64_t device_peak_bytes = 0;
   uint64_t device_scratch_bytes = 0;
+  // CUDA loads: cudaMalloc calls torch's caching allocator made while allocating the tensors (1
+  // with reserve_device_memory on an otherwise empty cache, one per large tensor without).
+  uint64_t device_allocations = 0;
   // Staged (direct) loads: wall time with a read in flight, with a copy running, and with both;
   // -1 when the reads went straight into the tensors (no copies to overlap with).
   double io_busy_seconds = -1;

@@ -382,7 +382,34 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   }
 
   stage_start = Clock::now();
+  // The bytes Materialize is about to allocate on each GPU: one caching-allocator block per GPU
+  // for them (detail::ReserveDeviceMemory), unless asked not to.
+  std::map<c10::DeviceIndex, uint64_t> reservations;
+  {
+    std::unordered_set<const c10::TensorImpl*> seen;  // tied weights count once
+    auto count = [&](const std::string& name, const at::Tensor& tensor) {
+      if (!tensor.defined() || !tensor.is_meta()) return;
+      if (!seen.insert(tensor.unsafeGetTensorImpl()).second) return;
+      const c10::Device device = devices.For(name);
+      if (device.is_cuda()) {
+        detail::AddDeviceReservation(tensor.nbytes(), &reservations[device.index()]);
+      }
+    };
+    for (const auto& item : module.named_parameters(/*recurse=*/true))
+      count(item.key(), item.value());
+    for (const auto& item : module.named_buffers(/*recurse=*/true)) count(item.key(), item.value());
+  }
+  std::map<c10::DeviceIndex, uint64_t> allocations_before;
+  for (const auto& [index, bytes] : reservations) {
+    const c10::Device device(c10::kCUDA, index);
+    allocations_before[index] = detail::RequireTorchCuda(device).device_allocations(index);
+    if (options.load.reserve_device_memory) detail::ReserveDeviceMemory(device, bytes);
+  }
   out.materialized = Materialize(module, devices);
+  for (const auto& [index, before] : allocations_before) {
+    out.device_allocations +=
+        detail::RequireTorchCuda(c10::Device(c10::kCUDA, index)).device_allocations(index) - before;
+  }
   out.stages.emplace_back("materialize", SecondsSince(stage_start));
 
   // Targets: straight into the module's storage where dtype and layout allow, else via scratch.

@@ -59,6 +59,16 @@ uint64_t PeakAllocatedBytes(int device) {
   }
 }
 
+uint64_t DeviceAllocations(int device) {
+  try {
+    return static_cast<uint64_t>(
+        c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device))
+            .num_device_alloc);
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
 bool TorchHasCuda() { return at::hasCUDA(); }
 
 io::Status InitDevice(int device) {
@@ -70,8 +80,8 @@ io::Status InitDevice(int device) {
                                cudaGetErrorName(error) + ": " + cudaGetErrorString(error));
 }
 
-const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount,  &Cast,
-                              &PeakAllocatedBytes, &TorchHasCuda, &InitDevice};
+const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount,  &Cast,      &PeakAllocatedBytes,
+                              &DeviceAllocations,  &TorchHasCuda, &InitDevice};
 
 }  // namespace
 }  // namespace shardstream::detail

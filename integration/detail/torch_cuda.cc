@@ -3,6 +3,9 @@
 #include "cuda/device.h"
 #include "integration/load.h"
 
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
 #include <unistd.h>
 
 #include <dlfcn.h>
@@ -104,6 +107,25 @@ const TorchCudaPlugin& RequireTorchCuda(c10::Device device) {
   }
   ThrowIfError(plugin->init_device(device.index()));
   return *plugin;
+}
+
+void AddDeviceReservation(uint64_t tensor_bytes, uint64_t* total) {
+  // The allocator's thresholds (c10/cuda/CUDACachingAllocator.cpp): blocks of at most 1 MiB come
+  // from a separate small pool; sizes are rounded up to 512 bytes.
+  constexpr uint64_t kSmallSize = 1ull << 20;
+  constexpr uint64_t kMinBlockSize = 512;
+  if (tensor_bytes <= kSmallSize) return;
+  *total += (tensor_bytes + kMinBlockSize - 1) / kMinBlockSize * kMinBlockSize;
+}
+
+void ReserveDeviceMemory(c10::Device device, uint64_t bytes) {
+  if (!device.is_cuda() || bytes == 0) return;
+  try {
+    (void)at::empty({static_cast<int64_t>(bytes)},
+                    at::TensorOptions().dtype(at::kByte).device(device));
+  } catch (const c10::Error&) {
+    // Out of memory as one block (or fragmented): the per-tensor allocations decide.
+  }
 }
 
 cuda::DeviceCastFn TorchCudaCast(const TorchCudaPlugin& plugin, int device) {

@@ -19,7 +19,7 @@
 
 namespace shardstream::detail {
 
-inline constexpr int kTorchCudaPluginAbi = 1;
+inline constexpr int kTorchCudaPluginAbi = 2;
 
 // What the plugin exports (extern "C" shardstream_torch_cuda_plugin()).
 struct TorchCudaPlugin {
@@ -33,6 +33,8 @@ struct TorchCudaPlugin {
                      uint64_t elements) = nullptr;
   // The most bytes torch's caching allocator has had allocated on `device` in this process.
   uint64_t (*peak_allocated_bytes)(int device) = nullptr;
+  // How many times torch's caching allocator has called cudaMalloc on `device` in this process.
+  uint64_t (*device_allocations)(int device) = nullptr;
   // Whether LibTorch's CUDA kernels and allocator are registered (libtorch_cuda loaded).
   bool (*torch_has_cuda)() = nullptr;
   // Creates `device`'s CUDA context now (otherwise the first allocation does, ~0.1–0.5 s).
@@ -44,6 +46,15 @@ struct TorchCudaPlugin {
 // CUDA start-up happens here, which loads time after this call (as Python loaders are timed after
 // torch.cuda.init()). Throws LoadError rule "device" naming what is missing. Thread-safe.
 const TorchCudaPlugin& RequireTorchCuda(c10::Device device);
+
+// One cudaMalloc instead of hundreds. Torch's caching allocator gives every large tensor (over
+// its 1 MiB small-block size) its own cudaMalloc unless a free cached segment can be split; a
+// load allocates hundreds of fresh tensors at once, so it first allocates and frees one block of
+// their summed sizes (AddDeviceReservation), which the allocator keeps cached and splits for
+// them. Peak device memory is unchanged. Best effort: when the block does not fit, nothing
+// happens and each tensor is allocated (or refused) on its own.
+void AddDeviceReservation(uint64_t tensor_bytes, uint64_t* total);
+void ReserveDeviceMemory(c10::Device device, uint64_t bytes);
 
 // The cast function of the CudaSink for `device`.
 cuda::DeviceCastFn TorchCudaCast(const TorchCudaPlugin& plugin, int device);

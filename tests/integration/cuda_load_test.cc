@@ -142,6 +142,42 @@ TEST(CudaLoadTest, SecondLoadReusesThePinnedStaging) {
   EXPECT_GE(second.copy_streams, 1u);
 }
 
+// The device tensors come out of one caching-allocator block: one cudaMalloc for the load (none
+// when the cache already holds a block that fits), not one per tensor, and no higher peak.
+TEST(CudaLoadTest, DeviceTensorsShareOneReservedAllocation) {
+  SKIP_WITHOUT_GPU();
+  ScratchDir dir;
+  // Over 10 MiB each: without the reservation, torch gives each its own cudaMalloc.
+  const NamedTensors tensors = RandomTensors(12, (11 << 20) / 4, at::kFloat, 11);
+  WriteTensors(dir.path() / "big.safetensors", tensors);
+  uint64_t tensor_bytes = 0;
+  for (const auto& [name, tensor] : tensors) tensor_bytes += tensor.nbytes();
+  LoadReport report;
+  const TensorMap gpu = LoadFile(dir.path() / "big.safetensors", Cuda(), &report);
+  EXPECT_LE(report.device_allocations, 1u);
+  // Rounding: 512 bytes per tensor, a 2 MiB-rounded block.
+  EXPECT_LE(report.device_peak_bytes, tensor_bytes + (4u << 20));
+  for (const auto& [name, tensor] : tensors) {
+    ASSERT_TRUE(SameBytes(tensor, gpu.at(name).cpu())) << name;
+  }
+}
+
+TEST(CudaLoadTest, WithoutTheReservationEveryLargeTensorIsACudaMalloc) {
+  SKIP_WITHOUT_GPU();
+  ScratchDir dir;
+  const NamedTensors tensors = RandomTensors(6, (13 << 20) / 4, at::kFloat, 13);
+  WriteTensors(dir.path() / "big.safetensors", tensors);
+  LoadOptions options = Cuda();
+  options.reserve_device_memory = false;
+  LoadReport report;
+  const TensorMap gpu = LoadFile(dir.path() / "big.safetensors", options, &report);
+  // Each test runs in its own process (gtest_discover_tests): nothing was cached before.
+  EXPECT_EQ(report.device_allocations, tensors.size());
+  for (const auto& [name, tensor] : tensors) {
+    ASSERT_TRUE(SameBytes(tensor, gpu.at(name).cpu())) << name;
+  }
+}
+
 TEST(CudaLoadTest, ZeroCopyOntoAGpuIsRefused) {
   SKIP_WITHOUT_GPU();
   LoadOptions options = Cuda();
