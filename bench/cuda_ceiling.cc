@@ -3,6 +3,8 @@
 //   h2d_pinned_Kstreams   cudaMemcpyAsync from pinned memory, large transfers, over 1 and K streams
 //   cache_to_pinned       memcpy from a mapped, page-cache-resident file into pinned memory, with
 //                         N threads (what the staged pipeline's read path does at best when warm)
+//   page_cache_*          the page cache pinned in place (cudaHostRegister ReadOnly of a mapped
+//                         file) and copied from without a CPU copy
 //   pin_register/alloc    setting up the staging memory: cudaHostRegister of fresh page-aligned
 //                         memory (what PinnedPool does) vs cudaHostAlloc, and their teardown
 //
@@ -100,6 +102,53 @@ double CopyRate(const char* src, char* dst, uint64_t bytes, int threads) {
     best = std::max(best, static_cast<double>(bytes) / Seconds(start) / 1e9);
   }
   return best;
+}
+
+// The page cache itself as the DMA source, no CPU copy: windows of a read-only shared mapping of
+// the file are pinned with cudaHostRegister(ReadOnly), copied to the device and unpinned, one
+// after another. Rows: the pinning rate, and the end-to-end rate of the serial loop (a pipelined
+// loader would reach about min(pinning, H2D)). Prints why when the driver refuses.
+void RegisteredPageCache(int fd, uint64_t bytes, char* device, uint64_t window,
+                         const std::string& detail) {
+  void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) throw std::runtime_error("mmap of the file failed");
+  cudaStream_t stream;
+  SHARDSTREAM_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  double pin_s = 0, unpin_s = 0;
+  const auto start = Clock::now();
+  std::string failure;
+  for (uint64_t at = 0; at < bytes && failure.empty(); at += window) {
+    char* from = static_cast<char*>(map) + at;
+    const uint64_t n = std::min(window, bytes - at);
+    auto t = Clock::now();
+    const cudaError_t pinned =
+        cudaHostRegister(from, n, cudaHostRegisterReadOnly | cudaHostRegisterPortable);
+    pin_s += Seconds(t);
+    if (pinned != cudaSuccess) {
+      failure = std::string(cudaGetErrorName(pinned)) + ": " + cudaGetErrorString(pinned);
+      cudaGetLastError();
+      break;
+    }
+    SHARDSTREAM_CUDA_TRY(cudaMemcpyAsync(device + at, from, n, cudaMemcpyHostToDevice, stream));
+    SHARDSTREAM_CUDA_TRY(cudaStreamSynchronize(stream));
+    t = Clock::now();
+    SHARDSTREAM_CUDA_TRY(cudaHostUnregister(from));
+    unpin_s += Seconds(t);
+  }
+  const double total_s = Seconds(start);
+  SHARDSTREAM_CUDA_TRY(cudaStreamDestroy(stream));
+  ::munmap(map, bytes);
+  const std::string w = std::to_string(window >> 20) + " MiB windows";
+  if (!failure.empty()) {
+    Row("page_cache_register", 0, "GB/s", "refused: " + failure);
+    return;
+  }
+  const double gb = static_cast<double>(bytes) / 1e9;
+  Row(("page_cache_pin_" + std::to_string(window >> 20) + "m").c_str(), gb / pin_s, "GB/s",
+      detail + ", " + w + " (cudaHostRegister ReadOnly of the mapped file; unpin " +
+          std::to_string(gb / unpin_s).substr(0, 6) + " GB/s)");
+  Row(("page_cache_serial_h2d_" + std::to_string(window >> 20) + "m").c_str(), gb / total_s, "GB/s",
+      detail + ", " + w + " (pin, copy, unpin one window at a time)");
 }
 
 int Run(int argc, char** argv) {
@@ -237,6 +286,15 @@ int Run(int argc, char** argv) {
     if (threads == 1) break;
   }
   ::munmap(src, file_bytes);
+  {
+    const int again = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (again < 0) throw std::runtime_error(path + ": " + std::strerror(errno));
+    for (uint64_t window : {64ull << 20, 256ull << 20}) {
+      RegisteredPageCache(again, file_bytes, device, window,
+                          std::to_string(file_bytes >> 20) + " MiB");
+    }
+    ::close(again);
+  }
   if (temporary) ::unlink(path.c_str());
   SHARDSTREAM_CUDA_TRY(cudaFree(device));
   SHARDSTREAM_CUDA_TRY(cudaFreeHost(host));

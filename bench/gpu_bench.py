@@ -136,16 +136,13 @@ def ceilings(build_dir, files):
 
 
 # --sweep: the warm path over the knobs that bound it, each row beside the default in the same run.
-SWEEP = ([], ["--no-device-reserve"],
-         ["--queue-depth", "16", "--staging-mb", "128"],
-         ["--queue-depth", "32", "--staging-mb", "256"],
-         ["--queue-depth", "64", "--staging-mb", "512"],
-         ["--queue-depth", "128", "--staging-mb", "1024"],
-         ["--queue-depth", "16", "--chunk-mb", "16", "--staging-mb", "512"],
-         ["--queue-depth", "32", "--chunk-mb", "8", "--staging-mb", "512"],
-         ["--queue-depth", "64", "--chunk-mb", "2", "--staging-mb", "256"],
-         ["--queue-depth", "32", "--staging-mb", "256", "--copy-streams", "8"],
-         ["--queue-depth", "32", "--staging-mb", "256", "--copy-streams", "2"])
+SWEEP = ([], ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
+         ["--chunk-mb", "2", "--staging-mb", "32"],
+         ["--chunk-mb", "2", "--queue-depth", "12", "--staging-mb", "48"],
+         ["--chunk-mb", "2", "--queue-depth", "16", "--staging-mb", "64"],
+         ["--chunk-mb", "1", "--queue-depth", "16", "--staging-mb", "32"],
+         ["--chunk-mb", "1", "--queue-depth", "32", "--staging-mb", "64"],
+         ["--queue-depth", "12", "--staging-mb", "96"])
 
 
 def main():
