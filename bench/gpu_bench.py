@@ -4,7 +4,9 @@
 A ~4 GB bf16 Llama-shaped checkpoint (`shardstream generate --preset llama-1b --size-gb 4
 --shards 2`, whose config.json transformers loads as LlamaForCausalLM) is loaded to cuda:0 by:
 
-  shardstream LoadFile   `shardstream load DIR --device cuda:0` (tensors map)
+  shardstream LoadFile   `shardstream load DIR --device cuda:0` (tensors map; warm, the page cache
+                         pinned in place and copied from), and with `--gpu-upload staged` (reads
+                         into pinned staging slots, copies from them)
   shardstream LoadInto   `shardstream load DIR --model llama --device cuda:0` (meta skeleton,
                          materialised on the GPU, streamed into, inv_freq recomputed)
   load_file              safetensors.torch.load_file(path, device="cuda:0") for every shard
@@ -21,7 +23,8 @@ drop the files' pages first (fdatasync + POSIX_FADV_DONTNEED).
 Also reported per row: extra GPU memory (torch's peak allocation minus the parameter bytes, plus
 shardstream's cast scratch) and the process's peak host RSS.
 
-Usage: bench/gpu_bench.py [--build-dir build] [--checkpoint DIR] [--repeat 3] [--json OUT]
+Usage: bench/gpu_bench.py [--build-dir build] [--checkpoint DIR] [--repeat 3] [--json OUT] [--sweep]
+(--sweep: only warm shardstream rows over the tuning knobs, with each row's stage times.)
 """
 import argparse
 import json
@@ -136,7 +139,7 @@ def ceilings(build_dir, files):
 
 
 # --sweep: the warm path over the knobs that bound it, each row beside the default in the same run.
-SWEEP = ([], ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
+SWEEP = ([], ["--gpu-upload", "staged"], ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
          ["--chunk-mb", "2", "--staging-mb", "32"],
          ["--chunk-mb", "2", "--queue-depth", "12", "--staging-mb", "48"],
          ["--chunk-mb", "2", "--queue-depth", "16", "--staging-mb", "64"],
@@ -216,6 +219,8 @@ def main():
         rows += [ours(" ".join(["shardstream LoadFile", *flags]), "warm", flags) for flags in SWEEP]
     else:
         rows = [ours("shardstream LoadFile", "warm", []),
+                ours("shardstream LoadFile --gpu-upload staged", "warm",
+                     ["--gpu-upload", "staged"]),
                 ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"]),
                 ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
         if versions["transformers"]:

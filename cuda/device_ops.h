@@ -72,6 +72,16 @@ class DeviceOps {
   // True when the stream's work finished, false while some is pending (cudaStreamQuery; never
   // blocks); an error as SynchronizeStream's.
   [[nodiscard]] virtual io::Result<bool> QueryStream(StreamHandle stream) = 0;
+  // Pins existing host memory in place for the device to read (cudaHostRegister with
+  // cudaHostRegisterReadOnly | cudaHostRegisterPortable): e.g. a window of a read-only file
+  // mapping, whose page-cache pages the device then copies from without a CPU copy. Faults the
+  // pages in. Unregister only after every copy from it finished.
+  [[nodiscard]] virtual io::Status RegisterHostReadOnly(const std::byte* data,
+                                                        size_t size_bytes) = 0;
+  virtual io::Status UnregisterHost(const std::byte* data) = 0;
+  // Whether the device can read memory registered read-only
+  // (cudaDevAttrHostRegisterReadOnlySupported).
+  [[nodiscard]] virtual io::Result<bool> ReadOnlyRegistrationSupported() = 0;
   // Milliseconds between two completed timing events (cudaEventElapsedTime).
   [[nodiscard]] virtual io::Result<float> ElapsedMs(EventHandle start, EventHandle end) = 0;
 };

@@ -184,8 +184,10 @@ io::Status FakeDevice::Push(StreamHandle handle, std::function<void()> op, bool 
 io::Status FakeDevice::CopyAsync(std::byte* dst, const std::byte* src, size_t size_bytes,
                                  StreamHandle stream) {
   bool fail_now = false;
+  bool from_registered = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    from_registered = Registered(src, size_bytes);
     const uint64_t call = ++copy_calls_;
     if (fail_copy_at_ != 0 && call == fail_copy_at_) {
       if (fail_at_enqueue_) {
@@ -196,10 +198,11 @@ io::Status FakeDevice::CopyAsync(std::byte* dst, const std::byte* src, size_t si
   }
   return Push(
       stream,
-      [this, dst, src, size_bytes, fail_now] {
+      [this, dst, src, size_bytes, fail_now, from_registered] {
         {
           std::lock_guard<std::mutex> lock(mutex_);
           if (!failure_.empty()) return;  // a dead context runs nothing
+          if (from_registered && !Registered(src, size_bytes)) ++unpinned_while_copying_;
           ++running_copies_;
           peak_running_copies_ = std::max(peak_running_copies_, running_copies_);
         }
@@ -340,6 +343,61 @@ uint32_t FakeDevice::live_events() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return live_events_;
 }
+bool FakeDevice::Registered(const std::byte* data, size_t size_bytes) const {
+  auto it = registered_.upper_bound(data);
+  if (it == registered_.begin()) return false;
+  --it;
+  return data + size_bytes <= it->first + it->second;
+}
+
+io::Status FakeDevice::RegisterHostReadOnly(const std::byte* data, size_t size_bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!failure_.empty()) return StickyError("cudaHostRegister");
+  const uint64_t call = ++register_calls_;
+  if (fail_register_at_ != 0 && call == fail_register_at_) {
+    return FakeError("cudaHostRegister", "cudaErrorInvalidValue: injected failure");
+  }
+  if (!registered_.emplace(data, size_bytes).second) {
+    return FakeError("cudaHostRegister", "cudaErrorHostMemoryAlreadyRegistered");
+  }
+  peak_registrations_ = std::max(peak_registrations_, static_cast<uint32_t>(registered_.size()));
+  return io::Status::Ok();
+}
+
+io::Status FakeDevice::UnregisterHost(const std::byte* data) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (registered_.erase(data) == 0) {
+    return FakeError("cudaHostUnregister", "cudaErrorHostMemoryNotRegistered");
+  }
+  return io::Status::Ok();
+}
+
+io::Result<bool> FakeDevice::ReadOnlyRegistrationSupported() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return read_only_supported_;
+}
+
+void FakeDevice::FailRegister(uint64_t n) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  fail_register_at_ = n == 0 ? 0 : register_calls_ + n;
+}
+void FakeDevice::SetReadOnlyRegistrationSupported(bool supported) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  read_only_supported_ = supported;
+}
+uint32_t FakeDevice::live_registrations() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<uint32_t>(registered_.size());
+}
+uint32_t FakeDevice::peak_registrations() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return peak_registrations_;
+}
+uint64_t FakeDevice::unpinned_while_copying() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return unpinned_while_copying_;
+}
+
 uint32_t FakeDevice::live_allocations() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return live_allocations_;

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,6 +54,11 @@ class FakeDevice final : public DeviceOps {
   io::Status SynchronizeStream(StreamHandle stream) override;
   io::Result<bool> QueryStream(StreamHandle stream) override;
   io::Result<float> ElapsedMs(EventHandle start, EventHandle end) override;
+  // Registration is bookkeeping: the fake checks that a copy from registered memory still finds
+  // it registered when the copy runs (unpinned_while_copying counts the copies that did not).
+  io::Status RegisterHostReadOnly(const std::byte* data, size_t size_bytes) override;
+  io::Status UnregisterHost(const std::byte* data) override;
+  io::Result<bool> ReadOnlyRegistrationSupported() override;
 
   // Queues `work` on `stream` like a kernel launch (test cast functions use it). Skipped after an
   // error. Fails when the device already failed.
@@ -63,6 +69,13 @@ class FakeDevice final : public DeviceOps {
   // queued; otherwise the copy is queued and fails when the stream runs it, which puts the device
   // into the sticky error state.
   void FailCopy(uint64_t n, bool at_enqueue);
+  // The `n`-th RegisterHostReadOnly call from now on fails (cudaErrorInvalidValue, as for a range
+  // that is not mapped). `supported` is what ReadOnlyRegistrationSupported answers.
+  void FailRegister(uint64_t n);
+  void SetReadOnlyRegistrationSupported(bool supported);
+  uint32_t live_registrations() const;
+  uint32_t peak_registrations() const;
+  uint64_t unpinned_while_copying() const;
 
   // Operations queued or running over all streams.
   uint64_t pending() const;
@@ -97,6 +110,13 @@ class FakeDevice final : public DeviceOps {
   uint32_t live_streams_ = 0;
   uint32_t live_events_ = 0;
   uint32_t live_allocations_ = 0;
+  std::map<const std::byte*, size_t> registered_;  // start -> size
+  uint32_t peak_registrations_ = 0;
+  uint64_t register_calls_ = 0;
+  uint64_t fail_register_at_ = 0;
+  bool read_only_supported_ = true;
+  uint64_t unpinned_while_copying_ = 0;
+  bool Registered(const std::byte* data, size_t size_bytes) const;  // caller holds mutex_
 };
 
 }  // namespace shardstream::cuda

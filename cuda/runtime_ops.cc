@@ -92,6 +92,24 @@ class RuntimeOps final : public DeviceOps {
     SHARDSTREAM_RETURN_IF_ERROR(CudaStatus(error, "cudaStreamQuery"));
     return true;
   }
+  io::Status RegisterHostReadOnly(const std::byte* data, size_t size_bytes) override {
+    io::Status status =
+        CudaStatus(cudaHostRegister(const_cast<std::byte*>(data), size_bytes,
+                                    cudaHostRegisterReadOnly | cudaHostRegisterPortable),
+                   "cudaHostRegister");
+    if (!status.ok()) cudaGetLastError();  // not sticky: leave nothing for the next call
+    return status;
+  }
+  io::Status UnregisterHost(const std::byte* data) override {
+    return CudaStatus(cudaHostUnregister(const_cast<std::byte*>(data)), "cudaHostUnregister");
+  }
+  io::Result<bool> ReadOnlyRegistrationSupported() override {
+    int supported = 0;
+    SHARDSTREAM_RETURN_IF_ERROR(CudaStatus(
+        cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported, device_),
+        "cudaDeviceGetAttribute"));
+    return supported != 0;
+  }
   io::Result<float> ElapsedMs(EventHandle start, EventHandle end) override {
     float ms = 0;
     SHARDSTREAM_RETURN_IF_ERROR(

@@ -58,6 +58,13 @@ std::optional<DirectIo> ParseDirectIo(std::string_view name) {
   return std::nullopt;
 }
 
+std::optional<GpuUpload> ParseGpuUpload(std::string_view name) {
+  if (name == "auto") return GpuUpload::kAuto;
+  if (name == "staged") return GpuUpload::kStaged;
+  if (name == "page-cache") return GpuUpload::kPageCache;
+  return std::nullopt;
+}
+
 LoadError::LoadError(const io::Status& status)
     : std::runtime_error(status.ToString()),
       rule_(status.rule()),

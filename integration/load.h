@@ -62,6 +62,14 @@ c10::Device ParseLoadDevice(const std::string& name);  // "auto", "pread", "mmap
 enum class DirectIo : uint8_t { kOff, kOn, kAuto };
 std::optional<DirectIo> ParseDirectIo(std::string_view name);  // "off", "on", "auto"
 
+// How bytes reach a GPU. kStaged: the staged pipeline (reads into pinned staging slots, copies
+// from them). kPageCache: the page cache pinned in place and copied from, no CPU copy
+// (cuda/page_cache_upload.h); needs cached files and no casts. kAuto: kPageCache when the files
+// are cached (not O_DIRECT), nothing is cast and the device can read read-only registered memory;
+// kStaged otherwise, and when pinning the page cache is refused (said in LoadReport::fallback).
+enum class GpuUpload : uint8_t { kAuto, kStaged, kPageCache };
+std::optional<GpuUpload> ParseGpuUpload(std::string_view name);  // "auto", "staged", "page-cache"
+
 struct LoadOptions {
   // "cpu", or "cuda" / "cuda:N": tensors allocated on that GPU, filled through pinned staging and
   // asynchronous copies, casts (`dtype`) run on the device. Needs a CUDA build, a GPU and
@@ -82,8 +90,9 @@ struct LoadOptions {
   // CUDA: allocate the device tensors by splitting one block that torch's caching allocator
   // cudaMalloc'd for them all, instead of a cudaMalloc per tensor (detail/torch_cuda.h).
   bool reserve_device_memory = true;
-  std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
-  engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
+  GpuUpload gpu_upload = GpuUpload::kAuto;  // CUDA: staged slots or the page cache pinned in place
+  std::optional<c10::ScalarType> dtype;     // cast floating-point tensors to this after loading
+  engine::ProgressFn progress;              // may cancel (LoadError with rule "cancelled")
 };
 
 struct LoadReport {
@@ -106,6 +115,9 @@ struct LoadReport {
   // CUDA loads: cudaMalloc calls torch's caching allocator made while allocating the tensors (1
   // with reserve_device_memory on an otherwise empty cache, one per large tensor without).
   uint64_t device_allocations = 0;
+  // CUDA loads: "staged" or "page-cache" (GpuUpload), and the bytes the page-cache path pinned.
+  std::string gpu_upload;
+  uint64_t pinned_page_cache_bytes = 0;
   // Staged (direct) loads: wall time with a read in flight, with a copy running, and with both;
   // -1 when the reads went straight into the tensors (no copies to overlap with).
   double io_busy_seconds = -1;

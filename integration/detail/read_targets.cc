@@ -1,5 +1,6 @@
 #include "integration/detail/read_targets.h"
 
+#include "cuda/page_cache_upload.h"
 #include "cuda/pinned_pool.h"
 #include "engine/pipeline.h"
 #include "engine/sink.h"
@@ -41,7 +42,10 @@ double RunStaged(const io::Checkpoint& checkpoint, std::span<const engine::LoadT
   }
   report.direct = stats->direct;
   report.io = stats->backend;
-  report.fallback = stats->fallback;
+  if (!stats->fallback.empty()) {
+    report.fallback =
+        report.fallback.empty() ? stats->fallback : report.fallback + "; " + stats->fallback;
+  }
   report.chunk_bytes = pipeline.chunk_bytes;
   report.threads = stats->copy_threads;
   report.peak_in_flight = std::max(report.peak_in_flight, stats->peak_in_flight);
@@ -96,6 +100,60 @@ std::vector<std::pair<std::string, double>> ReadDeviceTargets(
       RequireTorchCuda(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
   io::Result<std::shared_ptr<cuda::DeviceOps>> ops = cuda::MakeCudaRuntimeOps(device);
   ThrowIfError(ops.status());
+
+  // The page cache pinned in place: for cached files and raw bytes (GpuUpload).
+  const bool casts = std::any_of(
+      device_targets.begin(), device_targets.end(),
+      [](const cuda::DeviceTarget& t) { return t.source_dtype != t.destination_dtype; });
+  bool page_cache = false;
+  std::string why_not;
+  if (options.gpu_upload != GpuUpload::kStaged) {
+    io::Result<bool> supported = (*ops)->ReadOnlyRegistrationSupported();
+    if (casts) {
+      why_not = "casts run on the staged path";
+    } else if (direct) {
+      why_not = "the files are not cached (O_DIRECT reads)";
+    } else if (!supported.ok() || !*supported) {
+      why_not = supported.ok() ? "the device cannot read read-only registered host memory"
+                               : supported.status().ToString();
+    } else {
+      page_cache = true;
+    }
+    if (!page_cache && options.gpu_upload == GpuUpload::kPageCache) {
+      ThrowIfError(io::Status::Error(io::StatusCode::kInvalidArgument, "gpu-upload",
+                                     "page-cache upload asked for, but " + why_not)
+                       .WithPath(checkpoint.source.string()));
+    }
+  }
+  if (page_cache) {
+    cuda::PageCacheUploadOptions upload;
+    upload.progress = options.progress;
+    const auto start = std::chrono::steady_clock::now();
+    io::Result<cuda::PageCacheUploadStats> stats =
+        cuda::UploadFromPageCache(checkpoint, targets, upload, **ops);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (stats.ok()) {
+      report.gpu_upload = "page-cache";
+      report.io = "page-cache";
+      report.pinned_page_cache_bytes = stats->pinned_bytes;
+      report.copy_streams = upload.windows_in_flight;
+      report.threads = static_cast<int>(upload.pin_threads);
+      report.chunk_bytes = upload.window_bytes;
+      report.direct = false;
+      report.device_peak_bytes =
+          std::max(report.device_peak_bytes, plugin.peak_allocated_bytes(device));
+      stages.emplace_back("upload", seconds);
+      return stages;
+    }
+    // Refused pinning (an old driver, a filesystem whose pages cannot be pinned) leaves nothing
+    // pinned or queued: the staged path reloads every byte. Other errors fail the load.
+    if (stats.status().rule() != "pin-page-cache" || options.gpu_upload == GpuUpload::kPageCache) {
+      ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
+    }
+    report.fallback = "page-cache upload refused, staged instead: " + stats.status().ToString();
+  }
+  report.gpu_upload = "staged";
 
   engine::PipelineOptions pipeline = StagedPipelineOptions(options);
   pipeline.direct = direct;

@@ -70,6 +70,12 @@ TEST(CudaLoadTest, EveryFixtureEqualsTheCpuLoad) {
   for (const fs::path& fixture : fixtures) {
     SCOPED_TRACE(fixture.string());
     ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, Cuda()));
+    for (GpuUpload upload : {GpuUpload::kStaged, GpuUpload::kPageCache}) {
+      LoadOptions buffered = Cuda();
+      buffered.direct = DirectIo::kOff;
+      buffered.gpu_upload = upload;
+      ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, buffered));
+    }
     LoadOptions direct = Cuda();
     direct.direct = DirectIo::kOn;
     ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, direct));
@@ -101,7 +107,52 @@ TEST(CudaLoadTest, ShardedCheckpointAndTinyPoolWithManyChunks) {
   tiny.direct = DirectIo::kOn;
   ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(dir.path(), tiny));
   tiny.direct = DirectIo::kOff;
+  tiny.gpu_upload = GpuUpload::kStaged;
   ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(dir.path(), tiny));
+}
+
+// The page cache pinned in place: what auto picks for cached files without casts, byte-identical
+// to the CPU load across shards, tensors larger than a window and tensors straddling windows.
+TEST(CudaLoadTest, CachedFilesGoUpStraightFromThePageCache) {
+  SKIP_WITHOUT_GPU();
+  ScratchDir dir;
+  // 300 MB over two files: windows of 256 MiB split the larger tensors.
+  NamedTensors all = RandomTensors(3, 40000001, at::kFloat, 5);
+  const NamedTensors small = RandomTensors(9, 700001, at::kBFloat16, 9);
+  all.insert(all.end(), small.begin(), small.end());
+  WriteTensors(dir.path() / "a.safetensors", NamedTensors(all.begin(), all.begin() + 2));
+  WriteTensors(dir.path() / "b.safetensors", NamedTensors(all.begin() + 2, all.end()));
+  LoadReport report;
+  const TensorMap gpu = LoadFile(dir.path(), Cuda(), &report);  // just written: cached
+  EXPECT_EQ(report.gpu_upload, "page-cache") << report.fallback;
+  EXPECT_EQ(report.io, "page-cache");
+  EXPECT_GE(report.pinned_page_cache_bytes, report.bytes);
+  for (const auto& [name, tensor] : all) {
+    ASSERT_TRUE(SameBytes(tensor, gpu.at(name).cpu())) << name;
+  }
+}
+
+TEST(CudaLoadTest, CastsAndUncachedFilesTakeTheStagedPath) {
+  SKIP_WITHOUT_GPU();
+  ScratchDir dir;
+  WriteTensors(dir.path() / "m.safetensors", RandomTensors(3, 100001, at::kFloat, 3));
+  LoadOptions cast = Cuda();
+  cast.dtype = at::kBFloat16;
+  LoadReport report;
+  (void)LoadFile(dir.path() / "m.safetensors", cast, &report);
+  EXPECT_EQ(report.gpu_upload, "staged");
+  LoadOptions direct = Cuda();
+  direct.direct = DirectIo::kOn;
+  (void)LoadFile(dir.path() / "m.safetensors", direct, &report);
+  EXPECT_EQ(report.gpu_upload, "staged");
+  // Asked for explicitly where it cannot work: a clear error, not a silent staged load.
+  cast.gpu_upload = GpuUpload::kPageCache;
+  try {
+    (void)LoadFile(dir.path() / "m.safetensors", cast);
+    FAIL() << "page-cache upload with a cast loaded";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "gpu-upload") << e.what();
+  }
 }
 
 // The dtype option casts on the device: the result equals ATen's own cast there, bit for bit.
@@ -132,6 +183,7 @@ TEST(CudaLoadTest, SecondLoadReusesThePinnedStaging) {
   WriteTensors(dir.path() / "m.safetensors", RandomTensors(3, 100000, at::kFloat, 3));
   LoadOptions options = Cuda();
   options.staging_bytes = 40u << 20;  // a pool no other test made
+  options.gpu_upload = GpuUpload::kStaged;
   LoadReport first, second;
   (void)LoadFile(dir.path() / "m.safetensors", options, &first);
   (void)LoadFile(dir.path() / "m.safetensors", options, &second);
