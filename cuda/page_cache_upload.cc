@@ -3,11 +3,13 @@
 #include "engine/plan.h"
 #include "io/read_backend.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -29,6 +31,28 @@ double Seconds(Clock::time_point start) {
 uint64_t RoundUp(uint64_t value, uint64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
+
+// A read-only shared mapping of one file (the configuration cuda_ceiling measured pinning on).
+class SharedMapping {
+ public:
+  static io::Result<std::unique_ptr<SharedMapping>> Map(int fd, uint64_t size_bytes,
+                                                        const std::string& path) {
+    void* data = ::mmap(nullptr, size_bytes, PROT_READ, MAP_SHARED, fd, 0);
+    if (data == MAP_FAILED) return io::Status::FromErrno(errno, "mmap").WithPath(path);
+    return std::unique_ptr<SharedMapping>(
+        new SharedMapping(static_cast<const std::byte*>(data), size_bytes));
+  }
+  ~SharedMapping() { ::munmap(const_cast<std::byte*>(data_), size_bytes_); }
+  SharedMapping(const SharedMapping&) = delete;
+  SharedMapping& operator=(const SharedMapping&) = delete;
+  const std::byte* data() const { return data_; }
+
+ private:
+  SharedMapping(const std::byte* data, uint64_t size_bytes)
+      : data_(data), size_bytes_(size_bytes) {}
+  const std::byte* data_;
+  uint64_t size_bytes_;
+};
 
 // What became of window i. The unpinning thread handles windows in order and waits while one is
 // kPending; every window leaves kPending, also after a failure (the pinning threads then mark the
@@ -239,7 +263,7 @@ io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& check
                                engine::BuildReadPlan(checkpoint, locations, plan_options));
 
   SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, io::FileSet::Open(checkpoint));
-  std::vector<std::shared_ptr<io::MappedFile>> maps(files.size());
+  std::vector<std::unique_ptr<SharedMapping>> maps(files.size());
   std::vector<Window> windows;
   windows.reserve(plan.chunks.size());
   PageCacheUploadStats stats;
@@ -247,8 +271,8 @@ io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& check
     const engine::Chunk& chunk = plan.chunks[c];
     if (!maps[chunk.file]) {
       SHARDSTREAM_ASSIGN_OR_RETURN(
-          maps[chunk.file], io::MappedFile::Map(files.fd(chunk.file), files.size_bytes(chunk.file),
-                                                files.path(chunk.file)));
+          maps[chunk.file], SharedMapping::Map(files.fd(chunk.file), files.size_bytes(chunk.file),
+                                               files.path(chunk.file).string()));
     }
     // The mapping ends with the file's last page; the plan's alignment padding may go past it.
     const uint64_t mapped = RoundUp(files.size_bytes(chunk.file), kPageBytes);
