@@ -220,9 +220,14 @@ def main():
     else:
         rows = [ours("shardstream LoadFile", "warm", []),
                 ours("shardstream LoadFile --gpu-upload staged", "warm",
-                     ["--gpu-upload", "staged"]),
-                ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"]),
-                ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
+                     ["--gpu-upload", "staged"])]
+        # The page-cache path's knobs beside its defaults (256 MiB windows, 4 pinned, 2 threads).
+        for flags in (["--pin-threads", "1"], ["--pin-threads", "4", "--pin-windows", "8"],
+                      ["--pin-window-mb", "64", "--pin-windows", "8", "--pin-threads", "4"],
+                      ["--pin-window-mb", "512", "--pin-threads", "4"]):
+            rows.append(ours(" ".join(["shardstream LoadFile", *flags]), "warm", flags))
+        rows += [ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"]),
+                 ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
         if versions["transformers"]:
             rows.append(("transformers from_pretrained", "warm",
                          python(PY_FROM_PRETRAINED, ckpt)))

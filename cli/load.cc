@@ -31,11 +31,14 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 19> kFlags = {{
+constexpr std::array<FlagSpec, 22> kFlags = {{
     {"device", "DEV", "cpu (default), or cuda[:N]: pinned staging, async copies, casts on GPU"},
     {"copy-streams", "N", "CUDA: host-to-device copy streams (default 4)"},
     {"no-device-reserve", "", "CUDA: a cudaMalloc per tensor, not one block split for all"},
     {"gpu-upload", "HOW", "CUDA: auto, staged, or page-cache (pin cached files in place)"},
+    {"pin-window-mb", "N", "CUDA page-cache upload: MiB pinned per call (default 256)"},
+    {"pin-windows", "N", "CUDA page-cache upload: windows pinned at once (default 4)"},
+    {"pin-threads", "N", "CUDA page-cache upload: pinning threads (default 2)"},
     {"io", "MODE", "auto, pread, mmap or uring (auto: uring for O_DIRECT, else pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
     {"sqpoll", "", "io_uring: a kernel thread polls for submissions (costs a busy core)"},
@@ -245,6 +248,17 @@ int RunLoad(std::span<char* const> argv) {
   }
   options.copy_streams = static_cast<uint32_t>(*copy_streams);
   options.reserve_device_memory = !args->Has("no-device-reserve");
+  std::optional<uint64_t> pin_window_mb = args->GetUint("pin-window-mb", 0);
+  std::optional<uint64_t> pin_windows = args->GetUint("pin-windows", 0);
+  std::optional<uint64_t> pin_threads = args->GetUint("pin-threads", 0);
+  if (!pin_window_mb || !pin_windows || !pin_threads) return kExitUsage;
+  if (*pin_window_mb > (1u << 20) || *pin_windows > 64 || *pin_threads > 64) {
+    PrintError("--pin-window-mb must be at most 1048576, --pin-windows and --pin-threads 1..64");
+    return kExitUsage;
+  }
+  options.pin_window_bytes = *pin_window_mb << 20;
+  options.pin_windows = static_cast<uint32_t>(*pin_windows);
+  options.pin_threads = static_cast<uint32_t>(*pin_threads);
   if (auto upload = args->Get("gpu-upload")) {
     std::optional<GpuUpload> parsed = ParseGpuUpload(*upload);
     if (!parsed) {

@@ -91,8 +91,13 @@ struct LoadOptions {
   // cudaMalloc'd for them all, instead of a cudaMalloc per tensor (detail/torch_cuda.h).
   bool reserve_device_memory = true;
   GpuUpload gpu_upload = GpuUpload::kAuto;  // CUDA: staged slots or the page cache pinned in place
-  std::optional<c10::ScalarType> dtype;     // cast floating-point tensors to this after loading
-  engine::ProgressFn progress;              // may cancel (LoadError with rule "cancelled")
+  // The page-cache path's bytes per pinning call, windows pinned at once, pinning threads (0: the
+  // defaults of cuda/page_cache_upload.h).
+  uint64_t pin_window_bytes = 0;
+  uint32_t pin_windows = 0;
+  uint32_t pin_threads = 0;
+  std::optional<c10::ScalarType> dtype;  // cast floating-point tensors to this after loading
+  engine::ProgressFn progress;           // may cancel (LoadError with rule "cancelled")
 };
 
 struct LoadReport {

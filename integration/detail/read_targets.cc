@@ -128,6 +128,9 @@ std::vector<std::pair<std::string, double>> ReadDeviceTargets(
   if (page_cache) {
     cuda::PageCacheUploadOptions upload;
     upload.progress = options.progress;
+    if (options.pin_window_bytes != 0) upload.window_bytes = options.pin_window_bytes;
+    if (options.pin_windows != 0) upload.windows_in_flight = options.pin_windows;
+    if (options.pin_threads != 0) upload.pin_threads = options.pin_threads;
     const auto start = std::chrono::steady_clock::now();
     io::Result<cuda::PageCacheUploadStats> stats =
         cuda::UploadFromPageCache(checkpoint, targets, upload, **ops);
