@@ -118,8 +118,9 @@ TEST(CudaLoadTest, CachedFilesGoUpStraightFromThePageCache) {
   ScratchDir dir;
   // 300 MB over two files: windows of 256 MiB split the larger tensors.
   NamedTensors all = RandomTensors(3, 40000001, at::kFloat, 5);
-  const NamedTensors small = RandomTensors(9, 700001, at::kBFloat16, 9);
-  all.insert(all.end(), small.begin(), small.end());
+  for (auto& [name, tensor] : RandomTensors(9, 700001, at::kBFloat16, 9)) {
+    all.emplace_back("small." + name, tensor);
+  }
   WriteTensors(dir.path() / "a.safetensors", NamedTensors(all.begin(), all.begin() + 2));
   WriteTensors(dir.path() / "b.safetensors", NamedTensors(all.begin() + 2, all.end()));
   LoadReport report;
