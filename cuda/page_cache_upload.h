@@ -7,6 +7,11 @@
 // (DeviceOps::RegisterHostReadOnly), the device copies each tensor piece straight out of them,
 // and a window is unpinned once its copies finished. No staging memory, no CPU copy.
 //
+// Measured on that host (BENCHMARKS.md): pinning alone runs at ~47 GB/s in 256 MiB windows, yet
+// a whole 4 GB load took 0.142 s, as long as the staged path (0.143 s), and the mapped, pinned
+// file pages count in the process's RSS. So it is opt-in (GpuUpload::kPageCache in integration/),
+// kept for hosts where it wins and as the base for finding out why it does not here.
+//
 //   pinning threads (pin_threads): window i waits until window i - K was unpinned, is pinned, and
 //                                  its pieces' copies are queued on stream i % K
 //   the unpinning thread:          window i, in order: wait for stream i % K, unpin, report
@@ -14,7 +19,7 @@
 //
 // At most K = windows_in_flight windows are pinned at once: K × window_bytes of page cache held
 // resident, nothing allocated. Pinning faults in pages that are not cached (slowly, a page at a
-// time): callers use this path when the files are cached and the staged O_DIRECT path otherwise.
+// time): use it for cached files only.
 // Bytes are copied as stored: callers with casts use the staged path.
 //
 // Files changing underneath: a window whose pages are gone (the file was truncated) fails to pin,

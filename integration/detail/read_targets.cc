@@ -101,31 +101,26 @@ std::vector<std::pair<std::string, double>> ReadDeviceTargets(
   io::Result<std::shared_ptr<cuda::DeviceOps>> ops = cuda::MakeCudaRuntimeOps(device);
   ThrowIfError(ops.status());
 
-  // The page cache pinned in place: for cached files and raw bytes (GpuUpload).
-  const bool casts = std::any_of(
-      device_targets.begin(), device_targets.end(),
-      [](const cuda::DeviceTarget& t) { return t.source_dtype != t.destination_dtype; });
-  bool page_cache = false;
-  std::string why_not;
-  if (options.gpu_upload != GpuUpload::kStaged) {
+  // The page cache pinned in place, when asked for (GpuUpload::kPageCache): raw bytes only.
+  if (options.gpu_upload == GpuUpload::kPageCache) {
+    const bool casts = std::any_of(
+        device_targets.begin(), device_targets.end(),
+        [](const cuda::DeviceTarget& t) { return t.source_dtype != t.destination_dtype; });
     io::Result<bool> supported = (*ops)->ReadOnlyRegistrationSupported();
+    std::string why_not;
     if (casts) {
       why_not = "casts run on the staged path";
     } else if (direct) {
-      why_not = "the files are not cached (O_DIRECT reads)";
+      why_not = "O_DIRECT reads were asked for";
     } else if (!supported.ok() || !*supported) {
       why_not = supported.ok() ? "the device cannot read read-only registered host memory"
                                : supported.status().ToString();
-    } else {
-      page_cache = true;
     }
-    if (!page_cache && options.gpu_upload == GpuUpload::kPageCache) {
+    if (!why_not.empty()) {
       ThrowIfError(io::Status::Error(io::StatusCode::kInvalidArgument, "gpu-upload",
                                      "page-cache upload asked for, but " + why_not)
                        .WithPath(checkpoint.source.string()));
     }
-  }
-  if (page_cache) {
     cuda::PageCacheUploadOptions upload;
     upload.progress = options.progress;
     if (options.pin_window_bytes != 0) upload.window_bytes = options.pin_window_bytes;
@@ -134,27 +129,19 @@ std::vector<std::pair<std::string, double>> ReadDeviceTargets(
     const auto start = std::chrono::steady_clock::now();
     io::Result<cuda::PageCacheUploadStats> stats =
         cuda::UploadFromPageCache(checkpoint, targets, upload, **ops);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (stats.ok()) {
-      report.gpu_upload = "page-cache";
-      report.io = "page-cache";
-      report.pinned_page_cache_bytes = stats->pinned_bytes;
-      report.copy_streams = upload.windows_in_flight;
-      report.threads = static_cast<int>(upload.pin_threads);
-      report.chunk_bytes = upload.window_bytes;
-      report.direct = false;
-      report.device_peak_bytes =
-          std::max(report.device_peak_bytes, plugin.peak_allocated_bytes(device));
-      stages.emplace_back("upload", seconds);
-      return stages;
-    }
-    // Refused pinning (an old driver, a filesystem whose pages cannot be pinned) leaves nothing
-    // pinned or queued: the staged path reloads every byte. Other errors fail the load.
-    if (stats.status().rule() != "pin-page-cache" || options.gpu_upload == GpuUpload::kPageCache) {
-      ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
-    }
-    report.fallback = "page-cache upload refused, staged instead: " + stats.status().ToString();
+    ThrowIfError(io::Status(stats.status()).WithPath(checkpoint.source.string()));
+    report.gpu_upload = "page-cache";
+    report.io = "page-cache";
+    report.pinned_page_cache_bytes = stats->pinned_bytes;
+    report.copy_streams = upload.windows_in_flight;
+    report.threads = static_cast<int>(upload.pin_threads);
+    report.chunk_bytes = upload.window_bytes;
+    report.direct = false;
+    report.device_peak_bytes =
+        std::max(report.device_peak_bytes, plugin.peak_allocated_bytes(device));
+    stages.emplace_back(
+        "upload", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return stages;
   }
   report.gpu_upload = "staged";
 

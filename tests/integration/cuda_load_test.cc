@@ -111,8 +111,8 @@ TEST(CudaLoadTest, ShardedCheckpointAndTinyPoolWithManyChunks) {
   ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(dir.path(), tiny));
 }
 
-// The page cache pinned in place: what auto picks for cached files without casts, byte-identical
-// to the CPU load across shards, tensors larger than a window and tensors straddling windows.
+// The page cache pinned in place (opt-in): byte-identical to the CPU load across shards, tensors
+// larger than a window and tensors straddling windows; auto stays on the staged path.
 TEST(CudaLoadTest, CachedFilesGoUpStraightFromThePageCache) {
   SKIP_WITHOUT_GPU();
   ScratchDir dir;
@@ -124,8 +124,12 @@ TEST(CudaLoadTest, CachedFilesGoUpStraightFromThePageCache) {
   WriteTensors(dir.path() / "a.safetensors", NamedTensors(all.begin(), all.begin() + 2));
   WriteTensors(dir.path() / "b.safetensors", NamedTensors(all.begin() + 2, all.end()));
   LoadReport report;
-  const TensorMap gpu = LoadFile(dir.path(), Cuda(), &report);  // just written: cached
-  EXPECT_EQ(report.gpu_upload, "page-cache") << report.fallback;
+  (void)LoadFile(dir.path(), Cuda(), &report);
+  EXPECT_EQ(report.gpu_upload, "staged");
+  LoadOptions options = Cuda();
+  options.gpu_upload = GpuUpload::kPageCache;
+  const TensorMap gpu = LoadFile(dir.path(), options, &report);  // just written: cached
+  EXPECT_EQ(report.gpu_upload, "page-cache");
   EXPECT_EQ(report.io, "page-cache");
   EXPECT_GE(report.pinned_page_cache_bytes, report.bytes);
   for (const auto& [name, tensor] : all) {
@@ -133,7 +137,7 @@ TEST(CudaLoadTest, CachedFilesGoUpStraightFromThePageCache) {
   }
 }
 
-TEST(CudaLoadTest, CastsAndUncachedFilesTakeTheStagedPath) {
+TEST(CudaLoadTest, PageCacheUploadRefusesCastsAndDirectReads) {
   SKIP_WITHOUT_GPU();
   ScratchDir dir;
   WriteTensors(dir.path() / "m.safetensors", RandomTensors(3, 100001, at::kFloat, 3));
@@ -148,11 +152,14 @@ TEST(CudaLoadTest, CastsAndUncachedFilesTakeTheStagedPath) {
   EXPECT_EQ(report.gpu_upload, "staged");
   // Asked for explicitly where it cannot work: a clear error, not a silent staged load.
   cast.gpu_upload = GpuUpload::kPageCache;
-  try {
-    (void)LoadFile(dir.path() / "m.safetensors", cast);
-    FAIL() << "page-cache upload with a cast loaded";
-  } catch (const LoadError& e) {
-    EXPECT_EQ(e.rule(), "gpu-upload") << e.what();
+  direct.gpu_upload = GpuUpload::kPageCache;
+  for (const LoadOptions& options : {cast, direct}) {
+    try {
+      (void)LoadFile(dir.path() / "m.safetensors", options);
+      FAIL() << "page-cache upload with a cast or O_DIRECT loaded";
+    } catch (const LoadError& e) {
+      EXPECT_EQ(e.rule(), "gpu-upload") << e.what();
+    }
   }
 }
 
