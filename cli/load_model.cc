@@ -29,14 +29,51 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 4> kModelFlags = {{
+constexpr std::array<FlagSpec, 5> kModelFlags = {{
     {"model", "ARCH", "build ARCH (llama) from config.json on the meta device and load into it"},
     {"config", "FILE", "with --model: the config.json (default: the checkpoint's folder's)"},
     {"no-strict", "", "with --model: report missing/unexpected/mismatched keys, do not fail"},
     {"forward", "IDS", "with --model: run comma-separated token ids through the model"},
+    {"device-map", "MAP", "with --model: PREFIX=DEV,... modules by longest prefix; rest: --device"},
 }};
 
 constexpr std::string_view kConfigName = "config.json";
+
+// "--device-map model.layers.0=cuda:0,lm_head=cuda:1": whole-module prefixes and their devices
+// (DeviceMap: the longest prefix wins; everything else goes to `fallback`). Prints the error and
+// returns nullopt when malformed; devices that do not exist fail later, when loading, with rule
+// "device".
+std::optional<DeviceMap> ParseDeviceMap(std::string_view text, c10::Device fallback) {
+  DeviceMap map{fallback, {}};
+  std::set<std::string> seen;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string_view rule = text.substr(begin, end - begin);
+    const size_t eq = rule.find('=');
+    const std::string prefix(rule.substr(0, eq == std::string_view::npos ? rule.size() : eq));
+    if (eq == std::string_view::npos || prefix.empty() || eq + 1 == rule.size() ||
+        prefix.front() == '.' || prefix.back() == '.') {
+      PrintError(
+          "--device-map needs PREFIX=DEVICE rules separated by commas (e.g. "
+          "model.layers.0=cuda:0,lm_head=cpu), got '" +
+          std::string(rule) + "'");
+      return std::nullopt;
+    }
+    if (!seen.insert(prefix).second) {
+      PrintError("--device-map names '" + prefix + "' twice");
+      return std::nullopt;
+    }
+    try {
+      map.prefixes.emplace_back(prefix, ParseLoadDevice(std::string(rule.substr(eq + 1))));
+    } catch (const LoadError& e) {
+      PrintError(std::string("--device-map: ") + e.what());
+      return std::nullopt;
+    }
+    begin = end + 1;
+  }
+  return map;
+}
 
 // config.json next to the checkpoint: in it when it is a folder, beside it when it is a file.
 std::string DefaultConfigPath(const std::string& checkpoint) {
@@ -121,6 +158,20 @@ int RunLoadModel(const Args& args, const LoadOptions& options, std::optional<c10
       return kExitUsage;
     }
   }
+  std::optional<DeviceMap> device_map;
+  if (auto text = args.Get("device-map")) {
+    try {
+      device_map = ParseDeviceMap(*text, ParseLoadDevice(options.device));
+    } catch (const LoadError& e) {
+      PrintError(e.what());
+      return kExitUsage;
+    }
+    if (!device_map) return kExitUsage;
+    if (ids) {
+      PrintError("--forward runs the model on one device: it takes no --device-map");
+      return kExitUsage;
+    }
+  }
   const bool json = args.Has("json");
   const bool digest = args.Has("digest");
   const std::string config_path = args.Get("config").value_or(DefaultConfigPath(path));
@@ -148,6 +199,7 @@ int RunLoadModel(const Args& args, const LoadOptions& options, std::optional<c10
   ModelLoadOptions load_options = LlamaLoadOptions();
   load_options.load = options;
   load_options.strict = !args.Has("no-strict");
+  if (device_map) load_options.devices = *device_map;
   ModelLoadReport report;
   try {
     report = LoadInto(*model, path, load_options);
@@ -185,7 +237,10 @@ int RunLoadModel(const Args& args, const LoadOptions& options, std::optional<c10
     const auto forward_start = std::chrono::steady_clock::now();
     at::NoGradGuard no_grad;
     const int64_t tokens = static_cast<int64_t>(ids->size());
-    logits = model->forward(at::tensor(*ids, at::kLong).view({1, tokens}))[0].to(at::kFloat);
+    const c10::Device where = model->parameters().front().device();
+    logits = model->forward(at::tensor(*ids, at::kLong).view({1, tokens}).to(where))[0]
+                 .to(at::kFloat)
+                 .cpu();
     const at::Tensor argmax = logits.argmax(-1);
     for (int64_t i = 0; i < tokens; ++i) next_tokens.push_back(argmax[i].item<int64_t>());
     forward_seconds =

@@ -96,6 +96,24 @@ def test_model_digest_equals_plain_load_and_reference(shardstream_bin, tiny):
         assert model[name] == ("F32", "[" + ",".join(map(str, tensor.shape)) + "]", sha(tensor))
 
 
+def test_device_map_rules_are_parsed_and_devices_checked(shardstream_bin, tiny):
+    plain = digests(run_ok(shardstream_bin, "load", tiny, "--model", "llama", "--digest").stdout)
+    mapped = digests(run_ok(shardstream_bin, "load", tiny, "--model", "llama", "--digest",
+                            "--device-map", "model.layers.0=cpu,lm_head=cpu").stdout)
+    assert mapped == plain
+    for bad in ("model.layers.0", "=cpu", "lm_head=", "a=cpu,a=cpu", ".x=cpu", "a=tpu:0"):
+        res = run(shardstream_bin, "load", tiny, "--model", "llama", "--device-map", bad)
+        assert res.returncode == 2, (bad, res.stderr)
+        assert "--device-map" in res.stderr, (bad, res.stderr)
+    res = run(shardstream_bin, "load", tiny, "--model", "llama", "--device-map", "lm_head=cpu",
+              "--forward", "1,2")
+    assert res.returncode == 2 and "--forward" in res.stderr
+    # A GPU in the map where there is none (CI): a clear device error, not a crash.
+    res = run(shardstream_bin, "load", tiny, "--model", "llama", "--device-map", "lm_head=cuda:0")
+    if res.returncode != 0:
+        assert res.returncode == 1 and "rule: device" in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("flag,torch_dtype,label", [("bf16", "bfloat16", "BF16"),
                                                     ("f16", "float16", "F16")])
 def test_dtype_flag_casts_as_torch_does(shardstream_bin, tiny, flag, torch_dtype, label):
