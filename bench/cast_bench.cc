@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 
 #include <benchmark/benchmark.h>
-
 #include <cstdint>
 
 namespace {

@@ -11,7 +11,6 @@
 #include "io/safetensors_header.h"
 
 #include <benchmark/benchmark.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -36,7 +35,8 @@ void BM_BuildReadPlan(benchmark::State& state) {
   shardstream::io::Checkpoint checkpoint;
   checkpoint.files.push_back({"bench.safetensors", std::move(*parsed)});
   std::vector<shardstream::io::TensorLocation> targets;
-  for (uint32_t i = 0; i < checkpoint.files[0].header.tensors.size(); ++i) targets.push_back({0, i});
+  for (uint32_t i = 0; i < checkpoint.files[0].header.tensors.size(); ++i)
+    targets.push_back({0, i});
   shardstream::engine::PlanOptions options;
   options.chunk_bytes = kSlotBytes;
   options.alignment_bytes = alignment;
@@ -77,7 +77,11 @@ void BM_SlotCopy(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kSlotBytes));
 }
-BENCHMARK(BM_SlotCopy)->ArgName("pieces")->Arg(1)->Arg(64)->Arg(1024)->Unit(
-    benchmark::kMicrosecond);
+BENCHMARK(BM_SlotCopy)
+    ->ArgName("pieces")
+    ->Arg(1)
+    ->Arg(64)
+    ->Arg(1024)
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -2,9 +2,8 @@
 // Llama-like names, and for the bundled 10k-tensor fixture read from disk.
 //
 //   build/bench/header_parse_bench --benchmark_repetitions=5
-#include "io/safetensors_header.h"
-
 #include "bench/llama_header.h"
+#include "io/safetensors_header.h"
 
 #include <benchmark/benchmark.h>
 #include <filesystem>

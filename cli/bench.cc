@@ -17,11 +17,7 @@
 #include "io/file.h"
 #include "io/residency.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -35,10 +31,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <string>
 #include <vector>
 
@@ -65,20 +65,24 @@ constexpr const char* kDropCaches = "/proc/sys/vm/drop_caches";
 
 constexpr std::array<FlagSpec, 17> kFlags = {{
     {"device", "DEV", "cpu (default) or cuda:N"},
-    {"strategies", "LIST", "comma-separated, from: auto, pread, pread-direct, mmap, uring, "
-                           "uring-direct, huge-pages, zero-copy (default auto,pread,uring,"
-                           "uring-direct)"},
+    {"strategies", "LIST",
+     "comma-separated, from: auto, pread, pread-direct, mmap, uring, "
+     "uring-direct, huge-pages, zero-copy (default auto,pread,uring,"
+     "uring-direct)"},
     {"sink", "SINK", "tensors (default) or discard (the staged pipeline, bytes dropped)"},
-    {"queue-depth", "LIST", "io_uring reads in flight, e.g. 8,32: one row per value for the "
-                            "strategies that may use io_uring"},
+    {"queue-depth", "LIST",
+     "io_uring reads in flight, e.g. 8,32: one row per value for the "
+     "strategies that may use io_uring"},
     {"chunk-mb", "LIST", "largest read in MiB, e.g. 4,16: one row per value"},
     {"staging-mb", "N", "staging bound passed to every shardstream row"},
     {"repeat", "N", "rounds; every row runs once per round, interleaved (default 3)"},
-    {"cold", "", "drop the files' pages before every run (posix_fadvise DONTNEED, and "
-                 "/proc/sys/vm/drop_caches when writable), then check their residency"},
+    {"cold", "",
+     "drop the files' pages before every run (posix_fadvise DONTNEED, and "
+     "/proc/sys/vm/drop_caches when writable), then check their residency"},
     {"peers", "", "add the peer loaders installed in the Python (bench/peers/)"},
-    {"peer-dir", "DIR", "the peer drivers (default: the source tree's bench/peers, or "
-                        "$SHARDSTREAM_PEER_DIR)"},
+    {"peer-dir", "DIR",
+     "the peer drivers (default: the source tree's bench/peers, or "
+     "$SHARDSTREAM_PEER_DIR)"},
     {"json", "OUT", "write the full report (every run, machine, versions, command) to OUT"},
     {"plot", "OUT.png", "draw the table as a bar chart (bench/plot.py, needs matplotlib)"},
     {"markdown", "", "print the table as Markdown"},
@@ -176,8 +180,8 @@ ChildResult RunChild(const std::vector<std::string>& argv, double timeout_s) {
       ::kill(pid, SIGKILL);
       break;
     }
-    const int ready = ::poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(
-                                                          left.count(), 1000)));
+    const int ready =
+        ::poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(left.count(), 1000)));
     if (ready < 0 && errno != EINTR) break;
     for (size_t i = 0; i < fds.size(); ++i) {
       if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
@@ -195,7 +199,7 @@ ChildResult RunChild(const std::vector<std::string>& argv, double timeout_s) {
     if (p.fd >= 0) ::close(p.fd);
   }
   int status = 0;
-  rusage usage {};
+  rusage usage{};
   while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
   }
   result.peak_rss_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
@@ -240,8 +244,9 @@ struct Context {
 };
 
 // The seconds one ceiling child's output stands for: fresh_copy_ceiling prints them; fio's rate
-// is applied to the whole file (fio reads whole blocks only, leaving out a short tail); cuda_ceiling's best pinned H2D GB/s
-// is turned into the time to move the checkpoint's bytes at that rate.
+// is applied to the whole file (fio reads whole blocks only, leaving out a short tail);
+// cuda_ceiling's best pinned H2D GB/s is turned into the time to move the checkpoint's bytes at
+// that rate.
 io::Result<double> CeilingSeconds(const Context& ctx, CeilingKind kind, size_t file,
                                   std::string_view out) {
   if (kind == CeilingKind::kMemcpy) return bench::ParseSecondsLine(out);
@@ -265,11 +270,16 @@ RunRecord RunCeiling(const Context& ctx, const BenchRow& row) {
     switch (row.ceiling) {
       case CeilingKind::kStorageDirect:
       case CeilingKind::kStorageBuffered:
-        argv = {ctx.fio, "--name=ceiling", "--filename=" + file, "--readonly", "--rw=read",
+        argv = {ctx.fio,
+                "--name=ceiling",
+                "--filename=" + file,
+                "--readonly",
+                "--rw=read",
                 "--bs=" + std::to_string(ctx.fio_block_mb) + "M",
-                "--iodepth=" + std::to_string(ctx.fio_depth), "--ioengine=io_uring",
-                "--numjobs=1", row.ceiling == CeilingKind::kStorageDirect ? "--direct=1"
-                                                                          : "--direct=0",
+                "--iodepth=" + std::to_string(ctx.fio_depth),
+                "--ioengine=io_uring",
+                "--numjobs=1",
+                row.ceiling == CeilingKind::kStorageDirect ? "--direct=1" : "--direct=0",
                 "--output-format=json"};
         break;
       case CeilingKind::kMemcpy:
@@ -279,7 +289,8 @@ RunRecord RunCeiling(const Context& ctx, const BenchRow& row) {
       case CeilingKind::kPinnedH2D:
         argv = {ctx.tool_dir + "/cuda_ceiling", "--json", "--file", file};
         break;
-      case CeilingKind::kNone: break;
+      case CeilingKind::kNone:
+        break;
     }
     ChildResult child = RunChild(argv, ctx.timeout_s);
     run.peak_rss_bytes = std::max(run.peak_rss_bytes, child.peak_rss_bytes);
@@ -328,8 +339,8 @@ RunRecord RunLoader(const Context& ctx, const BenchRow& row) {
     return run;
   }
   run.ok = true;
-  run.seconds = report->seconds + (row.add_touch_seconds ? std::max(0.0, report->touch_seconds)
-                                                         : 0.0);
+  run.seconds =
+      report->seconds + (row.add_touch_seconds ? std::max(0.0, report->touch_seconds) : 0.0);
   run.child_resident = report->resident_fraction;
   return run;
 }
@@ -354,14 +365,16 @@ void DropPages(const Context& ctx) {
     io::Result<io::OpenFile> file = io::OpenForRead(path);
     if (!file.ok()) continue;  // the run itself will fail and say why
     io::Status dropped = io::DropCachedPages(file->fd.get());
-    if (!dropped.ok()) std::fprintf(stderr, "bench: %s\n", dropped.WithPath(path).ToString().c_str());
+    if (!dropped.ok())
+      std::fprintf(stderr, "bench: %s\n", dropped.WithPath(path).ToString().c_str());
   }
   if (ctx.drop_caches) {
     ::sync();
     const int fd = ::open(kDropCaches, O_WRONLY | O_CLOEXEC);
     if (fd >= 0) {
       // 1: the page cache only (dentries and inodes stay); a failed write leaves fadvise's drop.
-      if (::write(fd, "1", 1) != 1) std::fprintf(stderr, "bench: %s: %s\n", kDropCaches, std::strerror(errno));
+      if (::write(fd, "1", 1) != 1)
+        std::fprintf(stderr, "bench: %s: %s\n", kDropCaches, std::strerror(errno));
       ::close(fd);
     }
   }
@@ -393,7 +406,7 @@ std::vector<std::pair<std::string, std::string>> MachineInfo() {
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
   info.emplace_back("hostname", host);
-  utsname u {};
+  utsname u{};
   if (::uname(&u) == 0) {
     info.emplace_back("kernel", std::string(u.sysname) + " " + u.release + " " + u.version);
     info.emplace_back("arch", u.machine);
@@ -406,8 +419,9 @@ std::vector<std::pair<std::string, std::string>> MachineInfo() {
     }
   }
   info.emplace_back("cpus", std::to_string(::sysconf(_SC_NPROCESSORS_ONLN)));
-  info.emplace_back("memory_bytes", std::to_string(static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
-                                                   static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))));
+  info.emplace_back("memory_bytes",
+                    std::to_string(static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+                                   static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))));
   info.emplace_back("transparent_hugepage",
                     ReadSmallFile("/sys/kernel/mm/transparent_hugepage/enabled"));
   info.emplace_back("loadavg_at_start", ReadSmallFile("/proc/loadavg"));
@@ -575,7 +589,8 @@ int RunBench(std::span<char* const> argv) {
   ctx.drop_caches = ctx.cold && ::access(kDropCaches, W_OK) == 0;
   const bool quiet = args->Has("quiet");
   if (args->Has("peers") && !IsDirectory(peer_dir)) {
-    PrintError(peer_dir + ": no peer drivers there (rule: peers); set --peer-dir or "
+    PrintError(peer_dir +
+               ": no peer drivers there (rule: peers); set --peer-dir or "
                "SHARDSTREAM_PEER_DIR to shardstream's bench/peers");
     return kExitFailure;
   }
@@ -595,14 +610,15 @@ int RunBench(std::span<char* const> argv) {
   report.cold = ctx.cold;
   report.peers = args->Has("peers");
   if (ctx.cold) {
-    report.notes.push_back(
-        ctx.drop_caches ? "cold: posix_fadvise(DONTNEED) on every file and "
-                          "/proc/sys/vm/drop_caches before each run"
-                        : "cold: posix_fadvise(DONTNEED) on every file before each run "
-                          "(/proc/sys/vm/drop_caches is not writable)");
+    report.notes.push_back(ctx.drop_caches
+                               ? "cold: posix_fadvise(DONTNEED) on every file and "
+                                 "/proc/sys/vm/drop_caches before each run"
+                               : "cold: posix_fadvise(DONTNEED) on every file before each run "
+                                 "(/proc/sys/vm/drop_caches is not writable)");
   } else {
-    report.notes.push_back("warm: every file read into the page cache before the runs, again "
-                           "before a run when less than 95% of it was resident");
+    report.notes.push_back(
+        "warm: every file read into the page cache before the runs, again "
+        "before a run when less than 95% of it was resident");
   }
 
   // Rows: ceilings, the strategies, the peers.
@@ -610,10 +626,10 @@ int RunBench(std::span<char* const> argv) {
     const std::string fio_settings = " (" + std::to_string(ctx.fio_block_mb) + " MiB, depth " +
                                      std::to_string(ctx.fio_depth) + ")";
     for (CeilingKind kind : {CeilingKind::kStorageDirect, CeilingKind::kStorageBuffered}) {
-      BenchRow row = CeilingRow(std::string("ceiling: fio io_uring ") +
-                                    (kind == CeilingKind::kStorageDirect ? "O_DIRECT" : "buffered") +
-                                    fio_settings,
-                                kind);
+      BenchRow row = CeilingRow(
+          std::string("ceiling: fio io_uring ") +
+              (kind == CeilingKind::kStorageDirect ? "O_DIRECT" : "buffered") + fio_settings,
+          kind);
       if (ctx.fio.empty()) {
         report.rows.push_back(NotInstalled(std::move(row), "fio not installed"));
       } else {
@@ -684,7 +700,8 @@ int RunBench(std::span<char* const> argv) {
         resident = Residency(ctx);
       }
     }
-    RunRecord run = r.row.kind == RowKind::kCeiling ? RunCeiling(ctx, r.row) : RunLoader(ctx, r.row);
+    RunRecord run =
+        r.row.kind == RowKind::kCeiling ? RunCeiling(ctx, r.row) : RunLoader(ctx, r.row);
     run.round = slot.round;
     run.resident_before = resident;
     run.cold_dropped = !ctx.cold || dropped;

@@ -24,8 +24,12 @@ const std::array<Strategy, 8> kStrategies = {{
     {"uring", {"--io", "uring", "--direct", "off"}, "buffered io_uring", true, false, false},
     {"uring-direct", {"--io", "uring", "--direct", "on"}, "O_DIRECT io_uring", true, false, false},
     {"huge-pages", {"--huge-pages"}, "tensors in transparent huge pages", false, true, true},
-    {"zero-copy", {"--zero-copy", "--touch"}, "views of mappings + one read per page", false,
-     true, true},
+    {"zero-copy",
+     {"--zero-copy", "--touch"},
+     "views of mappings + one read per page",
+     false,
+     true,
+     true},
 }};
 
 std::vector<std::string_view> SplitList(std::string_view list) {
@@ -91,13 +95,35 @@ std::string Fixed(double value, int digits) {
 
 std::string_view CeilingKindName(CeilingKind kind) {
   switch (kind) {
-    case CeilingKind::kNone: return "none";
-    case CeilingKind::kStorageDirect: return "storage-direct";
-    case CeilingKind::kStorageBuffered: return "storage-buffered";
-    case CeilingKind::kMemcpy: return "memcpy";
-    case CeilingKind::kPinnedH2D: return "pinned-h2d";
+    case CeilingKind::kNone:
+      return "none";
+    case CeilingKind::kStorageDirect:
+      return "storage-direct";
+    case CeilingKind::kStorageBuffered:
+      return "storage-buffered";
+    case CeilingKind::kMemcpy:
+      return "memcpy";
+    case CeilingKind::kPinnedH2D:
+      return "pinned-h2d";
   }
   return "none";
+}
+
+// The ceiling in a column header.
+std::string_view CeilingShortName(CeilingKind kind) {
+  switch (kind) {
+    case CeilingKind::kStorageDirect:
+      return "fio-direct";
+    case CeilingKind::kStorageBuffered:
+      return "fio-buffer";
+    case CeilingKind::kMemcpy:
+      return "memcpy";
+    case CeilingKind::kPinnedH2D:
+      return "H2D";
+    case CeilingKind::kNone:
+      break;
+  }
+  return "ceiling";
 }
 
 }  // namespace
@@ -114,9 +140,9 @@ Result<std::vector<const Strategy*>> ParseStrategies(std::string_view list) {
     const auto it = std::find_if(kStrategies.begin(), kStrategies.end(),
                                  [&](const Strategy& s) { return s.name == item; });
     if (it == kStrategies.end()) {
-      return Status::Error(StatusCode::kInvalidArgument, "strategy",
-                           "unknown strategy '" + std::string(item) +
-                               "' (known: " + KnownStrategies() + ")");
+      return Status::Error(
+          StatusCode::kInvalidArgument, "strategy",
+          "unknown strategy '" + std::string(item) + "' (known: " + KnownStrategies() + ")");
     }
     if (std::find(out.begin(), out.end(), &*it) != out.end()) {
       return Status::Error(StatusCode::kInvalidArgument, "strategy",
@@ -146,19 +172,26 @@ Result<std::vector<uint32_t>> ParseUintList(std::string_view list, std::string_v
 
 std::string_view RowKindName(RowKind kind) {
   switch (kind) {
-    case RowKind::kCeiling: return "ceiling";
-    case RowKind::kShardstream: return "shardstream";
-    case RowKind::kPeer: return "peer";
+    case RowKind::kCeiling:
+      return "ceiling";
+    case RowKind::kShardstream:
+      return "shardstream";
+    case RowKind::kPeer:
+      return "peer";
   }
   return "?";
 }
 
 std::string_view RowStatusName(RowStatus status) {
   switch (status) {
-    case RowStatus::kOk: return "ok";
-    case RowStatus::kFailed: return "failed";
-    case RowStatus::kNotInstalled: return "not installed";
-    case RowStatus::kNotApplicable: return "not applicable";
+    case RowStatus::kOk:
+      return "ok";
+    case RowStatus::kFailed:
+      return "failed";
+    case RowStatus::kNotInstalled:
+      return "not installed";
+    case RowStatus::kNotApplicable:
+      return "not applicable";
   }
   return "?";
 }
@@ -178,9 +211,9 @@ Result<std::vector<BenchRow>> BuildShardstreamRows(std::span<const Strategy* con
                                "' keeps tensors: it cannot run with --sink discard");
     }
     if (s->cpu_only && cuda) {
-      return Status::Error(StatusCode::kInvalidArgument, "strategy",
-                           "strategy '" + std::string(s->name) + "' is for CPU tensors, not " +
-                               options.device);
+      return Status::Error(
+          StatusCode::kInvalidArgument, "strategy",
+          "strategy '" + std::string(s->name) + "' is for CPU tensors, not " + options.device);
     }
     const std::vector<uint32_t>& depths =
         s->uses_queue_depth && !options.queue_depths.empty() ? options.queue_depths : no_value;
@@ -325,7 +358,8 @@ Result<double> ParseH2DGbps(std::string_view stdout_text) {
       continue;
     }
     simdjson::dom::element value;
-    if (row["value"].get(value) == simdjson::SUCCESS) best = std::max(best, Number(value).value_or(-1));
+    if (row["value"].get(value) == simdjson::SUCCESS)
+      best = std::max(best, Number(value).value_or(-1));
   }
   if (best <= 0) return ReportError("cuda_ceiling printed no h2d_pinned figure");
   return best;
@@ -338,14 +372,14 @@ ProbeResult ParseProbe(std::string_view file_stem, int exit_status, std::string_
   const std::string_view line = LastJsonLine(stdout_text);
   simdjson::dom::parser parser;
   simdjson::dom::object object;
-  const bool parsed = !line.empty() &&
-                      parser.parse(simdjson::padded_string(line)).get(object) == simdjson::SUCCESS;
+  const bool parsed =
+      !line.empty() && parser.parse(simdjson::padded_string(line)).get(object) == simdjson::SUCCESS;
   std::string_view text;
   if (parsed && object["peer"].get_string().get(text) == simdjson::SUCCESS && !text.empty()) {
     probe.name = "peer: " + std::string(text);
   }
-  const bool known_exit = exit_status == 0 || exit_status == kProbeNotInstalled ||
-                          exit_status == kProbeNotApplicable;
+  const bool known_exit =
+      exit_status == 0 || exit_status == kProbeNotInstalled || exit_status == kProbeNotApplicable;
   if (!parsed || !known_exit) {
     probe.status = RowStatus::kFailed;
     probe.note = "probe exited " + std::to_string(exit_status) +
@@ -355,7 +389,7 @@ ProbeResult ParseProbe(std::string_view file_stem, int exit_status, std::string_
   }
   const char* key = exit_status == 0 ? "version" : "reason";
   if (object[key].get_string().get(text) == simdjson::SUCCESS) probe.note = std::string(text);
-  probe.status = exit_status == 0                   ? RowStatus::kOk
+  probe.status = exit_status == 0                    ? RowStatus::kOk
                  : exit_status == kProbeNotInstalled ? RowStatus::kNotInstalled
                                                      : RowStatus::kNotApplicable;
   return probe;
@@ -365,7 +399,8 @@ std::string StderrTail(std::string_view stderr_text, size_t max_bytes) {
   while (!stderr_text.empty() && (stderr_text.back() == '\n' || stderr_text.back() == ' ')) {
     stderr_text.remove_suffix(1);
   }
-  if (stderr_text.size() > max_bytes) stderr_text = stderr_text.substr(stderr_text.size() - max_bytes);
+  if (stderr_text.size() > max_bytes)
+    stderr_text = stderr_text.substr(stderr_text.size() - max_bytes);
   std::string out;
   for (char c : stderr_text) {
     if (c == '\n') {
@@ -411,8 +446,8 @@ std::vector<TableCells> Cells(const BenchReport& report) {
     c.name = r.row.name;
     const std::optional<Summary> s = RowSummary(r);
     if (!s) {
-      c.status = std::string(RowStatusName(r.status == RowStatus::kOk ? RowStatus::kFailed
-                                                                      : r.status));
+      c.status =
+          std::string(RowStatusName(r.status == RowStatus::kOk ? RowStatus::kFailed : r.status));
       std::string why = r.note;
       for (const RunRecord& run : r.runs) {
         if (!run.ok) {
@@ -447,8 +482,10 @@ std::vector<TableCells> Cells(const BenchReport& report) {
 std::string FormatTable(const BenchReport& report, bool markdown) {
   const std::optional<size_t> ceiling = ReferenceCeiling(report);
   const std::string percent_header =
-      ceiling ? "% of " + report.rows[*ceiling].row.name.substr(report.rows[*ceiling].row.name.find(' ') + 1)
-              : "% of ceiling";
+      ceiling
+          ? "% of " +
+                report.rows[*ceiling].row.name.substr(report.rows[*ceiling].row.name.find(' ') + 1)
+          : "% of ceiling";
   const std::vector<TableCells> cells = Cells(report);
   std::string out;
   if (markdown) {
@@ -467,21 +504,23 @@ std::string FormatTable(const BenchReport& report, bool markdown) {
   size_t width = 4;
   for (const TableCells& c : cells) width = std::max(width, c.name.size());
   char line[512];
-  std::snprintf(line, sizeof line, "%-*s %9s %9s %9s %8s %8s %9s\n", static_cast<int>(width),
-                "row", "median s", "min s", "max s", "GB/s", "% ceil", "RSS MiB");
+  const std::string percent =
+      ceiling ? "% " + std::string(CeilingShortName(report.rows[*ceiling].row.ceiling)) : "%";
+  std::snprintf(line, sizeof line, "%-*s %9s %9s %9s %8s %10s %9s\n", static_cast<int>(width),
+                "row", "median s", "min s", "max s", "GB/s", percent.c_str(), "RSS MiB");
   out += line;
   for (const TableCells& c : cells) {
     if (!c.status.empty()) {
-      out += c.name + std::string(width - std::min(width, c.name.size()) + 1, ' ') + c.status +
-             "\n";
+      out +=
+          c.name + std::string(width - std::min(width, c.name.size()) + 1, ' ') + c.status + "\n";
       continue;
     }
-    std::snprintf(line, sizeof line, "%-*s %9s %9s %9s %8s %8s %9s\n", static_cast<int>(width),
+    std::snprintf(line, sizeof line, "%-*s %9s %9s %9s %8s %10s %9s\n", static_cast<int>(width),
                   c.name.c_str(), c.median.c_str(), c.min.c_str(), c.max.c_str(), c.gbps.c_str(),
                   c.percent.c_str(), c.rss.c_str());
     out += line;
   }
-  if (ceiling) out += "% ceil: of " + report.rows[*ceiling].row.name + " (median)\n";
+  if (ceiling) out += percent + ": % of the median of '" + report.rows[*ceiling].row.name + "'\n";
   return out;
 }
 
@@ -538,9 +577,9 @@ std::string BenchReportJson(const BenchReport& report) {
     for (const std::string& a : r.row.args) out.String(a);
     out.EndArray();
     const std::optional<Summary> s = RowSummary(r);
-    out.Field("status", RowStatusName(s ? RowStatus::kOk
-                                        : (r.status == RowStatus::kOk ? RowStatus::kFailed
-                                                                      : r.status)));
+    out.Field("status",
+              RowStatusName(s ? RowStatus::kOk
+                              : (r.status == RowStatus::kOk ? RowStatus::kFailed : r.status)));
     out.Field("note", r.note);
     uint64_t rss = 0;
     for (const RunRecord& run : r.runs) rss = std::max(rss, run.peak_rss_bytes);
@@ -555,8 +594,8 @@ std::string BenchReportJson(const BenchReport& report) {
       }
       out.Field("peak_rss_bytes", rss);
     } else {
-      for (const char* key : {"median_s", "min_s", "max_s", "gbps", "percent_of_ceiling",
-                              "peak_rss_bytes"}) {
+      for (const char* key :
+           {"median_s", "min_s", "max_s", "gbps", "percent_of_ceiling", "peak_rss_bytes"}) {
         out.Key(key).Null();
       }
     }

@@ -97,11 +97,11 @@ struct RunRecord {
   uint32_t round = 0;
   bool ok = false;
   double seconds = -1;
-  uint64_t peak_rss_bytes = 0;   // the child's own (wait4's ru_maxrss); 0 when not measured
-  double resident_before = -1;   // page-cache residency of the files just before the run
-  bool cold_dropped = true;      // --cold: false when the drop left the files resident
-  double child_resident = -1;    // what a shardstream child sampled itself (--direct auto)
-  std::string error;             // !ok: why, with the tail of the child's stderr
+  uint64_t peak_rss_bytes = 0;  // the child's own (wait4's ru_maxrss); 0 when not measured
+  double resident_before = -1;  // page-cache residency of the files just before the run
+  bool cold_dropped = true;     // --cold: false when the drop left the files resident
+  double child_resident = -1;   // what a shardstream child sampled itself (--direct auto)
+  std::string error;            // !ok: why, with the tail of the child's stderr
 };
 
 enum class RowStatus : uint8_t { kOk, kFailed, kNotInstalled, kNotApplicable };
@@ -160,9 +160,9 @@ std::string StderrTail(std::string_view stderr_text, size_t max_bytes = 400);
 
 // Everything `shardstream bench` measured and where.
 struct BenchReport {
-  std::vector<std::string> command;                  // argv, exactly as given
+  std::vector<std::string> command;                          // argv, exactly as given
   std::vector<std::pair<std::string, std::string>> machine;  // hostname, kernel, cpus, ...
-  std::map<std::string, std::string> versions;       // library → version ("" unknown)
+  std::map<std::string, std::string> versions;               // library → version ("" unknown)
   std::string checkpoint;
   std::vector<std::string> files;
   uint64_t data_bytes = 0;

@@ -1,8 +1,8 @@
 #include "cli/bench_core.h"
 
-#include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <gtest/gtest.h>
 #include <string>
 #include <vector>
 
@@ -19,9 +19,9 @@ TEST(BenchStrategiesTest, ParsesTheListInTheOrderGiven) {
   auto parsed = ParseStrategies("uring-direct,pread,mmap");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   EXPECT_EQ(Names(*parsed), (std::vector<std::string>{"uring-direct", "pread", "mmap"}));
-  EXPECT_EQ(std::vector<std::string>((*parsed)[0]->load_args.begin(),
-                                     (*parsed)[0]->load_args.end()),
-            (std::vector<std::string>{"--io", "uring", "--direct", "on"}));
+  EXPECT_EQ(
+      std::vector<std::string>((*parsed)[0]->load_args.begin(), (*parsed)[0]->load_args.end()),
+      (std::vector<std::string>{"--io", "uring", "--direct", "on"}));
 }
 
 TEST(BenchStrategiesTest, DefaultListParses) {
@@ -71,9 +71,8 @@ TEST(BenchRowsTest, QueueDepthsMultiplyOnlyTheRowsThatMayUseIoUring) {
   EXPECT_EQ(names, (std::vector<std::string>{"pread chunk=4MiB", "pread chunk=16MiB",
                                              "uring qd=8 chunk=4MiB", "uring qd=8 chunk=16MiB",
                                              "uring qd=32 chunk=4MiB", "uring qd=32 chunk=16MiB"}));
-  EXPECT_EQ((*rows)[5].args,
-            (std::vector<std::string>{"--io", "uring", "--direct", "off", "--queue-depth", "32",
-                                      "--chunk-mb", "16"}));
+  EXPECT_EQ((*rows)[5].args, (std::vector<std::string>{"--io", "uring", "--direct", "off",
+                                                       "--queue-depth", "32", "--chunk-mb", "16"}));
 }
 
 TEST(BenchRowsTest, SinkDeviceAndStagingAreForwarded) {
@@ -243,10 +242,10 @@ BenchReport SampleReport() {
   report.data_bytes = 2'000'000'000;
   report.tensors = 7;
   report.repeat = 2;
-  BenchRow memcpy_row{"ceiling: memcpy into fresh memory", RowKind::kCeiling, CeilingKind::kMemcpy,
-                      {}, false};
-  BenchRow direct{"ceiling: fio io_uring O_DIRECT", RowKind::kCeiling,
-                  CeilingKind::kStorageDirect, {}, false};
+  BenchRow memcpy_row{
+      "ceiling: memcpy into fresh memory", RowKind::kCeiling, CeilingKind::kMemcpy, {}, false};
+  BenchRow direct{
+      "ceiling: fio io_uring O_DIRECT", RowKind::kCeiling, CeilingKind::kStorageDirect, {}, false};
   BenchRow pread{"pread", RowKind::kShardstream, CeilingKind::kNone, {"--io", "pread"}, false};
   BenchRow peer{"peer: broken", RowKind::kPeer, CeilingKind::kNone, {"broken.py"}, false};
   BenchRow missing{"peer: fast", RowKind::kPeer, CeilingKind::kNone, {"fast.py"}, false};

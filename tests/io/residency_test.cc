@@ -3,9 +3,9 @@
 #include "io/file.h"
 #include "tests/support/test_files.h"
 
-#include <gtest/gtest.h>
 #include <sys/vfs.h>
 
+#include <gtest/gtest.h>
 #include <string>
 
 namespace shardstream::io {
