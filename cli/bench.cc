@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <dirent.h>
 #include <fstream>
 #include <iostream>
@@ -425,6 +426,11 @@ std::vector<std::pair<std::string, std::string>> MachineInfo() {
   info.emplace_back("transparent_hugepage",
                     ReadSmallFile("/sys/kernel/mm/transparent_hugepage/enabled"));
   info.emplace_back("loadavg_at_start", ReadSmallFile("/proc/loadavg"));
+  char date[64] = {};
+  const time_t now = ::time(nullptr);
+  tm utc{};
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", ::gmtime_r(&now, &utc));
+  info.emplace_back("date_utc", date);
   return info;
 }
 

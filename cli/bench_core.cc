@@ -524,6 +524,20 @@ std::string FormatTable(const BenchReport& report, bool markdown) {
   return out;
 }
 
+namespace {
+
+// `key`: the value when `present`, else null (not measured, or the run failed).
+void NumberOrNull(io::JsonWriter& out, std::string_view key, bool present, double value) {
+  out.Key(key);
+  if (present) {
+    out.Double(value);
+  } else {
+    out.Null();
+  }
+}
+
+}  // namespace
+
 std::string BenchReportJson(const BenchReport& report) {
   const std::optional<size_t> ceiling = ReferenceCeiling(report);
   const double ceiling_s = ceiling ? RowSummary(report.rows[*ceiling])->median : 0;
@@ -586,12 +600,8 @@ std::string BenchReportJson(const BenchReport& report) {
     if (s) {
       out.Field("median_s", s->median).Field("min_s", s->min).Field("max_s", s->max);
       out.Field("gbps", s->median > 0 ? report.data_bytes / s->median / 1e9 : 0.0);
-      out.Key("percent_of_ceiling");
-      if (ceiling && s->median > 0) {
-        out.Double(100 * ceiling_s / s->median);
-      } else {
-        out.Null();
-      }
+      NumberOrNull(out, "percent_of_ceiling", ceiling && s->median > 0,
+                   100 * ceiling_s / s->median);
       out.Field("peak_rss_bytes", rss);
     } else {
       for (const char* key :
@@ -602,26 +612,11 @@ std::string BenchReportJson(const BenchReport& report) {
     out.Key("runs").BeginArray();
     for (const RunRecord& run : r.runs) {
       out.BeginObject().Field("round", uint64_t{run.round}).Field("ok", run.ok);
-      out.Key("seconds");
-      if (run.ok) {
-        out.Double(run.seconds);
-      } else {
-        out.Null();
-      }
+      NumberOrNull(out, "seconds", run.ok, run.seconds);
       out.Field("peak_rss_bytes", run.peak_rss_bytes);
-      out.Key("resident_before");
-      if (run.resident_before >= 0) {
-        out.Double(run.resident_before);
-      } else {
-        out.Null();
-      }
+      NumberOrNull(out, "resident_before", run.resident_before >= 0, run.resident_before);
       out.Field("cold_dropped", run.cold_dropped);
-      out.Key("child_resident_fraction");
-      if (run.child_resident >= 0) {
-        out.Double(run.child_resident);
-      } else {
-        out.Null();
-      }
+      NumberOrNull(out, "child_resident_fraction", run.child_resident >= 0, run.child_resident);
       out.Field("error", run.error).EndObject();
     }
     out.EndArray().EndObject();
