@@ -64,7 +64,7 @@ constexpr double kWarmEnoughFraction = 0.95;  // warm runs re-read files cached 
 constexpr size_t kWarmReadBytes = 16 << 20;
 constexpr const char* kDropCaches = "/proc/sys/vm/drop_caches";
 
-constexpr std::array<FlagSpec, 17> kFlags = {{
+constexpr std::array<FlagSpec, 18> kFlags = {{
     {"device", "DEV", "cpu (default) or cuda:N"},
     {"strategies", "LIST",
      "comma-separated, from: auto, pread, pread-direct, mmap, uring, "
@@ -80,6 +80,9 @@ constexpr std::array<FlagSpec, 17> kFlags = {{
     {"cold", "",
      "drop the files' pages before every run (posix_fadvise DONTNEED, and "
      "/proc/sys/vm/drop_caches when writable), then check their residency"},
+    {"no-drop-caches", "",
+     "--cold without /proc/sys/vm/drop_caches: only the checkpoint's pages "
+     "are dropped, other processes' cache stays (tests use it)"},
     {"peers", "", "add the peer loaders installed in the Python (bench/peers/)"},
     {"peer-dir", "DIR",
      "the peer drivers (default: the source tree's bench/peers, or "
@@ -592,7 +595,7 @@ int RunBench(std::span<char* const> argv) {
   if (!row_options.chunk_mbs.empty()) ctx.fio_block_mb = row_options.chunk_mbs.front();
   ctx.timeout_s = static_cast<double>(*timeout);
   ctx.cold = args->Has("cold");
-  ctx.drop_caches = ctx.cold && ::access(kDropCaches, W_OK) == 0;
+  ctx.drop_caches = ctx.cold && !args->Has("no-drop-caches") && ::access(kDropCaches, W_OK) == 0;
   const bool quiet = args->Has("quiet");
   if (args->Has("peers") && !IsDirectory(peer_dir)) {
     PrintError(peer_dir +
@@ -616,11 +619,15 @@ int RunBench(std::span<char* const> argv) {
   report.cold = ctx.cold;
   report.peers = args->Has("peers");
   if (ctx.cold) {
-    report.notes.push_back(ctx.drop_caches
-                               ? "cold: posix_fadvise(DONTNEED) on every file and "
-                                 "/proc/sys/vm/drop_caches before each run"
-                               : "cold: posix_fadvise(DONTNEED) on every file before each run "
-                                 "(/proc/sys/vm/drop_caches is not writable)");
+    std::string how = "cold: posix_fadvise(DONTNEED) on every file";
+    if (ctx.drop_caches) {
+      how += " and /proc/sys/vm/drop_caches before each run";
+    } else if (args->Has("no-drop-caches")) {
+      how += " before each run (--no-drop-caches)";
+    } else {
+      how += " before each run (/proc/sys/vm/drop_caches is not writable)";
+    }
+    report.notes.push_back(how);
   } else {
     report.notes.push_back(
         "warm: every file read into the page cache before the runs, again "
