@@ -41,6 +41,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <string>
+#include <thread>
 #include <vector>
 
 extern char** environ;
@@ -202,9 +203,20 @@ ChildResult RunChild(const std::vector<std::string>& argv, double timeout_s) {
   for (pollfd& p : fds) {
     if (p.fd >= 0) ::close(p.fd);
   }
+  // The pipes may close before the child exits (it closed them, or a grandchild kept them open
+  // and we stopped reading): the deadline still holds while it is waited for.
   int status = 0;
   rusage usage{};
-  while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
+  constexpr auto kWaitPoll = std::chrono::milliseconds(10);
+  while (true) {
+    const pid_t done = ::wait4(pid, &status, result.timed_out ? 0 : WNOHANG, &usage);
+    if (done == pid || (done < 0 && errno != EINTR)) break;
+    if (done == 0 && std::chrono::steady_clock::now() >= deadline) {
+      result.timed_out = true;
+      ::kill(pid, SIGKILL);
+    } else if (done == 0) {
+      std::this_thread::sleep_for(kWaitPoll);
+    }
   }
   result.peak_rss_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
   if (WIFEXITED(status)) result.exit_status = WEXITSTATUS(status);
@@ -446,27 +458,7 @@ std::map<std::string, std::string> Versions(const Context& ctx, const std::strin
   }
   ChildResult py =
       RunChild({ctx.python, bench_dir + "/peers/_common.py", "--versions"}, kProbeTimeoutS);
-  const size_t brace = py.out.find('{');
-  if (py.exit_status == 0 && brace != std::string::npos) {
-    // {"name": "1.2" | null, ...}: small and flat, read without a JSON library's DOM.
-    std::string text = py.out.substr(brace);
-    size_t at = 0;
-    while ((at = text.find('"', at)) != std::string::npos) {
-      const size_t key_end = text.find('"', at + 1);
-      if (key_end == std::string::npos) break;
-      const std::string key = text.substr(at + 1, key_end - at - 1);
-      size_t value = text.find_first_not_of(": ", key_end + 1);
-      if (value == std::string::npos) break;
-      if (text[value] == '"') {
-        const size_t value_end = text.find('"', value + 1);
-        versions[key] = text.substr(value + 1, value_end - value - 1);
-        at = value_end + 1;
-      } else {
-        versions[key] = "";
-        at = text.find_first_of(",}", value);
-      }
-    }
-  }
+  if (py.exit_status == 0) versions.merge(bench::ParseVersions(py.out));
   return versions;
 }
 

@@ -395,6 +395,26 @@ ProbeResult ParseProbe(std::string_view file_stem, int exit_status, std::string_
   return probe;
 }
 
+std::map<std::string, std::string> ParseVersions(std::string_view stdout_text) {
+  std::map<std::string, std::string> versions;
+  const std::string_view line = LastJsonLine(stdout_text);
+  simdjson::dom::parser parser;
+  simdjson::dom::object object;
+  if (line.empty() ||
+      parser.parse(simdjson::padded_string(line)).get(object) != simdjson::SUCCESS) {
+    return versions;
+  }
+  for (auto [key, value] : object) {
+    std::string_view text;
+    if (value.get_string().get(text) == simdjson::SUCCESS) {
+      versions[std::string(key)] = std::string(text);
+    } else if (value.is_null()) {
+      versions[std::string(key)] = "";
+    }
+  }
+  return versions;
+}
+
 std::string StderrTail(std::string_view stderr_text, size_t max_bytes) {
   while (!stderr_text.empty() && (stderr_text.back() == '\n' || stderr_text.back() == ' ')) {
     stderr_text.remove_suffix(1);

@@ -155,6 +155,10 @@ struct ProbeResult {
 ProbeResult ParseProbe(std::string_view file_stem, int exit_status, std::string_view stdout_text,
                        std::string_view stderr_tail);
 
+// bench/peers/_common.py --versions → package → version ("" for a package that is not installed).
+// Output that is not one JSON object of strings and nulls gives an empty map.
+std::map<std::string, std::string> ParseVersions(std::string_view stdout_text);
+
 // The last `max_bytes` of a child's stderr, on one line (newlines become " | ").
 std::string StderrTail(std::string_view stderr_text, size_t max_bytes = 400);
 

@@ -3,6 +3,7 @@
 #include <simdjson.h>
 
 #include <gtest/gtest.h>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -224,6 +225,14 @@ TEST(BenchProbeTest, CrashesAndGarbageFailTheRow) {
   ProbeResult garbage = ParseProbe("noisy", 0, "hello", "");
   EXPECT_EQ(garbage.status, RowStatus::kFailed);
   EXPECT_NE(garbage.note.find("hello"), std::string::npos);
+}
+
+TEST(BenchVersionsTest, StringsAndNullsAreKept) {
+  const auto versions =
+      ParseVersions("{\"torch\": \"2.11.0\", \"fastsafetensors\": null, \"python\": \"3.11.7\"}\n");
+  EXPECT_EQ(versions, (std::map<std::string, std::string>{
+                          {"torch", "2.11.0"}, {"fastsafetensors", ""}, {"python", "3.11.7"}}));
+  EXPECT_TRUE(ParseVersions("Traceback: no module").empty());
 }
 
 TEST(BenchStderrTailTest, KeepsTheEndOnOneLine) {
