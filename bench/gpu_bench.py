@@ -37,19 +37,24 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pipeline_bench import drop_pages as drop_file_pages  # noqa: E402
-from pipeline_bench import warm_pages as warm_file_pages  # noqa: E402
 
 
 def drop_pages(files):
+    """Drops the files' pages (fdatasync + POSIX_FADV_DONTNEED: no privileges needed)."""
     for path in files:
-        drop_file_pages(path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def warm_pages(files):
     for path in files:
-        warm_file_pages(path)
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
 
 
 PY_LOAD_FILE = r"""

@@ -2,6 +2,7 @@
 // Llama-like names, and for the bundled 10k-tensor fixture read from disk.
 //
 //   build/bench/header_parse_bench --benchmark_repetitions=5
+#include "bench/llama_header.h"
 #include "io/safetensors_header.h"
 
 #include <benchmark/benchmark.h>
@@ -10,24 +11,10 @@
 
 namespace {
 
-std::string MakeHeader(int tensors) {
-  std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
-  uint64_t offset = 0;
-  for (int i = 0; i < tensors; ++i) {
-    const uint64_t size = 4096ull * 2;
-    header += ",\"model.layers." + std::to_string(i / 9) + ".mlp.proj_" + std::to_string(i % 9) +
-              ".weight\":{\"dtype\":\"BF16\",\"shape\":[64,64],\"data_offsets\":[" +
-              std::to_string(offset) + "," + std::to_string(offset + size) + "]}";
-    offset += size;
-  }
-  header += "}";
-  return header;
-}
-
 void BM_ParseHeader(benchmark::State& state) {
   const int tensors = static_cast<int>(state.range(0));
-  const std::string header = MakeHeader(tensors);
-  const uint64_t file_bytes = 8 + header.size() + 8192ull * tensors;
+  const std::string header = shardstream::bench::LlamaHeader(tensors);
+  const uint64_t file_bytes = shardstream::bench::LlamaFileBytes(header, tensors);
   for (auto _ : state) {
     auto parsed = shardstream::io::ParseHeader(header, file_bytes);
     if (!parsed.ok()) state.SkipWithError(parsed.status().ToString().c_str());

@@ -9,5 +9,6 @@ namespace shardstream::cli {
 int RunInspect(std::span<char* const> argv);
 int RunLoad(std::span<char* const> argv);
 int RunGenerate(std::span<char* const> argv);
+int RunBench(std::span<char* const> argv);
 
 }  // namespace shardstream::cli

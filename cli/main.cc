@@ -18,13 +18,15 @@ struct Command {
   int (*run)(std::span<char* const>);
 };
 
-constexpr std::array<Command, 3> kCommands = {{
+constexpr std::array<Command, 4> kCommands = {{
     {"load", "load a checkpoint into tensors and report the time taken (or digests)",
      shardstream::cli::RunLoad},
     {"inspect", "validate a checkpoint and describe its files, tensors and dtypes",
      shardstream::cli::RunInspect},
     {"generate", "write a synthetic Llama-shaped checkpoint (sharded, with index and config)",
      shardstream::cli::RunGenerate},
+    {"bench", "time IO strategies against the machine's ceilings and the peer loaders",
+     shardstream::cli::RunBench},
 }};
 
 void PrintUsage() {

@@ -2,6 +2,7 @@
 
 #include "io/file.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -53,6 +54,15 @@ Result<double> CheckpointResidentFraction(const Checkpoint& checkpoint) {
     all_bytes += bytes;
   }
   return all_bytes > 0 ? resident_bytes / all_bytes : 1.0;
+}
+
+Status DropCachedPages(int fd) {
+  // fdatasync may fail on a read-only descriptor of some filesystems; clean pages drop anyway.
+  (void)::fdatasync(fd);
+  if (const int err = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); err != 0) {
+    return Status::FromErrno(err, "posix_fadvise(DONTNEED)");
+  }
+  return Status::Ok();
 }
 
 }  // namespace shardstream::io

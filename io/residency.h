@@ -1,4 +1,5 @@
-// How much of a file is in the page cache: the input to `--direct auto`.
+// How much of a file is in the page cache (the input to `--direct auto`), and dropping it from
+// there (`shardstream bench --cold`).
 #pragma once
 
 #include "io/checkpoint.h"
@@ -17,5 +18,11 @@ Result<double> ResidentFraction(int fd, uint64_t size_bytes);
 // as resident (the safe answer for `--direct auto`: buffered reads). Errors: a file that cannot
 // be opened.
 Result<double> CheckpointResidentFraction(const Checkpoint& checkpoint);
+
+// Asks the kernel to drop the file's pages from the page cache: fdatasync (dirty pages cannot be
+// dropped), then posix_fadvise(POSIX_FADV_DONTNEED) over the whole file. Needs no privileges, but
+// is advice: pages another process has mapped or locked stay, so check with ResidentFraction.
+// Errors carry errno (rule "io"). Thread-safe.
+Status DropCachedPages(int fd);
 
 }  // namespace shardstream::io
