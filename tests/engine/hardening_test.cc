@@ -264,7 +264,7 @@ TEST_P(HardeningTest, EveryDescriptorOpenedWhileLoadingIsCloseOnExec) {
 INSTANTIATE_TEST_SUITE_P(Routes, HardeningTest,
                          ::testing::Values(Route::kLoaderPread, Route::kLoaderUring,
                                            Route::kPipelinePread, Route::kPipelineUring),
-                         [](const auto& info) { return RouteName(info.param); });
+                         [](const auto& param_info) { return RouteName(param_info.param); });
 
 }  // namespace
 }  // namespace shardstream::engine
