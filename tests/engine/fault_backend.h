@@ -3,7 +3,10 @@
 //   - runs `before_submit(n)` before its n-th Submit (1-based): truncate or replace a file there,
 //     after the files were opened and validated, while reads are in flight;
 //   - from its `fail_from`-th Submit on, completes every request with `fail_errno` (EIO by
-//     default) after the real read, so that buffers and slots are in use when the error comes.
+//     default) after the real read, so that buffers and slots are in use when the error comes;
+//   - from its `broken_from`-th Submit on, fails Submit and every later Reap itself, as an
+//     io_uring_enter failure breaks a ring, with reads of earlier Submits still in flight (the
+//     real backend drains them when it is destroyed).
 // Not thread-safe (as every backend: one per worker thread).
 #pragma once
 
@@ -24,6 +27,7 @@ struct FaultPlan {
   std::function<void(int submit)> before_submit;
   int fail_from = 0;  // 0: never
   int fail_errno = EIO;
+  int broken_from = 0;  // 0: never
 };
 
 class FaultBackend : public io::ReadBackend {
@@ -34,12 +38,15 @@ class FaultBackend : public io::ReadBackend {
   io::Status Submit(std::span<const io::ReadRequest> requests) override {
     ++submits_;
     if (plan_.before_submit) plan_.before_submit(submits_);
+    if (plan_.broken_from != 0 && submits_ >= plan_.broken_from) broken_ = true;
+    if (broken_) return io::Status::FromErrno(plan_.fail_errno, "injected io_uring_enter");
     if (plan_.fail_from != 0 && submits_ >= plan_.fail_from) {
       for (const io::ReadRequest& r : requests) failing_.push_back(r.id);
     }
     return inner_->Submit(requests);
   }
   io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
+    if (broken_) return io::Status::FromErrno(plan_.fail_errno, "injected io_uring_enter");
     auto n = inner_->Reap(out, min);
     if (!n.ok()) return n;
     for (size_t i = 0; i < *n; ++i) {
@@ -56,6 +63,7 @@ class FaultBackend : public io::ReadBackend {
   std::unique_ptr<io::ReadBackend> inner_;
   FaultPlan plan_;
   int submits_ = 0;
+  bool broken_ = false;
   std::vector<uint64_t> failing_;  // ids of requests to fail when they complete
 };
 

@@ -154,6 +154,32 @@ TEST_P(HardeningTest, ReadErrorIsNamedAndLeavesNothingBehind) {
   EXPECT_EQ(CountOpenFds(), fds);
 }
 
+// The backend itself fails (a ring whose io_uring_enter fails) with reads still in flight: the
+// load stops with that error, waits for the reads the kernel holds, and gives everything back.
+TEST_P(HardeningTest, BrokenBackendStopsTheLoadAndLeavesNothingBehind) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
+  Loaded loaded = Prepare(path);
+  auto pool = StagingPool::Create(3 * kChunkBytes, kChunkBytes);
+  ASSERT_TRUE(pool.ok());
+  const size_t fds = CountOpenFds();
+  io::Status status = Load(
+      loaded,
+      [&](std::unique_ptr<io::ReadBackend> inner) {
+        FaultPlan plan;
+        plan.broken_from = IsPipeline(GetParam()) ? 2 : 1;
+        return std::make_unique<FaultBackend>(std::move(inner), std::move(plan));
+      },
+      pool->get());
+  if (Unavailable()) GTEST_SKIP() << unavailable_;
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.sys_errno(), EIO) << status.ToString();
+  EXPECT_NE(status.message().find("injected io_uring_enter"), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ((*pool)->in_use(), 0u);
+  EXPECT_EQ(CountOpenFds(), fds);
+}
+
 TEST_P(HardeningTest, FileTruncatedWhileLoadingIsFileChanged) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
