@@ -122,22 +122,26 @@ class HardeningTest : public ::testing::TestWithParam<Route> {
       return FillTargets(loaded.checkpoint, loaded.targets, options).status();
     });
   }
+  void SetUp() override {
+    path_ = dir_.Write("m.safetensors", PatternFile(20, 3001));
+    loaded_ = Prepare(path_);
+  }
   // io_uring was refused on this machine: the uring routes have nothing to test.
   bool Unavailable() const { return IsUring(GetParam()) && !unavailable_.empty(); }
 
+  ScratchDir dir_;
+  fs::path path_;           // 20 tensors of 3001 bytes: chunks and tensors straddle each other
+  Loaded loaded_;           // its checkpoint and one 0xAA-filled buffer per tensor
   io::UringOptions uring_;  // for the io_uring routes: queue depth, injected faults
   std::string unavailable_;
 };
 
 TEST_P(HardeningTest, ReadErrorIsNamedAndLeavesNothingBehind) {
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  Loaded loaded = Prepare(path);
   auto pool = StagingPool::Create(3 * kChunkBytes, kChunkBytes);
   ASSERT_TRUE(pool.ok());
   const size_t fds = CountOpenFds();
   io::Status status = Load(
-      loaded,
+      loaded_,
       [&](std::unique_ptr<io::ReadBackend> inner) {
         // The loader's workers may submit all their reads at once: fail from the first there.
         const int fail_from = IsPipeline(GetParam()) ? 2 : 1;
@@ -148,7 +152,7 @@ TEST_P(HardeningTest, ReadErrorIsNamedAndLeavesNothingBehind) {
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.rule(), "io") << status.ToString();
   EXPECT_EQ(status.sys_errno(), EIO) << status.ToString();
-  EXPECT_EQ(status.path(), path.string());
+  EXPECT_EQ(status.path(), path_.string());
   EXPECT_FALSE(status.tensor().empty()) << status.ToString();
   EXPECT_EQ((*pool)->in_use(), 0u);
   EXPECT_EQ(CountOpenFds(), fds);
@@ -157,14 +161,11 @@ TEST_P(HardeningTest, ReadErrorIsNamedAndLeavesNothingBehind) {
 // The backend itself fails (a ring whose io_uring_enter fails) with reads still in flight: the
 // load stops with that error, waits for the reads the kernel holds, and gives everything back.
 TEST_P(HardeningTest, BrokenBackendStopsTheLoadAndLeavesNothingBehind) {
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  Loaded loaded = Prepare(path);
   auto pool = StagingPool::Create(3 * kChunkBytes, kChunkBytes);
   ASSERT_TRUE(pool.ok());
   const size_t fds = CountOpenFds();
   io::Status status = Load(
-      loaded,
+      loaded_,
       [&](std::unique_ptr<io::ReadBackend> inner) {
         FaultPlan plan;
         plan.broken_from = IsPipeline(GetParam()) ? 2 : 1;
@@ -181,15 +182,12 @@ TEST_P(HardeningTest, BrokenBackendStopsTheLoadAndLeavesNothingBehind) {
 }
 
 TEST_P(HardeningTest, FileTruncatedWhileLoadingIsFileChanged) {
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  Loaded loaded = Prepare(path);
   const size_t fds = CountOpenFds();
   std::atomic<bool> truncated{false};
-  io::Status status = Load(loaded, [&](std::unique_ptr<io::ReadBackend> inner) {
+  io::Status status = Load(loaded_, [&](std::unique_ptr<io::ReadBackend> inner) {
     FaultPlan plan;
-    plan.before_submit = [&, path](int submit) {
-      if (submit == 1 && !truncated.exchange(true)) shardstream::testing::Truncate(path, 300);
+    plan.before_submit = [&](int submit) {
+      if (submit == 1 && !truncated.exchange(true)) shardstream::testing::Truncate(path_, 300);
     };
     return std::make_unique<FaultBackend>(std::move(inner), std::move(plan));
   });
@@ -197,7 +195,7 @@ TEST_P(HardeningTest, FileTruncatedWhileLoadingIsFileChanged) {
   ASSERT_TRUE(truncated.load()) << "the load never read";
   ASSERT_FALSE(status.ok()) << "a load from a truncated file succeeded";
   EXPECT_EQ(status.rule(), "file-changed") << status.ToString();
-  EXPECT_EQ(status.path(), path.string());
+  EXPECT_EQ(status.path(), path_.string());
   EXPECT_TRUE(status.offset().has_value());
   EXPECT_EQ(CountOpenFds(), fds);
 }
@@ -205,16 +203,13 @@ TEST_P(HardeningTest, FileTruncatedWhileLoadingIsFileChanged) {
 // rename(2) over the path while loading: the open descriptors keep the file that was validated,
 // so the load gives exactly its bytes, never a mix with the new file's.
 TEST_P(HardeningTest, FileReplacedWhileLoadingStillGivesTheValidatedBytes) {
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  auto other = dir.Write("other.safetensors", PatternFile(20, 3001, /*first=*/50));
-  Loaded loaded = Prepare(path);
+  auto other = dir_.Write("other.safetensors", PatternFile(20, 3001, /*first=*/50));
   std::atomic<bool> replaced{false};
-  io::Status status = Load(loaded, [&](std::unique_ptr<io::ReadBackend> inner) {
+  io::Status status = Load(loaded_, [&](std::unique_ptr<io::ReadBackend> inner) {
     FaultPlan plan;
     plan.before_submit = [&](int submit) {
       if (submit == 1 && !replaced.exchange(true)) {
-        ASSERT_EQ(::rename(other.c_str(), path.c_str()), 0);
+        ASSERT_EQ(::rename(other.c_str(), path_.c_str()), 0);
       }
     };
     return std::make_unique<FaultBackend>(std::move(inner), std::move(plan));
@@ -222,40 +217,34 @@ TEST_P(HardeningTest, FileReplacedWhileLoadingStillGivesTheValidatedBytes) {
   if (Unavailable()) GTEST_SKIP() << unavailable_;
   ASSERT_TRUE(replaced.load());
   ASSERT_TRUE(status.ok()) << status.ToString();
-  ExpectPattern(loaded);
+  ExpectPattern(loaded_);
 }
 
 TEST_P(HardeningTest, ShortReadsAndEagainStormsGiveExactBytes) {
   if (!IsUring(GetParam())) GTEST_SKIP() << "injected by the io_uring backend's test faults";
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  Loaded loaded = Prepare(path);
   const size_t fds = CountOpenFds();
   uring_.queue_depth = 4;
   uring_.faults_for_testing.short_read_bytes = 1000;  // every read comes back 1000 bytes at most
   uring_.faults_for_testing.eagain_every = 2;         // and every second one -EAGAIN
-  io::Status status = Load(loaded);
+  io::Status status = Load(loaded_);
   if (Unavailable()) GTEST_SKIP() << unavailable_;
   ASSERT_TRUE(status.ok()) << status.ToString();
-  ExpectPattern(loaded);
+  ExpectPattern(loaded_);
   EXPECT_EQ(CountOpenFds(), fds);
 }
 
 TEST_P(HardeningTest, RingErrorsCompleteWithErrnoAndLeaveNothingBehind) {
   if (!IsUring(GetParam())) GTEST_SKIP() << "injected by the io_uring backend's test faults";
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  Loaded loaded = Prepare(path);
   auto pool = StagingPool::Create(3 * kChunkBytes, kChunkBytes);
   ASSERT_TRUE(pool.ok());
   const size_t fds = CountOpenFds();
   uring_.faults_for_testing.fail_reads_past_offset = 20000;
   uring_.faults_for_testing.fail_reads_errno = EIO;
-  io::Status status = Load(loaded, nullptr, pool->get());
+  io::Status status = Load(loaded_, nullptr, pool->get());
   if (Unavailable()) GTEST_SKIP() << unavailable_;
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.sys_errno(), EIO) << status.ToString();
-  EXPECT_EQ(status.path(), path.string());
+  EXPECT_EQ(status.path(), path_.string());
   EXPECT_EQ((*pool)->in_use(), 0u);
   EXPECT_EQ(CountOpenFds(), fds);
 }
@@ -263,14 +252,11 @@ TEST_P(HardeningTest, RingErrorsCompleteWithErrnoAndLeaveNothingBehind) {
 // Every descriptor opened for a load (files, O_DIRECT and buffered, io_uring rings) is
 // close-on-exec: a process that forks and execs while loading must not leak them into the child.
 TEST_P(HardeningTest, EveryDescriptorOpenedWhileLoadingIsCloseOnExec) {
-  ScratchDir dir;
-  auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
-  Loaded loaded = Prepare(path);
   const std::vector<int> before = shardstream::testing::ListOpenFds();
   std::atomic<int> checks{0};
   std::vector<int> leaking;
   std::mutex mutex;
-  io::Status status = Load(loaded, [&](std::unique_ptr<io::ReadBackend> inner) {
+  io::Status status = Load(loaded_, [&](std::unique_ptr<io::ReadBackend> inner) {
     FaultPlan plan;
     plan.before_submit = [&](int) {
       // Inside the load: every file and ring of every worker is open now.
