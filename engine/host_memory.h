@@ -26,6 +26,18 @@ inline constexpr uint64_t kHugePageBytes = 2ull << 20;
 io::Result<std::byte*> AllocateHostBuffer(uint64_t size_bytes, bool huge_pages = false);
 void FreeHostBuffer(std::byte* data, uint64_t size_bytes) noexcept;
 
+// Fault injection for tests; production code never calls it. Makes the host allocation `skip`
+// allocations from now (0: the next one) fail as if the system were out of memory (rule "memory",
+// ENOMEM), once; a negative `skip` disarms it. Counts every AllocateHostBuffer (tensors, scratch)
+// and every staging pool allocation (StagingPool::Create, hence pinned pools too). Process-wide
+// and thread-safe; costs one relaxed atomic load per allocation when disarmed.
+void FailHostAllocationForTesting(int64_t skip);
+
+namespace detail {
+// True when the armed allocation failure is due now (it is then disarmed). For allocators.
+bool HostAllocationFaultDue();
+}  // namespace detail
+
 // The process's peak resident memory so far (VmHWM in /proc/self/status), 0 if unknown.
 uint64_t PeakResidentBytes();
 

@@ -20,9 +20,9 @@ namespace {
 using detail::Cancelled;
 using detail::Clock;
 using detail::FirstError;
+using detail::LocateReadError;
 using detail::ProgressReporter;
 using detail::SecondsSince;
-using detail::TensorAt;
 
 }  // namespace
 
@@ -156,8 +156,7 @@ io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
         in_flight.fetch_sub(1, std::memory_order_relaxed);
         free_slots.push_back(s);
         if (io::Status& status = done[i].status; !status.ok()) {
-          const uint64_t at = status.offset().value_or(chunk.file_offset);
-          status.WithTensor(TensorAt(checkpoint, chunk.file, at));
+          LocateReadError(status, checkpoint, chunk.file, chunk.file_offset);
           fail(std::move(status));
         } else if (!progress.Add(chunk.needed_bytes)) {
           fail(Cancelled());

@@ -24,8 +24,8 @@ namespace {
 using detail::Cancelled;
 using detail::Clock;
 using detail::FirstError;
+using detail::LocateReadError;
 using detail::ProgressReporter;
-using detail::TensorAt;
 
 uint64_t AlignDown(uint64_t value, uint64_t alignment) { return value & ~(alignment - 1); }
 
@@ -220,11 +220,7 @@ io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
   std::atomic<uint64_t> copy_nanos{0};
 
   auto fail_chunk = [&](io::Status status, uint32_t c) {
-    const Chunk& chunk = plan.chunks[c];
-    const uint64_t offset = status.offset().value_or(chunk.file_offset);
-    status.WithPath(files.path(chunk.file).string())
-        .WithTensor(TensorAt(checkpoint, chunk.file, offset))
-        .WithOffset(offset);
+    LocateReadError(status, checkpoint, plan.chunks[c].file, plan.chunks[c].file_offset);
     error.Record(std::move(status));
   };
 

@@ -3,6 +3,7 @@
 #include "engine/host_memory.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -15,6 +16,10 @@ namespace {
 // 64 bytes: O_DIRECT needs page alignment, so small pools come from posix_memalign instead.
 io::Result<std::byte*> AllocateAligned(uint64_t size_bytes) {
   if (size_bytes >= kHugePageBytes) return AllocateHostBuffer(size_bytes);
+  if (detail::HostAllocationFaultDue()) {
+    return io::Status::FromErrno(
+        ENOMEM, "injected posix_memalign of " + std::to_string(size_bytes) + " staging bytes");
+  }
   void* data = nullptr;
   if (int err = ::posix_memalign(&data, kStagingAlignment, size_bytes); err != 0) {
     return io::Status::FromErrno(

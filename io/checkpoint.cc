@@ -55,7 +55,9 @@ Result<CheckpointFile> ReadFile(const fs::path& path) {
 }
 
 // The regular files (symlinks followed; dangling ones skipped) a folder holds whose names end in
-// `suffix`, hidden ones excepted, sorted.
+// `suffix`, hidden ones excepted, sorted. An entry that cannot be examined for another reason (a
+// symlink loop, a folder on its path without search permission) is an error naming it: skipping
+// it would load a checkpoint with a shard silently missing, or report "no-checkpoint".
 Result<std::vector<fs::path>> ListWithSuffix(const fs::path& folder, std::string_view suffix) {
   std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(folder.c_str()), ::closedir);
   if (!dir) return Status::FromErrno(errno, "opendir").WithPath(folder.string());
@@ -66,7 +68,11 @@ Result<std::vector<fs::path>> ListWithSuffix(const fs::path& folder, std::string
     if (!EndsWith(name, suffix) || name.starts_with(".")) continue;
     fs::path candidate = folder / std::string(name);
     struct stat st {};
-    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(candidate);
+    if (::stat(candidate.c_str(), &st) == 0) {
+      if (S_ISREG(st.st_mode)) out.push_back(candidate);
+    } else if (errno != ENOENT) {
+      return Status::FromErrno(errno, "stat").WithPath(candidate.string());
+    }
     errno = 0;
   }
   if (errno != 0) return Status::FromErrno(errno, "readdir").WithPath(folder.string());
@@ -124,17 +130,13 @@ Status CheckShardName(std::string_view name, const fs::path& index_path) {
                      index_path);
 }
 
-Result<Checkpoint> OpenIndexed(const fs::path& index_path) {
-  SHARDSTREAM_ASSIGN_OR_RETURN(OpenFile index_file, OpenForRead(index_path));
-  simdjson::padded_string json(index_file.size_bytes);
-  SHARDSTREAM_RETURN_IF_ERROR(
-      PreadFull(index_file.fd.get(),
-                std::as_writable_bytes(std::span(json.data(), index_file.size_bytes)), 0)
-          .WithPath(index_path.string()));
+}  // namespace
 
+Result<WeightMap> ParseShardIndex(std::string_view json, const fs::path& index_path) {
+  simdjson::padded_string padded(json);
   dom::parser parser;
   dom::element root;
-  if (auto code = parser.parse(json).get(root); code) {
+  if (auto code = parser.parse(padded).get(root); code) {
     return FormatError(
         "index-json",
         std::string("index is not valid JSON (") + simdjson::error_message(code) + ")", index_path);
@@ -151,7 +153,7 @@ Result<Checkpoint> OpenIndexed(const fs::path& index_path) {
   }
 
   // tensor → shard name; a repeated key keeps the last value, as Python's json module does.
-  std::map<std::string, std::string, std::less<>> mapping;
+  WeightMap mapping;
   dom::object weight_map_object = weight_map.get_object().value_unsafe();
   for (dom::key_value_pair entry : weight_map_object) {
     if (entry.value.type() != dom::element_type::STRING) {
@@ -162,8 +164,26 @@ Result<Checkpoint> OpenIndexed(const fs::path& index_path) {
     }
     std::string_view shard = entry.value.get_string().value_unsafe();
     SHARDSTREAM_RETURN_IF_ERROR(CheckShardName(shard, index_path).WithTensor(entry.key));
-    mapping[std::string(entry.key)] = std::string(shard);
+    mapping.insert_or_assign(std::string(entry.key), std::string(shard));
   }
+  return mapping;
+}
+
+namespace {
+
+Result<Checkpoint> OpenIndexed(const fs::path& index_path) {
+  SHARDSTREAM_ASSIGN_OR_RETURN(OpenFile index_file, OpenForRead(index_path));
+  if (index_file.size_bytes > kMaxIndexBytes) {
+    return FormatError("index-too-large",
+                       "index is " + std::to_string(index_file.size_bytes) +
+                           " bytes, over the limit of " + std::to_string(kMaxIndexBytes),
+                       index_path);
+  }
+  std::string json(index_file.size_bytes, '\0');
+  SHARDSTREAM_RETURN_IF_ERROR(
+      PreadFull(index_file.fd.get(), std::as_writable_bytes(std::span(json)), 0)
+          .WithPath(index_path.string()));
+  SHARDSTREAM_ASSIGN_OR_RETURN(WeightMap mapping, ParseShardIndex(json, index_path));
 
   std::vector<std::string> shard_names;
   for (const auto& [tensor, shard] : mapping) shard_names.push_back(shard);
@@ -216,13 +236,19 @@ Result<Checkpoint> OpenIndexed(const fs::path& index_path) {
 }
 
 Result<Checkpoint> OpenFolder(const fs::path& folder) {
+  // A default name that exists but cannot be examined (symlink loop, no permission) is an error,
+  // not a reason to look for something else to load.
   const fs::path single = folder / kDefaultWeightsName;
-  if (auto st = StatPath(single); st.ok() && S_ISREG(st->st_mode)) {
-    return OpenShardFolder(folder, {single});
+  auto single_st = StatPath(single);
+  if (single_st.ok() && S_ISREG(single_st->st_mode)) return OpenShardFolder(folder, {single});
+  if (!single_st.ok() && single_st.status().code() != StatusCode::kNotFound) {
+    return std::move(single_st).status();
   }
   const fs::path default_index = folder / kDefaultIndexName;
-  if (auto st = StatPath(default_index); st.ok() && S_ISREG(st->st_mode)) {
-    return OpenIndexed(default_index);
+  auto index_st = StatPath(default_index);
+  if (index_st.ok() && S_ISREG(index_st->st_mode)) return OpenIndexed(default_index);
+  if (!index_st.ok() && index_st.status().code() != StatusCode::kNotFound) {
+    return std::move(index_st).status();
   }
   SHARDSTREAM_ASSIGN_OR_RETURN(std::vector<fs::path> indexes, ListWithSuffix(folder, kIndexSuffix));
   if (indexes.size() == 1) return OpenIndexed(indexes.front());

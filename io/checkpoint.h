@@ -11,6 +11,7 @@
 //   not-found              the path does not exist
 //   no-checkpoint          a folder with no safetensors file and no index
 //   ambiguous-index        a folder with several *.safetensors.index.json and no model.safetensors
+//   index-too-large        the index file is larger than kMaxIndexBytes
 //   index-json             the index is not valid JSON, or not an object
 //   index-weight-map       no "weight_map", or it is not an object of string → string
 //   index-shard-path       a shard name that is empty, absolute, or leaves the index's folder (..)
@@ -18,6 +19,8 @@
 //   index-tensor-missing   the index maps a tensor to a shard that does not hold it
 //   index-tensor-unmapped  a shard holds a tensor that the index does not list
 //   duplicate-tensor       the same tensor name in two files
+//   symlink-loop           the path, or a file in the folder, is a symlink loop
+//   permission-denied      the path, or a file in the folder, cannot be read
 #pragma once
 
 #include "io/safetensors_header.h"
@@ -25,6 +28,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -70,6 +75,19 @@ class Checkpoint {
     return files[location.file].header.tensors[location.index];
   }
 };
+
+// Shard indexes of real checkpoints are kilobytes (a 100k-tensor index is ~10 MB); anything far
+// larger is refused before it is read into memory.
+inline constexpr uint64_t kMaxIndexBytes = 256ull << 20;
+
+// A shard index's "weight_map": tensor name → shard file name (relative to the index's folder),
+// sorted by tensor name; a repeated tensor name keeps its last shard, as Python's json does.
+using WeightMap = std::map<std::string, std::string, std::less<>>;
+
+// Parses the JSON text of a shard index (any bytes: this is what the index fuzzer drives). Errors:
+// rules index-json, index-weight-map and index-shard-path, naming `index_path`. Does not touch the
+// filesystem. Thread-safe.
+Result<WeightMap> ParseShardIndex(std::string_view json, const std::filesystem::path& index_path);
 
 // Finds, reads and validates the checkpoint at `path`. Errors name the file (and tensor) at fault
 // and carry one of the rules above or a header rule. Reads headers only. Thread-safe.

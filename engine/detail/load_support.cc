@@ -1,5 +1,7 @@
 #include "engine/detail/load_support.h"
 
+#include <algorithm>
+
 namespace shardstream::engine::detail {
 namespace {
 
@@ -46,10 +48,25 @@ std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t f
   const io::Header& header = checkpoint.files[file].header;
   if (file_offset < header.data_offset()) return {};
   const uint64_t rel = file_offset - header.data_offset();
-  for (const io::TensorInfo& t : header.tensors) {
-    if (rel >= t.begin && rel < t.end) return t.name;
+  // Tensors are sorted by (begin, end) and contiguous: the last one beginning at or before `rel`
+  // (skipping empty ones, which hold no byte) is the candidate. Binary search: headers may list
+  // millions of tensors.
+  auto it = std::upper_bound(header.tensors.begin(), header.tensors.end(), rel,
+                             [](uint64_t r, const io::TensorInfo& t) { return r < t.begin; });
+  while (it != header.tensors.begin()) {
+    --it;
+    if (rel >= it->begin && rel < it->end) return it->name;
+    if (it->end <= rel) break;
   }
   return {};
+}
+
+void LocateReadError(io::Status& status, const io::Checkpoint& checkpoint, uint32_t file,
+                     uint64_t read_offset) {
+  const uint64_t offset = status.offset().value_or(read_offset);
+  status.WithPath(checkpoint.files[file].path.string())
+      .WithTensor(TensorAt(checkpoint, file, offset))
+      .WithOffset(offset);
 }
 
 }  // namespace shardstream::engine::detail

@@ -63,4 +63,11 @@ class ProgressReporter {
 // header, a gap): errors name it.
 std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t file_offset);
 
+// Completes the error of a read of checkpoint file `file` that started at `read_offset`: the
+// file's path, the offset where it failed (the status's own, else `read_offset`) and the tensor
+// there, each unless the status already names one. Every read error of a load goes through it, so
+// that errors name file, tensor and offset whatever backend produced them.
+void LocateReadError(io::Status& status, const io::Checkpoint& checkpoint, uint32_t file,
+                     uint64_t read_offset);
+
 }  // namespace shardstream::engine::detail

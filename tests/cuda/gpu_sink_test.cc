@@ -10,6 +10,7 @@
 #include "engine/pipeline.h"
 #include "io/checkpoint.h"
 #include "io/read_backend.h"
+#include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
 
@@ -247,36 +248,6 @@ TEST(GpuSinkTest, ConsumeReturnsBeforeTheCopyFinishes) {
   ASSERT_EQ(cudaFree(dst), cudaSuccess);
 }
 
-// Reads fail with EIO from the `when`-th Submit on: the load stops midway.
-class FailingBackend : public io::ReadBackend {
- public:
-  FailingBackend(std::unique_ptr<io::ReadBackend> inner, int when)
-      : inner_(std::move(inner)), when_(when) {}
-  io::BackendKind kind() const override { return inner_->kind(); }
-  io::Status Submit(std::span<const io::ReadRequest> requests) override {
-    if (++submits_ >= when_) {
-      for (const io::ReadRequest& r : requests) failing_.push_back(r.id);
-    }
-    return inner_->Submit(requests);
-  }
-  io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
-    auto n = inner_->Reap(out, min);
-    if (!n.ok()) return n;
-    for (size_t i = 0; i < *n; ++i) {
-      for (uint64_t id : failing_) {
-        if (out[i].id == id) out[i].status = io::Status::FromErrno(EIO, "injected read");
-      }
-    }
-    return n;
-  }
-
- private:
-  std::unique_ptr<io::ReadBackend> inner_;
-  int when_;
-  int submits_ = 0;
-  std::vector<uint64_t> failing_;
-};
-
 TEST(GpuSinkTest, FailingBackendMidLoadLeavesNoStreamWorkAndFreesTheSlots) {
   SHARDSTREAM_REQUIRE_GPU();
   ScratchDir dir;
@@ -288,8 +259,11 @@ TEST(GpuSinkTest, FailingBackendMidLoadLeavesNoStreamWorkAndFreesTheSlots) {
   ASSERT_NE(pool, nullptr);
   LoadResult result = Load(*checkpoint, device, pool.get(), 65536, {},
                            [](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
-                             return std::make_unique<FailingBackend>(
-                                 io::MakeBackend(io::BackendKind::kPread, files), 20);
+                             // Reads fail with EIO from the 20th Submit on: the load stops
+                             // midway.
+                             return std::make_unique<engine::testing::FaultBackend>(
+                                 io::MakeBackend(io::BackendKind::kPread, files),
+                                 engine::testing::FaultPlan{nullptr, 20, EIO});
                            });
   ASSERT_FALSE(result.stats.ok());
   EXPECT_EQ(result.stats.status().rule(), "io") << result.stats.status().ToString();

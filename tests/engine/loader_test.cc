@@ -1,6 +1,7 @@
 #include "engine/loader.h"
 
 #include "io/checkpoint.h"
+#include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
 
@@ -115,41 +116,20 @@ TEST(LoaderTest, FileReplacedAfterValidationIsDetectedAtOpen) {
   EXPECT_EQ(stats.status().path(), path.string());
 }
 
-// Forwards to a real backend, truncating the file just before the `when`-th request: the file
-// shrinks between planning and reading.
-class TruncatingBackend : public io::ReadBackend {
- public:
-  TruncatingBackend(const io::FileSet& files, fs::path path, int when, std::atomic<int>* count)
-      : inner_(io::MakeBackend(io::BackendKind::kPread, files)),
-        path_(std::move(path)),
-        when_(when),
-        count_(count) {}
-  io::BackendKind kind() const override { return inner_->kind(); }
-  io::Status Submit(std::span<const io::ReadRequest> requests) override {
-    if (count_->fetch_add(1) + 1 == when_) shardstream::testing::Truncate(path_, 200);
-    return inner_->Submit(requests);
-  }
-  io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
-    return inner_->Reap(out, min);
-  }
-
- private:
-  std::unique_ptr<io::ReadBackend> inner_;
-  fs::path path_;
-  int when_;
-  std::atomic<int>* count_;
-};
-
 TEST(LoaderTest, FileShrinkingWhileReadingIsAClearError) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(8, 1000));
   Loaded loaded = Prepare(path);
-  std::atomic<int> count{0};
   FillOptions options;
-  options.threads = 1;
+  options.threads = 1;  // one backend, so "the second Submit" is the load's second read
   options.chunk_bytes = 1024;
   options.make_backend = [&](const io::FileSet& files) {
-    return std::make_unique<TruncatingBackend>(files, path, 2, &count);
+    testing::FaultPlan plan;
+    plan.before_submit = [&](int submit) {
+      if (submit == 2) shardstream::testing::Truncate(path, 200);
+    };
+    return std::make_unique<testing::FaultBackend>(io::MakeBackend(io::BackendKind::kPread, files),
+                                                   std::move(plan));
   };
   auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
   ASSERT_FALSE(stats.ok());

@@ -6,6 +6,7 @@
 #include "io/checkpoint.h"
 #include "io/file.h"
 #include "io/uring_backend.h"
+#include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
 
@@ -182,43 +183,6 @@ TEST_P(PipelineTest, SharedPoolIsBoundedAndEveryLoadGivesItsSlotsBack) {
   }
 }
 
-// Forwards to a real backend; the file shrinks to 200 bytes just before the `when`-th Submit
-// (after the files were opened and checked), or, with `fail_after`, reads of that request onwards
-// complete with an injected EIO.
-class FaultyBackend : public io::ReadBackend {
- public:
-  FaultyBackend(std::unique_ptr<io::ReadBackend> inner, fs::path path, int when, bool truncate)
-      : inner_(std::move(inner)), path_(std::move(path)), when_(when), truncate_(truncate) {}
-  io::BackendKind kind() const override { return inner_->kind(); }
-  io::Status Submit(std::span<const io::ReadRequest> requests) override {
-    if (++submits_ == when_ && truncate_) shardstream::testing::Truncate(path_, 200);
-    if (submits_ >= when_ && !truncate_) {
-      for (const io::ReadRequest& r : requests) failing_.push_back(r.id);
-    }
-    return inner_->Submit(requests);
-  }
-  io::Result<size_t> Reap(std::span<io::Completion> out, size_t min) override {
-    auto n = inner_->Reap(out, min);
-    if (!n.ok()) return n;
-    for (size_t i = 0; i < *n; ++i) {
-      for (uint64_t id : failing_) {
-        if (out[i].id == id && out[i].status.ok()) {
-          out[i].status = io::Status::FromErrno(EIO, "injected read");
-        }
-      }
-    }
-    return n;
-  }
-
- private:
-  std::unique_ptr<io::ReadBackend> inner_;
-  fs::path path_;
-  int when_;
-  bool truncate_;
-  int submits_ = 0;
-  std::vector<uint64_t> failing_;
-};
-
 TEST_P(PipelineTest, FailureMidwayReleasesEverySlotAndFileAndNamesTheTensor) {
   for (const bool truncate : {true, false}) {
     SCOPED_TRACE(truncate ? "file truncated while reading" : "read fails with EIO");
@@ -238,7 +202,15 @@ TEST_P(PipelineTest, FailureMidwayReleasesEverySlotAndFileAndNamesTheTensor) {
         unavailable = inner.status().ToString();
         inner = io::MakeBackendOrError(io::BackendKind::kPread, files);
       }
-      return std::make_unique<FaultyBackend>(std::move(*inner), path, 3, truncate);
+      testing::FaultPlan plan;
+      if (truncate) {
+        plan.before_submit = [&](int submit) {
+          if (submit == 3) shardstream::testing::Truncate(path, 200);
+        };
+      } else {
+        plan.fail_from = 3;
+      }
+      return std::make_unique<testing::FaultBackend>(std::move(*inner), std::move(plan));
     };
     auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
     if (!unavailable.empty()) GTEST_SKIP() << unavailable;

@@ -2,6 +2,7 @@
 // its failure modes.
 #include "integration/load.h"
 
+#include "engine/host_memory.h"
 #include "io/file.h"
 #include "tests/support/test_files.h"
 
@@ -275,6 +276,27 @@ TEST(LoadFileTest, UnreadableFileThrowsPermissionDenied) {
     }
     return false;
   });
+}
+
+// A tensor allocation that fails midway (ENOMEM, injected) fails the load with rule "memory",
+// naming file and tensor; the tensors allocated before it are freed with the map (the engine
+// suites run the same path under LeakSanitizer) and no descriptor stays open.
+TEST(LoadFileTest, TensorAllocationFailureThrowsMemoryAndLeavesNothingOpen) {
+  const size_t fds = shardstream::testing::CountOpenFds();
+  engine::FailHostAllocationForTesting(3);
+  try {
+    LoadFile(Fixture("mixed.safetensors"));
+    engine::FailHostAllocationForTesting(-1);
+    FAIL() << "loaded without memory for a tensor";
+  } catch (const LoadError& e) {
+    engine::FailHostAllocationForTesting(-1);
+    EXPECT_EQ(e.rule(), "memory") << e.what();
+    EXPECT_EQ(e.code(), io::StatusCode::kResourceExhausted);
+    EXPECT_EQ(e.file(), Fixture("mixed.safetensors").string());
+    EXPECT_FALSE(e.tensor().empty()) << e.what();
+  }
+  EXPECT_EQ(shardstream::testing::CountOpenFds(), fds);
+  EXPECT_EQ(LoadFile(Fixture("mixed.safetensors")).size(), 10u);  // the fault fired once
 }
 
 TEST(LoadFileTest, CancelledLoadThrowsAndReturnsNothing) {

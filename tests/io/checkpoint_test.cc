@@ -225,3 +225,96 @@ TEST(CheckpointTest, UnreadableFileIsPermissionDenied) {
 
 }  // namespace
 }  // namespace shardstream::io
+
+namespace shardstream::io {
+namespace {
+
+// Limits and hostile filesystems: each a clear error naming the file and the rule.
+
+TEST(CheckpointLimitsTest, ZeroByteFileIsHeaderTooSmall) {
+  ScratchDir dir;
+  auto path = dir.Write("empty.safetensors", "");
+  ExpectRule(OpenCheckpoint(path), "header-too-small", "empty.safetensors");
+  ExpectRule(OpenCheckpoint(dir.path()), "header-too-small", "empty.safetensors");
+}
+
+TEST(CheckpointLimitsTest, FolderWithoutSafetensorsHasNoCheckpoint) {
+  ScratchDir dir;
+  dir.Write("config.json", "{}");
+  dir.Write("README.md", "weights elsewhere");
+  dir.Write("sub/model.safetensors", Shard({{"a", 1}}));  // not looked for in subfolders
+  auto result = OpenCheckpoint(dir.path());
+  ExpectRule(result, "no-checkpoint", dir.path().filename().string());
+  EXPECT_EQ(result.status().code(), StatusCode::kNotFound);
+}
+
+// A loop where model.safetensors should be used to be skipped, and the folder then reported as
+// holding no checkpoint; a looping shard was silently left out of a shard folder.
+TEST(CheckpointLimitsTest, SymlinkLoopInsideAFolderIsAClearError) {
+  {
+    ScratchDir dir;
+    fs::create_symlink(dir.path() / "model.safetensors", dir.path() / "model.safetensors");
+    ExpectRule(OpenCheckpoint(dir.path()), "symlink-loop", "model.safetensors");
+  }
+  {
+    ScratchDir dir;
+    dir.Write("a.safetensors", Shard({{"a", 1}}));
+    fs::create_symlink(dir.path() / "b.safetensors", dir.path() / "b.safetensors");
+    ExpectRule(OpenCheckpoint(dir.path()), "symlink-loop", "b.safetensors");
+  }
+  {
+    ScratchDir dir;
+    fs::create_symlink(dir.path() / "x.safetensors.index.json",
+                       dir.path() / "model.safetensors.index.json");
+    fs::create_symlink(dir.path() / "model.safetensors.index.json",
+                       dir.path() / "x.safetensors.index.json");
+    ExpectRule(OpenCheckpoint(dir.path()), "symlink-loop", "model.safetensors.index.json");
+  }
+}
+
+TEST(CheckpointLimitsTest, DanglingSymlinkInAFolderIsSkipped) {
+  ScratchDir dir;
+  dir.Write("a.safetensors", Shard({{"a", 1}}));
+  fs::create_symlink(dir.path() / "gone", dir.path() / "b.safetensors");
+  auto result = OpenCheckpoint(dir.path());
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->files.size(), 1u);
+}
+
+TEST(CheckpointLimitsTest, UnreadableFolderIsPermissionDenied) {
+  ScratchDir dir;
+  const fs::path folder = dir.path() / "locked";
+  dir.Write("locked/model.safetensors", Shard({{"a", 1}}));
+  // The scratch folder is 0700: let the unprivileged child reach `locked`, so that it is the
+  // folder's own permissions that stop it.
+  shardstream::testing::Chmod(dir.path(), 0755);
+  shardstream::testing::Chmod(folder, 0);
+  shardstream::testing::ExpectTrueWithoutPrivileges([&] {
+    auto result = OpenCheckpoint(folder);
+    return !result.ok() && result.status().rule() == "permission-denied" &&
+           result.status().path().find("locked") != std::string::npos;
+  });
+  shardstream::testing::Chmod(folder, 0755);
+}
+
+TEST(CheckpointLimitsTest, IndexOverTheSizeLimitIsRefusedWithoutReadingIt) {
+  ScratchDir dir;
+  auto index = dir.Write("model.safetensors.index.json", "{}");
+  shardstream::testing::Truncate(index, kMaxIndexBytes + 1);  // sparse: nothing to read
+  ExpectRule(OpenCheckpoint(dir.path()), "index-too-large", "model.safetensors.index.json");
+}
+
+TEST(ShardIndexTest, ParsesTheWeightMapLastDuplicateWinning) {
+  auto map =
+      ParseShardIndex(R"({"weight_map":{"b":"s2","a":"s1","b":"s3"},"metadata":{}})", "i.json");
+  ASSERT_TRUE(map.ok()) << map.status().ToString();
+  EXPECT_EQ(*map, (WeightMap{{"a", "s1"}, {"b", "s3"}}));
+  auto bad = ParseShardIndex(R"({"weight_map":{"a":"../s"}})", "dir/i.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().rule(), "index-shard-path");
+  EXPECT_EQ(bad.status().path(), "dir/i.json");
+  EXPECT_EQ(bad.status().tensor(), "a");
+}
+
+}  // namespace
+}  // namespace shardstream::io

@@ -487,6 +487,24 @@ TEST_P(BackendConformanceTest, LeavesNoFileDescriptorsBehind) {
   EXPECT_EQ(CountOpenFds(), before);
 }
 
+// Files (also with O_DIRECT), mappings and io_uring rings: nothing a backend opens may leak into a
+// child that a fork+exec makes while it lives.
+TEST_P(BackendConformanceTest, EveryDescriptorItOpensIsCloseOnExec) {
+  const std::vector<int> before = shardstream::testing::ListOpenFds();
+  TestFiles files({1u << 20, 4096});
+  auto backend = Make(files.set());
+  ASSERT_NE(backend, nullptr);
+  auto mapping = files.set().Mapping(0);
+  ASSERT_TRUE(mapping.ok()) << mapping.status().ToString();
+  std::vector<std::unique_ptr<Read>> reads;
+  reads.push_back(MakeRead(0, 0, 4096, {4096}));
+  ASSERT_TRUE(backend->Submit(Requests(reads)).ok());
+  EXPECT_GT(CountOpenFds(), before.size());  // the files are open now
+  EXPECT_EQ(shardstream::testing::FdsWithoutCloexec(before), std::vector<int>{});
+  std::vector<Status> statuses;
+  ASSERT_NO_FATAL_FAILURE(ReapAll(*backend, reads.size(), &statuses));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformanceTest,
                          ::testing::Values(BackendKind::kPread, BackendKind::kMmap,
                                            BackendKind::kUring),

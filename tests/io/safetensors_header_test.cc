@@ -2,8 +2,12 @@
 
 #include "tests/support/test_files.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <gtest/gtest.h>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shardstream::io {
@@ -289,6 +293,96 @@ TEST(SafetensorsHeaderTest, ParsesTwentyThousandTensors) {
   ASSERT_TRUE(h.ok()) << h.status().ToString();
   EXPECT_EQ(h->tensors.size(), 20000u);
   EXPECT_EQ(h->Find("layer.19999.weight")->begin, 79996u);
+}
+
+}  // namespace
+}  // namespace shardstream::io
+
+namespace shardstream::io {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A header of exactly `bytes` bytes: tensors with long names (U8 [1], one byte each) up to the
+// size, padded with trailing spaces (valid JSON whitespace). Returns it and its tensor count.
+std::pair<std::string, uint64_t> HeaderOfSize(uint64_t bytes) {
+  const std::string pad(160, 'n');
+  std::string header = "{";
+  header.reserve(bytes);
+  uint64_t n = 0;
+  while (true) {
+    std::string entry = "\"" + pad + std::to_string(n) +
+                        "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" +
+                        std::to_string(n) + "," + std::to_string(n + 1) + "]}";
+    if (header.size() + 1 + entry.size() + 1 > bytes) break;
+    if (n) header += ',';
+    header += entry;
+    ++n;
+  }
+  header += '}';
+  header.append(bytes - header.size(), ' ');
+  return {std::move(header), n};
+}
+
+double ParseSeconds(const std::string& header, uint64_t tensors) {
+  const auto start = Clock::now();
+  Result<Header> h = ParseHeader(header, kHeaderLengthBytes + header.size() + tensors);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  EXPECT_TRUE(h.ok()) << h.status().ToString();
+  if (h.ok()) {
+    EXPECT_EQ(h->tensors.size(), tensors);
+  }
+  return seconds;
+}
+
+// The largest header the format allows parses in time linear in its size: 10× the bytes (and
+// tensors) may take at most 40× the time; quadratic work would take 100×. The slack is for caches:
+// the name tables of 442k tensors miss where those of 44k did not (~0.6 vs ~1.4 µs per tensor). The
+// biggest file is also read through ReadHeader, as a load would.
+TEST(HeaderLimitsTest, HeaderAtTheLimitParsesInLinearTime) {
+  auto [small, small_tensors] = HeaderOfSize(kMaxHeaderBytes / 10);
+  const double small_seconds =
+      std::min(ParseSeconds(small, small_tensors), ParseSeconds(small, small_tensors));
+  auto [large, large_tensors] = HeaderOfSize(kMaxHeaderBytes);
+  ASSERT_EQ(large.size(), kMaxHeaderBytes);
+  const double large_seconds = ParseSeconds(large, large_tensors);
+  std::printf("[ parse    ] %llu-byte header (%llu tensors): %.3f s; %llu bytes: %.3f s\n",
+              static_cast<unsigned long long>(large.size()),
+              static_cast<unsigned long long>(large_tensors), large_seconds,
+              static_cast<unsigned long long>(small.size()), small_seconds);
+  EXPECT_LT(large_seconds, 40 * small_seconds + 0.1);
+
+  ScratchDir dir;
+  auto path =
+      dir.Write("limit.safetensors", SafetensorsBytes(large, std::string(large_tensors, 'x')));
+  Result<Header> h = ReadHeader(path);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(h->header_bytes, kMaxHeaderBytes);
+  EXPECT_EQ(h->tensors.size(), large_tensors);
+}
+
+// 50 million '[' then as many ']': refused at the nesting limit, without recursing (no stack
+// overflow) and fast.
+TEST(HeaderLimitsTest, NestingAsDeepAsTheLimitAllowsIsRefusedWithoutRecursion) {
+  const std::string header =
+      std::string(kMaxHeaderBytes / 2, '[') + std::string(kMaxHeaderBytes / 2, ']');
+  const auto start = Clock::now();
+  Result<Header> h = ParseHeader(header, kHeaderLengthBytes + header.size());
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().rule(), "header-json");
+  EXPECT_NE(h.status().message().find("nested deeper"), std::string::npos) << h.status().ToString();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - start).count(), 30.0);
+}
+
+TEST(HeaderLimitsTest, MetadataValueFillingTheHeaderIsAccepted) {
+  const std::string prefix = "{\"__metadata__\":{\"k\":\"";
+  const std::string suffix = "\"}}";
+  std::string header =
+      prefix + std::string(kMaxHeaderBytes - prefix.size() - suffix.size(), 'v') + suffix;
+  Result<Header> h = ParseHeader(header, kHeaderLengthBytes + header.size());
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  ASSERT_TRUE(h->metadata.has_value());
+  EXPECT_EQ(h->metadata->at(0).second.size(), kMaxHeaderBytes - prefix.size() - suffix.size());
 }
 
 }  // namespace

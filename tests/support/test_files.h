@@ -8,6 +8,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace shardstream::testing {
 
@@ -32,6 +33,12 @@ class ScratchDir {
   std::filesystem::path path_;
 };
 
+// A test process that dies without unwinding (sanitizer report, crash, SIGKILL on timeout) leaves
+// its ScratchDirs behind. They are named shardstream-test-PID-XXXXXX; this removes, under `tmp`,
+// those whose process no longer exists and that are over 5 minutes old. Each process's first
+// ScratchDir runs it on $TMPDIR (default /tmp).
+void SweepDeadProcessesFolders(const std::string& tmp);
+
 // mkdir -p, truncate(2), chmod(2); throw std::runtime_error on failure. (Test binaries that link
 // torch must not call std::filesystem's operations: see test_files.cc.)
 void MakeDirs(const std::filesystem::path& dir);
@@ -41,6 +48,11 @@ void Chmod(const std::filesystem::path& path, unsigned mode);
 // How many file descriptors this process has open (entries of /proc/self/fd, read with POSIX
 // calls), for tests that check a failed load leaks none.
 size_t CountOpenFds();
+// The descriptors this process has open, ascending (the one used to list them excluded).
+std::vector<int> ListOpenFds();
+// Of ListOpenFds(), those without FD_CLOEXEC that are not in `known` (e.g. what was open before a
+// load): a descriptor a library opened and a fork+exec would leak into the child.
+std::vector<int> FdsWithoutCloexec(const std::vector<int>& known = {});
 
 // Expects `check()` to return true when run without privileges: directly when the test is not
 // root, else in a child process that drops to uid/gid 65534 first (root reads any file, so a
