@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <string>
 
@@ -37,6 +38,13 @@ void ExpectNothingLeft(const FakeDevice& device) {
   EXPECT_EQ(device.pending(), 0u);
   EXPECT_EQ(device.live_streams(), 0u);
   EXPECT_EQ(device.unpinned_while_copying(), 0u);
+}
+
+void AppendFourBytes(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::write(fd, "xxxx", 4), 4);
+  ::close(fd);
 }
 
 struct Shape {
@@ -141,10 +149,7 @@ TEST(PageCacheUploadTest, AFileThatChangedSizeFailsTheLoad) {
   auto path = dir.Write("m.safetensors", PatternFile(4, 3001));
   Loaded loaded = Prepare(path);
   // Grown after the header was validated: the pinned bytes may be right, the load must not say so.
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::write(fd, "xxxx", 4), 4);
-  ::close(fd);
+  AppendFourBytes(path);
   FakeDevice device;
   auto stats = UploadFromPageCache(loaded.checkpoint, loaded.targets, Small(2, 1), device);
   ASSERT_FALSE(stats.ok());
@@ -161,10 +166,7 @@ TEST(PageCacheUploadTest, AFileThatGrowsWhileLoadingFailsTheLoad) {
   bool grown = false;
   options.progress = [&](const engine::Progress&) {
     if (!grown) {
-      const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-      EXPECT_GE(fd, 0);
-      EXPECT_EQ(::write(fd, "xxxx", 4), 4);
-      ::close(fd);
+      AppendFourBytes(path);
       grown = true;
     }
     return true;
