@@ -209,21 +209,23 @@ TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options
     std::vector<cuda::DeviceTarget> device_targets;
     targets.reserve(planned.size());
     device_targets.reserve(planned.size());
+    // The dtype on the device: `dtype` for floating-point tensors, else as stored.
+    auto device_dtype = [&](const Planned& p) {
+      return options.dtype && at::isFloatingType(p.dtype) ? *options.dtype : p.dtype;
+    };
     const uint64_t allocations_before = torch_cuda->device_allocations(device.index());
     if (options.reserve_device_memory) {
       uint64_t reservation = 0;
       for (const Planned& p : planned) {
-        const bool cast = options.dtype && at::isFloatingType(p.dtype) && p.dtype != *options.dtype;
         const auto elements = static_cast<uint64_t>(c10::multiply_integers(p.shape));
-        detail::AddDeviceReservation(elements * c10::elementSize(cast ? *options.dtype : p.dtype),
-                                     &reservation);
+        detail::AddDeviceReservation(elements * c10::elementSize(device_dtype(p)), &reservation);
       }
       detail::ReserveDeviceMemory(device, reservation);
     }
     for (const Planned& p : planned) {
       const io::TensorInfo& t = checkpoint.tensor(p.location);
-      const bool cast = options.dtype && at::isFloatingType(p.dtype) && p.dtype != *options.dtype;
-      const c10::ScalarType dtype = cast ? *options.dtype : p.dtype;
+      const c10::ScalarType dtype = device_dtype(p);
+      const bool cast = dtype != p.dtype;
       at::Tensor tensor = at::empty(p.shape, at::TensorOptions().dtype(dtype).device(device));
       auto* data = static_cast<std::byte*>(tensor.data_ptr());
       targets.push_back(engine::LoadTarget{p.location, data});

@@ -95,23 +95,51 @@ c10::Device DeviceMap::For(const std::string& name) const {
   return best ? best->second : fallback;
 }
 
-MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices) {
+MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices,
+                             bool reserve_device_memory) {
+  // The meta tensors, once each (tied names share a TensorImpl), with their devices.
+  std::vector<std::pair<at::Tensor, c10::Device>> meta;
+  std::unordered_set<const c10::TensorImpl*> seen;
+  auto collect = [&](const std::string& name, const at::Tensor& tensor) {
+    if (!tensor.defined() || !tensor.is_meta()) return;  // real already
+    if (seen.insert(tensor.unsafeGetTensorImpl()).second) {
+      meta.emplace_back(tensor, devices.For(name));
+    }
+  };
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    collect(item.key(), item.value());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    collect(item.key(), item.value());
+  }
+
+  // One caching-allocator block per GPU for what goes there (detail::ReserveDeviceMemory).
+  std::map<c10::DeviceIndex, uint64_t> reservations;
+  for (const auto& [tensor, device] : meta) {
+    if (device.is_cuda()) {
+      detail::AddDeviceReservation(tensor.nbytes(), &reservations[device.index()]);
+    }
+  }
+  std::map<c10::DeviceIndex, uint64_t> allocations_before;
+  for (const auto& [index, bytes] : reservations) {
+    const c10::Device device(c10::kCUDA, index);
+    allocations_before[index] = detail::RequireTorchCuda(device).device_allocations(index);
+    if (reserve_device_memory) detail::ReserveDeviceMemory(device, bytes);
+  }
+
   MaterializeStats stats;
-  auto give_storage = [&](const std::string& name, const at::Tensor& tensor) {
-    if (!tensor.defined() || !tensor.is_meta()) return;  // real already, or a tie done earlier
-    at::Tensor real = at::empty(tensor.sizes(), tensor.options().device(devices.For(name)));
+  for (const auto& [tensor, device] : meta) {
+    at::Tensor real = at::empty(tensor.sizes(), tensor.options().device(device));
     // The deliberate bypass of Tensor::set_data's compatibility check (see skeleton.h): storage,
     // sizes, strides, dtype, device and dispatch keys come from `real`; the TensorImpl, its
     // autograd metadata and version counter stay, so every holder of this tensor sees the change.
     tensor.unsafeGetTensorImpl()->shallow_copy_from(real.getIntrusivePtr());
     stats.bytes += real.nbytes();
     ++stats.tensors;
-  };
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    give_storage(item.key(), item.value());
   }
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
-    give_storage(item.key(), item.value());
+  for (const auto& [index, before] : allocations_before) {
+    stats.device_allocations +=
+        detail::RequireTorchCuda(c10::Device(c10::kCUDA, index)).device_allocations(index) - before;
   }
   return stats;
 }
@@ -385,34 +413,8 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   }
 
   stage_start = Clock::now();
-  // The bytes Materialize is about to allocate on each GPU: one caching-allocator block per GPU
-  // for them (detail::ReserveDeviceMemory), unless asked not to.
-  std::map<c10::DeviceIndex, uint64_t> reservations;
-  {
-    std::unordered_set<const c10::TensorImpl*> seen;  // tied weights count once
-    auto count = [&](const std::string& name, const at::Tensor& tensor) {
-      if (!tensor.defined() || !tensor.is_meta()) return;
-      if (!seen.insert(tensor.unsafeGetTensorImpl()).second) return;
-      const c10::Device device = devices.For(name);
-      if (device.is_cuda()) {
-        detail::AddDeviceReservation(tensor.nbytes(), &reservations[device.index()]);
-      }
-    };
-    for (const auto& item : module.named_parameters(/*recurse=*/true))
-      count(item.key(), item.value());
-    for (const auto& item : module.named_buffers(/*recurse=*/true)) count(item.key(), item.value());
-  }
-  std::map<c10::DeviceIndex, uint64_t> allocations_before;
-  for (const auto& [index, bytes] : reservations) {
-    const c10::Device device(c10::kCUDA, index);
-    allocations_before[index] = detail::RequireTorchCuda(device).device_allocations(index);
-    if (options.load.reserve_device_memory) detail::ReserveDeviceMemory(device, bytes);
-  }
-  out.materialized = Materialize(module, devices);
-  for (const auto& [index, before] : allocations_before) {
-    out.device_allocations +=
-        detail::RequireTorchCuda(c10::Device(c10::kCUDA, index)).device_allocations(index) - before;
-  }
+  out.materialized = Materialize(module, devices, options.load.reserve_device_memory);
+  out.device_allocations = out.materialized.device_allocations;
   out.stages.emplace_back("materialize", SecondsSince(stage_start));
 
   // Targets: straight into the module's storage where dtype and layout allow, else via scratch.

@@ -56,13 +56,18 @@ struct DeviceMap {
 struct MaterializeStats {
   uint64_t bytes = 0;  // allocated
   size_t tensors = 0;  // distinct tensors given storage (tied names count once)
+  // cudaMalloc calls torch's caching allocator made for them, over every GPU.
+  uint64_t device_allocations = 0;
 };
 
 // Gives every meta parameter and buffer of `module` (recursively) uninitialised, contiguous
 // storage on its device, in place (see the header comment). Tensors already on a real device are
-// left alone; tied tensors (one TensorImpl under several names) are allocated once. Throws
-// c10::Error when the device cannot allocate.
-MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices);
+// left alone; tied tensors (one TensorImpl under several names) are allocated once. On a GPU they
+// are split from one caching-allocator block per device unless `reserve_device_memory` is false
+// (LoadOptions::reserve_device_memory). Throws c10::Error when the device cannot allocate, and
+// LoadError rule "device" when a GPU in `devices` cannot be used.
+MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices,
+                             bool reserve_device_memory = true);
 MaterializeStats Materialize(torch::nn::Module& module, c10::Device device = c10::kCPU);
 
 // Computes a non-persistent buffer in place. `owner` is the module that registered it (e.g. the
