@@ -28,6 +28,15 @@ struct PlanOptions {
   uint64_t max_gap_bytes = kDefaultMaxGapBytes;  // unwanted bytes read through to save a read
 };
 
+// A part of a target's source tensor and where it lands: `length` bytes from `source_offset`
+// inside the tensor go to destination + `destination_offset`. A whole tensor is one run (0, 0,
+// size); views and slices are several (engine/fill.h).
+struct Run {
+  uint64_t source_offset = 0;
+  uint64_t destination_offset = 0;
+  uint64_t length = 0;
+};
+
 // A part of one target tensor that one chunk holds.
 struct Piece {
   uint32_t target = 0;         // index into the targets passed to BuildReadPlan
