@@ -198,7 +198,7 @@ def test_fio_ceilings_match_the_pipeline_and_sweep_the_disk(shardstream_bin, che
     page = rows["page-cache"]
     # Warm: fio buffered with the pipeline's block size and depth, one job per thread.
     assert page["status"] == "ok", page
-    assert page["fio"] == [f"buffered 2 MiB qd=16 {jobs} job{'s' if jobs > 1 else ''}"]
+    assert set(page["fio"]) == {f"buffered 2 MiB qd=16 {jobs} job{'s' if jobs > 1 else ''}"}
     disk = rows["storage"]
     assert disk["status"] == "ok", disk
     assert all(f.startswith("O_DIRECT") for f in disk["fio"])  # warm: the disk is O_DIRECT
@@ -209,7 +209,7 @@ def test_fio_ceilings_match_the_pipeline_and_sweep_the_disk(shardstream_bin, che
     assert rows["pread chunk=2MiB"]["ceiling_row"].startswith("ceiling: memcpy")
     assert "--invalidate=0" in next(n for n in report["notes"] if n.startswith("fio:"))
 
-    cold = bench(shardstream_bin, checkpoint, "--strategies", "pread", "--repeat", "2", "--cold",
+    cold = bench(shardstream_bin, checkpoint, "--strategies", "pread", "--repeat", "1", "--cold",
                  "--no-drop-caches", "--json", out, "--quiet")
     assert cold.returncode == 0, cold.stderr
     report = json.loads(out.read_text())
