@@ -247,9 +247,10 @@ std::optional<size_t> ReferenceCeiling(const BenchReport& report);
 // bypass the cache); every other row the reference. nullopt when that ceiling has no summary.
 std::optional<size_t> RowCeiling(const BenchReport& report, size_t row);
 
-// Whether row `row` ran more than kCeilingTolerance faster than its own ceiling (median against
-// median): then the ceiling is not one. Exempt (always false): ceiling rows, lazy rows, rows
-// without a summary or a ceiling.
+// Whether row `row` ran more than kCeilingTolerance faster than its own ceiling: its median run
+// against the ceiling's best run (a ceiling is the best the machine does; median against median
+// marks noise on a busy machine). Then the ceiling is not one. Exempt (always false): ceiling
+// rows, lazy rows, rows without a summary or a ceiling.
 bool CeilingExceeded(const BenchReport& report, size_t row);
 
 // The fio sweep's winner in the run with the row's median time (the lower middle for an even
