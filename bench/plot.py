@@ -59,7 +59,8 @@ def main(report_path, out_path):
     for i, row in enumerate(c for c in ceilings if c["status"] == "ok"):
         gbps = gb / row["median_s"]
         color, style = CEILING_STYLES[i % len(CEILING_STYLES)]
-        winner = f" [{row['winner']}]" if row.get("winner") and len(row.get("fio", [])) > 1 else ""
+        sweep = len(set(row.get("fio", []))) > 1  # not the same settings tried again
+        winner = f" [{row['winner']}]" if row.get("winner") and sweep else ""
         ax.axvline(gbps, color=color, linestyle=style, linewidth=1.5, zorder=3,
                    label=f"{row['name']}{winner}: {gbps:.2f} GB/s")
     ax.set_yticks(y)

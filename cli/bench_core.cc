@@ -657,7 +657,10 @@ std::vector<TableCells> Cells(const BenchReport& report) {
       cells.push_back(std::move(c));
       continue;
     }
-    if (r.row.fio.size() > 1) {
+    // A sweep (not the same settings tried again): its winner after the name.
+    const bool sweep = std::any_of(r.row.fio.begin(), r.row.fio.end(),
+                                   [&](const FioSettings& f) { return !(f == r.row.fio.front()); });
+    if (sweep) {
       if (const std::string winner = MedianRunDetail(r); !winner.empty()) c.name += ": " + winner;
     }
     c.median = Fixed(s->median, 3);

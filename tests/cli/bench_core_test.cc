@@ -599,6 +599,10 @@ TEST(BenchFioTest, TheTableNamesTheWinnerOfTheMedianRun) {
   EXPECT_EQ(std::string_view(root["rows"].at(1)["runs"].at(1)["detail"].get_string()),
             "buffered 16 MiB qd=32 2 jobs");
   EXPECT_EQ(MedianRunDetail(report.rows[0]), "");  // memcpy: no sweep
+  // The same settings tried again are no sweep: no winner after the name.
+  report.rows[1].row.fio = FioCeilingRows({4 << 20, 8, 2, false}, /*cold=*/false)[0].fio;
+  EXPECT_NE(FormatTable(report, true).find("| ceiling: disk | 1.500 |"), std::string::npos)
+      << FormatTable(report, true);
 }
 
 TEST(BenchRowsTest, DirectAndLazyRowsAreKnown) {
