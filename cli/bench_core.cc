@@ -770,7 +770,7 @@ std::string BenchReportJson(const BenchReport& report) {
   size_t exceeded = 0;
   for (size_t i = 0; i < report.rows.size(); ++i) exceeded += CeilingExceeded(report, i);
   io::JsonWriter out;
-  out.BeginObject().Field("schema", "shardstream-bench/1");
+  out.BeginObject().Field("schema", "shardstream-bench/2");
   out.Key("command").BeginArray();
   for (const std::string& word : report.command) out.String(word);
   out.EndArray();

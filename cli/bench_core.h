@@ -262,7 +262,8 @@ std::string MedianRunDetail(const RowResult& row);
 // fio settings after its name. Markdown when `markdown`.
 std::string FormatTable(const BenchReport& report, bool markdown);
 
-// The JSON report (schema "shardstream-bench/1"): machine, versions, command, checkpoint,
+// The JSON report (schema "shardstream-bench/2"; /1 named the fio ceilings "storage-direct" and
+// "storage-buffered" and held every row to one ceiling): machine, versions, command, checkpoint,
 // settings, notes, the run order, and per row its kind, args, status, note, summary (null unless
 // ok), GB/s, its own ceiling (name), % of it, ceiling_exceeded, peak RSS, a sweep's fio settings
 // and winner, and every run.

@@ -328,7 +328,7 @@ TEST(BenchJsonTest, ReportFollowsTheSchema) {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   ASSERT_EQ(parser.parse(simdjson::padded_string(json)).get(root), simdjson::SUCCESS) << json;
-  EXPECT_EQ(std::string_view(root["schema"].get_string()), "shardstream-bench/1");
+  EXPECT_EQ(std::string_view(root["schema"].get_string()), "shardstream-bench/2");
   EXPECT_EQ(root["command"].get_array().size(), 3u);
   EXPECT_EQ(std::string_view(root["versions"]["torch"].get_string()), "2.11.0");
   EXPECT_TRUE(root["versions"]["fastsafetensors"].is_null());

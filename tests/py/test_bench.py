@@ -124,7 +124,7 @@ def test_report_schema_order_and_failed_peers(shardstream_bin, checkpoint, tmp_p
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
 
-    assert report["schema"] == "shardstream-bench/1"
+    assert report["schema"] == "shardstream-bench/2"
     assert report["command"][1:4] == ["bench", str(checkpoint), "--strategies"]
     for key in ("hostname", "kernel", "cpus", "memory_bytes"):
         assert report["machine"][key], key
