@@ -3,7 +3,8 @@
 //
 // Every run is a fresh child process (so no run inherits warm destination memory from another):
 // `shardstream load CKPT --json --quiet ...` for the strategies, fio / fresh_copy_ceiling /
-// cuda_ceiling for the ceilings, `python3 bench/peers/DRIVER.py` for the peers. The children's
+// cuda_ceiling for the ceilings, `PYTHON bench/peers/DRIVER.py` for the peers (PYTHON: --python,
+// $SHARDSTREAM_PYTHON, else the one CMake was configured with, else python3). The children's
 // own reports give the times (measured inside each process: start-up left out of every row);
 // wait4's rusage gives each child's peak RSS. The pure parts (parsing, order, statistics, table,
 // JSON) are in cli/bench_core.h. This file keeps to POSIX calls: the binary links libtorch, which
@@ -84,7 +85,9 @@ constexpr std::array<FlagSpec, 18> kFlags = {{
     {"no-drop-caches", "",
      "--cold without /proc/sys/vm/drop_caches: only the checkpoint's pages "
      "are dropped, other processes' cache stays (tests use it)"},
-    {"peers", "", "add the peer loaders installed in the Python (bench/peers/)"},
+    {"peers", "",
+     "add the peer loaders installed in the Python (bench/peers/; scripts/install-deps --peers "
+     "installs them)"},
     {"peer-dir", "DIR",
      "the peer drivers (default: the source tree's bench/peers, or "
      "$SHARDSTREAM_PEER_DIR)"},
