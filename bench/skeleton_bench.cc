@@ -14,10 +14,10 @@
 //    Both end with the same bytes in the same model (checked after the first pair).
 // Prints every run and, per config and method, the median with min and max. Not a test: run by
 // hand, on a quiet machine, with the checkpoint in the page cache for warm numbers.
-#include "integration/layers.h"
-#include "integration/llama.h"
-#include "integration/load.h"
-#include "integration/skeleton.h"
+#include "shardstream/layers.h"
+#include "shardstream/llama.h"
+#include "shardstream/load.h"
+#include "shardstream/skeleton.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>

@@ -1,7 +1,7 @@
 // `shardstream load CKPT`: load a checkpoint into CPU tensors and report how long it took, or
 // print a digest of every tensor.
 
-#include "integration/load.h"
+#include "shardstream/load.h"
 
 #include "cli/args.h"
 #include "cli/commands.h"

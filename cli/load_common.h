@@ -5,7 +5,7 @@
 #include "cli/args.h"
 #include "cli/format.h"
 #include "engine/loader.h"
-#include "integration/load.h"
+#include "shardstream/load.h"
 #include "io/json_writer.h"
 
 #include <ATen/core/Tensor.h>

@@ -1,14 +1,14 @@
 // `shardstream load CKPT --model llama`: the meta-skeleton path. Builds the model described by
 // config.json on the meta device (no memory, no init), materialises it, streams the checkpoint
 // straight into its parameters, computes its non-persistent buffers, and reports the time of each
-// step and the keys that did not fit (integration/skeleton.h).
+// step and the keys that did not fit (shardstream/skeleton.h).
 
 #include "cli/args.h"
 #include "cli/format.h"
 #include "cli/load_common.h"
 #include "integration/dtype.h"
-#include "integration/llama.h"
-#include "integration/skeleton.h"
+#include "shardstream/llama.h"
+#include "shardstream/skeleton.h"
 #include "io/json_writer.h"
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-#include "integration/layers.h"
+#include "shardstream/layers.h"
 
 #include <ATen/ATen.h>
 

@@ -1,4 +1,4 @@
-#include "integration/llama.h"
+#include "shardstream/llama.h"
 
 #include <ATen/ATen.h>
 

@@ -1,4 +1,4 @@
-#include "integration/llama_config.h"
+#include "shardstream/llama_config.h"
 
 #include <simdjson.h>
 

@@ -1,4 +1,4 @@
-#include "integration/load.h"
+#include "shardstream/load.h"
 
 #include "engine/host_memory.h"
 #include "integration/detail/fill_torch.h"

@@ -1,10 +1,10 @@
-#include "integration/skeleton.h"
+#include "shardstream/skeleton.h"
 
 #include "engine/host_memory.h"
 #include "integration/detail/fill_torch.h"
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
-#include "integration/layers.h"
+#include "shardstream/layers.h"
 #include "io/checkpoint.h"
 
 #include <ATen/ATen.h>

@@ -1,7 +1,7 @@
 // Layers for meta-device skeletons: each constructor takes torch::TensorOptions and registers its
 // tensors with exactly those options, uninitialised. With a meta device (SkeletonOptions) nothing
 // is allocated and no init kernel runs: the module is shapes and dtypes only, ready for
-// Materialize and LoadInto (integration/skeleton.h). Stock torch::nn::Linear and Embedding cannot
+// Materialize and LoadInto (shardstream/skeleton.h). Stock torch::nn::Linear and Embedding cannot
 // do this in C++: they take no device and randomly initialise on the CPU in their constructors.
 //
 // Built on a real device these layers hold uninitialised memory until something fills them.
@@ -10,7 +10,7 @@
 // (run them under at::NoGradGuard); a module is not thread-safe while it is loaded.
 #pragma once
 
-#include "integration/llama_config.h"
+#include "shardstream/llama_config.h"
 
 #include <torch/nn/module.h>
 
@@ -60,7 +60,7 @@ class RMSNorm : public torch::nn::Module {
 // Rotary position embedding. Its buffer `inv_freq` [dim / 2] (float32, on the options' device) is
 // non-persistent: checkpoints do not hold it (or hold a stale copy), so the constructor only
 // registers it and the re-init stage of LoadInto computes it with ComputeInvFreq, through the
-// buffer registry (DefaultBufferRegistry in integration/skeleton.h).
+// buffer registry (DefaultBufferRegistry in shardstream/skeleton.h).
 class RotaryEmbedding : public torch::nn::Module {
  public:
   RotaryEmbedding(const RopeParameters& rope, const torch::TensorOptions& options);

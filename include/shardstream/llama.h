@@ -14,9 +14,9 @@
 // attention with grouped-query heads and a causal mask, for checking loads, not for serving.
 #pragma once
 
-#include "integration/layers.h"
-#include "integration/llama_config.h"
-#include "integration/skeleton.h"
+#include "shardstream/layers.h"
+#include "shardstream/llama_config.h"
+#include "shardstream/skeleton.h"
 
 #include <torch/nn/module.h>
 

@@ -5,7 +5,7 @@
 //   shardstream::ModelLoadReport report = shardstream::LoadInto(*model, "model_dir/");
 //
 // A skeleton is a torch::nn::Module whose parameters and buffers live on the meta device (shapes
-// and dtypes, no memory), e.g. one built from integration/layers.h. Materialize gives each of them
+// and dtypes, no memory), e.g. one built from shardstream/layers.h. Materialize gives each of them
 // uninitialised storage on a real device *in place*: the TensorImpl a module member (`weight`),
 // named_parameters() and every tied alias point at stays the same object; only its storage,
 // device and dispatch keys change. This is TensorImpl::shallow_copy_from, the operation under
@@ -21,13 +21,13 @@
 // non-persistent buffers (BufferRegistry). The report lists what was missing, unexpected,
 // mismatched (shape) and re-initialised, as transformers does.
 //
-// Failure: LoadError (integration/load.h) naming file, tensor and rule. In strict mode (the
+// Failure: LoadError (shardstream/load.h) naming file, tensor and rule. In strict mode (the
 // default) missing, unexpected or mismatched keys fail the load before any byte is read, naming
 // them. After a failed read the module's tensors hold unspecified bytes: discard the module.
 // Not thread-safe for one module; different modules may load concurrently.
 #pragma once
 
-#include "integration/load.h"
+#include "shardstream/load.h"
 
 #include <torch/nn/module.h>
 

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "engine/fill.h"
-#include "integration/load.h"
+#include "shardstream/load.h"
 #include "io/checkpoint.h"
 
 #include <ATen/core/Tensor.h>

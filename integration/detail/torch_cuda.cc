@@ -1,7 +1,7 @@
 #include "integration/detail/torch_cuda.h"
 
 #include "cuda/device.h"
-#include "integration/load.h"
+#include "shardstream/load.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>

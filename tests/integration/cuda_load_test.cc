@@ -3,9 +3,9 @@
 // on the device; a second load reuses the pinned staging; a Llama skeleton loaded on the GPU
 // equals the CPU one. Skips, with the reason, where there is no GPU.
 #include "cuda/device.h"
-#include "integration/llama.h"
-#include "integration/load.h"
-#include "integration/skeleton.h"
+#include "shardstream/llama.h"
+#include "shardstream/load.h"
+#include "shardstream/skeleton.h"
 #include "tests/integration/tensor_checkpoint.h"
 #include "tests/support/test_files.h"
 

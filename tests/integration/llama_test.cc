@@ -1,8 +1,8 @@
 // config.json parsing and the rotary inverse frequencies, against formulas computed here in double
 // precision (independently of ATen and of integration/layers.cc).
-#include "integration/llama.h"
+#include "shardstream/llama.h"
 
-#include "integration/llama_config.h"
+#include "shardstream/llama_config.h"
 
 #include <ATen/ATen.h>
 

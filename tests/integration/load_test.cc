@@ -1,6 +1,6 @@
 // LoadFile against the fixtures' independent checksums, through every backend and zero-copy, and
 // its failure modes.
-#include "integration/load.h"
+#include "shardstream/load.h"
 
 #include "engine/host_memory.h"
 #include "io/file.h"

@@ -1,10 +1,10 @@
 // Meta skeletons, Materialize and LoadInto: allocation counts, identity of materialised tensors,
 // bytes against LoadFile and an independent writer, key reports, renames, tied weights, casts,
 // non-persistent buffers.
-#include "integration/skeleton.h"
+#include "shardstream/skeleton.h"
 
-#include "integration/layers.h"
-#include "integration/llama.h"
+#include "shardstream/layers.h"
+#include "shardstream/llama.h"
 #include "tests/integration/tensor_checkpoint.h"
 #include "tests/support/test_files.h"
 
