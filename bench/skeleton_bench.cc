@@ -14,10 +14,7 @@
 //    Both end with the same bytes in the same model (checked after the first pair).
 // Prints every run and, per config and method, the median with min and max. Not a test: run by
 // hand, on a quiet machine, with the checkpoint in the page cache for warm numbers.
-#include "shardstream/layers.h"
-#include "shardstream/llama.h"
-#include "shardstream/load.h"
-#include "shardstream/skeleton.h"
+#include "integration/detail/llama_config.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -32,6 +29,11 @@
 #include <map>
 #include <string>
 #include <vector>
+
+#include "shardstream/layers.h"
+#include "shardstream/llama.h"
+#include "shardstream/load.h"
+#include "shardstream/skeleton.h"
 
 namespace {
 
@@ -138,7 +140,7 @@ int main(int argc, char** argv) {
 
   for (const std::string& dir : checkpoints) {
     shardstream::io::Result<LlamaConfig> config =
-        shardstream::ReadLlamaConfig(std::filesystem::path(dir) / "config.json");
+        shardstream::detail::ReadLlamaConfig(std::filesystem::path(dir) / "config.json");
     if (!config.ok()) {
       std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
       return 1;

@@ -64,7 +64,7 @@ std::vector<DigestLine> Digest(const TensorMap& tensors, const LoadReport& repor
   sources.reserve(tensors.size());
   for (const auto& [name, tensor] : tensors) {
     const LoadReport::FileTensor& source = report.file_tensors.at(name);
-    sources.push_back({name, std::string(io::DTypeName(source.dtype)), source.shape, tensor});
+    sources.push_back({name, source.dtype, source.shape, tensor});
   }
   return DigestTensors(sources);
 }
@@ -343,7 +343,7 @@ int RunLoad(std::span<char* const> argv) {
     WriteLoadFields(out, args->positional()[0], report, options);
     FieldOrNull(out, "touch_seconds", touch_seconds);
     out.Key("raw_dtypes").BeginObject();
-    for (const auto& [name, dtype] : report.raw_dtypes) out.Field(name, io::DTypeName(dtype));
+    for (const auto& [name, dtype] : report.raw_dtypes) out.Field(name, dtype);
     out.EndObject();
     if (digest) WriteDigestJson(out, digests);
     out.EndObject();
@@ -360,7 +360,7 @@ int RunLoad(std::span<char* const> argv) {
     text << "touch       " << touch << "\n";
   }
   for (const auto& [name, dtype] : report.raw_dtypes) {
-    text << "note        '" << name << "' is " << io::DTypeName(dtype)
+    text << "note        '" << name << "' is " << dtype
          << ", which torch cannot represent: loaded as uint8 bytes\n";
   }
   text << std::flush;

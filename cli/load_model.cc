@@ -6,9 +6,8 @@
 #include "cli/args.h"
 #include "cli/format.h"
 #include "cli/load_common.h"
+#include "integration/detail/llama_config.h"
 #include "integration/dtype.h"
-#include "shardstream/llama.h"
-#include "shardstream/skeleton.h"
 #include "io/json_writer.h"
 
 #include <ATen/ATen.h>
@@ -25,6 +24,9 @@
 #include <set>
 #include <string>
 #include <vector>
+
+#include "shardstream/llama.h"
+#include "shardstream/skeleton.h"
 
 namespace shardstream::cli {
 namespace {
@@ -175,7 +177,7 @@ int RunLoadModel(const Args& args, const LoadOptions& options, std::optional<c10
   const bool json = args.Has("json");
   const bool digest = args.Has("digest");
   const std::string config_path = args.Get("config").value_or(DefaultConfigPath(path));
-  io::Result<LlamaConfig> config = ReadLlamaConfig(config_path);
+  io::Result<LlamaConfig> config = detail::ReadLlamaConfig(config_path);
   if (!config.ok()) {
     PrintError(config.status().ToString());
     return kExitFailure;

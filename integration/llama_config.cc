@@ -1,4 +1,6 @@
-#include "shardstream/llama_config.h"
+#include "integration/detail/llama_config.h"
+
+#include "integration/detail/errors.h"
 
 #include <simdjson.h>
 
@@ -150,6 +152,8 @@ std::string_view RopeTypeName(RopeType type) {
   return "default";
 }
 
+namespace detail {
+
 io::Result<LlamaConfig> ParseLlamaConfig(std::string_view json) {
   simdjson::padded_string padded(json);
   dom::parser parser;
@@ -220,6 +224,20 @@ io::Result<LlamaConfig> ReadLlamaConfig(const std::filesystem::path& path) {
   io::Result<LlamaConfig> config = ParseLlamaConfig(std::string_view(text.data(), text.size()));
   if (!config.ok()) return std::move(config).status().WithPath(path.string());
   return config;
+}
+
+}  // namespace detail
+
+LlamaConfig ParseLlamaConfig(std::string_view json) {
+  io::Result<LlamaConfig> config = detail::ParseLlamaConfig(json);
+  ThrowIfError(config.status());
+  return std::move(config).value();
+}
+
+LlamaConfig ReadLlamaConfig(const std::filesystem::path& path) {
+  io::Result<LlamaConfig> config = detail::ReadLlamaConfig(path);
+  ThrowIfError(config.status());
+  return std::move(config).value();
 }
 
 }  // namespace shardstream

@@ -1,6 +1,7 @@
 #include "shardstream/load.h"
 
 #include "engine/host_memory.h"
+#include "integration/detail/errors.h"
 #include "integration/detail/fill_torch.h"
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
@@ -50,18 +51,69 @@ std::optional<GpuUpload> ParseGpuUpload(std::string_view name) {
   return std::nullopt;
 }
 
-LoadError::LoadError(const io::Status& status)
-    : std::runtime_error(status.ToString()),
-      rule_(status.rule()),
-      file_(status.path()),
-      tensor_(status.tensor()),
-      offset_(status.offset()),
-      code_(status.code()),
-      sys_errno_(status.sys_errno()) {}
+ErrorCode ToErrorCode(io::StatusCode code) {
+  switch (code) {
+    case io::StatusCode::kInvalidArgument:
+      return ErrorCode::kInvalidArgument;
+    case io::StatusCode::kNotFound:
+      return ErrorCode::kNotFound;
+    case io::StatusCode::kInvalidFormat:
+      return ErrorCode::kInvalidFormat;
+    case io::StatusCode::kIoError:
+      return ErrorCode::kIoError;
+    case io::StatusCode::kPermissionDenied:
+      return ErrorCode::kPermissionDenied;
+    case io::StatusCode::kResourceExhausted:
+      return ErrorCode::kResourceExhausted;
+    case io::StatusCode::kUnsupported:
+      return ErrorCode::kUnsupported;
+    case io::StatusCode::kCancelled:
+      return ErrorCode::kCancelled;
+    case io::StatusCode::kOk:
+    case io::StatusCode::kInternal:
+      return ErrorCode::kInternal;
+  }
+  return ErrorCode::kInternal;
+}
+
+std::string_view ErrorCodeName(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+      return io::StatusCodeName(io::StatusCode::kInvalidArgument);
+    case ErrorCode::kNotFound:
+      return io::StatusCodeName(io::StatusCode::kNotFound);
+    case ErrorCode::kInvalidFormat:
+      return io::StatusCodeName(io::StatusCode::kInvalidFormat);
+    case ErrorCode::kIoError:
+      return io::StatusCodeName(io::StatusCode::kIoError);
+    case ErrorCode::kPermissionDenied:
+      return io::StatusCodeName(io::StatusCode::kPermissionDenied);
+    case ErrorCode::kResourceExhausted:
+      return io::StatusCodeName(io::StatusCode::kResourceExhausted);
+    case ErrorCode::kUnsupported:
+      return io::StatusCodeName(io::StatusCode::kUnsupported);
+    case ErrorCode::kCancelled:
+      return io::StatusCodeName(io::StatusCode::kCancelled);
+    case ErrorCode::kInternal:
+      return io::StatusCodeName(io::StatusCode::kInternal);
+  }
+  return "internal";
+}
+
+LoadError ToLoadError(const io::Status& status) {
+  return LoadError(status.ToString(), LoadError::Fields{.rule = status.rule(),
+                                                        .file = status.path(),
+                                                        .tensor = status.tensor(),
+                                                        .offset = status.offset(),
+                                                        .code = ToErrorCode(status.code()),
+                                                        .sys_errno = status.sys_errno()});
+}
 
 void ThrowIfError(const io::Status& status) {
-  if (!status.ok()) throw LoadError(status);
+  if (!status.ok()) throw ToLoadError(status);
 }
+
+std::string_view Version() { return SHARDSTREAM_VERSION; }
 
 namespace {
 
@@ -84,8 +136,9 @@ std::vector<Planned> PlanTensors(const io::Checkpoint& checkpoint, const LoadOpt
       const io::TensorInfo& t = tensors[i];
       auto shape = TorchShape(t);
       if (!shape.ok()) ThrowIfError(std::move(shape).status().WithPath(file));
-      out.file_tensors.emplace(t.name, LoadReport::FileTensor{t.dtype, t.shape});
-      if (!TorchDType(t.dtype)) out.raw_dtypes.emplace(t.name, t.dtype);
+      const std::string dtype_name(io::DTypeName(t.dtype));
+      out.file_tensors.emplace(t.name, LoadReport::FileTensor{dtype_name, t.shape});
+      if (!TorchDType(t.dtype)) out.raw_dtypes.emplace(t.name, dtype_name);
       // Packed sub-byte types have no conversion kernel in torch: refuse before reading anything.
       if (options.dtype && io::DTypeBits(t.dtype) < 8) {
         ThrowIfError(LoadStatus("cast", std::string(io::DTypeName(t.dtype)) +

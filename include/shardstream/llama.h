@@ -2,7 +2,7 @@
 // of transformers' LlamaForCausalLM (model.embed_tokens.weight, model.layers.N.self_attn.q_proj
 // .weight, ..., lm_head.weight), so that its checkpoints load by name.
 //
-//   LlamaConfig config = *ReadLlamaConfig("model/config.json");
+//   LlamaConfig config = ReadLlamaConfig("model/config.json");  // throws LoadError rule "config"
 //   auto model = std::make_shared<LlamaForCausalLM>(config, SkeletonOptions(at::kBFloat16));
 //   LoadInto(*model, "model/", LlamaLoadOptions(config));   // materialise, stream, re-init
 //   at::Tensor logits = model->forward(input_ids);           // [batch, tokens, vocab]
@@ -14,15 +14,15 @@
 // attention with grouped-query heads and a causal mask, for checking loads, not for serving.
 #pragma once
 
-#include "shardstream/layers.h"
-#include "shardstream/llama_config.h"
-#include "shardstream/skeleton.h"
-
 #include <torch/nn/module.h>
 
 #include <memory>
 #include <optional>
 #include <vector>
+
+#include "shardstream/layers.h"
+#include "shardstream/llama_config.h"
+#include "shardstream/skeleton.h"
 
 namespace shardstream {
 

@@ -9,8 +9,6 @@
 // Thread-safe (pure functions).
 #pragma once
 
-#include "io/status.h"
-
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -53,11 +51,11 @@ struct LlamaConfig {
   RopeParameters rope;
 };
 
-// Parses config.json text. Errors: rule "config" naming the field that is missing, malformed or
-// unsupported (a model_type other than llama, a rope type other than default/linear/llama3, a
-// hidden_act other than silu, inconsistent head counts).
-io::Result<LlamaConfig> ParseLlamaConfig(std::string_view json);
+// Parses config.json text. Throws LoadError (shardstream/load.h) rule "config" naming the field
+// that is missing, malformed or unsupported (a model_type other than llama, a rope type other than
+// default/linear/llama3, a hidden_act other than silu, inconsistent head counts).
+LlamaConfig ParseLlamaConfig(std::string_view json);
 // Reads and parses a config.json file; errors carry its path.
-io::Result<LlamaConfig> ReadLlamaConfig(const std::filesystem::path& path);
+LlamaConfig ReadLlamaConfig(const std::filesystem::path& path);
 
 }  // namespace shardstream

@@ -11,17 +11,18 @@
 // is read until touched, and truncating a mapped file while its tensors live kills the process
 // with SIGBUS, as with every mmap-based loader.
 //
-// Dtypes: each safetensors dtype loads as its torch dtype (integration/dtype.h). F4 loads as
+// Dtypes: each safetensors dtype loads as its torch dtype (F8_E4M3 as Float8_e4m3fn, U16 as
+// UInt16, ...). F4 loads as
 // float4_e2m1fn_x2 with the last dimension halved (an odd last dimension is rule "f4-shape"); the
 // F6 types, which torch cannot represent, load as flat uint8 bytes and are listed in
 // LoadReport::raw_dtypes; asking to cast them is rule "cast".
 //
 // Failure: LoadFile throws LoadError, naming file, tensor, offset and cause; it never returns a
 // partly loaded map. Thread-safe: loads may run concurrently.
+//
+// This is a public, installed header (include/shardstream/): it includes only torch, the standard
+// library and shardstream/read.h, never shardstream's io/ or engine/ internals.
 #pragma once
-
-#include "io/dtype.h"
-#include "io/status.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -32,6 +33,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -92,35 +94,52 @@ struct LoadReport : ReadReport {
   // process's one-time CUDA start-up (library load, context creation), as Python loaders are
   // timed after torch.cuda.init().
   double seconds = 0;
-  std::map<std::string, io::DType> raw_dtypes;  // tensors loaded as bytes: name → file dtype
+  // Tensors loaded as bytes: name → the file's dtype, as safetensors spells it ("F6_E2M3").
+  std::map<std::string, std::string> raw_dtypes;
   // Every tensor as written in the file (F4 and F6 load with other dtypes and shapes).
   struct FileTensor {
-    io::DType dtype;
+    std::string dtype;  // as safetensors spells it: "BF16", "F8_E4M3", "F4", ...
     std::vector<uint64_t> shape;
   };
   std::map<std::string, FileTensor> file_tensors;
 };
 
-// Every failure of LoadFile. what() is one line: "FILE: tensor 'NAME': CAUSE (rule: RULE)".
+// What kind of failure a LoadError is; the rule() names the precise check.
+enum class ErrorCode : uint8_t {
+  kInvalidArgument,    // the caller asked for something impossible (bad option, bad name)
+  kNotFound,           // a path or tensor that does not exist
+  kInvalidFormat,      // a file that breaks the safetensors format or the shard index rules
+  kIoError,            // the OS said no: open/read/stat failed (sys_errno() is set)
+  kPermissionDenied,   // EACCES/EPERM on a path
+  kResourceExhausted,  // out of memory, staging, file descriptors
+  kUnsupported,        // a feature this build or this machine does not have
+  kCancelled,          // the progress callback asked to stop
+  kInternal,           // a broken invariant inside shardstream: a bug
+};
+std::string_view ErrorCodeName(ErrorCode code);
+
+// Every failure of LoadFile and LoadInto. what() is one line:
+// "FILE: tensor 'NAME': CAUSE (rule: RULE)".
 class LoadError : public std::runtime_error {
  public:
-  explicit LoadError(const io::Status& status);
-  const std::string& rule() const { return rule_; }
-  const std::string& file() const { return file_; }
-  const std::string& tensor() const { return tensor_; }
-  std::optional<uint64_t> offset() const { return offset_; }
-  io::StatusCode code() const { return code_; }
-  int sys_errno() const { return sys_errno_; }  // the errno of the failing call, 0 if none
+  struct Fields {
+    std::string rule, file, tensor;
+    std::optional<uint64_t> offset;
+    ErrorCode code = ErrorCode::kInternal;
+    int sys_errno = 0;
+  };
+  LoadError(const std::string& what, Fields fields)
+      : std::runtime_error(what), fields_(std::move(fields)) {}
+  const std::string& rule() const { return fields_.rule; }
+  const std::string& file() const { return fields_.file; }
+  const std::string& tensor() const { return fields_.tensor; }
+  std::optional<uint64_t> offset() const { return fields_.offset; }
+  ErrorCode code() const { return fields_.code; }
+  int sys_errno() const { return fields_.sys_errno; }  // the errno of the failing call, 0 if none
 
  private:
-  std::string rule_, file_, tensor_;
-  std::optional<uint64_t> offset_;
-  io::StatusCode code_;
-  int sys_errno_ = 0;
+  Fields fields_;
 };
-
-// Throws LoadError when `status` is an error. The one place a Status becomes an exception.
-void ThrowIfError(const io::Status& status);
 
 // The tensors and the report of a load. Converts to the map, so `TensorMap w = LoadFile(p);`
 // keeps working; `auto [tensors, report] = LoadFile(p, options);` takes both.
@@ -134,5 +153,8 @@ LoadResult LoadFile(const std::filesystem::path& checkpoint, const LoadOptions& 
 // The older form: the report through a pointer (may be null).
 TensorMap LoadFile(const std::filesystem::path& checkpoint, const LoadOptions& options,
                    LoadReport* report);
+
+// The library's version ("0.1.0"), as shardstreamConfigVersion.cmake gives it.
+std::string_view Version();
 
 }  // namespace shardstream

@@ -2,6 +2,7 @@
 
 #include "cuda/device_upload.h"
 #include "engine/runs.h"
+#include "integration/detail/errors.h"
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 

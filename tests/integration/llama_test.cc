@@ -2,7 +2,7 @@
 // precision (independently of ATen and of integration/layers.cc).
 #include "shardstream/llama.h"
 
-#include "shardstream/llama_config.h"
+#include "integration/detail/llama_config.h"
 
 #include <ATen/ATen.h>
 
@@ -11,6 +11,8 @@
 #include <numbers>
 #include <string>
 #include <vector>
+
+#include "shardstream/llama_config.h"
 
 namespace shardstream {
 namespace {
@@ -44,7 +46,7 @@ constexpr std::string_view kGeneratedTiny = R"({
 })";
 
 TEST(LlamaConfigTest, ParsesTheGeneratedConfig) {
-  io::Result<LlamaConfig> config = ParseLlamaConfig(kGeneratedTiny);
+  io::Result<LlamaConfig> config = detail::ParseLlamaConfig(kGeneratedTiny);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->hidden_size, 64);
   EXPECT_EQ(config->intermediate_size, 176);
@@ -65,7 +67,7 @@ TEST(LlamaConfigTest, ParsesTheGeneratedConfig) {
 
 TEST(LlamaConfigTest, AppliesTransformersDefaultsAndReadsBothRopeForms) {
   // Minimal: kv heads default to heads, head_dim to hidden / heads, theta 10000 (an integer).
-  auto minimal = ParseLlamaConfig(R"({"hidden_size": 32, "intermediate_size": 64,
+  auto minimal = detail::ParseLlamaConfig(R"({"hidden_size": 32, "intermediate_size": 64,
       "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10, "rope_theta": 10000,
       "tie_word_embeddings": true})");
   ASSERT_TRUE(minimal.ok()) << minimal.status().ToString();
@@ -76,7 +78,7 @@ TEST(LlamaConfigTest, AppliesTransformersDefaultsAndReadsBothRopeForms) {
   EXPECT_FALSE(ConfigDType(*minimal).has_value());
 
   // transformers 4: rope_scaling next to rope_theta (Llama 3.1).
-  auto v4 = ParseLlamaConfig(R"({"hidden_size": 32, "intermediate_size": 64,
+  auto v4 = detail::ParseLlamaConfig(R"({"hidden_size": 32, "intermediate_size": 64,
       "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10,
       "rope_theta": 500000.0, "max_position_embeddings": 131072,
       "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -87,7 +89,7 @@ TEST(LlamaConfigTest, AppliesTransformersDefaultsAndReadsBothRopeForms) {
   EXPECT_EQ(v4->rope.original_max_position_embeddings, 8192);
 
   // transformers 5: rope_parameters holds the theta too; "dtype" replaces torch_dtype.
-  auto v5 = ParseLlamaConfig(R"({"hidden_size": 32, "intermediate_size": 64,
+  auto v5 = detail::ParseLlamaConfig(R"({"hidden_size": 32, "intermediate_size": 64,
       "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10, "dtype": "float32",
       "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1234.0}})");
   ASSERT_TRUE(v5.ok()) << v5.status().ToString();
@@ -107,7 +109,7 @@ TEST(LlamaConfigTest, RejectsWhatTheModelCannotRepresent) {
         std::string(R"({"hidden_size": -4, "intermediate_size": 64, "num_hidden_layers": 1,
                         "num_attention_heads": 4, "vocab_size": 10})"),
         std::string("[1, 2]"), std::string("{")}) {
-    io::Result<LlamaConfig> config = ParseLlamaConfig(json);
+    io::Result<LlamaConfig> config = detail::ParseLlamaConfig(json);
     ASSERT_FALSE(config.ok()) << json;
     EXPECT_EQ(config.status().rule(), "config") << json;
   }

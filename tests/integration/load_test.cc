@@ -207,7 +207,7 @@ TEST(LoadFileTest, F6LoadsAsBytesAndRefusesCasts) {
   EXPECT_EQ(t.at("a").scalar_type(), c10::ScalarType::Byte);
   EXPECT_EQ(t.at("a").sizes(), (std::vector<int64_t>{6}));
   EXPECT_EQ(t.at("a")[5].item<uint8_t>(), 'f');
-  EXPECT_EQ(report.raw_dtypes.at("a"), io::DType::kF6E2M3);
+  EXPECT_EQ(report.raw_dtypes.at("a"), "F6_E2M3");
 
   LoadOptions cast;
   cast.dtype = c10::ScalarType::BFloat16;
@@ -247,7 +247,7 @@ TEST(LoadFileTest, InvalidFileThrowsWithFileTensorAndRule) {
     EXPECT_EQ(e.rule(), "size-mismatch");
     EXPECT_EQ(e.file(), path.string());
     EXPECT_EQ(e.tensor(), "w");
-    EXPECT_EQ(e.code(), io::StatusCode::kInvalidFormat);
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidFormat);
   }
 }
 
@@ -291,7 +291,7 @@ TEST(LoadFileTest, TensorAllocationFailureThrowsMemoryAndLeavesNothingOpen) {
   } catch (const LoadError& e) {
     engine::FailHostAllocationForTesting(-1);
     EXPECT_EQ(e.rule(), "memory") << e.what();
-    EXPECT_EQ(e.code(), io::StatusCode::kResourceExhausted);
+    EXPECT_EQ(e.code(), ErrorCode::kResourceExhausted);
     EXPECT_EQ(e.file(), Fixture("mixed.safetensors").string());
     EXPECT_FALSE(e.tensor().empty()) << e.what();
   }
@@ -307,7 +307,7 @@ TEST(LoadFileTest, CancelledLoadThrowsAndReturnsNothing) {
     FAIL() << "cancel ignored";
   } catch (const LoadError& e) {
     EXPECT_EQ(e.rule(), "cancelled");
-    EXPECT_EQ(e.code(), io::StatusCode::kCancelled);
+    EXPECT_EQ(e.code(), ErrorCode::kCancelled);
   }
 }
 
