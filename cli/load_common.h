@@ -5,7 +5,6 @@
 #include "cli/args.h"
 #include "cli/format.h"
 #include "engine/loader.h"
-#include "shardstream/load.h"
 #include "io/json_writer.h"
 
 #include <ATen/core/Tensor.h>
@@ -21,6 +20,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "shardstream/load.h"
 
 namespace shardstream::cli {
 

@@ -10,12 +10,12 @@
 // (run them under at::NoGradGuard); a module is not thread-safe while it is loaded.
 #pragma once
 
-#include "shardstream/llama_config.h"
-
 #include <torch/nn/module.h>
 
 #include <cstdint>
 #include <utility>
+
+#include "shardstream/llama_config.h"
 
 namespace shardstream {
 

@@ -4,13 +4,14 @@
 #pragma once
 
 #include "engine/fill.h"
-#include "shardstream/load.h"
 #include "io/checkpoint.h"
 
 #include <ATen/core/Tensor.h>
 
 #include <span>
 #include <vector>
+
+#include "shardstream/load.h"
 
 namespace shardstream::detail {
 

@@ -3,9 +3,6 @@
 // on the device; a second load reuses the pinned staging; a Llama skeleton loaded on the GPU
 // equals the CPU one. Skips, with the reason, where there is no GPU.
 #include "cuda/device.h"
-#include "shardstream/llama.h"
-#include "shardstream/load.h"
-#include "shardstream/skeleton.h"
 #include "tests/integration/tensor_checkpoint.h"
 #include "tests/support/test_files.h"
 
@@ -17,6 +14,10 @@
 #include <gtest/gtest.h>
 #include <string>
 #include <vector>
+
+#include "shardstream/llama.h"
+#include "shardstream/load.h"
+#include "shardstream/skeleton.h"
 
 namespace shardstream {
 namespace {

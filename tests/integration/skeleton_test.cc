@@ -3,8 +3,6 @@
 // non-persistent buffers.
 #include "shardstream/skeleton.h"
 
-#include "shardstream/layers.h"
-#include "shardstream/llama.h"
 #include "tests/integration/tensor_checkpoint.h"
 #include "tests/support/test_files.h"
 
@@ -19,6 +17,9 @@
 #include <set>
 #include <string>
 #include <vector>
+
+#include "shardstream/layers.h"
+#include "shardstream/llama.h"
 
 namespace shardstream {
 namespace {
