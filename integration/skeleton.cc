@@ -1,10 +1,11 @@
 #include "shardstream/skeleton.h"
 
 #include "engine/host_memory.h"
+#include "integration/detail/device_moves.h"
+#include "integration/detail/errors.h"
 #include "integration/detail/fill_torch.h"
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
-#include "shardstream/layers.h"
 #include "io/checkpoint.h"
 
 #include <ATen/ATen.h>
@@ -18,6 +19,8 @@
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
+
+#include "shardstream/layers.h"
 
 namespace shardstream {
 namespace {
@@ -172,6 +175,50 @@ MaterializeStats Materialize(torch::nn::Module& module, c10::Device device) {
   return Materialize(module, DeviceMap{device, {}});
 }
 
+size_t ToMeta(torch::nn::Module& module) {
+  std::unordered_set<const c10::TensorImpl*> seen;
+  size_t turned = 0;
+  auto turn = [&](const at::Tensor& tensor) {
+    if (!tensor.defined() || tensor.is_meta()) return;
+    if (!seen.insert(tensor.unsafeGetTensorImpl()).second) return;  // a tied alias: done already
+    // Sizes and strides as they are, so a non-contiguous parameter stays one; Materialize gives it
+    // contiguous storage later, as it does for every skeleton.
+    const at::Tensor meta =
+        at::empty_strided(tensor.sizes(), tensor.strides(), tensor.options().device(at::kMeta));
+    // The same in-place swap as Materialize's, in the other direction (see skeleton.h): the old
+    // storage's last reference goes with it.
+    tensor.unsafeGetTensorImpl()->shallow_copy_from(meta.getIntrusivePtr());
+    ++turned;
+  };
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) turn(item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) turn(item.value());
+  return turned;
+}
+
+namespace detail {
+
+std::vector<DeviceMove> PlanDeviceMoves(
+    const std::vector<std::pair<std::string, c10::Device>>& tensors, const DeviceMap& devices) {
+  auto indexed = [](c10::Device device) {
+    if (device.is_cuda() && !device.has_index()) device.set_index(0);
+    return device;
+  };
+  std::vector<DeviceMove> moves;
+  for (const auto& [name, where] : tensors) {
+    if (where.is_meta()) continue;
+    const c10::Device from = indexed(where);
+    const c10::Device to = indexed(devices.For(name));
+    if (from != to) moves.push_back(DeviceMove{name, from, to});
+  }
+  return moves;
+}
+
+std::string DescribeMove(const DeviceMove& move) {
+  return move.name + ": " + move.from.str() + " -> " + move.to.str();
+}
+
+}  // namespace detail
+
 void BufferRegistry::AddForType(std::type_index module_type, std::string buffer_name,
                                 BufferInit init) {
   types_.push_back(TypeEntry{module_type, std::move(buffer_name), std::move(init)});
@@ -318,8 +365,9 @@ void ModelLoad::Name() {
     for (uint32_t i = 0; i < tensors.size(); ++i) {
       std::string name = tensors[i].name;
       for (const Rename& rename : options_.renames) name = rename.Apply(name);
-      out_.file_tensors.emplace(tensors[i].name,
-                                LoadReport::FileTensor{tensors[i].dtype, tensors[i].shape});
+      out_.file_tensors.emplace(
+          tensors[i].name,
+          LoadReport::FileTensor{std::string(io::DTypeName(tensors[i].dtype)), tensors[i].shape});
       named_.push_back(Named{{f, i}, std::move(name)});
     }
   }
@@ -499,6 +547,55 @@ DeviceMap LoadDevices(const ModelLoadOptions& options) {
   return devices;
 }
 
+// Real tensors on another device than `devices` asks for: moved there in place, values and all
+// (a tensor the checkpoint does not fill keeps its values), or rule "device" before any read.
+void MoveRealTensors(torch::nn::Module& module, const DeviceMap& devices,
+                     const ModelLoadOptions& options, const io::Checkpoint& checkpoint,
+                     ModelLoadReport& out) {
+  std::vector<std::pair<std::string, c10::Device>> real;
+  std::vector<at::Tensor> tensors;
+  std::unordered_set<const c10::TensorImpl*> seen;
+  auto collect = [&](const std::string& name, const at::Tensor& tensor) {
+    if (!tensor.defined() || tensor.is_meta()) return;
+    if (!seen.insert(tensor.unsafeGetTensorImpl()).second) return;  // tied: moved once
+    real.emplace_back(name, tensor.device());
+    tensors.push_back(tensor);
+  };
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    collect(item.key(), item.value());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) collect(item.key(), item.value());
+  const std::vector<detail::DeviceMove> moves = detail::PlanDeviceMoves(real, devices);
+  if (moves.empty()) return;
+  if (!options.move_real_tensors) {
+    const detail::DeviceMove& first = moves.front();
+    ThrowIfError(Error("device", "the module holds it on " + first.from.str() +
+                                     " and the load asks for " + first.to.str() +
+                                     " (move_real_tensors is off; " + std::to_string(moves.size()) +
+                                     " tensor(s) differ)")
+                     .WithTensor(first.name)
+                     .WithPath(checkpoint.source.string()));
+  }
+  const at::NoGradGuard no_grad;  // a move is no step of the graph: the TensorImpl keeps its own
+  std::unordered_map<std::string, const at::Tensor*> by_name;
+  for (size_t i = 0; i < real.size(); ++i) by_name.emplace(real[i].first, &tensors[i]);
+  for (const detail::DeviceMove& move : moves) {
+    const at::Tensor& tensor = *by_name.at(move.name);
+    at::Tensor moved;
+    try {
+      moved = tensor.to(tensor.options().device(move.to), /*non_blocking=*/false, /*copy=*/true);
+    } catch (const c10::Error& e) {
+      ThrowIfError(io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
+                                     "cannot move it from " + move.from.str() + " to " +
+                                         move.to.str() + ": " + e.what_without_backtrace())
+                       .WithTensor(move.name));
+    }
+    // In place, as Materialize does: every holder of the tensor sees it on its new device.
+    tensor.unsafeGetTensorImpl()->shallow_copy_from(moved.getIntrusivePtr());
+    out.moved.push_back(detail::DescribeMove(move));
+  }
+}
+
 }  // namespace
 
 ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path& path,
@@ -533,6 +630,7 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
   load.Strict();
 
   stage_start = Clock::now();
+  MoveRealTensors(module, devices, options, checkpoint, out);
   out.materialized =
       Materialize(module, devices, options.load.reserve_device_memory, options.load.huge_pages);
   out.device_allocations = out.materialized.device_allocations;

@@ -21,13 +21,32 @@
 // non-persistent buffers (BufferRegistry). The report lists what was missing, unexpected,
 // mismatched (shape) and re-initialised, as transformers does.
 //
+// Stock torch::nn modules (Linear, Embedding, LayerNorm, Conv2d, BatchNorm2d, ...) cannot be
+// built on the meta device (their constructors initialise weights, and `module->to(at::kMeta)`
+// throws), so build them normally and turn them into a skeleton with ToMeta, which swaps every
+// parameter's and buffer's storage for meta storage in place (the reverse of Materialize):
+//
+//   auto net = torch::nn::Sequential(torch::nn::Linear(1024, 1024), torch::nn::LayerNorm(...));
+//   shardstream::ToMeta(*net);                  // frees the initialised weights
+//   shardstream::ModelLoadOptions options;
+//   options.load.device = "cuda:0";
+//   shardstream::LoadInto(*net, "model.safetensors", options);  // straight into cuda:0
+//
+// The constructor's initialisation still runs once (on the CPU), then its memory is released.
+// Persistent buffers (BatchNorm's running_mean, running_var, int64 num_batches_tracked) load
+// from the checkpoint like parameters.
+//
+// Devices: every tensor ends up on the device DeviceMap::For gives its name. A meta tensor is
+// materialised there; a real tensor that sits elsewhere (a module built on the CPU, loaded with
+// `device = "cuda:0"`) is moved there in place (ModelLoadOptions::move_real_tensors, listed in
+// ModelLoadReport::moved), or, with move_real_tensors false, the load fails with rule "device"
+// naming it. No tensor is ever filled on a device other than the one asked for.
+//
 // Failure: LoadError (shardstream/load.h) naming file, tensor and rule. In strict mode (the
 // default) missing, unexpected or mismatched keys fail the load before any byte is read, naming
 // them. After a failed read the module's tensors hold unspecified bytes: discard the module.
 // Not thread-safe for one module; different modules may load concurrently.
 #pragma once
-
-#include "shardstream/load.h"
 
 #include <torch/nn/module.h>
 
@@ -40,6 +59,8 @@
 #include <typeinfo>
 #include <utility>
 #include <vector>
+
+#include "shardstream/load.h"
 
 namespace shardstream {
 
@@ -71,6 +92,14 @@ struct MaterializeStats {
 MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices,
                              bool reserve_device_memory = true, bool huge_pages = false);
 MaterializeStats Materialize(torch::nn::Module& module, c10::Device device = c10::kCPU);
+
+// Turns `module` (recursively) into a skeleton in place: every parameter and buffer keeps its
+// TensorImpl (module members, named_parameters(), named_buffers() and tied aliases stay the same
+// objects, requires_grad is kept) and gets meta storage of its sizes, strides and dtype; its old
+// storage is released when nothing else holds it. Tensors already on the meta device are left
+// alone. Distinct tensors that shared storage (views of one another) become independent meta
+// tensors. Returns the number of tensors turned. Not thread-safe for one module.
+size_t ToMeta(torch::nn::Module& module);
 
 // Computes a non-persistent buffer in place. `owner` is the module that registered it (e.g. the
 // RotaryEmbedding whose parameters it depends on); `buffer` is materialised on its device.
@@ -148,6 +177,10 @@ struct ModelLoadOptions {
   std::vector<std::string> ignore_checkpoint;
   // Non-persistent buffers; null means DefaultBufferRegistry().
   const BufferRegistry* buffers = nullptr;
+  // A real (non-meta) tensor on another device than the map gives it: moved there in place with
+  // its values (listed in ModelLoadReport::moved) when true; the load fails with rule "device"
+  // naming it, before any byte is read, when false.
+  bool move_real_tensors = true;
 };
 
 struct ModelLoadReport : LoadReport {
@@ -170,6 +203,8 @@ struct ModelLoadReport : LoadReport {
   std::vector<std::string> ignored;
   // Module names filled through an ATen cast (checkpoint dtype != module dtype).
   std::vector<std::string> cast;
+  // Real tensors moved in place to the device asked for: "name: cpu -> cuda:0" (tied names once).
+  std::vector<std::string> moved;
   MaterializeStats materialized;  // what LoadInto itself materialised
 };
 
