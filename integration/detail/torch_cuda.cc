@@ -1,18 +1,22 @@
 #include "integration/detail/torch_cuda.h"
 
 #include "cuda/device.h"
-#include "shardstream/load.h"
+#include "integration/detail/errors.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <dlfcn.h>
 #include <limits.h>
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include "shardstream/load.h"
 
 namespace shardstream::detail {
 namespace {
@@ -25,6 +29,20 @@ io::Status DeviceError(std::string message) {
   return io::Status::Error(io::StatusCode::kUnsupported, "device", std::move(message));
 }
 
+// The directory of the shared object (or executable) this code was linked into: libshardstream.so
+// in an installed prefix (the plugin is installed next to it), the shardstream command in a build
+// tree. dladdr on one of our own functions, so it follows the library wherever it was installed
+// or copied, with no build path baked in.
+std::string OwnDir() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<const void*>(&OwnDir), &info) == 0 || info.dli_fname == nullptr)
+    return "";
+  char resolved[PATH_MAX];
+  const std::string path = ::realpath(info.dli_fname, resolved) ? resolved : info.dli_fname;
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
 std::string ExecutableDir() {
   char path[PATH_MAX];
   const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
@@ -35,18 +53,23 @@ std::string ExecutableDir() {
 }
 
 // The plugin's entry point: already in the process (linked in), or dlopened from the first place
-// that has it. On failure, *why lists every place tried and what dlopen said.
+// that has it: $SHARDSTREAM_TORCH_CUDA_PLUGIN (a path), next to the library holding this code,
+// next to the executable, then by name (LD_LIBRARY_PATH, the caller's RUNPATH, the system's
+// paths). On failure, *why lists every place tried and what dlopen said.
 const TorchCudaPlugin* FindPlugin(std::string* why) {
   if (void* entry = ::dlsym(RTLD_DEFAULT, kEntryPoint)) {
     return reinterpret_cast<EntryPoint>(entry)();
   }
   std::vector<std::string> candidates;
-  if (const std::string dir = ExecutableDir(); !dir.empty())
-    candidates.push_back(dir + "/" + kPluginName);
-#ifdef SHARDSTREAM_TORCH_CUDA_PLUGIN
-  candidates.push_back(SHARDSTREAM_TORCH_CUDA_PLUGIN);  // where this build put it
-#endif
-  candidates.push_back(kPluginName);  // LD_LIBRARY_PATH, rpath, the system's paths
+  if (const char* env = std::getenv("SHARDSTREAM_TORCH_CUDA_PLUGIN"); env && *env)
+    candidates.emplace_back(env);
+  for (const std::string& dir : {OwnDir(), ExecutableDir()}) {
+    const std::string candidate = dir + "/" + kPluginName;
+    if (!dir.empty() &&
+        std::find(candidates.begin(), candidates.end(), candidate) == candidates.end())
+      candidates.push_back(candidate);
+  }
+  candidates.push_back(kPluginName);
   for (const std::string& candidate : candidates) {
     void* handle = ::dlopen(candidate.c_str(), RTLD_NOW | RTLD_GLOBAL);
     if (handle == nullptr) {
