@@ -21,16 +21,24 @@ CASTABLE = ("F64", "F32", "F16", "BF16")
 SUB_BYTE = ("F4", "F6_E2M3", "F6_E3M2")
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def torch_layout(dtype: str, shape: tuple, nbytes: int) -> tuple:
-    """(torch dtype, shape) a checkpoint tensor loads as: F4 packs two values a byte
-    (float4_e2m1fn_x2, last dimension halved); F6 has no torch dtype and loads as flat uint8."""
+    """(torch dtype, shape, None) a checkpoint tensor loads as, or (None, None, (rule, reason))
+    for what torch cannot hold, which safetensors.torch refuses too: F6 (no torch dtype), F4 with
+    an odd last dimension (float4_e2m1fn_x2 packs two values a byte, halving it), dimensions
+    beyond int64."""
+    if any(d > _INT64_MAX for d in shape):
+        return None, None, ("torch-shape", f"shape {list(shape)} does not fit torch's int64 sizes")
     if dtype == "F4":
-        if shape and shape[-1] % 2 == 0:
-            return TORCH["F4"], tuple(shape[:-1]) + (shape[-1] // 2,)
-        return torch.uint8, (nbytes,)
-    if dtype in ("F6_E2M3", "F6_E3M2") or dtype not in TORCH:
-        return torch.uint8, (nbytes,)
-    return TORCH[dtype], tuple(shape)
+        if not shape or shape[-1] % 2:
+            return None, None, ("f4-shape", f"F4 needs an even last dimension for torch's "
+                                f"float4_e2m1fn_x2, got {list(shape)}")
+        return TORCH["F4"], tuple(shape[:-1]) + (shape[-1] // 2,), None
+    if dtype not in TORCH:
+        return None, None, ("torch-dtype", f"{dtype} has no torch dtype")
+    return TORCH[dtype], tuple(shape), None
 
 
 def name_of(dtype: torch.dtype) -> Optional[str]:

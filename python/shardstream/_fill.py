@@ -54,13 +54,14 @@ class LoadReport:
 class Entry:
     """One checkpoint tensor, as the header says, and the torch dtype and shape it loads as."""
 
-    __slots__ = ("name", "dtype", "shape", "file", "index", "begin", "nbytes", "tdtype", "tshape")
+    __slots__ = ("name", "dtype", "shape", "file", "index", "begin", "nbytes", "tdtype", "tshape",
+                 "refusal")
 
     def __init__(self, name: str, dtype: str, shape: tuple, file: int, index: int, begin: int,
                  nbytes: int) -> None:
         self.name, self.dtype, self.shape = name, dtype, shape
         self.file, self.index, self.begin, self.nbytes = file, index, begin, nbytes
-        self.tdtype, self.tshape = _dtypes.torch_layout(dtype, shape, nbytes)
+        self.tdtype, self.tshape, self.refusal = _dtypes.torch_layout(dtype, shape, nbytes)
 
     def torch_layout(self) -> tuple:
         return self.tdtype, self.tshape
@@ -83,10 +84,13 @@ class Checkpoint:
         self.offset_order: list = sorted(self.entries.values(), key=lambda e: (e.file, e.begin))
 
     def entry(self, name: str) -> Entry:
+        """The tensor called `name`; LoadError when absent or not representable in torch."""
         e = self.entries.get(name)
         if e is None:
             raise error("missing-tensor", "the checkpoint has no tensor of this name",
                         file=self.path, tensor=name)
+        if e.refusal is not None:
+            raise error(e.refusal[0], e.refusal[1], file=self.files[e.file], tensor=name)
         return e
 
     def file_of(self, e: Entry) -> str:

@@ -137,6 +137,8 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
         for n in wanted:
             ck.entry(n)
         entries = [e for e in ck.offset_order if e.name in wanted]
+    for e in entries:
+        ck.entry(e.name)  # refuses what torch cannot hold, before any read
     mb = DEFAULT_STAGING_MB if staging_mb is None else staging_mb
     if mb <= 0:
         raise error("option", f"staging_mb must be positive, not {staging_mb}")

@@ -26,7 +26,7 @@ def _allocate(ck: Checkpoint, names: List[str], device: torch.device,
               dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
     out = {}
     for name in names:
-        e = ck.entries[name]
+        e = ck.entry(name)
         tdtype, tshape = e.tdtype, e.tshape
         if dtype is not None and e.dtype in _dtypes.CASTABLE:
             tdtype = dtype

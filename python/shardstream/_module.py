@@ -113,7 +113,7 @@ def load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint], 
         if not present:
             missing.extend(slot.keys)
             continue
-        e = ck.entries[mapped[present[0]]]
+        e = ck.entry(mapped[present[0]])
         shape = e.torch_layout()[1]
         if tuple(slot.tensor.shape) != shape:
             mismatched.append(present[0])
