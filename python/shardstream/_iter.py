@@ -101,10 +101,11 @@ class TensorIterator:
         self._batches.clear()
         self._ready.clear()
         if self._job is not None:
-            job = self._job[0]
-            self._job = None
+            job, tensors = self._job  # the destinations outlive the reads into them
             job.cancel()
             job.wait(-1.0)
+            self._job = None
+            del tensors
 
     def __enter__(self) -> "TensorIterator":
         return self
