@@ -17,7 +17,7 @@ REPO_ROOT = HERE.parents[1]
 FIXTURES_DIR = REPO_ROOT / "tests" / "data" / "fixtures"
 FIXTURES = ["dtypes", "mixed", "many_10k"]
 
-sys.path.insert(0, str(REPO_ROOT / "tests" / "py"))
+sys.path.append(str(REPO_ROOT / "tests" / "py"))  # crafted.py (after tests/python: conftest)
 import crafted  # noqa: E402
 
 import torch  # noqa: E402
