@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 
 from . import _core, _dtypes, _layout, _progress
-from ._errors import LoadError, _from_core, error
+from ._errors import _from_core, error
 
 _core._set_error_factory(_from_core)
 
@@ -19,8 +19,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Waits on the core in slices this long, so that Ctrl-C and a raising progress callback cancel a
 # load within a fraction of a second.
 _POLL_S = 0.05
-# Fills below this size run without polling (no progress callback, no cancel point needed).
-_INLINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -186,25 +184,13 @@ def target(ck: Checkpoint, name: str, index: Any, dst: torch.Tensor) -> Optional
     if dst.numel() == 0:
         return None
     try:
-        runs = _layout.plan_runs(tshape, dims, _elem(tdtype), dst.stride(), dst.element_size())
+        runs = _layout.plan_runs(tshape, dims, tdtype.itemsize, dst.stride(), dst.element_size())
     except _layout.Overlap:
         raise error("destination", "destination elements overlap (an expanded view)",
                     file=path, tensor=name) from None
     if runs is not None and runs.shape[0] == 0:
         return None
     return (e.file, e.index, dst.data_ptr(), device, dst_name, runs)
-
-
-def _elem(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size() if dtype not in _ELEM else _ELEM[dtype]
-
-
-_ELEM: dict = {}
-for _dt in set(_dtypes.TORCH.values()) | {torch.uint8}:
-    try:
-        _ELEM[_dt] = torch.empty((), dtype=_dt).element_size()
-    except (RuntimeError, TypeError):
-        pass
 
 
 def run(ck: Checkpoint, targets: Sequence[tuple], opts: dict, nbytes: int,

@@ -9,8 +9,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from . import _dtypes, _layout, _progress
-from ._errors import error
-from ._fill import Checkpoint, PathLike, fill, open_checkpoint, options, parse_device, run, target
+from ._fill import Checkpoint, PathLike, fill, open_checkpoint, parse_device
 
 _BACKENDS = (None, "mmap", "pread")
 

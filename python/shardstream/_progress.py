@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 ProgressArg = Union[None, bool, Callable[[int, int], object]]
 

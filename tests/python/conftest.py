@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import safetensors  # noqa: E402
 import safetensors.torch  # noqa: E402
 
-import shardstream  # noqa: E402
+import shardstream  # noqa: E402,F401 - fails early when the package is not installed
 
 
 def raw(t: torch.Tensor) -> bytes:
