@@ -15,15 +15,6 @@
 #include "io/checkpoint.h"
 #include "io/dtype.h"
 #include "io/status.h"
-#include "python/src/host_cast.h"
-#include "shardstream/read.h"
-
-#include <nanobind/nanobind.h>
-#include <nanobind/ndarray.h>
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/unique_ptr.h>
-#include <nanobind/stl/vector.h>
 
 #include <atomic>
 #include <chrono>
@@ -31,12 +22,21 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
 #include <optional>
 #include <span>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "python/src/host_cast.h"
+#include "shardstream/read.h"
 
 namespace nb = nanobind;
 
@@ -55,9 +55,9 @@ nb::object& ErrorFactory() {
   const std::string text = status.ToString();
   if (!factory.is_valid()) throw std::runtime_error(text);
   nb::object offset = status.offset() ? nb::cast(*status.offset()) : nb::none();
-  nb::object error = factory(std::string(io::StatusCodeName(status.code())), status.rule(),
-                             status.message(), status.path(), status.tensor(), offset,
-                             status.sys_errno(), text);
+  nb::object error =
+      factory(std::string(io::StatusCodeName(status.code())), status.rule(), status.message(),
+              status.path(), status.tensor(), offset, status.sys_errno(), text);
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
   throw nb::python_error();
 }
@@ -91,8 +91,8 @@ nb::list Tensors(const Checkpoint& checkpoint) {
       const io::TensorInfo& t = tensors[i];
       nb::list shape;
       for (uint64_t d : t.shape) shape.append(d);
-      out.append(nb::make_tuple(t.name, std::string(io::DTypeName(t.dtype)), nb::tuple(shape), f,
-                                i, t.begin, t.size_bytes()));
+      out.append(nb::make_tuple(t.name, std::string(io::DTypeName(t.dtype)), nb::tuple(shape), f, i,
+                                t.begin, t.size_bytes()));
     }
   }
   return out;
@@ -380,5 +380,6 @@ NB_MODULE(_core, m) {
     auto t = shardstream::io::ParseDType(to);
     return f && t && CanHostCast(*f, *t);
   });
-  m.def("cuda_built", [] { return false; }, "Whether this build can fill CUDA targets.");
+  m.def(
+      "cuda_built", [] { return false; }, "Whether this build can fill CUDA targets.");
 }

@@ -131,9 +131,7 @@ T LoadAt(const std::byte* src, uint64_t i) {
 
 }  // namespace
 
-bool CanHostCast(DType from, DType to) {
-  return from == to || (IsSource(from) && IsWideFloat(to));
-}
+bool CanHostCast(DType from, DType to) { return from == to || (IsSource(from) && IsWideFloat(to)); }
 
 io::Status HostCast(const std::byte* src, DType from, std::byte* dst, DType to, uint64_t n) {
   if (!CanHostCast(from, to)) {
