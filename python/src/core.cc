@@ -380,6 +380,18 @@ NB_MODULE(_core, m) {
     auto t = shardstream::io::ParseDType(to);
     return f && t && CanHostCast(*f, *t);
   });
+  // Tests: the host conversion alone, bytes in, bytes out.
+  m.def("_host_cast", [](nb::bytes src, const std::string& from, const std::string& to) {
+    auto f = shardstream::io::ParseDType(from);
+    auto t = shardstream::io::ParseDType(to);
+    if (!f || !t) RaiseRule("dtype", "unknown dtype");
+    const uint64_t n = src.size() * 8 / shardstream::io::DTypeBits(*f);
+    std::string out(n * shardstream::io::DTypeBits(*t) / 8, '\0');
+    shardstream::io::Status status = HostCast(reinterpret_cast<const std::byte*>(src.c_str()), *f,
+                                              reinterpret_cast<std::byte*>(out.data()), *t, n);
+    if (!status.ok()) Raise(status);
+    return nb::bytes(out.data(), out.size());
+  });
   m.def(
       "cuda_built", [] { return false; }, "Whether this build can fill CUDA targets.");
 }
