@@ -164,19 +164,24 @@ ReadOptions ReadOptionsFrom(const nb::dict& options) {
 }
 
 #ifdef SHARDSTREAM_PY_INTERIM_FILL
-// Until engine::Fill lands: whole, same-dtype host targets through engine::FillTargets.
+// Until engine::Fill is merged: host targets through engine::FillTargets; a target with runs or a
+// cast reads its whole tensor into scratch first (unbounded, reads more than the runs: interim).
 io::Status CallFill(const io::Checkpoint& checkpoint, std::span<const engine::FillTarget> targets,
                     const engine::FillSetup& setup, ReadReport* report) {
   std::vector<engine::LoadTarget> plain;
-  for (const engine::FillTarget& t : targets) {
+  std::vector<std::vector<std::byte>> scratch(targets.size());
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const engine::FillTarget& t = targets[i];
     if (t.device != engine::kHostDevice) {
       return io::Status::Error(io::StatusCode::kUnsupported, "device", "no device uploads yet");
     }
-    if (!t.runs.empty() || t.dtype != checkpoint.tensor(t.source).dtype) {
-      return io::Status::Error(io::StatusCode::kUnsupported, "fill",
-                               "runs and casts need engine::Fill (not merged yet)");
+    const io::TensorInfo& info = checkpoint.tensor(t.source);
+    if (t.runs.empty() && t.dtype == info.dtype) {
+      plain.push_back(engine::LoadTarget{t.source, t.destination});
+    } else {
+      scratch[i].resize(info.size_bytes());
+      plain.push_back(engine::LoadTarget{t.source, scratch[i].data()});
     }
-    plain.push_back(engine::LoadTarget{t.source, t.destination});
   }
   engine::FillOptions options;
   options.threads = setup.read.threads;
@@ -186,6 +191,22 @@ io::Status CallFill(const io::Checkpoint& checkpoint, std::span<const engine::Fi
   };
   io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, plain, options);
   if (!stats.ok()) return stats.status();
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const engine::FillTarget& t = targets[i];
+    if (scratch[i].empty() && (t.runs.empty() || checkpoint.tensor(t.source).size_bytes() == 0)) {
+      continue;
+    }
+    const io::TensorInfo& info = checkpoint.tensor(t.source);
+    const uint64_t bits = io::DTypeBits(info.dtype);
+    std::vector<engine::Run> runs = t.runs;
+    if (runs.empty()) runs.push_back(engine::Run{0, 0, info.size_bytes()});
+    for (const engine::Run& run : runs) {
+      io::Status status =
+          setup.cast(scratch[i].data() + run.source_offset, info.dtype,
+                     t.destination + run.destination_offset, t.dtype, run.length * 8 / bits);
+      if (!status.ok()) return std::move(status).WithTensor(info.name);
+    }
+  }
   report->io = "pread";
   report->threads = stats->threads;
   report->stages = stats->stages;
