@@ -49,18 +49,15 @@ def _slots(module: torch.nn.Module) -> List[_Slot]:
 
 
 def _map_keys(ck: Checkpoint, key_mapping: Optional[Dict[str, str]]) -> Dict[str, str]:
-    """model key → checkpoint key, with transformers' key_mapping semantics: the first pattern
-    (in order) that matches a checkpoint key rewrites it with re.subn."""
+    """model key → checkpoint key, with transformers 5's key_mapping semantics: the patterns are
+    applied in order to each checkpoint key, every one that matches rewrites its first match
+    (so renamings may chain)."""
     out: Dict[str, str] = {}
+    compiled = [(re.compile(p), r) for p, r in (key_mapping or {}).items()]
     for ck_key in ck.entries:
         key = ck_key
-        if key_mapping:
-            for pattern, replacement in key_mapping.items():
-                key, n = re.subn(pattern, replacement, ck_key)
-                if n:
-                    break
-            else:
-                key = ck_key
+        for pattern, replacement in compiled:
+            key = pattern.sub(replacement, key, count=1)
         if key in out:
             raise error("key-mapping", f"checkpoint keys '{out[key]}' and '{ck_key}' both map to "
                         f"'{key}'", file=ck.path)

@@ -124,6 +124,13 @@ def test_key_mapping(tmp_path):
     m = Tied()
     shardstream.load_into(m, path, key_mapping={r"^model\.": ""})
     assert_same_state(m, ref)
+    # Renamings chain, in order: model.proj → model.tmp → proj.
+    state = {k.replace("proj.", "old_proj."): v for k, v in state.items()}
+    safetensors.torch.save_file(state, str(path))
+    m = Tied()
+    shardstream.load_into(m, path, key_mapping={r"old_proj": "tmp", r"^model\.": "",
+                                                r"^tmp\.": "proj."})
+    assert_same_state(m, ref)
 
 
 def test_dtype_differs_is_cast(tmp_path):
