@@ -19,6 +19,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Waits on the core in slices this long, so that Ctrl-C and a raising progress callback cancel a
 # load within a fraction of a second.
 _POLL_S = 0.05
+# Smaller fills without a progress callback run on the calling thread (GIL released): a thread
+# start would cost more than the read, and they end well within a poll anyway.
+_INLINE_BYTES = 8 << 20
 
 
 @dataclass
@@ -200,7 +203,8 @@ def run(ck: Checkpoint, targets: Sequence[tuple], opts: dict, nbytes: int,
     t0 = time.perf_counter()
     callback, close = _progress.make(progress, nbytes)
     try:
-        job = _core.start_fill(ck.core, list(targets), opts)
+        job = _core.start_fill(ck.core, list(targets), opts,
+                               callback is None and nbytes <= _INLINE_BYTES)
         try:
             last = None
             while not job.wait(_POLL_S):

@@ -224,7 +224,10 @@ using RunArray = nb::ndarray<const uint64_t, nb::shape<-1, 3>, nb::c_contig, nb:
 // One load in flight: engine::Fill on its own thread.
 class FillJob {
  public:
-  FillJob(Checkpoint checkpoint, std::vector<engine::FillTarget> targets, engine::FillSetup setup)
+  // `inline_run`: fill on the caller's thread (GIL released) before returning, for small loads
+  // where a thread start would dominate and no cancel point is needed.
+  FillJob(Checkpoint checkpoint, std::vector<engine::FillTarget> targets, engine::FillSetup setup,
+          bool inline_run)
       : checkpoint_(std::move(checkpoint.value)),
         targets_(std::move(targets)),
         setup_(std::move(setup)) {
@@ -233,13 +236,12 @@ class FillJob {
       total_.store(progress.total_bytes, std::memory_order_relaxed);
       return !cancel_.load(std::memory_order_relaxed);
     };
-    worker_ = std::thread([this] {
-      io::Status status = CallFill(*checkpoint_, targets_, setup_, &report_);
-      std::lock_guard<std::mutex> lock(mutex_);
-      status_ = std::move(status);
-      finished_ = true;
-      finished_cv_.notify_all();
-    });
+    if (inline_run) {
+      nb::gil_scoped_release release;
+      Run();
+    } else {
+      worker_ = std::thread([this] { Run(); });
+    }
   }
   FillJob(const FillJob&) = delete;
   FillJob& operator=(const FillJob&) = delete;
@@ -265,6 +267,14 @@ class FillJob {
   }
 
   void Cancel() { cancel_.store(true); }
+
+  void Run() {
+    io::Status status = CallFill(*checkpoint_, targets_, setup_, &report_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    status_ = std::move(status);
+    finished_ = true;
+    finished_cv_.notify_all();
+  }
 
   nb::tuple ProgressNow() const {
     return nb::make_tuple(done_.load(std::memory_order_relaxed),
@@ -322,7 +332,7 @@ class FillJob {
 // whole tensor, contiguous at address) or a uint64 array of (source_offset, destination_offset,
 // length) rows. The caller keeps every destination alive until the job has finished.
 std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::sequence& targets,
-                                   const nb::dict& options) {
+                                   const nb::dict& options, bool inline_run) {
   const io::Checkpoint& c = *checkpoint.value;
   engine::FillSetup setup;
   setup.read = ReadOptionsFrom(options);
@@ -355,7 +365,8 @@ std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::seque
     }
     fill_targets.push_back(std::move(target));
   }
-  return std::make_unique<FillJob>(checkpoint, std::move(fill_targets), std::move(setup));
+  return std::make_unique<FillJob>(checkpoint, std::move(fill_targets), std::move(setup),
+                                   inline_run);
 }
 
 }  // namespace
@@ -394,7 +405,8 @@ NB_MODULE(_core, m) {
       .def("progress", &FillJob::ProgressNow)
       .def("result", &FillJob::Result);
 
-  m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"));
+  m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"),
+        nb::arg("inline_run") = false);
 
   m.def("can_host_cast", [](const std::string& from, const std::string& to) {
     auto f = shardstream::io::ParseDType(from);
