@@ -118,10 +118,15 @@ def parse_device(device: Any) -> torch.device:
 
 
 def check_cuda(d: torch.device) -> None:
+    """Raises LoadError rule "device" unless tensors can be filled on CUDA device `d`."""
+    if not torch.cuda.is_available():
+        raise error("device", f"cannot load onto {d}: no GPU here (torch.cuda.is_available() is "
+                    "False)")
+    if d.index is not None and d.index >= torch.cuda.device_count():
+        raise error("device", f"cannot load onto {d}: torch sees {torch.cuda.device_count()} "
+                    "GPU(s)")
     if not _core.cuda_built():
-        reason = ("no GPU here: torch.cuda.is_available() is False" if not torch.cuda.is_available()
-                  else "CUDA uploads are not built into this shardstream extension yet")
-        raise error("device", f"cannot load onto {d}: {reason}")
+        raise error("device", f"cannot load onto {d}: {_core.cuda_reason()}")
 
 
 def options(threads: Optional[int], io: str, direct: Union[str, bool], staging_mb: Optional[float],

@@ -427,4 +427,7 @@ NB_MODULE(_core, m) {
   });
   m.def(
       "cuda_built", [] { return false; }, "Whether this build can fill CUDA targets.");
+  m.def("cuda_reason", [] {
+    return std::string("CUDA uploads are not built into the shardstream Python extension yet");
+  });
 }
