@@ -8,6 +8,7 @@
 #include "cli/format.h"
 #include "cli/load_common.h"
 #include "cli/sha256.h"
+#include "engine/fill.h"
 #include "engine/host_memory.h"
 #include "engine/pipeline.h"
 #include "engine/sink.h"
@@ -110,14 +111,13 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
       targets.push_back(engine::LoadTarget{{f, i}, nullptr});
     }
   }
-  engine::PipelineOptions pipeline = StagedPipelineOptions(options);
-  LoadReport sampled;  // the residency ChooseDirectIo sampled, when it did
-  try {
-    pipeline.direct = ChooseDirectIo(*checkpoint, options, sampled);
-  } catch (const LoadError& e) {
-    PrintError(e.what());
+  ReadReport sampled;  // the residency ChooseDirect sampled, when it did
+  io::Result<bool> direct = engine::ChooseDirect(*checkpoint, options, sampled);
+  if (!direct.ok()) {
+    PrintError(direct.status().ToString());
     return kExitFailure;
   }
+  const engine::PipelineOptions pipeline = engine::StagedOptions(options, *direct);
   const double resident = sampled.resident_fraction;
   engine::DiscardSink sink;
   io::Result<engine::PipelineStats> stats =
@@ -287,7 +287,7 @@ int RunLoad(std::span<char* const> argv) {
   const bool json = args->Has("json");
   const bool digest = args->Has("digest");
   ProgressBar bar(!json && !args->Has("quiet"));
-  options.progress = [&bar](const engine::Progress& p) { return bar.Update(p); };
+  options.progress = [&bar](const Progress& p) { return bar.Update(p); };
   if (args->Has("model")) {
     const std::optional<c10::ScalarType> model_dtype = options.dtype;
     options.dtype.reset();

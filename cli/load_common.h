@@ -31,7 +31,7 @@ class ProgressBar {
   explicit ProgressBar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
   ~ProgressBar() { Clear(); }
 
-  bool Update(const engine::Progress& p) {
+  bool Update(const Progress& p) {
     if (!enabled_) return true;
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();

@@ -35,7 +35,6 @@
 #include "io/dtype.h"
 #include "io/read_backend.h"
 #include "io/status.h"
-#include "shardstream/read.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -44,6 +43,8 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include "shardstream/read.h"
 
 namespace shardstream::engine {
 
@@ -64,9 +65,9 @@ struct FillTarget {
 // Converts `elements` values of `src_dtype` at host address `src` into `dst_dtype` at host
 // address `dst` (contiguous both). Called from any thread, concurrently for different ranges. An
 // error fails the load (the core adds file and tensor).
-using HostCastFn = std::function<io::Status(const std::byte* src, io::DType src_dtype,
-                                            std::byte* dst, io::DType dst_dtype,
-                                            uint64_t elements)>;
+using HostCastFn =
+    std::function<io::Status(const std::byte* src, io::DType src_dtype, std::byte* dst,
+                             io::DType dst_dtype, uint64_t elements)>;
 
 // Where device targets go: cuda/ implements it (cuda/device_upload.h). Given one device's
 // targets and the staged pipeline's options as the core resolved them (backend, O_DIRECT, chunk,

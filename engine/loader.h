@@ -26,24 +26,29 @@
 #include <utility>
 #include <vector>
 
+#include "shardstream/read.h"
+
 namespace shardstream::engine {
 
-// Where one tensor's bytes go: `destination` holds tensor(source).size_bytes() bytes.
+// Where one tensor's bytes go: without runs, `destination` holds tensor(source).size_bytes()
+// bytes; with runs (borrowed, non-overlapping), each run's bytes land at destination +
+// run.destination_offset.
 struct LoadTarget {
+  LoadTarget() = default;
+  LoadTarget(io::TensorLocation source_tensor, std::byte* destination_bytes,
+             std::span<const Run> destination_runs = {})
+      : source(source_tensor), destination(destination_bytes), runs(destination_runs) {}
+
   io::TensorLocation source;
   std::byte* destination = nullptr;
+  std::span<const Run> runs;
 };
 
-struct Progress {
-  uint64_t done_bytes = 0;
-  uint64_t total_bytes = 0;
-};
-// Called from one thread at a time, at most every ~50 ms and once at the end. Return false to
-// cancel the load.
-using ProgressFn = std::function<bool(const Progress&)>;
+using shardstream::kDefaultQueueDepth;
+using shardstream::Progress;
+using shardstream::ProgressFn;
 
 inline constexpr uint64_t kDefaultReadGapBytes = 64 << 10;
-inline constexpr uint32_t kDefaultQueueDepth = 8;
 
 // Makes the read backend of one worker thread. The seam for fault injection: tests wrap a real
 // backend to fail, shorten or delay reads.
@@ -72,6 +77,9 @@ struct FillStats {
   std::vector<std::pair<std::string, double>> stages;
 };
 
+// Targets with runs must not share their source tensor with another target (one read cannot
+// scatter the same bytes twice; rule "internal" otherwise): engine::Fill routes those through the
+// staged pipeline, which can.
 io::Result<FillStats> FillTargets(const io::Checkpoint& checkpoint,
                                   std::span<const LoadTarget> targets, const FillOptions& options);
 

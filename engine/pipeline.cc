@@ -93,306 +93,383 @@ struct Pending {
 
 }  // namespace
 
-io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
-                                            std::span<const LoadTarget> targets, Sink& sink,
-                                            const PipelineOptions& options) {
-  const auto start = Clock::now();
-  PipelineStats stats;
+namespace {
 
-  bool direct = options.direct;
-  SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, OpenFiles(checkpoint, &direct, &stats.notes));
+// One run of the staged pipeline, phase by phase: Open (files, O_DIRECT alignment), Plan,
+// Staging (the pool), Backend, the IO loop, and Finish (drain, the sink, the stats).
+class StagedRun {
+ public:
+  StagedRun(const io::Checkpoint& checkpoint, std::span<const LoadTarget> targets, Sink& sink,
+            const PipelineOptions& options)
+      : checkpoint_(checkpoint),
+        targets_(targets),
+        sink_(sink),
+        options_(options),
+        progress_(options.progress, 0) {}
 
-  // O_DIRECT: every read offset and length must be a multiple of the files' alignment (the
-  // largest over files, since one plan covers them all).
-  uint32_t alignment = 1;
-  if (direct) {
-    for (size_t i = 0; i < files.size() && direct; ++i) {
-      auto block = io::LogicalBlockSize(files.fd(i));
-      if (block.ok()) {
-        alignment = std::max(alignment, *block);
-      } else {
-        stats.notes.push_back("direct: reading buffered: " + block.status().ToString());
-        direct = false;
-      }
-    }
-    if (!direct) {
-      alignment = 1;
-      SHARDSTREAM_ASSIGN_OR_RETURN(files, io::FileSet::Open(checkpoint));
-    }
+  io::Result<PipelineStats> Run() {
+    SHARDSTREAM_RETURN_IF_ERROR(Open());
+    SHARDSTREAM_RETURN_IF_ERROR(Plan());
+    SHARDSTREAM_RETURN_IF_ERROR(Staging());
+    SHARDSTREAM_RETURN_IF_ERROR(Backend());
+    StartCopies();
+    Loop();
+    return Finish();
   }
+
+ private:
+  io::Status Open();
+  io::Status Plan();
+  io::Status Staging();
+  io::Status Backend();
+  void StartCopies();
+  void Loop();
+  bool IssueRead(uint32_t c, StagingSlot slot);
+  void Reap();
+  io::Result<PipelineStats> Finish();
+  void Dispatch(StagingSlot slot, uint32_t c);
+  void Copy(StagingSlot slot, uint32_t c);
+
+  void FailChunk(io::Status status, uint32_t c) {
+    LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
+    error_.Record(std::move(status));
+  }
+
+  const io::Checkpoint& checkpoint_;
+  const std::span<const LoadTarget> targets_;
+  Sink& sink_;
+  const PipelineOptions& options_;
+  const Clock::time_point start_ = Clock::now();
+  PipelineStats stats_;
+
+  bool direct_ = false;
+  uint32_t alignment_ = 1;
+  std::optional<io::FileSet> files_;
   // The last block of a file whose size is not a multiple of the alignment cannot be read with
   // O_DIRECT without reading past the end, which the backends rightly call "file-changed". Those
   // tails (under one block per file) are read with pread from a buffered descriptor instead.
-  std::optional<io::FileSet> buffered;
-  if (direct) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(buffered, io::FileSet::Open(checkpoint));
-  }
-  stats.direct = direct;
-  stats.alignment_bytes = alignment;
-
-  std::vector<io::TensorLocation> sources;
-  sources.reserve(targets.size());
-  for (const LoadTarget& target : targets) sources.push_back(target.source);
-  PlanOptions plan_options;
-  plan_options.chunk_bytes = options.chunk_bytes;
-  plan_options.alignment_bytes = alignment;
-  plan_options.max_gap_bytes = kDefaultReadGapBytes;
-  SHARDSTREAM_ASSIGN_OR_RETURN(ReadPlan plan, BuildReadPlan(checkpoint, sources, plan_options));
-  stats.payload_bytes = plan.payload_bytes;
-  stats.read_bytes = plan.read_bytes;
-  stats.chunks = plan.chunks.size();
+  std::optional<io::FileSet> buffered_;
+  ReadPlan plan_;
 
   // Staging. Declared before the backend so that it outlives it: the backend's destructor may
   // still be waiting for the kernel to finish reads into slots.
-  std::unique_ptr<StagingPool> own_pool;
-  StagingPool* pool = options.pool;
-  const uint64_t slot_bytes = std::max<uint64_t>(plan.max_chunk_bytes, 1);
-  if (pool == nullptr) {
+  std::unique_ptr<StagingPool> own_pool_;
+  StagingPool* pool_ = nullptr;
+  uint32_t peak_before_ = 0;
+  std::unique_ptr<io::ReadBackend> backend_;
+  uint32_t depth_ = 1;
+  bool sink_keeps_slots_ = false;
+
+  std::unique_ptr<TaskGroup> copies_;
+  FirstError error_;
+  Activity activity_;
+  ProgressReporter progress_;
+  std::atomic<uint64_t> copy_nanos_{0};
+
+  // The IO loop's state.
+  std::vector<Pending> pending_;  // by slot index, which is the request id
+  std::vector<io::ReadRequest> batch_;
+  std::vector<io::Completion> done_;
+  uint32_t outstanding_ = 0;
+  uint32_t next_ = 0;
+  bool backend_broken_ = false;
+};
+
+io::Status StagedRun::Open() {
+  direct_ = options_.direct;
+  SHARDSTREAM_ASSIGN_OR_RETURN(files_, OpenFiles(checkpoint_, &direct_, &stats_.notes));
+  // O_DIRECT: every read offset and length must be a multiple of the files' alignment (the
+  // largest over files, since one plan covers them all).
+  if (direct_) {
+    for (size_t i = 0; i < files_->size() && direct_; ++i) {
+      auto block = io::LogicalBlockSize(files_->fd(i));
+      if (block.ok()) {
+        alignment_ = std::max(alignment_, *block);
+      } else {
+        stats_.notes.push_back("direct: reading buffered: " + block.status().ToString());
+        direct_ = false;
+      }
+    }
+    if (!direct_) {
+      alignment_ = 1;
+      SHARDSTREAM_ASSIGN_OR_RETURN(files_, io::FileSet::Open(checkpoint_));
+    }
+  }
+  if (direct_) {
+    SHARDSTREAM_ASSIGN_OR_RETURN(buffered_, io::FileSet::Open(checkpoint_));
+  }
+  stats_.direct = direct_;
+  stats_.alignment_bytes = alignment_;
+  return io::Status::Ok();
+}
+
+io::Status StagedRun::Plan() {
+  PlanOptions plan_options;
+  plan_options.chunk_bytes = options_.chunk_bytes;
+  plan_options.alignment_bytes = alignment_;
+  plan_options.max_gap_bytes = kDefaultReadGapBytes;
+  SHARDSTREAM_ASSIGN_OR_RETURN(
+      plan_, BuildReadPlan(checkpoint_, detail::PlanTargetsOf(targets_), plan_options));
+  stats_.payload_bytes = plan_.payload_bytes;
+  stats_.read_bytes = plan_.read_bytes;
+  stats_.chunks = plan_.chunks.size();
+  progress_.SetTotal(plan_.payload_bytes);
+  return io::Status::Ok();
+}
+
+io::Status StagedRun::Staging() {
+  pool_ = options_.pool;
+  const uint64_t slot_bytes = std::max<uint64_t>(plan_.max_chunk_bytes, 1);
+  if (pool_ == nullptr) {
     // No more slots than chunks: a small checkpoint does not pay for (or register) a large pool.
     const uint64_t wanted =
-        std::max<uint64_t>(plan.chunks.size(), 1) * StagingSlotBytes(slot_bytes);
+        std::max<uint64_t>(plan_.chunks.size(), 1) * StagingSlotBytes(slot_bytes);
     SHARDSTREAM_ASSIGN_OR_RETURN(
-        own_pool, StagingPool::Create(std::min(options.staging_bytes, wanted), slot_bytes));
-    pool = own_pool.get();
-  } else if (pool->slot_bytes() < slot_bytes) {
+        own_pool_, StagingPool::Create(std::min(options_.staging_bytes, wanted), slot_bytes));
+    pool_ = own_pool_.get();
+  } else if (pool_->slot_bytes() < slot_bytes) {
     return io::Status::Error(io::StatusCode::kInvalidArgument, "staging",
-                             "staging slots of " + std::to_string(pool->slot_bytes()) +
+                             "staging slots of " + std::to_string(pool_->slot_bytes()) +
                                  " bytes cannot hold a chunk of " + std::to_string(slot_bytes) +
                                  " bytes; lower the chunk size");
   }
-  const uint32_t peak_before = pool->in_use();
-  pool->ResetPeak();
-  stats.slots = pool->slot_count();
-  stats.slot_bytes = pool->slot_bytes();
+  peak_before_ = pool_->in_use();
+  pool_->ResetPeak();
+  stats_.slots = pool_->slot_count();
+  stats_.slot_bytes = pool_->slot_bytes();
+  return io::Status::Ok();
+}
 
-  // The backend is made on this thread, which is the only one to use it (io_uring binds a ring
-  // to its creating thread).
-  std::unique_ptr<io::ReadBackend> backend;
-  if (options.make_backend) {
-    backend = options.make_backend(files);
-  } else {
-    io::UringOptions uring;
-    uring.queue_depth = std::clamp<uint32_t>(options.queue_depth, 1, io::kMaxUringQueueDepth);
-    uring.sqpoll = options.sqpoll;
-    uring.async_reads = !direct && options.async_buffered_reads;
-    if (options.register_buffers) {
-      uring.fixed_buffers.push_back(iovec{pool->data(), pool->allocated_bytes()});
-    }
-    auto made = io::MakeBackendOrError(options.backend, files, &uring);
-    if (!made.ok() && options.backend == io::BackendKind::kUring && options.fall_back_to_pread) {
-      stats.fallback = made.status().ToString();
-      made = io::MakeBackendOrError(io::BackendKind::kPread, files);
-    }
-    if (!made.ok()) return std::move(made).status();
-    backend = std::move(*made);
+io::Status StagedRun::Backend() {
+  // Made on this thread, the only one to use it (io_uring binds a ring to its creating thread).
+  io::UringOptions uring;
+  uring.queue_depth = std::clamp<uint32_t>(options_.queue_depth, 1, io::kMaxUringQueueDepth);
+  uring.sqpoll = options_.sqpoll;
+  uring.async_reads = !direct_ && options_.async_buffered_reads;
+  if (options_.register_buffers) {
+    uring.fixed_buffers.push_back(iovec{pool_->data(), pool_->allocated_bytes()});
   }
-  if (backend == nullptr) {
-    return io::Status::Error(io::StatusCode::kInternal, "internal", "no read backend");
-  }
-  stats.backend = std::string(io::BackendName(backend->kind()));
-  if (const auto* ring = dynamic_cast<const io::UringBackend*>(backend.get())) {
-    stats.sqpoll = ring->setup().sqpoll;
-    stats.registered_buffer_bytes = ring->setup().registered_buffer_bytes;
+  SHARDSTREAM_ASSIGN_OR_RETURN(
+      backend_, detail::MakeReadBackend(options_.backend, *files_, uring, options_.make_backend,
+                                        options_.fall_back_to_pread, &stats_.fallback));
+  stats_.backend = std::string(io::BackendName(backend_->kind()));
+  if (const auto* ring = dynamic_cast<const io::UringBackend*>(backend_.get())) {
+    stats_.sqpoll = ring->setup().sqpoll;
+    stats_.registered_buffer_bytes = ring->setup().registered_buffer_bytes;
     for (const std::string& fallback : ring->setup().fallbacks) {
-      stats.notes.push_back("io_uring: " + fallback);
+      stats_.notes.push_back("io_uring: " + fallback);
     }
   }
   // A synchronous backend does the read inside Submit: more than one request per batch would only
   // delay the first copy.
-  const uint32_t depth =
-      backend->kind() == io::BackendKind::kUring
-          ? std::clamp<uint32_t>(options.queue_depth, 1, std::max<uint32_t>(1, pool->slot_count()))
-          : 1;
+  depth_ = backend_->kind() == io::BackendKind::kUring
+               ? std::clamp<uint32_t>(options_.queue_depth, 1,
+                                      std::max<uint32_t>(1, pool_->slot_count()))
+               : 1;
+  return io::Status::Ok();
+}
 
+void StagedRun::StartCopies() {
   // oneTBB has max_allowed_parallelism - 1 workers (cores - 1 unless a global_control says
   // otherwise); asking an arena for more only makes oneTBB print a warning. The copy tasks are
   // queued, never run by this thread: it must not be pulled into copying while finished reads sit
   // unreaped. The group tracks the copies; this thread waits for them only at the end.
-  const int workers = std::max(1, HardwareConcurrency(options.executor) - 1);
+  const int workers = std::max(1, HardwareConcurrency(options_.executor) - 1);
   const int copy_threads =
-      std::min(options.copy_threads > 0 ? options.copy_threads : workers, workers);
-  stats.copy_threads = copy_threads;
-  std::unique_ptr<TaskGroup> copies = MakeTaskGroup(copy_threads, options.executor);
+      std::min(options_.copy_threads > 0 ? options_.copy_threads : workers, workers);
+  stats_.copy_threads = copy_threads;
+  copies_ = MakeTaskGroup(copy_threads, options_.executor);
+  sink_keeps_slots_ = sink_.keeps_slots();
+  pending_.resize(pool_->slot_count());
+  done_.resize(depth_);
+}
 
-  FirstError error;
-  Activity activity;
-  ProgressReporter progress(options.progress, plan.payload_bytes);
-  std::atomic<uint64_t> copy_nanos{0};
+// Hands a filled slot to a copy task, which releases it when the sink is done with it (or, for a
+// sink that keeps slots, the sink releases it when its asynchronous copies are done).
+void StagedRun::Dispatch(StagingSlot slot, uint32_t c) {
+  copies_->Run([this, slot, c] { Copy(slot, c); });
+}
 
-  auto fail_chunk = [&](io::Status status, uint32_t c) {
-    LocateReadError(status, checkpoint, plan.chunks[c].file, plan.chunks[c].file_offset);
-    error.Record(std::move(status));
-  };
+void StagedRun::Copy(StagingSlot slot, uint32_t c) {
+  const Chunk& chunk = plan_.chunks[c];
+  bool released_by_sink = false;
+  if (!error_.stopped()) {
+    StagedSlot staged{slot.data, chunk.needed_bytes, chunk.file_offset, chunk.file, c, slot.index,
+                      {}};
+    if (sink_keeps_slots_) {
+      staged.release = [pool = pool_, slot] { pool->Release(slot); };
+      released_by_sink = true;
+    }
+    activity_.Change(0, +1);
+    const auto copy_start = Clock::now();
+    io::Status status;
+    // The task boundary: nothing may escape into oneTBB, which would terminate.
+    try {
+      status = sink_.Consume(staged, plan_.PiecesOf(chunk));
+    } catch (const std::bad_alloc&) {
+      status = io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
+                                 "out of memory while copying");
+    } catch (const std::exception& e) {
+      status = io::Status::Error(io::StatusCode::kInternal, "internal", e.what());
+    }
+    copy_nanos_.fetch_add(
+        static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - copy_start)
+                .count()),
+        std::memory_order_relaxed);
+    activity_.Change(0, -1);
+    if (!status.ok()) {
+      FailChunk(std::move(status), c);
+    } else if (!progress_.Add(PayloadBytes(plan_.PiecesOf(chunk)))) {
+      error_.Record(Cancelled());
+    }
+  }
+  // Only now, with the sink done reading it, may the slot take another read.
+  if (!released_by_sink) pool_->Release(slot);
+}
 
-  // Hands a filled slot to a copy task, which releases it when the sink is done with it (or, for
-  // a sink that keeps slots, the sink releases it when its asynchronous copies are done).
-  const bool sink_keeps_slots = sink.keeps_slots();
-  auto dispatch = [&](StagingSlot slot, uint32_t c) {
-    copies->Run([&, slot, c] {
-      const Chunk& chunk = plan.chunks[c];
-      bool released_by_sink = false;
-      if (!error.stopped()) {
-        StagedSlot staged{
-            slot.data, chunk.needed_bytes, chunk.file_offset, chunk.file, c, slot.index, {}};
-        if (sink_keeps_slots) {
-          staged.release = [pool, slot] { pool->Release(slot); };
-          released_by_sink = true;
-        }
-        activity.Change(0, +1);
-        const auto copy_start = Clock::now();
-        io::Status status;
-        // The task boundary: nothing may escape into oneTBB, which would terminate.
-        try {
-          status = sink.Consume(staged, plan.PiecesOf(chunk));
-        } catch (const std::bad_alloc&) {
-          status = io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
-                                     "out of memory while copying");
-        } catch (const std::exception& e) {
-          status = io::Status::Error(io::StatusCode::kInternal, "internal", e.what());
-        }
-        copy_nanos.fetch_add(
-            static_cast<uint64_t>(
-                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - copy_start)
-                    .count()),
-            std::memory_order_relaxed);
-        activity.Change(0, -1);
-        if (!status.ok()) {
-          fail_chunk(std::move(status), c);
-        } else if (!progress.Add(PayloadBytes(plan.PiecesOf(chunk)))) {
-          error.Record(Cancelled());
-        }
+// Queues the read of chunk `c` into `slot` (or dispatches it at once when O_DIRECT leaves nothing
+// to read asynchronously). False when the chunk failed.
+bool StagedRun::IssueRead(uint32_t c, StagingSlot slot) {
+  const Chunk& chunk = plan_.chunks[c];
+  uint64_t read_bytes = chunk.needed_bytes;
+  if (direct_) {
+    // Whole aligned blocks up to the last one inside the file; the partial block at the end of
+    // the file (if needed) comes from the buffered descriptor.
+    const uint64_t file_bytes = files_->size_bytes(chunk.file);
+    read_bytes = std::min(chunk.length, AlignDown(file_bytes, alignment_) - chunk.file_offset);
+    if (chunk.needed_bytes > read_bytes) {
+      const uint64_t tail_offset = chunk.file_offset + read_bytes;
+      io::Status status = io::PreadFull(
+          buffered_->fd(chunk.file),
+          std::span(slot.data + read_bytes, chunk.needed_bytes - read_bytes), tail_offset);
+      if (!status.ok()) {
+        FailChunk(std::move(status), c);
+        pool_->Release(slot);
+        return false;
       }
-      // Only now, with the sink done reading it, may the slot take another read.
-      if (!released_by_sink) pool->Release(slot);
-    });
-  };
+    }
+  }
+  if (read_bytes == 0) {
+    Dispatch(slot, c);
+    return true;
+  }
+  Pending& p = pending_[slot.index];
+  p.slot = slot;
+  p.chunk = c;
+  p.iov = iovec{slot.data, read_bytes};
+  batch_.push_back(
+      io::ReadRequest{chunk.file, chunk.file_offset, std::span(&p.iov, 1), slot.index});
+  return true;
+}
 
-  // The IO loop: keep `depth` reads in flight while slots are free; reap; dispatch.
-  std::vector<Pending> pending(pool->slot_count());  // by slot index, which is the request id
-  std::vector<io::ReadRequest> batch;
-  std::vector<io::Completion> done(depth);
-  uint32_t outstanding = 0;
-  uint32_t next = 0;
-  const auto chunk_count = static_cast<uint32_t>(plan.chunks.size());
-  bool backend_broken = false;
-  while (true) {
-    batch.clear();
-    while (!error.stopped() && next < chunk_count && outstanding + batch.size() < depth) {
+void StagedRun::Reap() {
+  auto reaped = backend_->Reap(done_, 1);
+  if (!reaped.ok()) {
+    error_.Record(std::move(reaped).status());
+    backend_broken_ = true;
+    return;
+  }
+  activity_.Change(-static_cast<int>(*reaped), 0);
+  for (size_t i = 0; i < *reaped; ++i) {
+    Pending& p = pending_[done_[i].id];
+    p.iov = {};
+    --outstanding_;
+    if (!done_[i].status.ok()) {
+      FailChunk(std::move(done_[i].status), p.chunk);
+      pool_->Release(p.slot);
+    } else if (error_.stopped()) {
+      pool_->Release(p.slot);  // draining: the bytes are not wanted any more
+    } else {
+      Dispatch(p.slot, p.chunk);
+    }
+  }
+}
+
+// The IO loop: keep `depth` reads in flight while slots are free; reap; dispatch.
+void StagedRun::Loop() {
+  const auto chunk_count = static_cast<uint32_t>(plan_.chunks.size());
+  while (!backend_broken_) {
+    batch_.clear();
+    while (!error_.stopped() && next_ < chunk_count && outstanding_ + batch_.size() < depth_) {
       // Block for a slot only when no read of ours is in flight; otherwise reap first, which is
       // what frees the slots (through the copies it dispatches).
-      std::optional<StagingSlot> slot =
-          (outstanding == 0 && batch.empty()) ? pool->Acquire() : pool->TryAcquire();
+      const bool idle = outstanding_ == 0 && batch_.empty();
+      std::optional<StagingSlot> slot = idle ? pool_->Acquire() : pool_->TryAcquire();
       if (!slot) {
-        if (outstanding == 0 && batch.empty()) {
-          error.Record(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
-                                         "the staging pool was cancelled"));
+        if (idle) {
+          error_.Record(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
+                                          "the staging pool was cancelled"));
         }
         break;
       }
-      if (error.stopped()) {  // a copy failed while we waited for its slot
-        pool->Release(*slot);
+      if (error_.stopped()) {  // a copy failed while we waited for its slot
+        pool_->Release(*slot);
         break;
       }
-      const uint32_t c = next++;
-      const Chunk& chunk = plan.chunks[c];
-      uint64_t read_bytes = chunk.needed_bytes;
-      if (direct) {
-        // Whole aligned blocks up to the last one inside the file; the partial block at the end
-        // of the file (if needed) comes from the buffered descriptor.
-        const uint64_t file_bytes = files.size_bytes(chunk.file);
-        read_bytes = std::min(chunk.length, AlignDown(file_bytes, alignment) - chunk.file_offset);
-        if (chunk.needed_bytes > read_bytes) {
-          const uint64_t tail_offset = chunk.file_offset + read_bytes;
-          io::Status status = io::PreadFull(
-              buffered->fd(chunk.file),
-              std::span(slot->data + read_bytes, chunk.needed_bytes - read_bytes), tail_offset);
-          if (!status.ok()) {
-            fail_chunk(std::move(status), c);
-            pool->Release(*slot);
-            break;
-          }
-        }
-      }
-      if (read_bytes == 0) {
-        dispatch(*slot, c);
-        continue;
-      }
-      Pending& p = pending[slot->index];
-      p.slot = *slot;
-      p.chunk = c;
-      p.iov = iovec{slot->data, read_bytes};
-      batch.push_back(
-          io::ReadRequest{chunk.file, chunk.file_offset, std::span(&p.iov, 1), slot->index});
+      if (!IssueRead(next_++, *slot)) break;
     }
-    if (!batch.empty()) {
-      activity.Change(static_cast<int>(batch.size()), 0);
-      if (io::Status status = backend->Submit(batch); !status.ok()) {
-        error.Record(std::move(status));
-        // A failed Submit may have queued some of the batch: the slots stay with their requests
-        // until the backend is destroyed below.
-        outstanding += static_cast<uint32_t>(batch.size());
-        backend_broken = true;
+    if (!batch_.empty()) {
+      activity_.Change(static_cast<int>(batch_.size()), 0);
+      io::Status status = backend_->Submit(batch_);
+      // A failed Submit may have queued some of the batch: the slots stay with their requests
+      // until the backend is destroyed (Finish).
+      outstanding_ += static_cast<uint32_t>(batch_.size());
+      if (!status.ok()) {
+        error_.Record(std::move(status));
+        backend_broken_ = true;
         break;
       }
-      outstanding += static_cast<uint32_t>(batch.size());
-      stats.peak_in_flight = std::max(stats.peak_in_flight, outstanding);
+      stats_.peak_in_flight = std::max(stats_.peak_in_flight, outstanding_);
     }
-    if (outstanding == 0) {
-      if (error.stopped() || next >= chunk_count) break;
+    if (outstanding_ == 0) {
+      if (error_.stopped() || next_ >= chunk_count) break;
       continue;
     }
-    auto reaped = backend->Reap(done, 1);
-    if (!reaped.ok()) {
-      error.Record(std::move(reaped).status());
-      backend_broken = true;
-      break;
-    }
-    activity.Change(-static_cast<int>(*reaped), 0);
-    for (size_t i = 0; i < *reaped; ++i) {
-      Pending& p = pending[done[i].id];
-      p.iov = {};
-      --outstanding;
-      if (!done[i].status.ok()) {
-        fail_chunk(std::move(done[i].status), p.chunk);
-        pool->Release(p.slot);
-      } else if (error.stopped()) {
-        pool->Release(p.slot);  // draining: the bytes are not wanted any more
-      } else {
-        dispatch(p.slot, p.chunk);
-      }
-    }
+    Reap();
   }
-  if (backend_broken) {
+}
+
+io::Result<PipelineStats> StagedRun::Finish() {
+  if (backend_broken_) {
     // The backend cannot be reaped any more; its destructor waits until the kernel is done with
     // every buffer, after which the slots of the lost requests can go back.
-    activity.Change(-static_cast<int>(outstanding), 0);
-    backend.reset();
-    for (Pending& p : pending) {
-      if (p.iov.iov_base != nullptr) pool->Release(p.slot);
+    activity_.Change(-static_cast<int>(outstanding_), 0);
+    backend_.reset();
+    for (Pending& p : pending_) {
+      if (p.iov.iov_base != nullptr) pool_->Release(p.slot);
     }
   }
-  backend.reset();
+  backend_.reset();
 
   // Every copy must be finished before the slots, the plan and this frame go away.
-  copies->Wait();
-  io::Status finish = sink.Finish();
-  if (sink_keeps_slots && own_pool != nullptr && own_pool->in_use() > 0) {
+  copies_->Wait();
+  io::Status finish = sink_.Finish();
+  if (sink_keeps_slots_ && own_pool_ != nullptr && own_pool_->in_use() > 0) {
     // A sink broke its contract: copies may still read slots. Leaking the pool is the only safe
     // thing left to do with it.
     finish = io::Status::Error(io::StatusCode::kInternal, "sink",
-                               "the sink still holds " + std::to_string(own_pool->in_use()) +
+                               "the sink still holds " + std::to_string(own_pool_->in_use()) +
                                    " staging slots after Finish");
-    (void)own_pool.release();
+    (void)own_pool_.release();
   }
 
-  activity.Fill(&stats);
-  stats.copy_thread_seconds = static_cast<double>(copy_nanos.load()) * 1e-9;
-  stats.peak_slots_in_use = std::max(pool->peak_in_use(), peak_before) - peak_before;
-  stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  if (io::Status status = error.Take(); !status.ok()) return status;
+  activity_.Fill(&stats_);
+  stats_.copy_thread_seconds = static_cast<double>(copy_nanos_.load()) * 1e-9;
+  stats_.peak_slots_in_use = std::max(pool_->peak_in_use(), peak_before_) - peak_before_;
+  stats_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+  if (io::Status status = error_.Take(); !status.ok()) return status;
   if (!finish.ok()) return finish;
-  if (!progress.Final()) return Cancelled();
-  return stats;
+  if (!progress_.Final()) return Cancelled();
+  return stats_;
+}
+
+}  // namespace
+
+io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
+                                            std::span<const LoadTarget> targets, Sink& sink,
+                                            const PipelineOptions& options) {
+  return StagedRun(checkpoint, targets, sink, options).Run();
 }
 
 }  // namespace shardstream::engine

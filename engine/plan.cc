@@ -16,6 +16,7 @@ struct Extent {
   uint64_t begin;  // absolute file offsets
   uint64_t end;
   uint32_t target;
+  uint64_t destination_offset;  // where `begin` lands
 };
 
 // Emits the chunks for one coalesced run [run_begin, run_end) of `file` and the pieces of the
@@ -42,7 +43,8 @@ void EmitRun(uint32_t file, uint64_t run_begin, uint64_t run_end, std::span<cons
       const uint64_t begin = std::max(e.begin, chunk_begin);
       const uint64_t end = std::min(e.end, chunk_end);
       if (begin >= end) continue;
-      plan->pieces.push_back(Piece{e.target, begin - e.begin, begin - chunk_begin, end - begin});
+      plan->pieces.push_back(Piece{e.target, e.destination_offset + (begin - e.begin),
+                                   begin - chunk_begin, end - begin});
       needed_end = std::max(needed_end, end);
     }
     chunk.piece_count = static_cast<uint32_t>(plan->pieces.size()) - chunk.first_piece;
@@ -59,6 +61,15 @@ void EmitRun(uint32_t file, uint64_t run_begin, uint64_t run_end, std::span<cons
 io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
                                    std::span<const io::TensorLocation> targets,
                                    const PlanOptions& options) {
+  std::vector<PlanTarget> whole;
+  whole.reserve(targets.size());
+  for (const io::TensorLocation& location : targets) whole.push_back(PlanTarget{location, {}});
+  return BuildReadPlan(checkpoint, whole, options);
+}
+
+io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
+                                   std::span<const PlanTarget> targets,
+                                   const PlanOptions& options) {
   const uint64_t alignment = options.alignment_bytes;
   if (options.chunk_bytes == 0 || alignment == 0 || (alignment & (alignment - 1)) != 0) {
     return io::Status::Error(
@@ -73,7 +84,7 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
   std::vector<std::vector<Extent>> per_file(checkpoint.files.size());
   ReadPlan plan;
   for (uint32_t i = 0; i < targets.size(); ++i) {
-    const io::TensorLocation& loc = targets[i];
+    const io::TensorLocation& loc = targets[i].source;
     if (loc.file >= checkpoint.files.size() ||
         loc.index >= checkpoint.files[loc.file].header.tensors.size()) {
       return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
@@ -81,10 +92,25 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
     }
     const io::Header& header = checkpoint.files[loc.file].header;
     const io::TensorInfo& t = header.tensors[loc.index];
-    plan.payload_bytes += t.size_bytes();
-    if (t.size_bytes() == 0) continue;
-    per_file[loc.file].push_back(
-        Extent{header.data_offset() + t.begin, header.data_offset() + t.end, i});
+    const uint64_t base = header.data_offset() + t.begin;
+    if (targets[i].runs.empty()) {
+      plan.payload_bytes += t.size_bytes();
+      if (t.size_bytes() > 0)
+        per_file[loc.file].push_back(Extent{base, base + t.size_bytes(), i, 0});
+      continue;
+    }
+    for (const Run& run : targets[i].runs) {
+      if (run.source_offset > t.size_bytes() || run.length > t.size_bytes() - run.source_offset) {
+        return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
+                                 "target " + std::to_string(i) + " has a run outside its tensor")
+            .WithTensor(t.name);
+      }
+      plan.payload_bytes += run.length;
+      if (run.length == 0) continue;
+      per_file[loc.file].push_back(Extent{base + run.source_offset,
+                                          base + run.source_offset + run.length, i,
+                                          run.destination_offset});
+    }
   }
 
   for (uint32_t file = 0; file < per_file.size(); ++file) {

@@ -37,11 +37,19 @@ struct Run {
   uint64_t length = 0;
 };
 
+// What a plan reads for one target: a tensor, whole (no runs) or only the bytes its runs name.
+struct PlanTarget {
+  io::TensorLocation source;
+  std::span<const Run> runs;  // borrowed; empty: the whole tensor, landing at offset 0
+};
+
 // A part of one target tensor that one chunk holds.
 struct Piece {
-  uint32_t target = 0;         // index into the targets passed to BuildReadPlan
-  uint64_t target_offset = 0;  // first byte inside the tensor
-  uint64_t chunk_offset = 0;   // first byte inside the chunk's buffer
+  uint32_t target = 0;  // index into the targets passed to BuildReadPlan
+  // Where the bytes land, from the target's destination: the offset inside the tensor for a
+  // whole-tensor target, run.destination_offset + the offset inside the run otherwise.
+  uint64_t target_offset = 0;
+  uint64_t chunk_offset = 0;  // first byte inside the chunk's buffer
   uint64_t length = 0;
 };
 
@@ -60,7 +68,7 @@ struct Chunk {
 struct ReadPlan {
   std::vector<Chunk> chunks;     // sorted by (file, file_offset); never overlapping
   std::vector<Piece> pieces;     // grouped by chunk
-  uint64_t payload_bytes = 0;    // bytes of the targets
+  uint64_t payload_bytes = 0;    // bytes of the targets (of their runs, where they have runs)
   uint64_t read_bytes = 0;       // bytes the chunks read (payload + gaps + alignment)
   uint64_t max_chunk_bytes = 0;  // the largest chunk: what one staging slot must hold
 
@@ -70,9 +78,12 @@ struct ReadPlan {
 };
 
 // Plans the reads for `targets` (tensors of `checkpoint`; the same tensor may appear twice, e.g. to
-// fill two destinations). Empty tensors produce no piece. Errors: rule "plan-options" for a zero
-// chunk size or an alignment that is not a power of two, "plan-target" for a location outside
-// the checkpoint.
+// fill two destinations). Empty tensors and runs produce no piece. Errors: rule "plan-options"
+// for a zero chunk size or an alignment that is not a power of two, "plan-target" for a location
+// outside the checkpoint or a run outside its tensor.
+io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
+                                   std::span<const PlanTarget> targets, const PlanOptions& options);
+// Whole tensors.
 io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
                                    std::span<const io::TensorLocation> targets,
                                    const PlanOptions& options);

@@ -1,7 +1,7 @@
 #include "integration/skeleton.h"
 
 #include "engine/host_memory.h"
-#include "integration/detail/read_targets.h"
+#include "integration/detail/fill_torch.h"
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 #include "integration/layers.h"
@@ -76,11 +76,30 @@ std::string ListNames(const std::vector<std::string>& names) {
   return text;
 }
 
-// Frees a scratch buffer from engine::AllocateHostBuffer.
-struct HostBufferDeleter {
-  uint64_t size_bytes;
-  void operator()(std::byte* data) const { engine::FreeHostBuffer(data, size_bytes); }
-};
+// Uninitialised contiguous storage for `like` on `device`: from torch's allocator, or, for host
+// tensors on huge pages, from engine::AllocateHostBuffer. Failures throw LoadError rule "memory"
+// naming the tensor.
+at::Tensor AllocateLike(const std::string& name, const at::Tensor& like, c10::Device device,
+                        bool huge_pages) {
+  if (device.is_cpu() && huge_pages) {
+    const uint64_t bytes = like.nbytes();
+    io::Result<std::byte*> buffer = engine::AllocateHostBuffer(bytes, /*huge_pages=*/true);
+    if (!buffer.ok()) ThrowIfError(std::move(buffer).status().WithTensor(name));
+    return at::from_blob(
+        *buffer, like.sizes(),
+        [bytes](void* data) { engine::FreeHostBuffer(static_cast<std::byte*>(data), bytes); },
+        like.options().device(c10::kCPU));
+  }
+  try {
+    return at::empty(like.sizes(), like.options().device(device));
+  } catch (const c10::Error& e) {
+    ThrowIfError(io::Status::Error(
+                     io::StatusCode::kResourceExhausted, "memory",
+                     "cannot allocate it on " + device.str() + ": " + e.what_without_backtrace())
+                     .WithTensor(name));
+  }
+  return {};
+}
 
 }  // namespace
 
@@ -96,14 +115,19 @@ c10::Device DeviceMap::For(const std::string& name) const {
 }
 
 MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices,
-                             bool reserve_device_memory) {
-  // The meta tensors, once each (tied names share a TensorImpl), with their devices.
-  std::vector<std::pair<at::Tensor, c10::Device>> meta;
+                             bool reserve_device_memory, bool huge_pages) {
+  // The meta tensors, once each (tied names share a TensorImpl), with their names and devices.
+  struct Meta {
+    std::string name;
+    at::Tensor tensor;
+    c10::Device device;
+  };
+  std::vector<Meta> meta;
   std::unordered_set<const c10::TensorImpl*> seen;
   auto collect = [&](const std::string& name, const at::Tensor& tensor) {
     if (!tensor.defined() || !tensor.is_meta()) return;  // real already
     if (seen.insert(tensor.unsafeGetTensorImpl()).second) {
-      meta.emplace_back(tensor, devices.For(name));
+      meta.push_back(Meta{name, tensor, devices.For(name)});
     }
   };
   for (const auto& item : module.named_parameters(/*recurse=*/true)) {
@@ -115,9 +139,9 @@ MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices
 
   // One caching-allocator block per GPU for what goes there (detail::ReserveDeviceMemory).
   std::map<c10::DeviceIndex, uint64_t> reservations;
-  for (const auto& [tensor, device] : meta) {
-    if (device.is_cuda()) {
-      detail::AddDeviceReservation(tensor.nbytes(), &reservations[device.index()]);
+  for (const Meta& m : meta) {
+    if (m.device.is_cuda()) {
+      detail::AddDeviceReservation(m.tensor.nbytes(), &reservations[m.device.index()]);
     }
   }
   std::map<c10::DeviceIndex, uint64_t> allocations_before;
@@ -128,12 +152,12 @@ MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices
   }
 
   MaterializeStats stats;
-  for (const auto& [tensor, device] : meta) {
-    at::Tensor real = at::empty(tensor.sizes(), tensor.options().device(device));
+  for (const Meta& m : meta) {
+    at::Tensor real = AllocateLike(m.name, m.tensor, m.device, huge_pages);
     // The deliberate bypass of Tensor::set_data's compatibility check (see skeleton.h): storage,
     // sizes, strides, dtype, device and dispatch keys come from `real`; the TensorImpl, its
     // autograd metadata and version counter stay, so every holder of this tensor sees the change.
-    tensor.unsafeGetTensorImpl()->shallow_copy_from(real.getIntrusivePtr());
+    m.tensor.unsafeGetTensorImpl()->shallow_copy_from(real.getIntrusivePtr());
     stats.bytes += real.nbytes();
     ++stats.tensors;
   }
@@ -219,9 +243,266 @@ std::string Rename::Apply(const std::string& name) const {
   return name;
 }
 
+namespace {
+
+// One LoadInto, phase by phase: the module's names (Collect), the checkpoint's after renames
+// (Name), matching them (Match, Strict), materialising (Materialize), the fill targets (Targets,
+// then the fill core), and the re-init stage (Finalize).
+class ModelLoad {
+ public:
+  ModelLoad(torch::nn::Module& module, const io::Checkpoint& checkpoint,
+            const ModelLoadOptions& options, ModelLoadReport& out)
+      : module_(module), checkpoint_(checkpoint), options_(options), out_(out) {}
+
+  void Collect();
+  void Name();
+  void Match();
+  void Strict() const;
+  std::vector<engine::FillTarget> Targets();
+  void Finalize();
+
+ private:
+  void Add(std::string name, const at::Tensor& tensor, torch::nn::Module& owner,
+           const BufferInit* init);
+  // Whether checkpoint tensor `n` claims its module name; records why not in the report.
+  void Claim(const io::TensorLocation& location, const std::string& name,
+             std::unordered_set<std::string>& claimed, const std::vector<std::regex>& ignore);
+
+  torch::nn::Module& module_;
+  const io::Checkpoint& checkpoint_;
+  const ModelLoadOptions& options_;
+  ModelLoadReport& out_;
+  std::vector<Entry> entries_;
+  std::vector<Group> groups_;
+  std::unordered_map<const c10::TensorImpl*, size_t> group_of_;
+  std::unordered_map<std::string, size_t> entry_of_;
+  struct Named {
+    io::TensorLocation location;
+    std::string name;
+  };
+  std::vector<Named> named_;
+};
+
+void ModelLoad::Add(std::string name, const at::Tensor& tensor, torch::nn::Module& owner,
+                    const BufferInit* init) {
+  auto [it, inserted] = group_of_.emplace(tensor.unsafeGetTensorImpl(), groups_.size());
+  if (inserted) groups_.emplace_back();
+  Group& group = groups_[it->second];
+  group.entries.push_back(entries_.size());
+  group.non_persistent = group.non_persistent || init != nullptr;
+  entry_of_.emplace(name, entries_.size());
+  entries_.push_back(Entry{std::move(name), tensor, &owner, init, it->second});
+}
+
+// The module's names, grouped by TensorImpl so that tied weights are one target.
+void ModelLoad::Collect() {
+  const BufferRegistry& registry = options_.buffers ? *options_.buffers : DefaultBufferRegistry();
+  module_.apply([&](const std::string& prefix, torch::nn::Module& owner) {
+    auto full = [&](const std::string& key) { return prefix.empty() ? key : prefix + "." + key; };
+    for (const auto& item : owner.named_parameters(/*recurse=*/false)) {
+      Add(full(item.key()), item.value(), owner, nullptr);
+    }
+    for (const auto& item : owner.named_buffers(/*recurse=*/false)) {
+      std::string name = full(item.key());
+      const BufferInit* init = registry.Find(owner, item.key(), name);
+      Add(std::move(name), item.value(), owner, init);
+    }
+  });
+}
+
+// Checkpoint names after renames, then the base_model_prefix fix-up.
+void ModelLoad::Name() {
+  named_.reserve(checkpoint_.tensor_count());
+  for (uint32_t f = 0; f < checkpoint_.files.size(); ++f) {
+    const auto& tensors = checkpoint_.files[f].header.tensors;
+    for (uint32_t i = 0; i < tensors.size(); ++i) {
+      std::string name = tensors[i].name;
+      for (const Rename& rename : options_.renames) name = rename.Apply(name);
+      out_.file_tensors.emplace(tensors[i].name,
+                                LoadReport::FileTensor{tensors[i].dtype, tensors[i].shape});
+      named_.push_back(Named{{f, i}, std::move(name)});
+    }
+  }
+  if (options_.base_model_prefix.empty()) return;
+  const std::string prefix = options_.base_model_prefix + ".";
+  auto has_prefix = [&](const std::string& name) { return name.starts_with(prefix); };
+  const bool module_has = std::any_of(entries_.begin(), entries_.end(),
+                                      [&](const Entry& e) { return has_prefix(e.name); });
+  const bool checkpoint_has =
+      std::any_of(named_.begin(), named_.end(), [&](const Named& n) { return has_prefix(n.name); });
+  for (Named& n : named_) {
+    if (module_has && !checkpoint_has && !entry_of_.count(n.name) &&
+        entry_of_.count(prefix + n.name)) {
+      n.name = prefix + n.name;
+    } else if (!module_has && checkpoint_has && has_prefix(n.name)) {
+      n.name = n.name.substr(prefix.size());
+    }
+  }
+}
+
+void ModelLoad::Claim(const io::TensorLocation& location, const std::string& name,
+                      std::unordered_set<std::string>& claimed,
+                      const std::vector<std::regex>& ignore) {
+  const io::TensorInfo& t = checkpoint_.tensor(location);
+  const std::string& file = checkpoint_.files[location.file].path.string();
+  if (std::any_of(ignore.begin(), ignore.end(),
+                  [&](const std::regex& r) { return std::regex_match(name, r); })) {
+    out_.ignored.push_back(name);
+    return;
+  }
+  auto found = entry_of_.find(name);
+  if (found == entry_of_.end()) {
+    out_.unexpected.push_back(name);
+    return;
+  }
+  if (!claimed.insert(name).second) {
+    ThrowIfError(Error("rename-collision",
+                       "two checkpoint tensors map to module name '" + name + "' after renames")
+                     .WithTensor(t.name)
+                     .WithPath(file));
+  }
+  Entry& entry = entries_[found->second];
+  Group& group = groups_[entry.group];
+  // A stale copy of a buffer that is always recomputed, or a tied alias also in the checkpoint.
+  if (group.non_persistent || group.source || group.mismatched) {
+    out_.ignored.push_back(name);
+    return;
+  }
+  io::Result<std::vector<int64_t>> shape = TorchShape(t);
+  if (!shape.ok()) ThrowIfError(std::move(shape).status().WithPath(file));
+  if (!c10::IntArrayRef(*shape).equals(entry.tensor.sizes())) {
+    out_.mismatched.push_back(
+        ModelLoadReport::Mismatch{entry.name, *shape, entry.tensor.sizes().vec()});
+    group.mismatched = true;
+    return;
+  }
+  const c10::ScalarType from = StorageDType(t.dtype);
+  if (from != entry.tensor.scalar_type() && io::DTypeBits(t.dtype) < 8) {
+    ThrowIfError(Error("cast", std::string(io::DTypeName(t.dtype)) +
+                                   " values are packed sub-byte data that torch cannot convert "
+                                   "to the module's " +
+                                   c10::toString(entry.tensor.scalar_type()))
+                     .WithTensor(t.name)
+                     .WithPath(file));
+  }
+  group.source = location;
+  group.source_entry = found->second;
+}
+
+void ModelLoad::Match() {
+  std::vector<std::regex> ignore;
+  for (const std::string& pattern : options_.ignore_checkpoint) {
+    ignore.push_back(CompilePattern(pattern, "ignore pattern"));
+  }
+  std::unordered_set<std::string> claimed;
+  for (const Named& n : named_) Claim(n.location, n.name, claimed, ignore);
+  for (const Group& group : groups_) {
+    if (group.non_persistent || group.mismatched) continue;
+    if (!group.source) {
+      out_.missing.push_back(entries_[group.entries.front()].name);
+      for (size_t i = 1; i < group.entries.size(); ++i) {
+        out_.tied.push_back(entries_[group.entries[i]].name);
+      }
+      continue;
+    }
+    for (size_t e : group.entries) {
+      if (e != group.source_entry) out_.tied.push_back(entries_[e].name);
+    }
+  }
+}
+
+void ModelLoad::Strict() const {
+  if (!options_.strict ||
+      (out_.missing.empty() && out_.unexpected.empty() && out_.mismatched.empty())) {
+    return;
+  }
+  std::string message = "strict load:";
+  std::string sep = " ";
+  if (!out_.missing.empty()) {
+    message +=
+        sep + std::to_string(out_.missing.size()) + " missing (" + ListNames(out_.missing) + ")";
+    sep = "; ";
+  }
+  if (!out_.unexpected.empty()) {
+    message += sep + std::to_string(out_.unexpected.size()) + " unexpected (" +
+               ListNames(out_.unexpected) + ")";
+    sep = "; ";
+  }
+  if (!out_.mismatched.empty()) {
+    std::vector<std::string> described;
+    for (const auto& m : out_.mismatched) {
+      described.push_back(m.name + ": checkpoint " + FormatSizes(m.checkpoint_shape) + ", model " +
+                          FormatSizes(m.model_shape));
+    }
+    message +=
+        sep + std::to_string(out_.mismatched.size()) + " mismatched (" + ListNames(described) + ")";
+  }
+  ThrowIfError(
+      Error("keys", message + "; load non-strict to accept").WithPath(checkpoint_.source.string()));
+}
+
+// Every matched tensor, straight into the module's storage (through its strides when it is a
+// view); a dtype change is a cast, through bounded scratch on the CPU, on the device on a GPU.
+std::vector<engine::FillTarget> ModelLoad::Targets() {
+  std::vector<engine::FillTarget> targets;
+  for (const Group& group : groups_) {
+    if (!group.source) continue;
+    const Entry& entry = entries_[group.source_entry];
+    const io::TensorInfo& t = checkpoint_.tensor(*group.source);
+    const c10::Device where = entry.tensor.device();
+    if (!where.is_cpu() && !where.is_cuda()) {
+      ThrowIfError(Error("device", "the module holds it on " + where.str() +
+                                       "; shardstream loads into CPU and CUDA tensors")
+                       .WithTensor(entry.name)
+                       .WithPath(checkpoint_.source.string()));
+    }
+    out_.bytes += t.size_bytes();
+    ++out_.tensors;
+    targets.push_back(detail::TargetFor(*group.source, t.dtype, entry.tensor));
+    if (targets.back().dtype != t.dtype) out_.cast.push_back(entry.name);
+  }
+  return targets;
+}
+
+// Every read has finished: fill what the checkpoint could not (non-strict), then recompute the
+// non-persistent buffers.
+void ModelLoad::Finalize() {
+  at::NoGradGuard no_grad;  // in-place writes into parameters that require grad
+  for (const Group& group : groups_) {
+    if (!group.source && !group.non_persistent) entries_[group.entries.front()].tensor.zero_();
+  }
+  for (const Group& group : groups_) {
+    if (!group.non_persistent) continue;
+    for (size_t e : group.entries) {
+      Entry& entry = entries_[e];
+      if (entry.init == nullptr) continue;
+      (*entry.init)(*entry.owner, entry.tensor);
+      out_.reinitialized.push_back(entry.name);
+      break;  // one storage: computed once
+    }
+  }
+}
+
+// The devices of a load, with LibTorch's CUDA side loaded for those that are GPUs.
+DeviceMap LoadDevices(const ModelLoadOptions& options) {
+  DeviceMap devices = options.devices;
+  if (devices.prefixes.empty() && devices.fallback.is_cpu()) {
+    devices.fallback = ParseLoadDevice(options.load.device);
+  }
+  auto require_cuda = [](c10::Device& device) {
+    if (!device.is_cuda()) return;
+    if (!device.has_index()) device.set_index(0);
+    (void)detail::RequireTorchCuda(device);
+  };
+  require_cuda(devices.fallback);
+  for (auto& [prefix, device] : devices.prefixes) require_cuda(device);
+  return devices;
+}
+
+}  // namespace
+
 ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path& path,
                          const ModelLoadOptions& options) {
-  auto start = Clock::now();
   ModelLoadReport out;
   if (options.load.zero_copy) {
     ThrowIfError(Error("zero-copy",
@@ -233,330 +514,45 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
                        "LoadInto keeps the module's dtypes (checkpoint tensors are cast "
                        "to them); build the skeleton in the dtype wanted instead"));
   }
-  DeviceMap devices = options.devices;
-  if (devices.prefixes.empty() && devices.fallback.is_cpu()) {
-    devices.fallback = ParseLoadDevice(options.load.device);
-  }
-  // CUDA targets need LibTorch's CUDA side loaded before anything is allocated there.
-  auto require_cuda = [](c10::Device& device) {
-    if (!device.is_cuda()) return;
-    if (!device.has_index()) device.set_index(0);
-    (void)detail::RequireTorchCuda(device);
-  };
-  require_cuda(devices.fallback);
-  for (auto& [prefix, device] : devices.prefixes) require_cuda(device);
-  start = Clock::now();  // after the process's one-time CUDA start-up, as LoadFile
+  const DeviceMap devices = LoadDevices(options);
+  const auto start = Clock::now();  // after the process's one-time CUDA start-up, as LoadFile
 
   auto stage_start = Clock::now();
   io::Result<io::Checkpoint> opened = io::OpenCheckpoint(path);
   ThrowIfError(opened.status());
   const io::Checkpoint& checkpoint = *opened;
-  const std::string source = checkpoint.source.string();
   out.files = checkpoint.files.size();
   out.stages.emplace_back("headers", SecondsSince(stage_start));
 
-  // The module's names, grouped by TensorImpl so that tied weights are one target.
   stage_start = Clock::now();
-  const BufferRegistry& registry = options.buffers ? *options.buffers : DefaultBufferRegistry();
-  std::vector<Entry> entries;
-  std::vector<Group> groups;
-  std::unordered_map<const c10::TensorImpl*, size_t> group_of;
-  std::unordered_map<std::string, size_t> entry_of;
-  auto add = [&](std::string name, const at::Tensor& tensor, torch::nn::Module& owner,
-                 const BufferInit* init) {
-    auto [it, inserted] = group_of.emplace(tensor.unsafeGetTensorImpl(), groups.size());
-    if (inserted) groups.emplace_back();
-    Group& group = groups[it->second];
-    group.entries.push_back(entries.size());
-    group.non_persistent = group.non_persistent || init != nullptr;
-    entry_of.emplace(name, entries.size());
-    entries.push_back(Entry{std::move(name), tensor, &owner, init, it->second});
-  };
-  module.apply([&](const std::string& prefix, torch::nn::Module& owner) {
-    auto full = [&](const std::string& key) { return prefix.empty() ? key : prefix + "." + key; };
-    for (const auto& item : owner.named_parameters(/*recurse=*/false)) {
-      add(full(item.key()), item.value(), owner, nullptr);
-    }
-    for (const auto& item : owner.named_buffers(/*recurse=*/false)) {
-      std::string name = full(item.key());
-      const BufferInit* init = registry.Find(owner, item.key(), name);
-      add(std::move(name), item.value(), owner, init);
-    }
-  });
-
-  // Checkpoint names after renames, then the base_model_prefix fix-up.
-  struct Named {
-    io::TensorLocation location;
-    std::string name;
-  };
-  std::vector<Named> named;
-  named.reserve(checkpoint.tensor_count());
-  for (uint32_t f = 0; f < checkpoint.files.size(); ++f) {
-    const auto& tensors = checkpoint.files[f].header.tensors;
-    for (uint32_t i = 0; i < tensors.size(); ++i) {
-      std::string name = tensors[i].name;
-      for (const Rename& rename : options.renames) name = rename.Apply(name);
-      out.file_tensors.emplace(tensors[i].name,
-                               LoadReport::FileTensor{tensors[i].dtype, tensors[i].shape});
-      named.push_back(Named{{f, i}, std::move(name)});
-    }
-  }
-  if (!options.base_model_prefix.empty()) {
-    const std::string prefix = options.base_model_prefix + ".";
-    auto has_prefix = [&](const std::string& name) { return name.starts_with(prefix); };
-    const bool module_has = std::any_of(entries.begin(), entries.end(),
-                                        [&](const Entry& e) { return has_prefix(e.name); });
-    const bool checkpoint_has =
-        std::any_of(named.begin(), named.end(), [&](const Named& n) { return has_prefix(n.name); });
-    for (Named& n : named) {
-      if (module_has && !checkpoint_has && !entry_of.count(n.name) &&
-          entry_of.count(prefix + n.name)) {
-        n.name = prefix + n.name;
-      } else if (!module_has && checkpoint_has && has_prefix(n.name)) {
-        n.name = n.name.substr(prefix.size());
-      }
-    }
-  }
-  std::vector<std::regex> ignore;
-  for (const std::string& pattern : options.ignore_checkpoint) {
-    ignore.push_back(CompilePattern(pattern, "ignore pattern"));
-  }
-
-  std::unordered_set<std::string> claimed;
-  for (const Named& n : named) {
-    const io::TensorInfo& t = checkpoint.tensor(n.location);
-    const std::string& file = checkpoint.files[n.location.file].path.string();
-    if (std::any_of(ignore.begin(), ignore.end(),
-                    [&](const std::regex& r) { return std::regex_match(n.name, r); })) {
-      out.ignored.push_back(n.name);
-      continue;
-    }
-    auto found = entry_of.find(n.name);
-    if (found == entry_of.end()) {
-      out.unexpected.push_back(n.name);
-      continue;
-    }
-    if (!claimed.insert(n.name).second) {
-      ThrowIfError(Error("rename-collision",
-                         "two checkpoint tensors map to module name '" + n.name + "' after renames")
-                       .WithTensor(t.name)
-                       .WithPath(file));
-    }
-    Entry& entry = entries[found->second];
-    Group& group = groups[entry.group];
-    if (group.non_persistent) {  // a stale copy of a buffer that is always recomputed
-      out.ignored.push_back(n.name);
-      continue;
-    }
-    if (group.source || group.mismatched) {  // the checkpoint also holds a tied alias
-      out.ignored.push_back(n.name);
-      continue;
-    }
-    io::Result<std::vector<int64_t>> shape = TorchShape(t);
-    if (!shape.ok()) ThrowIfError(std::move(shape).status().WithPath(file));
-    if (!c10::IntArrayRef(*shape).equals(entry.tensor.sizes())) {
-      out.mismatched.push_back(
-          ModelLoadReport::Mismatch{entry.name, *shape, entry.tensor.sizes().vec()});
-      group.mismatched = true;
-      continue;
-    }
-    const c10::ScalarType from = StorageDType(t.dtype);
-    if (from != entry.tensor.scalar_type() && io::DTypeBits(t.dtype) < 8) {
-      ThrowIfError(Error("cast", std::string(io::DTypeName(t.dtype)) +
-                                     " values are packed sub-byte data that torch cannot convert "
-                                     "to the module's " +
-                                     c10::toString(entry.tensor.scalar_type()))
-                       .WithTensor(t.name)
-                       .WithPath(file));
-    }
-    group.source = n.location;
-    group.source_entry = found->second;
-  }
-  for (const Group& group : groups) {
-    if (group.non_persistent || group.mismatched) continue;
-    if (!group.source) {
-      out.missing.push_back(entries[group.entries.front()].name);
-      for (size_t i = 1; i < group.entries.size(); ++i) {
-        out.tied.push_back(entries[group.entries[i]].name);
-      }
-      continue;
-    }
-    for (size_t e : group.entries) {
-      if (e != group.source_entry) out.tied.push_back(entries[e].name);
-    }
-  }
+  ModelLoad load(module, checkpoint, options, out);
+  load.Collect();
+  load.Name();
+  load.Match();
   out.stages.emplace_back("match", SecondsSince(stage_start));
-  if (options.strict &&
-      (!out.missing.empty() || !out.unexpected.empty() || !out.mismatched.empty())) {
-    std::string message = "strict load:";
-    std::string sep = " ";
-    if (!out.missing.empty()) {
-      message +=
-          sep + std::to_string(out.missing.size()) + " missing (" + ListNames(out.missing) + ")";
-      sep = "; ";
-    }
-    if (!out.unexpected.empty()) {
-      message += sep + std::to_string(out.unexpected.size()) + " unexpected (" +
-                 ListNames(out.unexpected) + ")";
-      sep = "; ";
-    }
-    if (!out.mismatched.empty()) {
-      std::vector<std::string> described;
-      for (const auto& m : out.mismatched) {
-        described.push_back(m.name + ": checkpoint " + FormatSizes(m.checkpoint_shape) +
-                            ", model " + FormatSizes(m.model_shape));
-      }
-      message += sep + std::to_string(out.mismatched.size()) + " mismatched (" +
-                 ListNames(described) + ")";
-    }
-    ThrowIfError(Error("keys", message + "; load non-strict to accept").WithPath(source));
-  }
+  load.Strict();
 
   stage_start = Clock::now();
-  out.materialized = Materialize(module, devices, options.load.reserve_device_memory);
+  out.materialized =
+      Materialize(module, devices, options.load.reserve_device_memory, options.load.huge_pages);
   out.device_allocations = out.materialized.device_allocations;
   out.stages.emplace_back("materialize", SecondsSince(stage_start));
 
-  // Targets: straight into the module's storage where dtype and layout allow, else via scratch.
-  struct CastTarget {
-    io::TensorLocation location;
-    at::Tensor destination;
-    std::vector<int64_t> shape;
-    c10::ScalarType from;
-    uint64_t size_bytes;
-  };
-  std::vector<engine::LoadTarget> direct_targets;
-  std::vector<CastTarget> cast_targets;
-  // Per CUDA device: the targets it holds, loaded by one pipeline per device.
-  struct DeviceLoad {
-    std::vector<engine::LoadTarget> targets;
-    std::vector<cuda::DeviceTarget> device_targets;
-  };
-  std::map<int, DeviceLoad> device_loads;
-  uint64_t largest_cast = 0;
-  uint64_t cast_total = 0;
-  for (const Group& group : groups) {
-    if (!group.source) continue;
-    const Entry& entry = entries[group.source_entry];
-    const io::TensorInfo& t = checkpoint.tensor(*group.source);
-    const c10::Device where = entry.tensor.device();
-    if (!where.is_cpu() && !where.is_cuda()) {
-      ThrowIfError(Error("device", "the module holds it on " + where.str() +
-                                       "; shardstream loads into CPU and CUDA tensors")
-                       .WithTensor(entry.name)
-                       .WithPath(source));
-    }
-    out.bytes += t.size_bytes();
-    ++out.tensors;
-    const c10::ScalarType from = StorageDType(t.dtype);
-    if (where.is_cuda()) {
-      // Raw bytes go up through the device's pipeline; a dtype change is a cast on the device.
-      const std::optional<io::DType> to = from == entry.tensor.scalar_type()
-                                              ? std::optional<io::DType>(t.dtype)
-                                              : SafetensorsDType(entry.tensor.scalar_type());
-      if (!entry.tensor.is_contiguous() || !to) {
-        ThrowIfError(Error("cast", "cannot load " + std::string(io::DTypeName(t.dtype)) +
-                                       " into a " + c10::toString(entry.tensor.scalar_type()) +
-                                       (entry.tensor.is_contiguous() ? "" : " non-contiguous") +
-                                       " CUDA tensor")
-                         .WithTensor(entry.name)
-                         .WithPath(source));
-      }
-      auto* data = static_cast<std::byte*>(entry.tensor.data_ptr());
-      DeviceLoad& load = device_loads[static_cast<int>(where.index())];
-      load.targets.push_back(engine::LoadTarget{*group.source, data});
-      load.device_targets.push_back(cuda::DeviceTarget{data, t.size_bytes(), t.dtype, *to});
-      if (*to != t.dtype) out.cast.push_back(entry.name);
-      continue;
-    }
-    if (from == entry.tensor.scalar_type() && entry.tensor.is_contiguous()) {
-      direct_targets.push_back(
-          engine::LoadTarget{*group.source, static_cast<std::byte*>(entry.tensor.data_ptr())});
-      continue;
-    }
-    cast_targets.push_back(
-        CastTarget{*group.source, entry.tensor, *TorchShape(t), from, t.size_bytes()});
-    out.cast.push_back(entry.name);
-    largest_cast = std::max(largest_cast, t.size_bytes());
-    cast_total += t.size_bytes();
+  // The fill core's own stages become "stream" (reads into place, uploads) and "cast".
+  stage_start = Clock::now();
+  const std::vector<engine::FillTarget> targets = load.Targets();
+  const size_t before = out.stages.size();
+  detail::FillOrThrow(checkpoint, targets, options.load, out);
+  double cast_seconds = 0;
+  for (size_t i = before; i < out.stages.size(); ++i) {
+    if (out.stages[i].first == "cast") cast_seconds += out.stages[i].second;
   }
+  out.stages.resize(before);
+  out.stages.emplace_back("stream", SecondsSince(stage_start) - cast_seconds);
+  if (cast_seconds > 0) out.stages.emplace_back("cast", cast_seconds);
 
   stage_start = Clock::now();
-  const bool direct = ChooseDirectIo(checkpoint, options.load, out);
-  if (!direct_targets.empty()) {
-    (void)detail::ReadTargets(checkpoint, direct_targets, options.load, direct, out);
-  }
-  for (auto& [device, load] : device_loads) {
-    for (auto& [stage, seconds] :
-         detail::ReadDeviceTargets(checkpoint, device, load.targets, std::move(load.device_targets),
-                                   options.load, direct, out)) {
-      if (stage == "pin") out.stages.emplace_back("pin cuda:" + std::to_string(device), seconds);
-    }
-  }
-  out.stages.emplace_back("stream", SecondsSince(stage_start));
-
-  at::NoGradGuard no_grad;  // in-place writes into parameters that require grad
-  if (!cast_targets.empty()) {
-    // Scratch holds a batch of raw checkpoint tensors: at most the staging bound, or the largest
-    // such tensor when that is bigger, never the whole checkpoint.
-    stage_start = Clock::now();
-    constexpr uint64_t kAlignBytes = 64;
-    const uint64_t scratch_bytes =
-        std::min(cast_total + kAlignBytes * cast_targets.size(),
-                 std::max(options.load.staging_bytes, largest_cast + kAlignBytes));
-    io::Result<std::byte*> allocated = engine::AllocateHostBuffer(scratch_bytes);
-    ThrowIfError(allocated.status());
-    std::unique_ptr<std::byte, HostBufferDeleter> scratch(*allocated,
-                                                          HostBufferDeleter{scratch_bytes});
-    for (size_t first = 0; first < cast_targets.size();) {
-      std::vector<engine::LoadTarget> batch;
-      std::vector<uint64_t> offsets;
-      uint64_t used = 0;
-      size_t end = first;
-      for (; end < cast_targets.size(); ++end) {
-        const uint64_t offset = (used + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
-        if (end > first && offset + cast_targets[end].size_bytes > scratch_bytes) break;
-        batch.push_back(engine::LoadTarget{cast_targets[end].location, scratch.get() + offset});
-        offsets.push_back(offset);
-        used = offset + cast_targets[end].size_bytes;
-      }
-      (void)detail::ReadTargets(checkpoint, batch, options.load, direct, out);
-      for (size_t i = first; i < end; ++i) {
-        CastTarget& target = cast_targets[i];
-        const at::Tensor raw = at::from_blob(scratch.get() + offsets[i - first], target.shape,
-                                             at::TensorOptions().dtype(target.from));
-        try {
-          target.destination.copy_(raw);
-        } catch (const c10::Error& e) {
-          ThrowIfError(Error("cast", std::string("torch cannot cast ") +
-                                         c10::toString(target.from) + " to " +
-                                         c10::toString(target.destination.scalar_type()) + ": " +
-                                         e.what_without_backtrace())
-                           .WithTensor(checkpoint.tensor(target.location).name)
-                           .WithPath(checkpoint.files[target.location.file].path.string()));
-        }
-      }
-      first = end;
-    }
-    out.stages.emplace_back("cast", SecondsSince(stage_start));
-  }
-
-  // Every read has finished: fill what the checkpoint could not (non-strict), then recompute the
-  // non-persistent buffers.
-  for (const Group& group : groups) {
-    if (!group.source && !group.non_persistent) entries[group.entries.front()].tensor.zero_();
-  }
-  stage_start = Clock::now();
-  for (const Group& group : groups) {
-    if (!group.non_persistent) continue;
-    for (size_t e : group.entries) {
-      Entry& entry = entries[e];
-      if (entry.init == nullptr) continue;
-      (*entry.init)(*entry.owner, entry.tensor);
-      out.reinitialized.push_back(entry.name);
-      break;  // one storage: computed once
-    }
-  }
+  load.Finalize();
   out.stages.emplace_back("reinit", SecondsSince(stage_start));
   out.seconds = SecondsSince(start);
   return out;

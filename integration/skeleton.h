@@ -64,10 +64,12 @@ struct MaterializeStats {
 // storage on its device, in place (see the header comment). Tensors already on a real device are
 // left alone; tied tensors (one TensorImpl under several names) are allocated once. On a GPU they
 // are split from one caching-allocator block per device unless `reserve_device_memory` is false
-// (LoadOptions::reserve_device_memory). Throws c10::Error when the device cannot allocate, and
-// LoadError rule "device" when a GPU in `devices` cannot be used.
+// (LoadOptions::reserve_device_memory); host tensors come from engine::AllocateHostBuffer, on
+// transparent huge pages with `huge_pages` (ReadOptions::huge_pages). Throws LoadError rule
+// "memory" naming the tensor when its device cannot allocate it, and rule "device" when a GPU in
+// `devices` cannot be used.
 MaterializeStats Materialize(torch::nn::Module& module, const DeviceMap& devices,
-                             bool reserve_device_memory = true);
+                             bool reserve_device_memory = true, bool huge_pages = false);
 MaterializeStats Materialize(torch::nn::Module& module, c10::Device device = c10::kCPU);
 
 // Computes a non-persistent buffer in place. `owner` is the module that registered it (e.g. the

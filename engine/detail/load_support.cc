@@ -69,4 +69,37 @@ void LocateReadError(io::Status& status, const io::Checkpoint& checkpoint, uint3
       .WithOffset(offset);
 }
 
+io::Result<std::unique_ptr<io::ReadBackend>> MakeReadBackend(
+    io::BackendKind kind, const io::FileSet& files, const io::UringOptions& uring,
+    const BackendFactory& factory, bool fall_back_to_pread, std::string* fallback) {
+  if (factory) {
+    std::unique_ptr<io::ReadBackend> made = factory(files);
+    if (made == nullptr) {
+      return io::Status::Error(io::StatusCode::kInternal, "internal", "no read backend");
+    }
+    return made;
+  }
+  auto made = io::MakeBackendOrError(kind, files, &uring);
+  if (!made.ok() && kind == io::BackendKind::kUring && fall_back_to_pread) {
+    // io_uring refused (old kernel, seccomp): pread does the same job, only with less overlap.
+    *fallback = made.status().ToString();
+    made = io::MakeBackendOrError(io::BackendKind::kPread, files);
+  }
+  return made;
+}
+
+void AppendFallback(std::string* report, const std::string& reason) {
+  if (reason.empty() || report->find(reason) != std::string::npos) return;
+  *report = report->empty() ? reason : *report + "; " + reason;
+}
+
+std::vector<PlanTarget> PlanTargetsOf(std::span<const LoadTarget> targets) {
+  std::vector<PlanTarget> plan_targets;
+  plan_targets.reserve(targets.size());
+  for (const LoadTarget& target : targets) {
+    plan_targets.push_back(PlanTarget{target.source, target.runs});
+  }
+  return plan_targets;
+}
+
 }  // namespace shardstream::engine::detail

@@ -5,13 +5,18 @@
 
 #include "engine/loader.h"
 #include "io/checkpoint.h"
+#include "io/read_backend.h"
 #include "io/status.h"
+#include "io/uring_backend.h"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace shardstream::engine::detail {
 
@@ -49,10 +54,12 @@ class ProgressReporter {
   bool Add(uint64_t bytes);
   // The final report; false when the callback asked to cancel.
   bool Final();
+  // Sets the total before the first Add (when it is known only after planning).
+  void SetTotal(uint64_t total) { total_ = total; }
 
  private:
   const ProgressFn& fn_;
-  const uint64_t total_;
+  uint64_t total_;
   std::atomic<uint64_t> done_{0};
   std::atomic<bool> cancelled_{false};
   std::mutex mutex_;
@@ -69,5 +76,19 @@ std::string TensorAt(const io::Checkpoint& checkpoint, uint32_t file, uint64_t f
 // that errors name file, tensor and offset whatever backend produced them.
 void LocateReadError(io::Status& status, const io::Checkpoint& checkpoint, uint32_t file,
                      uint64_t read_offset);
+
+// The one "make the backend, fall back to pread" of the engine: makes `kind` over `files` (with
+// `uring` for io_uring), or, when `factory` is set, whatever it makes. Where io_uring is refused
+// and `fall_back_to_pread` is set, makes pread instead and sets *fallback to why (the caller
+// appends it to its report with AppendFallback).
+io::Result<std::unique_ptr<io::ReadBackend>> MakeReadBackend(
+    io::BackendKind kind, const io::FileSet& files, const io::UringOptions& uring,
+    const BackendFactory& factory, bool fall_back_to_pread, std::string* fallback);
+
+// The one convention for fallback reports: reasons joined with "; ", each once.
+void AppendFallback(std::string* report, const std::string& reason);
+
+// The plan's view of load targets (borrowing their runs).
+std::vector<PlanTarget> PlanTargetsOf(std::span<const LoadTarget> targets);
 
 }  // namespace shardstream::engine::detail

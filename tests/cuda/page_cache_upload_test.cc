@@ -132,7 +132,7 @@ TEST(PageCacheUploadTest, CancellingFromProgressStopsAndUnpinsEverything) {
   FakeDevice device(FakeDeviceOptions{std::chrono::milliseconds(20)});  // > the 50 ms throttle
   PageCacheUploadOptions options = Small(2, 1);
   int calls = 0;
-  options.progress = [&](const engine::Progress& p) {
+  options.progress = [&](const Progress& p) {
     ++calls;
     EXPECT_LE(p.done_bytes, p.total_bytes);
     return false;
@@ -164,7 +164,7 @@ TEST(PageCacheUploadTest, AFileThatGrowsWhileLoadingFailsTheLoad) {
   FakeDevice device(FakeDeviceOptions{std::chrono::milliseconds(10)});
   PageCacheUploadOptions options = Small(2, 1);
   bool grown = false;
-  options.progress = [&](const engine::Progress&) {
+  options.progress = [&](const Progress&) {
     if (!grown) {
       AppendFourBytes(path);
       grown = true;

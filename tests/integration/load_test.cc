@@ -296,12 +296,12 @@ TEST(LoadFileTest, TensorAllocationFailureThrowsMemoryAndLeavesNothingOpen) {
     EXPECT_FALSE(e.tensor().empty()) << e.what();
   }
   EXPECT_EQ(shardstream::testing::CountOpenFds(), fds);
-  EXPECT_EQ(LoadFile(Fixture("mixed.safetensors")).size(), 10u);  // the fault fired once
+  EXPECT_EQ(LoadFile(Fixture("mixed.safetensors")).tensors.size(), 10u);  // the fault fired once
 }
 
 TEST(LoadFileTest, CancelledLoadThrowsAndReturnsNothing) {
   LoadOptions options;
-  options.progress = [](const engine::Progress&) { return false; };
+  options.progress = [](const Progress&) { return false; };
   try {
     LoadFile(Fixture("mixed.safetensors"), options);
     FAIL() << "cancel ignored";
