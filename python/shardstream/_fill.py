@@ -155,7 +155,9 @@ def _device_index(t: torch.Tensor, name: str, path: str) -> int:
 
 def target(ck: Checkpoint, name: str, index: Any, dst: torch.Tensor) -> Optional[tuple]:
     """The core's target tuple for filling `dst` from checkpoint tensor `name` (sliced by `index`,
-    or whole when None); None when there is nothing to read (an empty selection)."""
+    or whole when None); None when there is nothing to read (an empty selection). A source slice
+    or a strided destination goes to the core as its layout, which engine::SliceRuns turns into
+    runs of contiguous bytes."""
     e = ck.entry(name)
     path = ck.file_of(e)
     if not isinstance(dst, torch.Tensor):
@@ -185,20 +187,16 @@ def target(ck: Checkpoint, name: str, index: Any, dst: torch.Tensor) -> Optional
         dst_name = e.dtype
     else:
         dst_name = _dtypes.name_of(dst.dtype)
-        if dst_name is None or not _core.can_host_cast(e.dtype, dst_name) or device >= 0:
+        if dst_name is None or not _core.can_host_cast(e.dtype, dst_name):
             raise error("cast", f"cannot cast {e.dtype} to {dst.dtype} while loading "
-                        f"(floating point F64/F32/F16/BF16 on the host only)",
-                        file=path, tensor=name)
+                        f"(floating point F64/F32/F16/BF16 only)", file=path, tensor=name)
     if dst.numel() == 0:
         return None
-    try:
-        runs = _layout.plan_runs(tshape, dims, tdtype.itemsize, dst.stride(), dst.element_size())
-    except _layout.Overlap:
-        raise error("destination", "destination elements overlap (an expanded view)",
-                    file=path, tensor=name) from None
-    if runs is not None and runs.shape[0] == 0:
-        return None
-    return (e.file, e.index, dst.data_ptr(), device, dst_name, runs)
+    slice_dims = [(d.start, d.step, d.count) for d in dims]
+    kept = iter(dst.stride())
+    strides = [next(kept) if d.keep else 0 for d in dims]
+    layout = (list(tshape), tdtype.itemsize * 8, slice_dims, strides, dst.element_size() * 8)
+    return (e.file, e.index, dst.data_ptr(), device, dst_name, layout)
 
 
 def run(ck: Checkpoint, targets: Sequence[tuple], opts: dict, nbytes: int,
@@ -217,11 +215,12 @@ def run(ck: Checkpoint, targets: Sequence[tuple], opts: dict, nbytes: int,
                     now = job.progress()
                     if now != last and now[1]:
                         last = now
-                        callback(now[0], now[1])
+                        callback(min(now[0], now[1]), now[1])
             if callback is not None:
                 now = job.progress()
                 if now != last and now[1]:
-                    callback(now[0], now[1])
+                    # The core's count may include gap bytes it read through: clamp.
+                    callback(min(now[0], now[1]), now[1])
             read = job.result()
         except BaseException:
             job.cancel()
@@ -259,15 +258,54 @@ def fill(checkpoint: Union[PathLike, Checkpoint], targets, *, threads: Optional[
     on the way. A name may appear in several targets. Raises LoadError; on error the destinations
     hold unspecified bytes. The GIL is released while reading."""
     ck = open_checkpoint(checkpoint)
+    opts = options(threads, io, direct, staging_mb)
     core_targets = []
     tensors = []
+    device_casts = []
     nbytes = 0
     for name, index, dst in _normalize_targets(targets):
+        if isinstance(dst, torch.Tensor) and dst.device.type == "cuda" and \
+                dst.dtype != ck.entry(name).tdtype:
+            device_casts.append((name, index, dst))
+            continue
         t = target(ck, name, index, dst)
         if t is None:
             continue
         core_targets.append(t)
         tensors.append(dst)
         nbytes += dst.numel() * dst.element_size()
-    return run(ck, core_targets, options(threads, io, direct, staging_mb), nbytes, progress,
-               tensors)
+    report = run(ck, core_targets, opts, nbytes, progress, tensors)
+    if device_casts:
+        _cast_on_device(ck, device_casts, opts, report)
+    return report
+
+
+def _cast_on_device(ck: Checkpoint, items: list, opts: dict, report: LoadReport) -> None:
+    """CUDA destinations in another dtype: the checkpoint's bytes go up into scratch tensors of
+    the source dtype (batches of at most the staging bound, or one tensor), then torch casts them
+    on the device into the destinations. Never on the CPU."""
+    bound = opts.get("staging_bytes") or (256 << 20)
+    batch: list = []
+    size = 0
+
+    def flush() -> None:
+        scratch = [(torch.empty(dst.shape, dtype=ck.entry(name).tdtype, device=dst.device), dst,
+                    name, index) for name, index, dst in batch]
+        core_targets = [t for t in (target(ck, name, index, tmp) for tmp, _, name, index in scratch)
+                        if t is not None]
+        sub = run(ck, core_targets, opts, sum(t.numel() * t.element_size()
+                                              for t, *_ in scratch), None, scratch)
+        for tmp, dst, _, _ in scratch:
+            dst.copy_(tmp)
+        report.bytes += sub.bytes
+        report.stages += [("device cast " + s, v) for s, v in sub.stages]
+
+    for item in items:
+        need = item[2].numel() * ck.entry(item[0]).tdtype.itemsize
+        if batch and size + need > bound:
+            flush()
+            batch, size = [], 0
+        batch.append(item)
+        size += need
+    if batch:
+        flush()

@@ -1,18 +1,14 @@
-"""Byte layouts: safetensors-style slices and strided destinations → the fill core's runs.
-
-A source slice and a destination view are both described, per dimension of the source tensor,
-by an element count and a stride (in elements); dimensions of count one drop out, neighbours that
-are contiguous on both sides merge, and what is left enumerates runs of contiguous bytes
-(source offset, destination offset, length in source bytes), as engine::FillTarget takes them.
+"""safetensors-style indexing: an index → per-dimension (start, step, count), with the
+verdicts of safetensors 0.8 (IndexError, ValueError). The runs themselves are the engine's
+(engine/runs.h, SliceRuns), computed in the extension from these and the destination's strides.
 """
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -78,60 +74,3 @@ def whole(shape: Sequence[int]) -> list:
 
 def result_shape(dims: Sequence[Dim]) -> tuple:
     return tuple(d.count for d in dims if d.keep)
-
-
-def contiguous_strides(shape: Sequence[int]) -> list:
-    strides = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        strides[i] = strides[i + 1] * max(int(shape[i + 1]), 1)
-    return strides
-
-
-class Overlap(Exception):
-    """A destination whose elements overlap (an expanded view)."""
-
-
-def plan_runs(shape: Sequence[int], dims: Sequence[Dim], source_elem: int,
-              dst_strides: Sequence[int], dst_elem: int) -> Optional[np.ndarray]:
-    """Runs (n × 3 uint64: source byte offset, destination byte offset, length in source bytes)
-    that move the slice `dims` of a contiguous tensor of `shape` into a destination with
-    `dst_strides` (elements, one per kept dimension). None: the whole tensor, contiguous."""
-    src_strides = contiguous_strides(shape)
-    base = sum(d.start * s for d, s in zip(dims, src_strides))
-    kept = iter(dst_strides)
-    axes = []  # (count, source stride, destination stride), outer to inner
-    for d, s in zip(dims, src_strides):
-        t = next(kept) if d.keep else 0
-        if d.count == 0:
-            return np.zeros((0, 3), dtype=np.uint64)
-        if d.count != 1:
-            if t == 0:
-                raise Overlap()
-            axes.append((d.count, s * d.step, t))
-    merged: list = []
-    for count, s, t in reversed(axes):
-        if merged and merged[-1][1] * merged[-1][0] == s and merged[-1][2] * merged[-1][0] == t:
-            inner = merged[-1]
-            merged[-1] = (inner[0] * count, inner[1], inner[2])
-        else:
-            merged.append((count, s, t))
-    merged.reverse()
-    run = 1
-    if merged and merged[-1][1] == 1 and merged[-1][2] == 1:
-        run = merged.pop()[0]
-    numel = 1
-    for n in shape:
-        numel *= n
-    if not merged and base == 0 and run == numel:
-        return None
-    src = np.array([base], dtype=np.int64)
-    dst = np.array([0], dtype=np.int64)
-    for count, s, t in merged:
-        steps = np.arange(count, dtype=np.int64)
-        src = (src[:, None] + steps * s).reshape(-1)
-        dst = (dst[:, None] + steps * t).reshape(-1)
-    runs = np.empty((src.size, 3), dtype=np.uint64)
-    runs[:, 0] = src * source_elem
-    runs[:, 1] = dst * dst_elem
-    runs[:, 2] = run * source_elem
-    return runs

@@ -11,7 +11,9 @@
 // cancels the job on an exception; the engine's own progress hook only stores numbers and reads
 // the cancel flag, so no engine thread ever needs the GIL. A job joins its thread before it is
 // destroyed: a finished load leaves no thread behind.
+#include "cuda/device_upload.h"
 #include "engine/fill.h"
+#include "engine/runs.h"
 #include "io/checkpoint.h"
 #include "io/dtype.h"
 #include "io/status.h"
@@ -23,7 +25,6 @@
 #include <memory>
 #include <mutex>
 #include <nanobind/nanobind.h>
-#include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/unique_ptr.h>
@@ -70,6 +71,19 @@ struct Checkpoint {
   std::shared_ptr<const io::Checkpoint> value;
 };
 
+// CUDA targets: pinned staging kept across loads and cudaMemcpyAsync (cuda/device_upload.h). No
+// device cast is injected (that one is ATen's); the package casts on the device in torch.
+engine::DeviceUploader& Uploader() {
+  static cuda::CudaUploader* uploader = new cuda::CudaUploader(cuda::CudaUploadOptions{});
+  return *uploader;
+}
+
+#ifdef SHARDSTREAM_HAVE_CUDA
+constexpr bool kCudaBuilt = true;
+#else
+constexpr bool kCudaBuilt = false;
+#endif
+
 Checkpoint Open(const std::string& path) {
   std::optional<io::Result<io::Checkpoint>> result;
   {
@@ -114,21 +128,6 @@ nb::list Files(const Checkpoint& checkpoint) {
   return out;
 }
 
-std::optional<IoMode> IoModeFrom(const std::string& name) {
-  if (name == "auto") return IoMode::kAuto;
-  if (name == "pread") return IoMode::kPread;
-  if (name == "mmap") return IoMode::kMmap;
-  if (name == "uring" || name == "io_uring") return IoMode::kUring;
-  return std::nullopt;
-}
-
-std::optional<DirectIo> DirectFrom(const std::string& name) {
-  if (name == "auto") return DirectIo::kAuto;
-  if (name == "on") return DirectIo::kOn;
-  if (name == "off") return DirectIo::kOff;
-  return std::nullopt;
-}
-
 ReadOptions ReadOptionsFrom(const nb::dict& options) {
   ReadOptions read;
   for (auto [key_object, value] : options) {
@@ -136,12 +135,12 @@ ReadOptions ReadOptionsFrom(const nb::dict& options) {
     if (value.is_none()) continue;
     if (key == "io") {
       const std::string name = nb::cast<std::string>(value);
-      std::optional<IoMode> mode = IoModeFrom(name);
+      std::optional<IoMode> mode = ParseIoMode(name);
       if (!mode) RaiseRule("option", "io must be auto, pread, mmap or uring, not '" + name + "'");
       read.io = *mode;
     } else if (key == "direct") {
       const std::string name = nb::cast<std::string>(value);
-      std::optional<DirectIo> mode = DirectFrom(name);
+      std::optional<DirectIo> mode = ParseDirectIo(name);
       if (!mode) RaiseRule("option", "direct must be auto, on or off, not '" + name + "'");
       read.direct = *mode;
     } else if (key == "threads") {
@@ -163,63 +162,28 @@ ReadOptions ReadOptionsFrom(const nb::dict& options) {
   return read;
 }
 
-#ifdef SHARDSTREAM_PY_INTERIM_FILL
-// Until engine::Fill is merged: host targets through engine::FillTargets; a target with runs or a
-// cast reads its whole tensor into scratch first (unbounded, reads more than the runs: interim).
-io::Status CallFill(const io::Checkpoint& checkpoint, std::span<const engine::FillTarget> targets,
-                    const engine::FillSetup& setup, ReadReport* report) {
-  std::vector<engine::LoadTarget> plain;
-  std::vector<std::vector<std::byte>> scratch(targets.size());
-  for (size_t i = 0; i < targets.size(); ++i) {
-    const engine::FillTarget& t = targets[i];
-    if (t.device != engine::kHostDevice) {
-      return io::Status::Error(io::StatusCode::kUnsupported, "device", "no device uploads yet");
-    }
-    const io::TensorInfo& info = checkpoint.tensor(t.source);
-    if (t.runs.empty() && t.dtype == info.dtype) {
-      plain.push_back(engine::LoadTarget{t.source, t.destination});
-    } else {
-      scratch[i].resize(info.size_bytes());
-      plain.push_back(engine::LoadTarget{t.source, scratch[i].data()});
-    }
-  }
-  engine::FillOptions options;
-  options.threads = setup.read.threads;
-  ProgressFn progress = setup.read.progress;
-  options.progress = [progress](const engine::Progress& p) {
-    return progress(Progress{p.done_bytes, p.total_bytes});
-  };
-  io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, plain, options);
-  if (!stats.ok()) return stats.status();
-  for (size_t i = 0; i < targets.size(); ++i) {
-    const engine::FillTarget& t = targets[i];
-    if (scratch[i].empty() && (t.runs.empty() || checkpoint.tensor(t.source).size_bytes() == 0)) {
-      continue;
-    }
-    const io::TensorInfo& info = checkpoint.tensor(t.source);
-    const uint64_t bits = io::DTypeBits(info.dtype);
-    std::vector<engine::Run> runs = t.runs;
-    if (runs.empty()) runs.push_back(engine::Run{0, 0, info.size_bytes()});
-    for (const engine::Run& run : runs) {
-      io::Status status =
-          setup.cast(scratch[i].data() + run.source_offset, info.dtype,
-                     t.destination + run.destination_offset, t.dtype, run.length * 8 / bits);
-      if (!status.ok()) return std::move(status).WithTensor(info.name);
-    }
-  }
-  report->io = "pread";
-  report->threads = stats->threads;
-  report->stages = stats->stages;
-  return io::Status::Ok();
+std::vector<int64_t> Int64s(nb::handle sequence) {
+  std::vector<int64_t> out;
+  for (nb::handle item : sequence) out.push_back(nb::cast<int64_t>(item));
+  return out;
 }
-#else
-io::Status CallFill(const io::Checkpoint& checkpoint, std::span<const engine::FillTarget> targets,
-                    const engine::FillSetup& setup, ReadReport* report) {
-  return engine::Fill(checkpoint, targets, setup, report);
-}
-#endif
 
-using RunArray = nb::ndarray<const uint64_t, nb::shape<-1, 3>, nb::c_contig, nb::device::cpu>;
+// layout = (source_shape, source_bits, slice, destination_strides, destination_bits): the runs of
+// engine::SliceRuns, `slice` a sequence of (start, step, count) per source dimension.
+io::Result<std::vector<engine::Run>> RunsFrom(nb::handle layout) {
+  nb::tuple l = nb::cast<nb::tuple>(layout);
+  if (l.size() != 5) RaiseRule("target", "a target layout has 5 fields");
+  const std::vector<int64_t> shape = Int64s(l[0]);
+  std::vector<engine::SliceDim> slice;
+  for (nb::handle dim : l[2]) {
+    nb::tuple d = nb::cast<nb::tuple>(dim);
+    slice.push_back(engine::SliceDim{nb::cast<int64_t>(d[0]), nb::cast<int64_t>(d[1]),
+                                     nb::cast<int64_t>(d[2])});
+  }
+  const std::vector<int64_t> strides = Int64s(l[3]);
+  return engine::SliceRuns(shape, slice, strides, nb::cast<uint32_t>(l[1]),
+                           nb::cast<uint32_t>(l[4]));
+}
 
 // One load in flight: engine::Fill on its own thread.
 class FillJob {
@@ -269,7 +233,7 @@ class FillJob {
   void Cancel() { cancel_.store(true); }
 
   void Run() {
-    io::Status status = CallFill(*checkpoint_, targets_, setup_, &report_);
+    io::Status status = engine::Fill(*checkpoint_, targets_, setup_, &report_);
     std::lock_guard<std::mutex> lock(mutex_);
     status_ = std::move(status);
     finished_ = true;
@@ -328,15 +292,16 @@ class FillJob {
   std::thread worker_;
 };
 
-// targets: a sequence of (file, index, address, device, dtype, runs) where runs is None (the
-// whole tensor, contiguous at address) or a uint64 array of (source_offset, destination_offset,
-// length) rows. The caller keeps every destination alive until the job has finished.
+// targets: a sequence of (file, index, address, device, dtype, layout) where layout is None (the
+// whole tensor, contiguous at address) or what RunsFrom takes (a source slice, a strided
+// destination). The caller keeps every destination alive until the job has finished.
 std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::sequence& targets,
                                    const nb::dict& options, bool inline_run) {
   const io::Checkpoint& c = *checkpoint.value;
   engine::FillSetup setup;
   setup.read = ReadOptionsFrom(options);
   setup.cast = HostCast;
+  setup.devices = &Uploader();
   std::vector<engine::FillTarget> fill_targets;
   fill_targets.reserve(nb::len(targets));
   for (nb::handle item : targets) {
@@ -356,12 +321,14 @@ std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::seque
     if (!parsed) RaiseRule("dtype", "unknown destination dtype '" + dtype + "'");
     target.dtype = *parsed;
     if (!t[5].is_none()) {
-      RunArray runs = nb::cast<RunArray>(t[5]);
-      target.runs.resize(runs.shape(0));
-      const uint64_t* row = runs.data();
-      for (size_t r = 0; r < target.runs.size(); ++r, row += 3) {
-        target.runs[r] = engine::Run{row[0], row[1], row[2]};
+      io::Result<std::vector<engine::Run>> runs = RunsFrom(t[5]);
+      if (!runs.ok()) {
+        const io::TensorInfo& info = c.tensor(target.source);
+        Raise(io::Status(runs.status())
+                  .WithPath(c.files[target.source.file].path.string())
+                  .WithTensor(info.name));
       }
+      target.runs = std::move(runs).value();
     }
     fill_targets.push_back(std::move(target));
   }
@@ -426,8 +393,10 @@ NB_MODULE(_core, m) {
     return nb::bytes(out.data(), out.size());
   });
   m.def(
-      "cuda_built", [] { return false; }, "Whether this build can fill CUDA targets.");
+      "cuda_built", [] { return kCudaBuilt; }, "Whether this build can fill CUDA targets.");
   m.def("cuda_reason", [] {
-    return std::string("CUDA uploads are not built into the shardstream Python extension yet");
+    return std::string(
+        "this shardstream extension was built without the CUDA toolkit (rebuild it where "
+        "CMake finds CUDA: pip install . with nvcc on PATH)");
   });
 }
