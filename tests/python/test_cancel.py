@@ -92,3 +92,26 @@ def test_ctrl_c_cancels_within_a_second(big):
     latency = float(words[words.index("latency") + 1])
     assert latency < 1.0, proc.stdout
     assert words[words.index("leak") + 1] == "False", proc.stdout
+
+
+def test_gil_released_while_reading(big):
+    """Python code keeps running in another thread while a load reads."""
+    import threading
+
+    done = threading.Event()
+    ticks = []
+
+    def spin():
+        while not done.is_set():
+            ticks.append(1)
+            time.sleep(0.001)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    t0 = time.perf_counter()
+    shardstream.load_file(big, threads=1)
+    seconds = time.perf_counter() - t0
+    n = len(ticks)
+    done.set()
+    spinner.join()
+    assert n >= min(5, int(seconds / 0.01)), (n, seconds)
