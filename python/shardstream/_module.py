@@ -10,8 +10,8 @@ import torch
 
 from . import _progress
 from ._errors import error
-from ._fill import (Checkpoint, LoadReport, PathLike, check_cuda, open_checkpoint, options,
-                    parse_device, run, target)
+from ._fill import (Checkpoint, LoadReport, PathLike, check_cuda, fill, open_checkpoint,
+                    parse_device)
 
 
 class _Slot:
@@ -154,17 +154,8 @@ def load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint], 
         s.tensor = fresh
     t_mat = time.perf_counter()
 
-    core_targets = []
-    keep = []
-    nbytes = 0
-    for slot, ck_key in plan:
-        dst = slot.tensor.detach()
-        t = target(ck, ck_key, None, dst)
-        if t is not None:
-            core_targets.append(t)
-            keep.append(dst)
-            nbytes += dst.numel() * dst.element_size()
-    report = run(ck, core_targets, options(None, "auto", "auto", None), nbytes, progress, keep)
+    fill_targets = [(ck_key, None, slot.tensor.detach()) for slot, ck_key in plan]
+    report = fill(ck, fill_targets, progress=progress)
     t_read = time.perf_counter()
     if reinit is not None:
         reinit(module)
