@@ -2,7 +2,8 @@
 """Draws a `shardstream bench --json` report as a bar chart: `shardstream bench --plot OUT.png`.
 
 One horizontal bar per row, GB/s of the median run (longer is faster), whiskers from the slowest
-to the fastest run; ceilings as dashed vertical lines across the chart (one colour each); failed rows drawn as a
+to the fastest run, "(!)" on a row more than 10% past its own ceiling; ceilings as dashed vertical
+lines across the chart (one colour each, a sweep's winning settings in the legend); failed rows drawn as a
 red "failed" label with no bar, rows that did not run as grey "not installed" / "not applicable"
 labels. Colours: shardstream strategies blue, peers orange. The axis ends at 3x the highest
 ceiling: a lazy row far past it (zero-copy) is drawn cut, with its figure written on it.
@@ -51,12 +52,17 @@ def main(report_path, out_path):
         ax.barh(yi, median, color=color, height=0.6)
         ax.errorbar(median, yi, xerr=[[median - slow], [min(fast, top) - median]], fmt="none",
                     ecolor="black", capsize=3, linewidth=1)
-        ax.text(min(fast, top) + 0.01 * top, yi, f"{median:.2f}", va="center", fontsize=8)
+        # A row more than 10% past its own ceiling: that ceiling is wrong, and the chart says so.
+        mark = " (!) above its ceiling" if row.get("ceiling_exceeded") else ""
+        ax.text(min(fast, top) + 0.01 * top, yi, f"{median:.2f}{mark}", va="center", fontsize=8,
+                color="#d62728" if mark else "black")
     for i, row in enumerate(c for c in ceilings if c["status"] == "ok"):
         gbps = gb / row["median_s"]
         color, style = CEILING_STYLES[i % len(CEILING_STYLES)]
+        sweep = len(set(row.get("fio", []))) > 1  # not the same settings tried again
+        winner = f" [{row['winner']}]" if row.get("winner") and sweep else ""
         ax.axvline(gbps, color=color, linestyle=style, linewidth=1.5, zorder=3,
-                   label=f"{row['name']}: {gbps:.2f} GB/s")
+                   label=f"{row['name']}{winner}: {gbps:.2f} GB/s")
     ax.set_yticks(y)
     ax.set_yticklabels([r["name"] for r in rows], fontsize=9)
     ax.set_xlabel("GB/s (median of runs; whiskers: slowest to fastest run)")

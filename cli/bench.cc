@@ -3,7 +3,8 @@
 //
 // Every run is a fresh child process (so no run inherits warm destination memory from another):
 // `shardstream load CKPT --json --quiet ...` for the strategies, fio / fresh_copy_ceiling /
-// cuda_ceiling for the ceilings, `python3 bench/peers/DRIVER.py` for the peers. The children's
+// cuda_ceiling for the ceilings, `PYTHON bench/peers/DRIVER.py` for the peers (PYTHON: --python,
+// $SHARDSTREAM_PYTHON, else the one CMake was configured with, else python3). The children's
 // own reports give the times (measured inside each process: start-up left out of every row);
 // wait4's rusage gives each child's peak RSS. The pure parts (parsing, order, statistics, table,
 // JSON) are in cli/bench_core.h. This file keeps to POSIX calls: the binary links libtorch, which
@@ -84,7 +85,9 @@ constexpr std::array<FlagSpec, 18> kFlags = {{
     {"no-drop-caches", "",
      "--cold without /proc/sys/vm/drop_caches: only the checkpoint's pages "
      "are dropped, other processes' cache stays (tests use it)"},
-    {"peers", "", "add the peer loaders installed in the Python (bench/peers/)"},
+    {"peers", "",
+     "add the peer loaders installed in the Python (bench/peers/; scripts/install-deps --peers "
+     "installs them)"},
     {"peer-dir", "DIR",
      "the peer drivers (default: the source tree's bench/peers, or "
      "$SHARDSTREAM_PEER_DIR)"},
@@ -94,7 +97,9 @@ constexpr std::array<FlagSpec, 18> kFlags = {{
     {"timeout-s", "N", "a child running longer is killed and its row failed (default 600)"},
     {"no-ceilings", "", "leave out fio, memcpy and H2D ceilings"},
     {"quiet", "", "no line per run on stderr"},
-    {"python", "PY", "the Python for peers and the plot (default $SHARDSTREAM_PYTHON, python3)"},
+    {"python", "PY",
+     "the Python for peers and the plot (default $SHARDSTREAM_PYTHON, else the one the build was "
+     "configured with, else python3)"},
 }};
 
 std::string Env(const char* name, std::string fallback) {
@@ -103,6 +108,14 @@ std::string Env(const char* name, std::string fallback) {
 }
 
 bool IsExecutable(const std::string& path) { return ::access(path.c_str(), X_OK) == 0; }
+
+// The Python the build was configured with (CMake's SHARDSTREAM_PYTHON: scripts/build passes the
+// project's virtualenv, which has matplotlib and the peers), so that --plot and --peers work from
+// a plain shell; python3 when none was given or it is gone.
+std::string ConfiguredPython() {
+  const std::string configured = SHARDSTREAM_CONFIGURED_PYTHON;
+  return !configured.empty() && IsExecutable(configured) ? configured : "python3";
+}
 bool IsDirectory(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
@@ -252,60 +265,110 @@ struct Context {
   std::string python;
   std::string tool_dir;
   std::string fio;
-  uint32_t fio_depth = bench::kDefaultFioQueueDepth;
-  uint64_t fio_block_mb = bench::kDefaultFioBlockMb;
+  bench::FioSettings fio_matched;  // the pipeline's block size, depth and threads
   double timeout_s = kDefaultTimeoutS;
   bool cold = false;
   bool drop_caches = false;  // /proc/sys/vm/drop_caches is writable
 };
 
-// The seconds one ceiling child's output stands for: fresh_copy_ceiling prints them; fio's rate
-// is applied to the whole file (fio reads whole blocks only, leaving out a short tail);
+// The seconds one ceiling child's output stands for: fresh_copy_ceiling prints them;
 // cuda_ceiling's best pinned H2D GB/s is turned into the time to move the checkpoint's bytes at
-// that rate.
-io::Result<double> CeilingSeconds(const Context& ctx, CeilingKind kind, size_t file,
-                                  std::string_view out) {
+// that rate. (fio: RunFio; its rate is applied to each whole file, as it reads whole blocks of
+// each job's part only, leaving out a short tail.)
+io::Result<double> CeilingSeconds(const Context& ctx, CeilingKind kind, std::string_view out) {
   if (kind == CeilingKind::kMemcpy) return bench::ParseSecondsLine(out);
-  if (kind == CeilingKind::kPinnedH2D) {
-    io::Result<double> gbps = bench::ParseH2DGbps(out);
-    if (!gbps.ok()) return gbps;
-    return static_cast<double>(ctx.data_bytes) / (*gbps * 1e9);
+  io::Result<double> gbps = bench::ParseH2DGbps(out);
+  if (!gbps.ok()) return gbps;
+  return static_cast<double>(ctx.data_bytes) / (*gbps * 1e9);
+}
+
+void DropPages(const Context& ctx);
+
+// One fio configuration over every file in turn (a checkpoint of several shards: each file split
+// among the jobs, then the next, in one fio process, since fio cannot split files of unequal sizes
+// among jobs and each fio start costs about a second): the files' seconds summed, each its bytes
+// at its group's rate. Cold: the pages are dropped first, so that each configuration of a sweep
+// starts as cold as the first.
+RunRecord RunFio(const Context& ctx, const bench::FioSettings& settings) {
+  RunRecord run;
+  if (ctx.cold) DropPages(ctx);
+  std::vector<bench::FioFile> files;
+  for (size_t f = 0; f < ctx.files.size(); ++f) {
+    // Warm buffered: loop over a small file so that fio's millisecond clock resolves it.
+    const uint32_t loops =
+        !ctx.cold && !settings.direct ? bench::FioWarmLoops(ctx.file_bytes[f]) : 1;
+    files.push_back({ctx.files[f], ctx.file_bytes[f], loops});
   }
-  io::Result<double> bytes_per_second = bench::ParseFioBytesPerSecond(out);
-  if (!bytes_per_second.ok()) return bytes_per_second;
-  return static_cast<double>(ctx.file_bytes[file]) / *bytes_per_second;
+  ChildResult child = RunChild(bench::FioArgs(ctx.fio, files, settings), ctx.timeout_s);
+  run.peak_rss_bytes = child.peak_rss_bytes;
+  if (std::string why = ChildFailure(child, ctx.timeout_s); !why.empty()) {
+    run.error = why;
+    return run;
+  }
+  io::Result<std::vector<double>> rates = bench::ParseFioGroupBandwidths(child.out);
+  if (rates.ok() && rates->size() != files.size()) {
+    rates = io::Status::Error(io::StatusCode::kInvalidFormat, "child-report",
+                              "fio reported " + std::to_string(rates->size()) + " groups for " +
+                                  std::to_string(files.size()) + " files");
+  }
+  if (!rates.ok()) {
+    run.error = rates.status().message();
+    return run;
+  }
+  double seconds = 0;
+  for (size_t f = 0; f < files.size(); ++f) {
+    seconds += static_cast<double>(files[f].bytes) / (*rates)[f];
+  }
+  run.ok = true;
+  run.seconds = seconds;
+  run.detail = bench::FioSettingsName(settings);
+  return run;
+}
+
+// A fio ceiling: the best of its configurations. A configuration that fails (O_DIRECT refused by
+// the filesystem) is left out and named in the detail; the run fails when all of them do.
+RunRecord RunFioCeiling(const Context& ctx, const BenchRow& row) {
+  RunRecord best;
+  std::string failed;
+  for (const bench::FioSettings& settings : row.fio) {
+    RunRecord run = RunFio(ctx, settings);
+    best.peak_rss_bytes = std::max(best.peak_rss_bytes, run.peak_rss_bytes);
+    if (!run.ok) {
+      failed += (failed.empty() ? "" : "; ") + bench::FioSettingsName(settings) + ": " + run.error;
+      if (!best.ok) best.error = failed;
+      continue;
+    }
+    if (!best.ok || run.seconds < best.seconds) {
+      best.ok = true;
+      best.seconds = run.seconds;
+      best.detail = run.detail;
+      best.error.clear();
+    }
+  }
+  if (best.ok && !failed.empty()) best.detail += " (failed: " + failed.substr(0, 300) + ")";
+  return best;
 }
 
 // Runs each command in turn (one per file for the ceiling tools) and adds up their seconds.
 RunRecord RunCeiling(const Context& ctx, const BenchRow& row) {
+  if (row.ceiling == CeilingKind::kStorage || row.ceiling == CeilingKind::kPageCache) {
+    return RunFioCeiling(ctx, row);
+  }
   RunRecord run;
   double seconds = 0;
   for (size_t f = 0; f < ctx.files.size(); ++f) {
     std::vector<std::string> argv;
     const std::string& file = ctx.files[f];
     switch (row.ceiling) {
-      case CeilingKind::kStorageDirect:
-      case CeilingKind::kStorageBuffered:
-        argv = {ctx.fio,
-                "--name=ceiling",
-                "--filename=" + file,
-                "--readonly",
-                "--rw=read",
-                "--bs=" + std::to_string(ctx.fio_block_mb) + "M",
-                "--iodepth=" + std::to_string(ctx.fio_depth),
-                "--ioengine=io_uring",
-                "--numjobs=1",
-                row.ceiling == CeilingKind::kStorageDirect ? "--direct=1" : "--direct=0",
-                "--output-format=json"};
-        break;
       case CeilingKind::kMemcpy:
+        // Best of 3 fresh copies: a ceiling is the best the machine does, not one unlucky run.
         argv = {ctx.tool_dir + "/fresh_copy_ceiling", file,
-                std::to_string(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)))};
+                std::to_string(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN))), "--best-of=3"};
         break;
       case CeilingKind::kPinnedH2D:
         argv = {ctx.tool_dir + "/cuda_ceiling", "--json", "--file", file};
         break;
-      case CeilingKind::kNone:
+      default:
         break;
     }
     ChildResult child = RunChild(argv, ctx.timeout_s);
@@ -314,7 +377,7 @@ RunRecord RunCeiling(const Context& ctx, const BenchRow& row) {
       run.error = why;
       return run;
     }
-    io::Result<double> figure = CeilingSeconds(ctx, row.ceiling, f, child.out);
+    io::Result<double> figure = CeilingSeconds(ctx, row.ceiling, child.out);
     if (row.ceiling == CeilingKind::kPinnedH2D) f = ctx.files.size();  // one figure for all
     if (!figure.ok()) {
       run.error = figure.status().message();
@@ -502,11 +565,12 @@ int RunBench(std::span<char* const> argv) {
     PrintHelp("bench CKPT [options]",
               "Times each IO strategy (and parameter combination) on CKPT, each run in a fresh\n"
               "process, rows interleaved over --repeat rounds, next to the ceilings measured in\n"
-              "the same run (fio io_uring O_DIRECT and buffered when fio is installed, memcpy\n"
-              "into fresh memory, pinned host-to-device on a GPU) and, with --peers, the peer\n"
-              "loaders installed in the Python. Prints median, min and max seconds, GB/s, % of\n"
-              "the ceiling and peak RSS per row; a run that fails, times out or prints garbage\n"
-              "fails its row (shown with the reason, never as a time).\n"
+              "the same run (fio when installed: the page cache with the pipeline's block size,\n"
+              "depth and threads, and the disk as the best of a sweep; memcpy into fresh memory;\n"
+              "pinned host-to-device on a GPU) and, with --peers, the peer loaders installed in\n"
+              "the Python. Prints median, min and max seconds, GB/s, % of the row's own ceiling\n"
+              "(marked (!) when more than 10% above it) and peak RSS per row; a run that fails,\n"
+              "times out or prints garbage fails its row (shown with the reason, never a time).\n"
               "Exit status: 0 measured (rows may have failed), 1 could not run, 2 usage.",
               kFlags);
     return kExitOk;
@@ -577,14 +641,19 @@ int RunBench(std::span<char* const> argv) {
   }
   ctx.data_bytes = checkpoint->data_bytes();
   ctx.device = row_options.device;
-  ctx.python = args->Get("python").value_or(Env("SHARDSTREAM_PYTHON", "python3"));
+  ctx.python = args->Get("python").value_or(Env("SHARDSTREAM_PYTHON", ConfiguredPython()));
   ctx.tool_dir = Env("SHARDSTREAM_BENCH_TOOL_DIR", SHARDSTREAM_BENCH_TOOL_DIR);
   const std::string bench_dir = Env("SHARDSTREAM_BENCH_DIR", SHARDSTREAM_BENCH_SOURCE_DIR);
   const std::string peer_dir =
       args->Get("peer-dir").value_or(Env("SHARDSTREAM_PEER_DIR", bench_dir + "/peers"));
   ctx.fio = FindOnPath("fio");
-  if (!row_options.queue_depths.empty()) ctx.fio_depth = row_options.queue_depths.front();
-  if (!row_options.chunk_mbs.empty()) ctx.fio_block_mb = row_options.chunk_mbs.front();
+  // The pipeline's settings: the first --queue-depth and --chunk-mb (else its defaults through
+  // staging), one fio job per pipeline thread (`load` runs one per core).
+  if (!row_options.queue_depths.empty()) ctx.fio_matched.depth = row_options.queue_depths.front();
+  if (!row_options.chunk_mbs.empty()) {
+    ctx.fio_matched.block_bytes = uint64_t{row_options.chunk_mbs.front()} << 20;
+  }
+  ctx.fio_matched.jobs = static_cast<uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
   ctx.timeout_s = static_cast<double>(*timeout);
   ctx.cold = args->Has("cold");
   ctx.drop_caches = ctx.cold && !args->Has("no-drop-caches") && ::access(kDropCaches, W_OK) == 0;
@@ -628,20 +697,24 @@ int RunBench(std::span<char* const> argv) {
 
   // Rows: ceilings, the strategies, the peers.
   if (!args->Has("no-ceilings")) {
-    const std::string fio_settings = " (" + std::to_string(ctx.fio_block_mb) + " MiB, depth " +
-                                     std::to_string(ctx.fio_depth) + ")";
-    for (CeilingKind kind : {CeilingKind::kStorageDirect, CeilingKind::kStorageBuffered}) {
-      BenchRow row = CeilingRow(
-          std::string("ceiling: fio io_uring ") +
-              (kind == CeilingKind::kStorageDirect ? "O_DIRECT" : "buffered") + fio_settings,
-          kind);
+    for (BenchRow& row : bench::FioCeilingRows(ctx.fio_matched, ctx.cold)) {
       if (ctx.fio.empty()) {
         report.rows.push_back(NotInstalled(std::move(row), "fio not installed"));
       } else {
         report.rows.push_back(RowResult{std::move(row), RowStatus::kOk, "", {}});
       }
     }
-    BenchRow memcpy_row = CeilingRow("ceiling: memcpy into fresh memory", CeilingKind::kMemcpy);
+    if (!ctx.fio.empty()) {
+      report.notes.push_back(
+          "fio: io_uring, each file in turn split among the jobs (--size/--offset_increment, "
+          "--group_reporting, --stonewall, --invalidate=0), the files' seconds summed; the disk "
+          "row is the best "
+          "of its sweep (depth 8/32, 1 job or one per thread, 4/16 MiB" +
+          std::string(ctx.cold ? ", O_DIRECT and buffered" : ", O_DIRECT") +
+          "), the winner after its name");
+    }
+    BenchRow memcpy_row =
+        CeilingRow("ceiling: memcpy into fresh memory, best of 3", CeilingKind::kMemcpy);
     if (IsExecutable(ctx.tool_dir + "/fresh_copy_ceiling")) {
       report.rows.push_back(RowResult{std::move(memcpy_row), RowStatus::kOk, "", {}});
     } else {

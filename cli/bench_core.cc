@@ -100,14 +100,45 @@ std::string Fixed(double value, int digits) {
   return text;
 }
 
+// The ceiling in the table's ceiling column.
+std::string_view CeilingShortName(CeilingKind kind) {
+  switch (kind) {
+    case CeilingKind::kStorage:
+      return "disk";
+    case CeilingKind::kPageCache:
+      return "page-cache";
+    case CeilingKind::kMemcpy:
+      return "memcpy";
+    case CeilingKind::kPinnedH2D:
+      return "H2D";
+    case CeilingKind::kNone:
+      break;
+  }
+  return "-";
+}
+
+// 4 MiB, 16 MiB, 512 KiB.
+std::string BlockName(uint64_t bytes) {
+  if (bytes % (1 << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
+  return std::to_string(bytes >> 10) + " KiB";
+}
+
+constexpr uint64_t kFioAlignBytes = 4096;  // O_DIRECT offsets and lengths: the logical block
+constexpr uint32_t kSweepDepths[] = {8, 32};
+constexpr uint64_t kSweepBlocksMb[] = {4, 16};
+
+}  // namespace
+
+std::span<const Strategy> AllStrategies() { return kStrategies; }
+
 std::string_view CeilingKindName(CeilingKind kind) {
   switch (kind) {
     case CeilingKind::kNone:
       return "none";
-    case CeilingKind::kStorageDirect:
-      return "storage-direct";
-    case CeilingKind::kStorageBuffered:
-      return "storage-buffered";
+    case CeilingKind::kStorage:
+      return "storage";
+    case CeilingKind::kPageCache:
+      return "page-cache";
     case CeilingKind::kMemcpy:
       return "memcpy";
     case CeilingKind::kPinnedH2D:
@@ -116,26 +147,104 @@ std::string_view CeilingKindName(CeilingKind kind) {
   return "none";
 }
 
-// The ceiling in a column header.
-std::string_view CeilingShortName(CeilingKind kind) {
-  switch (kind) {
-    case CeilingKind::kStorageDirect:
-      return "fio-direct";
-    case CeilingKind::kStorageBuffered:
-      return "fio-buffer";
-    case CeilingKind::kMemcpy:
-      return "memcpy";
-    case CeilingKind::kPinnedH2D:
-      return "H2D";
-    case CeilingKind::kNone:
-      break;
-  }
-  return "ceiling";
+std::string FioSettingsName(const FioSettings& settings) {
+  return std::string(settings.direct ? "O_DIRECT " : "buffered ") +
+         BlockName(settings.block_bytes) + " qd=" + std::to_string(settings.depth) + " " +
+         std::to_string(settings.jobs) + (settings.jobs == 1 ? " job" : " jobs");
 }
 
-}  // namespace
+std::vector<FioSettings> StorageSweep(const FioSettings& matched, bool with_buffered) {
+  std::vector<uint32_t> depths = {matched.depth};
+  for (uint32_t d : kSweepDepths) depths.push_back(d);
+  std::vector<uint64_t> blocks = {matched.block_bytes};
+  for (uint64_t mb : kSweepBlocksMb) blocks.push_back(mb << 20);
+  const std::vector<uint32_t> jobs = {matched.jobs, 1};
+  std::vector<bool> directs = {true};
+  if (with_buffered) directs.push_back(false);
+  std::vector<FioSettings> sweep;
+  for (bool direct : directs) {
+    for (uint32_t job_count : jobs) {
+      for (uint64_t block : blocks) {
+        for (uint32_t depth : depths) {
+          const FioSettings s{block, depth, std::max(1u, job_count), direct};
+          if (std::find(sweep.begin(), sweep.end(), s) == sweep.end()) sweep.push_back(s);
+        }
+      }
+    }
+  }
+  return sweep;
+}
 
-std::span<const Strategy> AllStrategies() { return kStrategies; }
+std::vector<std::string> FioArgs(const std::string& fio, std::span<const FioFile> files,
+                                 const FioSettings& settings) {
+  std::vector<std::string> args = {fio,
+                                   "--readonly",
+                                   "--rw=read",
+                                   "--ioengine=io_uring",
+                                   "--iodepth=" + std::to_string(settings.depth),
+                                   settings.direct ? "--direct=1" : "--direct=0",
+                                   "--group_reporting",
+                                   "--invalidate=0",
+                                   "--output-format=json"};
+  for (size_t i = 0; i < files.size(); ++i) {
+    const FioFile& file = files[i];
+    uint64_t jobs = std::max(1u, settings.jobs);
+    uint64_t part = file.bytes / jobs / kFioAlignBytes * kFioAlignBytes;
+    while (jobs > 1 && part == 0) {
+      --jobs;
+      part = file.bytes / jobs / kFioAlignBytes * kFioAlignBytes;
+    }
+    if (part == 0) part = file.bytes;  // smaller than one aligned block: one job, the whole file
+    const uint64_t block = std::max<uint64_t>(1, std::min(settings.block_bytes, part));
+    part = std::max(block, part / block * block);
+    std::string path;
+    for (char c : file.path) {
+      if (c == ':') path += '\\';
+      path += c;
+    }
+    args.insert(args.end(),
+                {"--name=file" + std::to_string(i), "--filename=" + path,
+                 "--bs=" + std::to_string(block), "--numjobs=" + std::to_string(jobs),
+                 "--size=" + std::to_string(part), "--offset_increment=" + std::to_string(part),
+                 "--loops=" + std::to_string(std::max(1u, file.loops))});
+    if (i > 0) args.insert(args.end(), {"--stonewall", "--new_group"});
+  }
+  return args;
+}
+
+uint32_t FioWarmLoops(uint64_t file_bytes) {
+  if (file_bytes == 0) return 1;
+  const uint64_t loops = (kFioWarmReadBytes + file_bytes - 1) / file_bytes;
+  return static_cast<uint32_t>(std::clamp<uint64_t>(loops, 1, kFioMaxLoops));
+}
+
+std::vector<BenchRow> FioCeilingRows(const FioSettings& matched, bool cold) {
+  auto row = [](std::string name, CeilingKind kind, std::vector<FioSettings> fio) {
+    BenchRow r;
+    r.name = std::move(name);
+    r.kind = RowKind::kCeiling;
+    r.ceiling = kind;
+    r.fio = std::move(fio);
+    return r;
+  };
+  std::vector<BenchRow> rows;
+  if (!cold) {
+    // The matched settings run kPageCacheTries times: a ceiling is the best the machine does,
+    // not one unlucky run on a busy machine.
+    FioSettings buffered = matched;
+    buffered.direct = false;
+    rows.push_back(row("ceiling: page cache, fio " + FioSettingsName(buffered) + ", best of " +
+                           std::to_string(kPageCacheTries),
+                       CeilingKind::kPageCache,
+                       std::vector<FioSettings>(kPageCacheTries, buffered)));
+  }
+  std::vector<FioSettings> sweep = StorageSweep(matched, /*with_buffered=*/cold);
+  // The name first: the row takes the sweep.
+  std::string name = "ceiling: disk, best of " + std::to_string(sweep.size()) +
+                     (cold ? " fio runs" : " fio O_DIRECT runs");
+  rows.push_back(row(std::move(name), CeilingKind::kStorage, std::move(sweep)));
+  return rows;
+}
 
 Result<std::vector<const Strategy*>> ParseStrategies(std::string_view list) {
   std::vector<const Strategy*> out;
@@ -234,6 +343,10 @@ Result<std::vector<BenchRow>> BuildShardstreamRows(std::span<const Strategy* con
         row.kind = RowKind::kShardstream;
         row.name = std::string(s->name);
         row.add_touch_seconds = s->name == "zero-copy";
+        row.lazy = row.add_touch_seconds;
+        for (size_t a = 0; a + 1 < s->load_args.size(); ++a) {
+          row.direct |= s->load_args[a] == "--direct" && s->load_args[a + 1] == "on";
+        }
         for (std::string_view a : s->load_args) row.args.emplace_back(a);
         if (cuda) row.args.insert(row.args.end(), {"--device", options.device});
         if (discard) row.args.insert(row.args.end(), {"--sink", "discard"});
@@ -318,7 +431,7 @@ Result<ChildReport> ParseChildReport(std::string_view stdout_text) {
   return report;
 }
 
-Result<double> ParseFioBytesPerSecond(std::string_view stdout_text) {
+Result<std::vector<double>> ParseFioGroupBandwidths(std::string_view stdout_text) {
   // fio may print warnings before its JSON.
   const size_t brace = stdout_text.find('{');
   if (brace == std::string_view::npos) {
@@ -330,13 +443,26 @@ Result<double> ParseFioBytesPerSecond(std::string_view stdout_text) {
       simdjson::SUCCESS) {
     return ReportError("fio's output is not JSON: '" + Shorten(stdout_text.substr(brace)) + "'");
   }
-  simdjson::dom::element read;
-  uint64_t bw_bytes = 0;
-  if (root["jobs"].at(0)["read"].get(read) != simdjson::SUCCESS ||
-      read["bw_bytes"].get_uint64().get(bw_bytes) != simdjson::SUCCESS || bw_bytes == 0) {
+  simdjson::dom::array jobs;
+  if (root["jobs"].get_array().get(jobs) != simdjson::SUCCESS || jobs.size() == 0) {
     return ReportError("fio's JSON has no jobs[0].read.bw_bytes");
   }
-  return static_cast<double>(bw_bytes);
+  std::vector<double> bandwidths;
+  for (simdjson::dom::element job : jobs) {
+    uint64_t bw_bytes = 0;
+    if (job["read"]["bw_bytes"].get_uint64().get(bw_bytes) != simdjson::SUCCESS || bw_bytes == 0) {
+      return ReportError("fio's JSON has no jobs[" + std::to_string(bandwidths.size()) +
+                         "].read.bw_bytes");
+    }
+    bandwidths.push_back(static_cast<double>(bw_bytes));
+  }
+  return bandwidths;
+}
+
+Result<double> ParseFioBytesPerSecond(std::string_view stdout_text) {
+  Result<std::vector<double>> groups = ParseFioGroupBandwidths(stdout_text);
+  if (!groups.ok()) return groups.status();
+  return groups->front();
 }
 
 Result<double> ParseSecondsLine(std::string_view stdout_text) {
@@ -443,17 +569,16 @@ std::string StderrTail(std::string_view stderr_text, size_t max_bytes) {
   return out;
 }
 
-std::optional<size_t> ReferenceCeiling(const BenchReport& report) {
-  CeilingKind want = CeilingKind::kNone;
-  if (report.cold) {
-    want = CeilingKind::kStorageDirect;
-  } else if (report.device != "cpu") {
-    want = CeilingKind::kPinnedH2D;
-  } else if (report.sink == "tensors") {
-    want = CeilingKind::kMemcpy;
-  } else {
-    want = CeilingKind::kStorageBuffered;
-  }
+namespace {
+
+CeilingKind ReferenceKind(const BenchReport& report) {
+  if (report.cold) return CeilingKind::kStorage;
+  if (report.device != "cpu") return CeilingKind::kPinnedH2D;
+  if (report.sink == "tensors") return CeilingKind::kMemcpy;
+  return CeilingKind::kPageCache;
+}
+
+std::optional<size_t> FindCeiling(const BenchReport& report, CeilingKind want) {
   for (size_t i = 0; i < report.rows.size(); ++i) {
     const RowResult& r = report.rows[i];
     if (r.row.kind == RowKind::kCeiling && r.row.ceiling == want && RowSummary(r)) return i;
@@ -461,18 +586,60 @@ std::optional<size_t> ReferenceCeiling(const BenchReport& report) {
   return std::nullopt;
 }
 
+}  // namespace
+
+std::optional<size_t> ReferenceCeiling(const BenchReport& report) {
+  return FindCeiling(report, ReferenceKind(report));
+}
+
+std::optional<size_t> RowCeiling(const BenchReport& report, size_t row) {
+  const BenchRow& r = report.rows.at(row).row;
+  if (r.kind == RowKind::kCeiling) return std::nullopt;
+  return FindCeiling(report, r.direct ? CeilingKind::kStorage : ReferenceKind(report));
+}
+
+bool CeilingExceeded(const BenchReport& report, size_t row) {
+  const RowResult& r = report.rows.at(row);
+  if (r.row.kind == RowKind::kCeiling || r.row.lazy) return false;
+  const std::optional<Summary> s = RowSummary(r);
+  const std::optional<size_t> ceiling = RowCeiling(report, row);
+  if (!s || !ceiling || s->median <= 0) return false;
+  // Faster by more than the tolerance: rate / ceiling rate = ceiling time / time. The ceiling's
+  // best run: a ceiling is the best the machine does, and a typical run (the median) beating even
+  // that is no noise on a busy machine.
+  return RowSummary(report.rows[*ceiling])->min / s->median > 1 + kCeilingTolerance;
+}
+
+std::string MedianRunDetail(const RowResult& row) {
+  std::vector<const RunRecord*> ok;
+  for (const RunRecord& run : row.runs) {
+    if (run.ok) ok.push_back(&run);
+  }
+  if (ok.empty()) return "";
+  std::sort(ok.begin(), ok.end(),
+            [](const RunRecord* a, const RunRecord* b) { return a->seconds < b->seconds; });
+  return ok[(ok.size() - 1) / 2]->detail;
+}
+
 namespace {
 
 struct TableCells {
-  std::string name, median, min, max, gbps, percent, rss;
+  std::string name, median, min, max, gbps, percent, ceiling, rss;
   std::string status;  // empty when ok
 };
 
+// The percent of row `i`'s own ceiling, and that ceiling's index; nullopt without one.
+std::optional<std::pair<double, size_t>> PercentOfCeiling(const BenchReport& report, size_t i) {
+  const std::optional<Summary> s = RowSummary(report.rows[i]);
+  const std::optional<size_t> ceiling = RowCeiling(report, i);
+  if (!s || !ceiling || s->median <= 0) return std::nullopt;
+  return std::make_pair(100 * RowSummary(report.rows[*ceiling])->median / s->median, *ceiling);
+}
+
 std::vector<TableCells> Cells(const BenchReport& report) {
-  const std::optional<size_t> ceiling = ReferenceCeiling(report);
-  const double ceiling_s = ceiling ? RowSummary(report.rows[*ceiling])->median : 0;
   std::vector<TableCells> cells;
-  for (const RowResult& r : report.rows) {
+  for (size_t i = 0; i < report.rows.size(); ++i) {
+    const RowResult& r = report.rows[i];
     TableCells c;
     c.name = r.row.name;
     const std::optional<Summary> s = RowSummary(r);
@@ -490,11 +657,22 @@ std::vector<TableCells> Cells(const BenchReport& report) {
       cells.push_back(std::move(c));
       continue;
     }
+    // A sweep (not the same settings tried again): its winner after the name.
+    const bool sweep = std::any_of(r.row.fio.begin(), r.row.fio.end(),
+                                   [&](const FioSettings& f) { return !(f == r.row.fio.front()); });
+    if (sweep) {
+      if (const std::string winner = MedianRunDetail(r); !winner.empty()) c.name += ": " + winner;
+    }
     c.median = Fixed(s->median, 3);
     c.min = Fixed(s->min, 3);
     c.max = Fixed(s->max, 3);
     c.gbps = s->median > 0 ? Fixed(report.data_bytes / s->median / 1e9, 2) : "-";
-    c.percent = ceiling && s->median > 0 ? Fixed(100 * ceiling_s / s->median, 0) + "%" : "-";
+    c.percent = "-";
+    c.ceiling = "-";
+    if (const auto percent = PercentOfCeiling(report, i)) {
+      c.percent = Fixed(percent->first, 0) + "%" + (CeilingExceeded(report, i) ? " (!)" : "");
+      c.ceiling = std::string(CeilingShortName(report.rows[percent->second].row.ceiling));
+    }
     uint64_t rss = 0;
     bool flagged = false;
     for (const RunRecord& run : r.runs) {
@@ -508,37 +686,55 @@ std::vector<TableCells> Cells(const BenchReport& report) {
   return cells;
 }
 
+// Lines under the table: which row each ceiling name stands for, and what "(!)" means.
+std::string Legend(const BenchReport& report) {
+  std::string out;
+  std::vector<size_t> used;
+  bool exceeded = false;
+  for (size_t i = 0; i < report.rows.size(); ++i) {
+    if (const std::optional<size_t> c = RowCeiling(report, i)) {
+      if (std::find(used.begin(), used.end(), *c) == used.end()) used.push_back(*c);
+    }
+    exceeded |= CeilingExceeded(report, i);
+  }
+  std::sort(used.begin(), used.end());
+  for (size_t c : used) {
+    out += "ceiling " + std::string(CeilingShortName(report.rows[c].row.ceiling)) +
+           ": % of the median of '" + report.rows[c].row.name + "'\n";
+  }
+  if (exceeded) {
+    out += "(!) median more than " + Fixed(100 * kCeilingTolerance, 0) +
+           "% faster than its own ceiling's best run: that ceiling is not one (ceiling_exceeded in"
+           " the JSON; lazy rows and ceilings are exempt)\n";
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string FormatTable(const BenchReport& report, bool markdown) {
-  const std::optional<size_t> ceiling = ReferenceCeiling(report);
-  const std::string percent_header =
-      ceiling
-          ? "% of " +
-                report.rows[*ceiling].row.name.substr(report.rows[*ceiling].row.name.find(' ') + 1)
-          : "% of ceiling";
   const std::vector<TableCells> cells = Cells(report);
   std::string out;
   if (markdown) {
-    out += "| row | median s | min s | max s | GB/s | " + percent_header +
-           " | peak RSS MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    out +=
+        "| row | median s | min s | max s | GB/s | % of ceiling | ceiling | peak RSS MiB |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n";
     for (const TableCells& c : cells) {
       if (!c.status.empty()) {
-        out += "| " + c.name + " | " + c.status + " | | | | | |\n";
+        out += "| " + c.name + " | " + c.status + " | | | | | | |\n";
       } else {
         out += "| " + c.name + " | " + c.median + " | " + c.min + " | " + c.max + " | " + c.gbps +
-               " | " + c.percent + " | " + c.rss + " |\n";
+               " | " + c.percent + " | " + c.ceiling + " | " + c.rss + " |\n";
       }
     }
-    return out;
+    return out + "\n" + Legend(report);
   }
   size_t width = 4;
   for (const TableCells& c : cells) width = std::max(width, c.name.size());
-  char line[512];
-  const std::string percent =
-      ceiling ? "% " + std::string(CeilingShortName(report.rows[*ceiling].row.ceiling)) : "%";
-  std::snprintf(line, sizeof line, "%-*s %9s %9s %9s %8s %10s %9s\n", static_cast<int>(width),
-                "row", "median s", "min s", "max s", "GB/s", percent.c_str(), "RSS MiB");
+  char line[1024];
+  constexpr const char* kFormat = "%-*s %9s %9s %9s %8s %10s %-10s %9s\n";
+  std::snprintf(line, sizeof line, kFormat, static_cast<int>(width), "row", "median s", "min s",
+                "max s", "GB/s", "% ceiling", "ceiling", "RSS MiB");
   out += line;
   for (const TableCells& c : cells) {
     if (!c.status.empty()) {
@@ -546,13 +742,12 @@ std::string FormatTable(const BenchReport& report, bool markdown) {
           c.name + std::string(width - std::min(width, c.name.size()) + 1, ' ') + c.status + "\n";
       continue;
     }
-    std::snprintf(line, sizeof line, "%-*s %9s %9s %9s %8s %10s %9s\n", static_cast<int>(width),
-                  c.name.c_str(), c.median.c_str(), c.min.c_str(), c.max.c_str(), c.gbps.c_str(),
-                  c.percent.c_str(), c.rss.c_str());
+    std::snprintf(line, sizeof line, kFormat, static_cast<int>(width), c.name.c_str(),
+                  c.median.c_str(), c.min.c_str(), c.max.c_str(), c.gbps.c_str(), c.percent.c_str(),
+                  c.ceiling.c_str(), c.rss.c_str());
     out += line;
   }
-  if (ceiling) out += percent + ": % of the median of '" + report.rows[*ceiling].row.name + "'\n";
-  return out;
+  return out + Legend(report);
 }
 
 namespace {
@@ -572,8 +767,10 @@ void NumberOrNull(io::JsonWriter& out, std::string_view key, bool present, doubl
 std::string BenchReportJson(const BenchReport& report) {
   const std::optional<size_t> ceiling = ReferenceCeiling(report);
   const double ceiling_s = ceiling ? RowSummary(report.rows[*ceiling])->median : 0;
+  size_t exceeded = 0;
+  for (size_t i = 0; i < report.rows.size(); ++i) exceeded += CeilingExceeded(report, i);
   io::JsonWriter out;
-  out.BeginObject().Field("schema", "shardstream-bench/1");
+  out.BeginObject().Field("schema", "shardstream-bench/2");
   out.Key("command").BeginArray();
   for (const std::string& word : report.command) out.String(word);
   out.EndArray();
@@ -608,6 +805,8 @@ std::string BenchReportJson(const BenchReport& report) {
   } else {
     out.Null();
   }
+  out.Field("rows_above_ceiling", uint64_t{exceeded});
+  out.Field("ceiling_tolerance", kCeilingTolerance);
   out.Key("order").BeginArray();
   for (const RunSlot& slot : report.order) {
     out.BeginObject().Field("round", uint64_t{slot.round});
@@ -615,12 +814,20 @@ std::string BenchReportJson(const BenchReport& report) {
   }
   out.EndArray();
   out.Key("rows").BeginArray();
-  for (const RowResult& r : report.rows) {
+  for (size_t i = 0; i < report.rows.size(); ++i) {
+    const RowResult& r = report.rows[i];
     out.BeginObject().Field("name", r.row.name).Field("kind", RowKindName(r.row.kind));
     if (r.row.kind == RowKind::kCeiling) out.Field("ceiling", CeilingKindName(r.row.ceiling));
     out.Key("args").BeginArray();
     for (const std::string& a : r.row.args) out.String(a);
     out.EndArray();
+    if (!r.row.fio.empty()) {
+      out.Key("fio").BeginArray();
+      for (const FioSettings& f : r.row.fio) out.String(FioSettingsName(f));
+      out.EndArray();
+      out.Field("winner", MedianRunDetail(r));
+    }
+    out.Field("lazy", r.row.lazy).Field("direct", r.row.direct);
     const std::optional<Summary> s = RowSummary(r);
     out.Field("status",
               RowStatusName(s ? RowStatus::kOk
@@ -631,15 +838,22 @@ std::string BenchReportJson(const BenchReport& report) {
     if (s) {
       out.Field("median_s", s->median).Field("min_s", s->min).Field("max_s", s->max);
       out.Field("gbps", s->median > 0 ? report.data_bytes / s->median / 1e9 : 0.0);
-      NumberOrNull(out, "percent_of_ceiling", ceiling && s->median > 0,
-                   100 * ceiling_s / s->median);
+      const auto percent = PercentOfCeiling(report, i);
+      out.Key("ceiling_row");
+      if (percent) {
+        out.String(report.rows[percent->second].row.name);
+      } else {
+        out.Null();
+      }
+      NumberOrNull(out, "percent_of_ceiling", percent.has_value(), percent ? percent->first : 0);
       out.Field("peak_rss_bytes", rss);
     } else {
-      for (const char* key :
-           {"median_s", "min_s", "max_s", "gbps", "percent_of_ceiling", "peak_rss_bytes"}) {
+      for (const char* key : {"median_s", "min_s", "max_s", "gbps", "ceiling_row",
+                              "percent_of_ceiling", "peak_rss_bytes"}) {
         out.Key(key).Null();
       }
     }
+    out.Field("ceiling_exceeded", CeilingExceeded(report, i));
     out.Key("runs").BeginArray();
     for (const RunRecord& run : r.runs) {
       out.BeginObject().Field("round", uint64_t{run.round}).Field("ok", run.ok);
@@ -648,7 +862,7 @@ std::string BenchReportJson(const BenchReport& report) {
       NumberOrNull(out, "resident_before", run.resident_before >= 0, run.resident_before);
       out.Field("cold_dropped", run.cold_dropped);
       NumberOrNull(out, "child_resident_fraction", run.child_resident >= 0, run.child_resident);
-      out.Field("error", run.error).EndObject();
+      out.Field("error", run.error).Field("detail", run.detail).EndObject();
     }
     out.EndArray().EndObject();
   }

@@ -27,6 +27,13 @@ namespace shardstream::cli::bench {
 inline constexpr double kMaxColdResidentFraction = 0.05;
 inline constexpr uint32_t kDefaultFioQueueDepth = 8;  // the staged pipeline's default depth
 inline constexpr uint64_t kDefaultFioBlockMb = 4;     // and its chunk size through staging
+// A row more than this fraction faster than its own ceiling is marked: that ceiling is wrong.
+inline constexpr double kCeilingTolerance = 0.10;
+// Warm page-cache fio runs loop over a file until about this much was read, so that fio's
+// millisecond runtime resolves a fast copy.
+inline constexpr uint64_t kFioWarmReadBytes = uint64_t{1} << 30;
+inline constexpr uint32_t kFioMaxLoops = 64;
+inline constexpr size_t kPageCacheTries = 3;  // the warm page-cache ceiling: best of this many
 
 // A way for shardstream to read, as `load` flags. Parsed from --strategies.
 struct Strategy {
@@ -53,14 +60,49 @@ io::Result<std::vector<uint32_t>> ParseUintList(std::string_view list, std::stri
 enum class RowKind : uint8_t { kCeiling, kShardstream, kPeer };
 std::string_view RowKindName(RowKind kind);
 
-// What a row's figure is compared with (see ReferenceCeiling).
+// What a row's figure is compared with (see RowCeiling).
 enum class CeilingKind : uint8_t {
   kNone,
-  kStorageDirect,    // fio io_uring O_DIRECT: the disk
-  kStorageBuffered,  // fio io_uring buffered: page cache copy-out (warm) or buffered disk (cold)
-  kMemcpy,           // memcpy into fresh memory: owned CPU tensors, warm
-  kPinnedH2D,        // pinned host-to-device copies: a GPU load, warm
+  kStorage,    // the disk: the best of a fio sweep (cold: O_DIRECT and buffered; warm: O_DIRECT)
+  kPageCache,  // fio io_uring buffered on cached files (--invalidate=0), the pipeline's settings
+  kMemcpy,     // memcpy into fresh memory: owned CPU tensors, warm
+  kPinnedH2D,  // pinned host-to-device copies: a GPU load, warm
 };
+std::string_view CeilingKindName(CeilingKind kind);
+
+// One fio configuration. Each of `jobs` jobs reads its own 1/jobs of the file (--size and
+// --offset_increment), `depth` reads of `block_bytes` in flight, io_uring; bandwidth of the group.
+struct FioSettings {
+  uint64_t block_bytes = kDefaultFioBlockMb << 20;
+  uint32_t depth = kDefaultFioQueueDepth;
+  uint32_t jobs = 1;
+  bool direct = false;
+  bool operator==(const FioSettings&) const = default;
+};
+// "O_DIRECT 16 MiB qd=32 2 jobs".
+std::string FioSettingsName(const FioSettings& settings);
+
+// The storage sweep: depth {8, 32, `matched.depth`} x jobs {1, `matched.jobs`} x block
+// {4, 16 MiB, `matched.block_bytes`} x (O_DIRECT, and buffered when `with_buffered`), without
+// duplicates, the matched configuration first.
+std::vector<FioSettings> StorageSweep(const FioSettings& matched, bool with_buffered);
+
+// One file for fio: its size and how many passes over it.
+struct FioFile {
+  std::string path;
+  uint64_t bytes = 0;
+  uint32_t loops = 1;
+};
+// One fio command over every file in turn: a job section per file, each of its jobs reading whole
+// blocks of its own part (the part rounded down to a multiple of the block, the block shrunk to
+// the part for a small file, fewer jobs when the file is smaller than one 4 KiB-aligned part
+// each); from the second file on `stonewall` (it starts when the previous ended) and `new_group`,
+// so that with --group_reporting the JSON's jobs[i] is file i. --invalidate=0 always: the harness
+// drops or warms the pages itself, and fio's default invalidation would turn a warm run cold.
+// ':' in a path is escaped (fio splits filenames there).
+std::vector<std::string> FioArgs(const std::string& fio, std::span<const FioFile> files,
+                                 const FioSettings& settings);
+uint32_t FioWarmLoops(uint64_t file_bytes);
 
 struct BenchRow {
   std::string name;  // shown in the table, e.g. "uring-direct qd=32 chunk=16MiB"
@@ -69,7 +111,16 @@ struct BenchRow {
   // kShardstream: the `load` flags after CKPT. kPeer: the driver's path. kCeiling: unused.
   std::vector<std::string> args;
   bool add_touch_seconds = false;  // zero-copy: the time includes touching every page
+  bool lazy = false;               // zero-copy: views, not bytes in place: held to no ceiling
+  bool direct = false;             // O_DIRECT reads: warm or cold, bounded by the disk
+  // kStorage / kPageCache rows: the fio configurations; a run's figure is the best of them.
+  std::vector<FioSettings> fio;
 };
+
+// The fio ceiling rows: warm, the page cache with `matched` settings (buffered, best of
+// kPageCacheTries runs) and the disk (O_DIRECT sweep); cold, the disk (sweep over O_DIRECT and
+// buffered). Names carry the settings.
+std::vector<BenchRow> FioCeilingRows(const FioSettings& matched, bool cold);
 
 struct RowOptions {
   std::string device = "cpu";
@@ -103,6 +154,7 @@ struct RunRecord {
   bool cold_dropped = true;     // --cold: false when the drop left the files resident
   double child_resident = -1;   // what a shardstream child sampled itself (--direct auto)
   std::string error;            // !ok: why, with the tail of the child's stderr
+  std::string detail;           // a fio sweep: the winning settings (and any that failed)
 };
 
 enum class RowStatus : uint8_t { kOk, kFailed, kNotInstalled, kNotApplicable };
@@ -139,6 +191,9 @@ struct ChildReport {
 io::Result<ChildReport> ParseChildReport(std::string_view stdout_text);
 // fio --output-format=json → the first job's read bandwidth (bw_bytes), bytes per second.
 io::Result<double> ParseFioBytesPerSecond(std::string_view stdout_text);
+// fio --output-format=json → every jobs[i]'s read bandwidth (one per reporting group), in order.
+// Errors (rule "child-report"): no JSON, no jobs, a job without a positive read.bw_bytes.
+io::Result<std::vector<double>> ParseFioGroupBandwidths(std::string_view stdout_text);
 // bench/fresh_copy_ceiling → the one number it prints.
 io::Result<double> ParseSecondsLine(std::string_view stdout_text);
 // bench/cuda_ceiling --json → the best "h2d_pinned*" figure, in GB/s.
@@ -182,18 +237,36 @@ struct BenchReport {
   std::vector<RunSlot> order;  // the order the runs happened in
 };
 
-// The ceiling every row is compared with: cold → the disk (fio O_DIRECT); warm on a GPU → pinned
-// H2D; warm CPU tensors → memcpy into fresh memory; warm discard → fio buffered (same block size
-// and depth). The index of that ceiling's row when it has a summary, else nullopt.
+// The ceiling that bounds the case: cold → the disk (the fio sweep); warm on a GPU → pinned H2D;
+// warm CPU tensors → memcpy into fresh memory; warm discard → fio buffered on the page cache
+// (the pipeline's block size, depth and threads). The index of that ceiling's row when it has a
+// summary, else nullopt.
 std::optional<size_t> ReferenceCeiling(const BenchReport& report);
 
-// The table: one line per row (median, min, max seconds; GB/s; % of the reference ceiling; peak
-// RSS; or the row's status and reason). Markdown when `markdown`.
+// The ceiling row `row` is held to: ceiling rows none; O_DIRECT rows the disk (warm too: they
+// bypass the cache); every other row the reference. nullopt when that ceiling has no summary.
+std::optional<size_t> RowCeiling(const BenchReport& report, size_t row);
+
+// Whether row `row` ran more than kCeilingTolerance faster than its own ceiling: its median run
+// against the ceiling's best run (a ceiling is the best the machine does; median against median
+// marks noise on a busy machine). Then the ceiling is not one. Exempt (always false): ceiling
+// rows, lazy rows, rows without a summary or a ceiling.
+bool CeilingExceeded(const BenchReport& report, size_t row);
+
+// The fio sweep's winner in the run with the row's median time (the lower middle for an even
+// count); "" for other rows.
+std::string MedianRunDetail(const RowResult& row);
+
+// The table: one line per row (median, min, max seconds; GB/s; % of the row's own ceiling, named,
+// with "(!)" when CeilingExceeded; peak RSS; or the row's status and reason), a sweep's winning
+// fio settings after its name. Markdown when `markdown`.
 std::string FormatTable(const BenchReport& report, bool markdown);
 
-// The JSON report (schema "shardstream-bench/1"): machine, versions, command, checkpoint,
+// The JSON report (schema "shardstream-bench/2"; /1 named the fio ceilings "storage-direct" and
+// "storage-buffered" and held every row to one ceiling): machine, versions, command, checkpoint,
 // settings, notes, the run order, and per row its kind, args, status, note, summary (null unless
-// ok), GB/s, % of ceiling, peak RSS, and every run.
+// ok), GB/s, its own ceiling (name), % of it, ceiling_exceeded, peak RSS, a sweep's fio settings
+// and winner, and every run.
 std::string BenchReportJson(const BenchReport& report);
 
 }  // namespace shardstream::cli::bench

@@ -27,7 +27,7 @@ import time
 NOT_INSTALLED = 3
 NOT_APPLICABLE = 4
 PACKAGES = ("torch", "safetensors", "transformers", "runai-model-streamer", "fastsafetensors",
-            "matplotlib", "numpy")
+            "instanttensor", "matplotlib", "numpy")
 
 
 def version(package):
@@ -67,10 +67,11 @@ def tensor_bytes(tensors):
     return total
 
 
-def main(peer, package, load, name=None, applicable=None):
+def main(peer, package, load, name=None, applicable=None, cuda_only=False):
     """Runs a driver: `load(checkpoint, files, device)` returns the loaded tensors (kept alive
     until the clock stops). `name(device)` names the row; `applicable(checkpoint)` returns a
-    reason when the peer cannot load this checkpoint."""
+    reason when the peer cannot load this checkpoint; `cuda_only`: the peer loads onto a GPU only
+    (not applicable to `--device cpu`, whether installed or not)."""
     parser = argparse.ArgumentParser(description=f"shardstream bench peer: {peer}")
     parser.add_argument("checkpoint")
     parser.add_argument("--device", default="cpu")
@@ -78,6 +79,9 @@ def main(peer, package, load, name=None, applicable=None):
     args = parser.parse_args()
     label = name(args.device) if name else peer
     if args.probe:
+        if cuda_only and not args.device.startswith("cuda"):
+            print(json.dumps({"peer": label, "reason": f"{package} loads onto CUDA devices only"}))
+            sys.exit(NOT_APPLICABLE)
         module = package.replace("-", "_")
         try:
             importlib.import_module(module)

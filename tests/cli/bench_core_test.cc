@@ -2,6 +2,7 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <map>
 #include <string>
@@ -251,6 +252,16 @@ TEST(BenchStderrTailTest, KeepsTheEndOnOneLine) {
   EXPECT_EQ(StderrTail("\n\n"), "");
 }
 
+BenchRow MakeRow(std::string name, RowKind kind, CeilingKind ceiling,
+                 std::vector<std::string> args) {
+  BenchRow row;
+  row.name = std::move(name);
+  row.kind = kind;
+  row.ceiling = ceiling;
+  row.args = std::move(args);
+  return row;
+}
+
 BenchReport SampleReport() {
   BenchReport report;
   report.command = {"shardstream", "bench", "ckpt"};
@@ -261,13 +272,12 @@ BenchReport SampleReport() {
   report.data_bytes = 2'000'000'000;
   report.tensors = 7;
   report.repeat = 2;
-  BenchRow memcpy_row{
-      "ceiling: memcpy into fresh memory", RowKind::kCeiling, CeilingKind::kMemcpy, {}, false};
-  BenchRow direct{
-      "ceiling: fio io_uring O_DIRECT", RowKind::kCeiling, CeilingKind::kStorageDirect, {}, false};
-  BenchRow pread{"pread", RowKind::kShardstream, CeilingKind::kNone, {"--io", "pread"}, false};
-  BenchRow peer{"peer: broken", RowKind::kPeer, CeilingKind::kNone, {"broken.py"}, false};
-  BenchRow missing{"peer: fast", RowKind::kPeer, CeilingKind::kNone, {"fast.py"}, false};
+  BenchRow memcpy_row =
+      MakeRow("ceiling: memcpy into fresh memory", RowKind::kCeiling, CeilingKind::kMemcpy, {});
+  BenchRow direct = MakeRow("ceiling: disk", RowKind::kCeiling, CeilingKind::kStorage, {});
+  BenchRow pread = MakeRow("pread", RowKind::kShardstream, CeilingKind::kNone, {"--io", "pread"});
+  BenchRow peer = MakeRow("peer: broken", RowKind::kPeer, CeilingKind::kNone, {"broken.py"});
+  BenchRow missing = MakeRow("peer: fast", RowKind::kPeer, CeilingKind::kNone, {"fast.py"});
   report.rows = {RowResult{memcpy_row, RowStatus::kOk, "", {OkRun(0, 0.4), OkRun(1, 0.4)}},
                  RowResult{direct, RowStatus::kOk, "", {OkRun(0, 2.0), OkRun(1, 1.0)}},
                  RowResult{pread, RowStatus::kOk, "", {OkRun(0, 0.5), OkRun(1, 0.3)}},
@@ -295,10 +305,16 @@ TEST(BenchCeilingTest, TheReferenceFollowsColdnessDeviceAndSink) {
 
 TEST(BenchTableTest, FailedAndMissingRowsShowTheirStatusNotANumber) {
   const std::string table = FormatTable(SampleReport(), /*markdown=*/true);
-  EXPECT_NE(table.find("| pread | 0.400 | 0.300 | 0.500 | 5.00 | 100% | 100 |"), std::string::npos)
+  EXPECT_NE(table.find("| pread | 0.400 | 0.300 | 0.500 | 5.00 | 100% | memcpy | 100 |"),
+            std::string::npos)
       << table;
-  EXPECT_NE(table.find("| peer: broken | failed: exit 1: Traceback | | | | | |"), std::string::npos)
+  EXPECT_NE(table.find("| peer: broken | failed: exit 1: Traceback | | | | | | |"),
+            std::string::npos)
       << table;
+  EXPECT_NE(table.find("ceiling memcpy: % of the median of 'ceiling: memcpy into fresh memory'"),
+            std::string::npos)
+      << table;
+  EXPECT_EQ(table.find("(!)"), std::string::npos) << table;  // nothing above its ceiling
   EXPECT_NE(table.find("| peer: fast | not installed: fastsafetensors not installed |"),
             std::string::npos)
       << table;
@@ -312,7 +328,7 @@ TEST(BenchJsonTest, ReportFollowsTheSchema) {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   ASSERT_EQ(parser.parse(simdjson::padded_string(json)).get(root), simdjson::SUCCESS) << json;
-  EXPECT_EQ(std::string_view(root["schema"].get_string()), "shardstream-bench/1");
+  EXPECT_EQ(std::string_view(root["schema"].get_string()), "shardstream-bench/2");
   EXPECT_EQ(root["command"].get_array().size(), 3u);
   EXPECT_EQ(std::string_view(root["versions"]["torch"].get_string()), "2.11.0");
   EXPECT_TRUE(root["versions"]["fastsafetensors"].is_null());
@@ -329,6 +345,10 @@ TEST(BenchJsonTest, ReportFollowsTheSchema) {
   EXPECT_DOUBLE_EQ(double(pread["median_s"]), 0.4);
   EXPECT_DOUBLE_EQ(double(pread["gbps"]), 5.0);
   EXPECT_DOUBLE_EQ(double(pread["percent_of_ceiling"]), 100.0);
+  EXPECT_EQ(std::string_view(pread["ceiling_row"].get_string()),
+            "ceiling: memcpy into fresh memory");
+  EXPECT_FALSE(bool(pread["ceiling_exceeded"]));
+  EXPECT_EQ(uint64_t(root["rows_above_ceiling"]), 0u);
   EXPECT_EQ(pread["runs"].get_array().size(), 2u);
   simdjson::dom::element broken = rows.at(3);
   EXPECT_EQ(std::string_view(broken["status"].get_string()), "failed");
@@ -337,6 +357,263 @@ TEST(BenchJsonTest, ReportFollowsTheSchema) {
   EXPECT_EQ(std::string_view(broken["runs"].at(0)["error"].get_string()), "exit 1: Traceback");
   EXPECT_TRUE(broken["runs"].at(0)["seconds"].is_null());
   EXPECT_EQ(std::string_view(rows.at(4)["status"].get_string()), "not installed");
+}
+
+TEST(BenchCeilingTest, ARowFasterThanItsOwnCeilingByMoreThanTenPercentIsMarked) {
+  BenchReport report = SampleReport();  // memcpy 0.4 s: 5 GB/s
+  // 0.36 s is 11% faster than 0.4 s (the ceiling's best run): marked; 0.38 s (5%) is within.
+  report.rows[2].runs = {OkRun(0, 0.36), OkRun(1, 0.36)};
+  EXPECT_TRUE(CeilingExceeded(report, 2));
+  report.rows[2].runs = {OkRun(0, 0.38), OkRun(1, 0.38)};
+  EXPECT_FALSE(CeilingExceeded(report, 2));
+  // Exactly at the edge (ceiling / time == 1.1) is not above it.
+  report.rows[2].runs = {OkRun(0, 0.4 / 1.1), OkRun(1, 0.4 / 1.1 + 1e-9)};
+  EXPECT_FALSE(CeilingExceeded(report, 2));
+  report.rows[2].runs = {OkRun(0, 0.2), OkRun(1, 0.2)};
+  EXPECT_TRUE(CeilingExceeded(report, 2));
+  // A lazy row (zero-copy) is exempt, and so is every ceiling row however fast.
+  report.rows[2].row.lazy = true;
+  EXPECT_FALSE(CeilingExceeded(report, 2));
+  report.rows[2].row.lazy = false;
+  report.rows[1].runs = {OkRun(0, 0.01), OkRun(1, 0.01)};  // the disk "faster" than memcpy
+  EXPECT_FALSE(CeilingExceeded(report, 1));
+  EXPECT_EQ(RowCeiling(report, 1), std::nullopt);
+  // Failed and missing rows have no figure to compare.
+  EXPECT_FALSE(CeilingExceeded(report, 3));
+  EXPECT_FALSE(CeilingExceeded(report, 4));
+  // Without its ceiling measured, nothing is marked.
+  report.rows[0].runs.push_back(FailedRun(2, "killed"));
+  EXPECT_FALSE(CeilingExceeded(report, 2));
+}
+
+TEST(BenchCeilingTest, ODirectRowsAreHeldToTheDiskWarmToo) {
+  BenchReport report = SampleReport();  // warm CPU tensors: memcpy 0.4 s, disk median 1.5 s
+  BenchRow direct = MakeRow("uring-direct", RowKind::kShardstream, CeilingKind::kNone, {});
+  direct.direct = true;
+  report.rows.push_back(RowResult{direct, RowStatus::kOk, "", {OkRun(0, 0.8), OkRun(1, 0.8)}});
+  const size_t i = report.rows.size() - 1;
+  EXPECT_EQ(RowCeiling(report, i), std::optional<size_t>(1));
+  EXPECT_EQ(RowCeiling(report, 2), std::optional<size_t>(0));  // buffered pread: memcpy
+  EXPECT_TRUE(CeilingExceeded(report, i));                     // 1.0 s against the disk's 1.5 s
+  const std::string table = FormatTable(report, /*markdown=*/true);
+  EXPECT_NE(table.find("| uring-direct | 0.800 | 0.800 | 0.800 | 2.50 | 188% (!) | disk |"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("(!) median more than 10% faster than its own ceiling"), std::string::npos)
+      << table;
+  EXPECT_NE(table.find("ceiling disk: % of the median of 'ceiling: disk'"), std::string::npos)
+      << table;
+  const std::string text = FormatTable(report, /*markdown=*/false);
+  EXPECT_NE(text.find("188% (!)"), std::string::npos) << text;
+
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  const std::string json = BenchReportJson(report);
+  ASSERT_EQ(parser.parse(simdjson::padded_string(json)).get(root), simdjson::SUCCESS) << json;
+  simdjson::dom::element row = root["rows"].at(i);
+  EXPECT_TRUE(bool(row["ceiling_exceeded"]));
+  EXPECT_TRUE(bool(row["direct"]));
+  EXPECT_EQ(std::string_view(row["ceiling_row"].get_string()), "ceiling: disk");
+  EXPECT_DOUBLE_EQ(double(row["percent_of_ceiling"]), 187.5);  // of the disk's median
+  EXPECT_EQ(uint64_t(root["rows_above_ceiling"]), 1u);
+  EXPECT_FALSE(bool(root["rows"].at(1)["ceiling_exceeded"]));  // a ceiling row
+  EXPECT_TRUE(root["rows"].at(1)["ceiling_row"].is_null());
+
+  report.cold = true;  // cold: every row is held to the disk
+  EXPECT_EQ(RowCeiling(report, 2), std::optional<size_t>(1));
+  EXPECT_TRUE(CeilingExceeded(report, 2));  // pread 0.4 s against 1.0 s
+}
+
+TEST(BenchCeilingTest, TheCheckIsAgainstTheCeilingsBestRun) {
+  BenchReport report = SampleReport();
+  report.rows[0].runs = {OkRun(0, 0.5), OkRun(1, 0.42), OkRun(2, 0.6)};  // median 0.5, best 0.42
+  report.rows[2].runs = {OkRun(0, 0.4), OkRun(1, 0.4)};
+  // 25% past the ceiling's median, within 10% of its best run (0.42 / 0.4 = 1.05): not marked,
+  // though the percent column (median against median) says 125%.
+  EXPECT_FALSE(CeilingExceeded(report, 2));
+  EXPECT_NE(FormatTable(report, true).find("| pread | 0.400 | 0.400 | 0.400 | 5.00 | 125% |"),
+            std::string::npos)
+      << FormatTable(report, true);
+  report.rows[2].runs = {OkRun(0, 0.38), OkRun(1, 0.37)};  // 0.42 / 0.375 = 1.12
+  EXPECT_TRUE(CeilingExceeded(report, 2));
+}
+
+TEST(BenchCeilingTest, TheDiscardReferenceIsThePageCacheRow) {
+  BenchReport report = SampleReport();
+  report.sink = "discard";
+  BenchRow page = MakeRow("ceiling: page cache", RowKind::kCeiling, CeilingKind::kPageCache, {});
+  report.rows.push_back(RowResult{page, RowStatus::kOk, "", {OkRun(0, 0.2), OkRun(1, 0.2)}});
+  EXPECT_EQ(ReferenceCeiling(report), std::optional<size_t>(5));
+  EXPECT_EQ(RowCeiling(report, 2), std::optional<size_t>(5));
+  EXPECT_FALSE(CeilingExceeded(report, 2));  // pread 0.4 s: half the page-cache rate
+}
+
+// The arguments of job section `name` (from --name=NAME to the next --name).
+std::vector<std::string> Section(const std::vector<std::string>& args, const std::string& name) {
+  auto begin = std::find(args.begin(), args.end(), "--name=" + name);
+  if (begin == args.end()) return {};
+  auto end = std::find_if(begin + 1, args.end(),
+                          [](const std::string& a) { return a.starts_with("--name="); });
+  return std::vector<std::string>(begin, end);
+}
+
+bool Has(const std::vector<std::string>& args, const std::string& arg) {
+  return std::find(args.begin(), args.end(), arg) != args.end();
+}
+
+TEST(BenchFioTest, EveryJobReadsItsOwnPartWithoutInvalidating) {
+  const FioSettings settings{4 << 20, 32, 2, true};
+  const std::vector<FioFile> files = {{"/d/model.safetensors", 1'000'000'000, 1}};
+  const std::vector<std::string> args = FioArgs("fio", files, settings);
+  EXPECT_EQ(args.front(), "fio");
+  for (const char* global :
+       {"--readonly", "--rw=read", "--ioengine=io_uring", "--iodepth=32", "--direct=1",
+        "--group_reporting", "--invalidate=0", "--output-format=json"}) {
+    EXPECT_TRUE(Has(args, global)) << global << ": " << ::testing::PrintToString(args);
+  }
+  const std::vector<std::string> job = Section(args, "file0");
+  // 1e9 / 2 = 500,000,000 → whole 4 MiB blocks: 119 of them, 499,122,176 bytes each job; the two
+  // parts never overlap and stay inside the file.
+  EXPECT_TRUE(Has(job, "--size=499122176")) << ::testing::PrintToString(job);
+  EXPECT_TRUE(Has(job, "--offset_increment=499122176"));
+  EXPECT_TRUE(Has(job, "--numjobs=2"));
+  EXPECT_TRUE(Has(job, "--bs=4194304"));
+  EXPECT_TRUE(Has(job, "--filename=/d/model.safetensors"));
+  EXPECT_TRUE(Has(job, "--loops=1"));
+  EXPECT_FALSE(Has(args, "--stonewall"));  // one file, one group
+}
+
+TEST(BenchFioTest, ShardsAreReadInTurnEachItsOwnGroup) {
+  const std::vector<FioFile> files = {{"/d/a.safetensors", 64 << 20, 1},
+                                      {"/d/b:c.safetensors", 32 << 20, 2}};
+  const std::vector<std::string> args = FioArgs("fio", files, {16 << 20, 8, 2, false});
+  const std::vector<std::string> a = Section(args, "file0"), b = Section(args, "file1");
+  EXPECT_TRUE(Has(a, "--size=33554432")) << ::testing::PrintToString(a);
+  EXPECT_FALSE(Has(a, "--stonewall"));
+  EXPECT_TRUE(Has(b, "--filename=/d/b\\:c.safetensors")) << ::testing::PrintToString(b);
+  EXPECT_TRUE(Has(b, "--size=16777216"));
+  EXPECT_TRUE(Has(b, "--offset_increment=16777216"));
+  EXPECT_TRUE(Has(b, "--loops=2"));
+  EXPECT_TRUE(Has(b, "--stonewall"));  // after file0, never beside it
+  EXPECT_TRUE(Has(b, "--new_group"));  // its own bandwidth in jobs[1]
+  EXPECT_TRUE(Has(args, "--direct=0"));
+  auto groups = ParseFioGroupBandwidths(
+      "{\"jobs\":[{\"read\":{\"bw_bytes\":2000000000}},{\"read\":{\"bw_bytes\":1000000000}}]}");
+  ASSERT_TRUE(groups.ok()) << groups.status().ToString();
+  EXPECT_EQ(*groups, (std::vector<double>{2e9, 1e9}));
+  auto broken = ParseFioGroupBandwidths(
+      "{\"jobs\":[{\"read\":{\"bw_bytes\":2000000000}},{\"read\":{\"bw_bytes\":0}}]}");
+  ASSERT_FALSE(broken.ok());
+  EXPECT_NE(broken.status().message().find("jobs[1]"), std::string::npos);
+}
+
+TEST(BenchFioTest, SmallFilesShrinkTheBlockAndTheJobs) {
+  // 4 MiB + a header over 2 jobs: 2 MiB parts (4 KiB-aligned), the 16 MiB block shrunk to them.
+  const std::vector<FioFile> small = {{"f", (4 << 20) + 200, 3}};
+  const std::vector<std::string> a =
+      Section(FioArgs("fio", small, {16 << 20, 8, 2, false}), "file0");
+  EXPECT_TRUE(Has(a, "--bs=2097152")) << ::testing::PrintToString(a);
+  EXPECT_TRUE(Has(a, "--size=2097152"));
+  EXPECT_TRUE(Has(a, "--numjobs=2"));
+  EXPECT_TRUE(Has(a, "--loops=3"));
+  // 6 KiB over 4 jobs: one aligned 4 KiB part is all there is.
+  const std::vector<FioFile> tiny = {{"f", 6 << 10, 1}};
+  const std::vector<std::string> b = Section(FioArgs("fio", tiny, {4 << 20, 8, 4, true}), "file0");
+  EXPECT_TRUE(Has(b, "--numjobs=1")) << ::testing::PrintToString(b);
+  EXPECT_TRUE(Has(b, "--size=4096"));
+  EXPECT_TRUE(Has(b, "--bs=4096"));
+}
+
+TEST(BenchFioTest, WarmLoopsReadAboutAGibibyte) {
+  EXPECT_EQ(FioWarmLoops(uint64_t{2} << 30), 1u);
+  EXPECT_EQ(FioWarmLoops(uint64_t{1} << 30), 1u);
+  EXPECT_EQ(FioWarmLoops(300 << 20), 4u);
+  EXPECT_EQ(FioWarmLoops(4 << 20), kFioMaxLoops);
+  EXPECT_EQ(FioWarmLoops(0), 1u);
+}
+
+TEST(BenchFioTest, TheSweepCoversDepthJobsBlockAndDirectMatchedFirst) {
+  const FioSettings matched{4 << 20, 8, 2, true};
+  const std::vector<FioSettings> cold = StorageSweep(matched, /*with_buffered=*/true);
+  EXPECT_EQ(cold.size(), 16u);  // {8, 32} x {1, 2 jobs} x {4, 16 MiB} x {O_DIRECT, buffered}
+  EXPECT_EQ(cold.front(), matched);
+  for (uint32_t depth : {8u, 32u}) {
+    for (uint32_t jobs : {1u, 2u}) {
+      for (uint64_t block : {uint64_t{4} << 20, uint64_t{16} << 20}) {
+        for (bool direct : {true, false}) {
+          const FioSettings want{block, depth, jobs, direct};
+          EXPECT_NE(std::find(cold.begin(), cold.end(), want), cold.end()) << FioSettingsName(want);
+        }
+      }
+    }
+  }
+  const std::vector<FioSettings> warm = StorageSweep(matched, /*with_buffered=*/false);
+  EXPECT_EQ(warm.size(), 8u);
+  EXPECT_TRUE(std::all_of(warm.begin(), warm.end(), [](const FioSettings& s) { return s.direct; }));
+  // One core: one job per thread is one job, no duplicates. A matched depth and block outside
+  // the sweep's are added.
+  EXPECT_EQ(StorageSweep({4 << 20, 8, 1, true}, true).size(), 8u);
+  const std::vector<FioSettings> odd = StorageSweep({1 << 20, 64, 4, true}, false);
+  EXPECT_EQ(odd.size(), 3u * 2u * 3u);
+  EXPECT_EQ(odd.front(), (FioSettings{1 << 20, 64, 4, true}));
+  EXPECT_EQ(FioSettingsName(odd.front()), "O_DIRECT 1 MiB qd=64 4 jobs");
+  EXPECT_EQ(FioSettingsName({512 << 10, 8, 1, false}), "buffered 512 KiB qd=8 1 job");
+}
+
+TEST(BenchFioTest, WarmHasThePageCacheAndTheDiskColdTheSweepOnly) {
+  const FioSettings matched{4 << 20, 8, 2, false};
+  const std::vector<BenchRow> warm = FioCeilingRows(matched, /*cold=*/false);
+  ASSERT_EQ(warm.size(), 2u);
+  EXPECT_EQ(warm[0].ceiling, CeilingKind::kPageCache);
+  EXPECT_EQ(warm[0].name, "ceiling: page cache, fio buffered 4 MiB qd=8 2 jobs, best of 3");
+  EXPECT_EQ(warm[0].fio, (std::vector<FioSettings>(kPageCacheTries, matched)));
+  EXPECT_EQ(warm[1].ceiling, CeilingKind::kStorage);
+  EXPECT_EQ(warm[1].name, "ceiling: disk, best of 8 fio O_DIRECT runs");
+  const std::vector<BenchRow> cold = FioCeilingRows(matched, /*cold=*/true);
+  ASSERT_EQ(cold.size(), 1u);
+  EXPECT_EQ(cold[0].ceiling, CeilingKind::kStorage);
+  EXPECT_EQ(cold[0].fio.size(), 16u);
+  EXPECT_EQ(cold[0].kind, RowKind::kCeiling);
+}
+
+TEST(BenchFioTest, TheTableNamesTheWinnerOfTheMedianRun) {
+  BenchReport report = SampleReport();
+  report.rows[1].row.fio = StorageSweep({4 << 20, 8, 2, true}, true);
+  RunRecord a = OkRun(0, 2.0), b = OkRun(1, 1.0), c = OkRun(2, 1.5);
+  a.detail = "O_DIRECT 4 MiB qd=8 1 job";
+  b.detail = "buffered 16 MiB qd=32 2 jobs";
+  c.detail = "O_DIRECT 16 MiB qd=32 2 jobs";
+  report.rows[1].runs = {a, b, c};
+  EXPECT_EQ(MedianRunDetail(report.rows[1]), "O_DIRECT 16 MiB qd=32 2 jobs");
+  const std::string table = FormatTable(report, /*markdown=*/true);
+  EXPECT_NE(table.find("| ceiling: disk: O_DIRECT 16 MiB qd=32 2 jobs | 1.500 |"),
+            std::string::npos)
+      << table;
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  const std::string json = BenchReportJson(report);
+  ASSERT_EQ(parser.parse(simdjson::padded_string(json)).get(root), simdjson::SUCCESS) << json;
+  EXPECT_EQ(std::string_view(root["rows"].at(1)["winner"].get_string()),
+            "O_DIRECT 16 MiB qd=32 2 jobs");
+  EXPECT_EQ(root["rows"].at(1)["fio"].get_array().size(), 16u);
+  EXPECT_EQ(std::string_view(root["rows"].at(1)["runs"].at(1)["detail"].get_string()),
+            "buffered 16 MiB qd=32 2 jobs");
+  EXPECT_EQ(MedianRunDetail(report.rows[0]), "");  // memcpy: no sweep
+  // The same settings tried again are no sweep: no winner after the name.
+  report.rows[1].row.fio = FioCeilingRows({4 << 20, 8, 2, false}, /*cold=*/false)[0].fio;
+  EXPECT_NE(FormatTable(report, true).find("| ceiling: disk | 1.500 |"), std::string::npos)
+      << FormatTable(report, true);
+}
+
+TEST(BenchRowsTest, DirectAndLazyRowsAreKnown) {
+  auto strategies = ParseStrategies("pread,uring-direct,pread-direct,zero-copy,auto");
+  ASSERT_TRUE(strategies.ok());
+  auto rows = BuildShardstreamRows(*strategies, RowOptions());
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  std::vector<std::pair<bool, bool>> got;
+  for (const BenchRow& r : *rows) got.emplace_back(r.direct, r.lazy);
+  EXPECT_EQ(got, (std::vector<std::pair<bool, bool>>{
+                     {false, false}, {true, false}, {true, false}, {false, true}, {false, false}}));
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 """`shardstream bench` end to end on a tiny checkpoint: the JSON schema, the interleaved order,
 peers that crash, print garbage, report the wrong byte count, hang or are missing, the residency
-check after a cold drop, usage errors, and the plot.
+check after a cold drop, the fio ceilings (warm: the page cache and the disk sweep; cold: the
+sweep, with its winner) and the ceiling check, the Python the build was configured with, usage
+errors, and the plot.
 
 Fake peer drivers (written here, following bench/peers/_common.py's protocol) stand in for the
 real ones so that every failure mode is exercised in seconds, whatever is installed.
@@ -83,11 +85,34 @@ def peer_dir(root, drivers):
     return root
 
 
-def bench(shardstream_bin, *args):
-    env = dict(os.environ, SHARDSTREAM_PYTHON=sys.executable)
+WHICH_PYTHON = """
+import json, sys
+print(json.dumps({"peer": "which python", "version": sys.executable})); sys.exit(0)
+"""
+
+
+def have_fio() -> bool:
+    return any(os.access(os.path.join(p, "fio"), os.X_OK)
+               for p in os.environ.get("PATH", "").split(":") if p)
+
+
+def bench(shardstream_bin, *args, env=None):
+    if env is None:
+        env = dict(os.environ, SHARDSTREAM_PYTHON=sys.executable)
     proc = subprocess.run([str(shardstream_bin), "bench", *map(str, args)], capture_output=True,
                           text=True, timeout=TIMEOUT_S, env=env)
     return proc
+
+
+def configured_python(shardstream_bin) -> str:
+    """SHARDSTREAM_PYTHON from the CMake cache beside the binary ("" when not configured)."""
+    cache = shardstream_bin.parent / "CMakeCache.txt"
+    if not cache.is_file():
+        return ""
+    for line in cache.read_text().splitlines():
+        if line.startswith("SHARDSTREAM_PYTHON:"):
+            return line.split("=", 1)[1]
+    return ""
 
 
 def test_report_schema_order_and_failed_peers(shardstream_bin, checkpoint, tmp_path):
@@ -99,7 +124,7 @@ def test_report_schema_order_and_failed_peers(shardstream_bin, checkpoint, tmp_p
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
 
-    assert report["schema"] == "shardstream-bench/1"
+    assert report["schema"] == "shardstream-bench/2"
     assert report["command"][1:4] == ["bench", str(checkpoint), "--strategies"]
     for key in ("hostname", "kernel", "cpus", "memory_bytes"):
         assert report["machine"][key], key
@@ -127,10 +152,14 @@ def test_report_schema_order_and_failed_peers(shardstream_bin, checkpoint, tmp_p
     assert report["ceiling"]["row"] == memcpy["name"]
     assert rows["pread"]["percent_of_ceiling"] == pytest.approx(
         100 * memcpy["median_s"] / rows["pread"]["median_s"], rel=1e-3)
-    fio = [c for c in ceilings if c["ceiling"].startswith("storage")]
-    assert len(fio) == 2 and all(c["status"] == ("ok" if any(
-        os.access(os.path.join(p, "fio"), os.X_OK)
-        for p in os.environ.get("PATH", "").split(":")) else "not installed") for c in fio)
+    fio = [c for c in ceilings if c["ceiling"] in ("page-cache", "storage")]
+    assert sorted(c["ceiling"] for c in fio) == ["page-cache", "storage"]
+    assert all(c["status"] == ("ok" if have_fio() else "not installed") for c in fio), fio
+    # Nothing is checked against a ceiling but the rows that are not ceilings.
+    assert all(c["ceiling_exceeded"] is False and c["ceiling_row"] is None
+               for c in ceilings if c["status"] == "ok")
+    assert report["rows_above_ceiling"] == sum(r["ceiling_exceeded"] for r in report["rows"])
+    assert rows["pread"]["ceiling_row"] == memcpy["name"]
 
     # Peers: the good one has numbers; every broken one is failed with the reason, no number.
     assert rows["peer: fake good"]["status"] == "ok"
@@ -155,6 +184,81 @@ def test_report_schema_order_and_failed_peers(shardstream_bin, checkpoint, tmp_p
     table = proc.stdout
     assert "peer: fake crash" in table and "failed: exit 1" in table
     assert "not installed: fakelib not installed" in table
+
+
+@pytest.mark.skipif(not have_fio(), reason="fio is not on PATH (scripts/install-deps installs it)")
+def test_fio_ceilings_match_the_pipeline_and_sweep_the_disk(shardstream_bin, checkpoint, tmp_path):
+    out = tmp_path / "report.json"
+    proc = bench(shardstream_bin, checkpoint, "--strategies", "pread,uring-direct", "--repeat", "1",
+                 "--queue-depth", "16", "--chunk-mb", "2", "--json", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    rows = {r["kind"] == "ceiling" and r["ceiling"] or r["name"]: r for r in report["rows"]}
+    jobs = os.cpu_count()
+    page = rows["page-cache"]
+    # Warm: fio buffered with the pipeline's block size and depth, one job per thread.
+    assert page["status"] == "ok", page
+    assert set(page["fio"]) == {f"buffered 2 MiB qd=16 {jobs} job{'s' if jobs > 1 else ''}"}
+    disk = rows["storage"]
+    assert disk["status"] == "ok", disk
+    assert all(f.startswith("O_DIRECT") for f in disk["fio"])  # warm: the disk is O_DIRECT
+    assert disk["winner"] in disk["fio"]
+    assert disk["winner"] in proc.stdout  # the table names the winning settings
+    # An O_DIRECT row is held to the disk, a buffered one (warm CPU tensors) to memcpy.
+    assert rows["uring-direct qd=16 chunk=2MiB"]["ceiling_row"] == disk["name"]
+    assert rows["pread chunk=2MiB"]["ceiling_row"].startswith("ceiling: memcpy")
+    assert "--invalidate=0" in next(n for n in report["notes"] if n.startswith("fio:"))
+
+    cold = bench(shardstream_bin, checkpoint, "--strategies", "pread", "--repeat", "1", "--cold",
+                 "--no-drop-caches", "--json", out, "--quiet")
+    assert cold.returncode == 0, cold.stderr
+    report = json.loads(out.read_text())
+    ceilings = [r for r in report["rows"] if r["kind"] == "ceiling"]
+    assert [c["ceiling"] for c in ceilings if c["ceiling"] != "memcpy"] == ["storage"]
+    disk = next(c for c in ceilings if c["ceiling"] == "storage")
+    assert disk["status"] == "ok", disk
+    # Cold: O_DIRECT and buffered, depth 8 and 32, 4 and 16 MiB (shrunk to this small file).
+    assert {f.split()[0] for f in disk["fio"]} == {"O_DIRECT", "buffered"}
+    assert len(disk["fio"]) == (16 if jobs > 1 else 8)
+    for run in disk["runs"]:
+        assert run["detail"].split(" (failed")[0] in disk["fio"], run
+    assert report["ceiling"]["row"] == disk["name"]
+    pread = next(r for r in report["rows"] if r["name"] == "pread")
+    assert pread["ceiling_row"] == disk["name"]
+    assert isinstance(pread["ceiling_exceeded"], bool)
+    if pread["ceiling_exceeded"]:
+        assert "(!)" in cold.stdout
+
+
+def test_peers_and_plot_use_the_configured_python(shardstream_bin, checkpoint, tmp_path):
+    configured = configured_python(shardstream_bin)
+    if not configured or not os.access(configured, os.X_OK):
+        pytest.skip("the build was configured without SHARDSTREAM_PYTHON")
+    peers = peer_dir(tmp_path / "peers", {"which": WHICH_PYTHON})
+    out = tmp_path / "report.json"
+    # A plain shell: no SHARDSTREAM_PYTHON, and a PATH whose python3 (if any) is the system's.
+    env = {k: v for k, v in os.environ.items() if k != "SHARDSTREAM_PYTHON"}
+    env["PATH"] = "/usr/bin:/bin"
+    plot = subprocess.run([configured, "-c", "import matplotlib"], capture_output=True).returncode == 0
+    png = tmp_path / "bench.png"
+    proc = bench(shardstream_bin, checkpoint, "--strategies", "pread", "--repeat", "1",
+                 "--no-ceilings", "--peers", "--peer-dir", peers, "--json", out, "--quiet",
+                 *(["--plot", png] if plot else []), env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["peer: which python"]["note"] == configured
+    if plot:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The environment variable still overrides it.
+    link = tmp_path / "other-python"
+    link.symlink_to(sys.executable)
+    env["SHARDSTREAM_PYTHON"] = str(link)
+    proc = bench(shardstream_bin, checkpoint, "--strategies", "pread", "--repeat", "1",
+                 "--no-ceilings", "--peers", "--peer-dir", peers, "--json", out, "--quiet",
+                 env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["peer: which python"]["note"] == str(link)
 
 
 def test_a_hanging_peer_times_out_as_failed(shardstream_bin, checkpoint, tmp_path):
