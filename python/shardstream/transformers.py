@@ -404,6 +404,8 @@ class _Session:
                 source = mapping.collected_tensors[mapping.source_patterns[0]][0]
                 expected_loaded.add(target)
                 if tuple(source.shape) != expected:
+                    # As set_param_for_module: a mismatched key is not also missing.
+                    info.missing_keys.discard(target)
                     info.mismatched_keys.add((target, torch.Size(source.shape),
                                               torch.Size(expected)))
                 else:
@@ -418,6 +420,7 @@ class _Session:
             shape, pieces = plan
             expected_loaded.add(target)
             if tuple(shape) != expected:
+                info.missing_keys.discard(target)
                 info.mismatched_keys.add((target, torch.Size(shape), torch.Size(expected)))
             else:
                 fused.append((target, pieces))
