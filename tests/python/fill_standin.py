@@ -1,7 +1,7 @@
 """A stand-in for `shardstream.fill`, for developing `shardstream.transformers` before the package
 (issue 16) is installed: it reads through the `safetensors` package (`safe_open` + `get_slice`) and
-copies into the destinations. Tests use it only when SHARDSTREAM_FILL_STANDIN=1 and the real
-package is not importable; it is never the implementation."""
+copies into the destinations. Tests use it only when SHARDSTREAM_FILL_STANDIN=1; it is never the
+implementation."""
 import importlib
 import json
 import os
@@ -67,20 +67,30 @@ def fill(checkpoint, targets, *, threads=None, io="auto", direct="auto", staging
 
 
 def import_shardstream():
-    """(module, "real" | "standin"), or (None, reason)."""
+    """(module, "real" | "standin"), or (None, reason). SHARDSTREAM_FILL_STANDIN=1 takes the
+    stand-in even where the package is importable (while the package is being developed)."""
+    if os.environ.get("SHARDSTREAM_FILL_STANDIN") == "1":
+        return _standin(), "standin"
     try:
         module = importlib.import_module("shardstream")
         if hasattr(module, "fill"):
+            # The checkout's pure-Python submodules (shardstream.transformers) come first, so that
+            # the tests test this tree even where an older build of the package is installed.
+            here = os.path.join(REPO, "python", "shardstream")
+            if os.path.isdir(here) and here not in module.__path__:
+                module.__path__.insert(0, here)
             return module, "real"
         reason = "the shardstream package has no fill"
     except ImportError as e:
         reason = f"the shardstream package is not importable ({e})"
-    if os.environ.get("SHARDSTREAM_FILL_STANDIN") != "1":
-        return None, reason
+    return None, reason
+
+
+def _standin():
     for name in [n for n in sys.modules if n == "shardstream" or n.startswith("shardstream.")]:
         del sys.modules[name]
     module = types.ModuleType("shardstream")
     module.__path__ = [os.path.join(REPO, "python", "shardstream")]
     module.fill, module.LoadError, module.LoadReport = fill, LoadError, LoadReport
     sys.modules["shardstream"] = module
-    return module, "standin"
+    return module

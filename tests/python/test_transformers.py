@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.modeling_utils import PreTrainedModel  # noqa: E402
 
 ORIGINAL_LOADER = PreTrainedModel.__dict__["_load_pretrained_model"]
-MOE = {"mixtral", "qwen3_moe"}
+MOE = {"mixtral", "qwen3_moe", "deepseek_v3", "olmoe"}
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +117,23 @@ def test_loads_what_transformers_loads(checkpoints, name):
     else:
         assert counts["sliced"] == 0 and counts["converted"] == 0, counts
     assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER
+
+
+def test_loaded_fp32_router_bias_survives_finalisation(checkpoints):
+    # deepseek_v3 keeps e_score_correction_bias in fp32 in a bf16 model; it is loaded, so
+    # transformers' initialisation (zeros) must not touch it.
+    folder = checkpoints("deepseek_v3")
+    on_disk = {}
+    for f in os.listdir(folder):
+        if f.endswith(".safetensors"):
+            on_disk.update(load_file(os.path.join(folder, f)))
+    got = sst.from_pretrained(folder)
+    biases = {k: v for k, v in got.state_dict().items() if k.endswith("e_score_correction_bias")}
+    assert biases
+    for key, value in biases.items():
+        assert value.dtype == torch.float32 and on_disk[key].dtype == torch.float32
+        assert torch.count_nonzero(on_disk[key]) > 0
+        assert torch.equal(value, on_disk[key]), key
 
 
 @pytest.mark.parametrize("name", sorted(MOE))

@@ -24,6 +24,14 @@ ARCHITECTURES = {
                  "layer_types": ["sliding_attention", "full_attention"],
                  "rope_parameters": {"rope_type": "default", "rope_theta": 150000.0}},
                 torch.bfloat16),
+    # MLA attention, shared experts, and an fp32 router bias (e_score_correction_bias) that
+    # finalisation must not re-initialise.
+    "deepseek_v3": ({"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                     "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1,
+                     "topk_group": 1, "kv_lora_rank": 16, "q_lora_rank": 24,
+                     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "head_dim": 8,
+                     "rope_scaling": None}, torch.bfloat16),
+    "olmoe": ({"num_experts": 4, "num_experts_per_tok": 2}, torch.bfloat16),
     "tied_qwen2": ({"tie_word_embeddings": True}, torch.bfloat16),
     # A converter that is not a slice write (Chunk: fused gqkv/gate_up split into projections).
     "hrm_text": ({"num_layers_per_stack": 1, "H_cycles": 1, "L_cycles": 1, "L_bp_cycles": [1]},
@@ -47,5 +55,9 @@ def build(name, folder, seed=0, max_shard_size="40KB"):
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.02)
+        for module in model.modules():
+            if "e_score_correction_bias" in module._buffers:  # fp32 even in a bf16 model
+                bias = module._buffers["e_score_correction_bias"]
+                module._buffers["e_score_correction_bias"] = torch.randn(bias.shape)
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     return config
