@@ -224,6 +224,21 @@ def test_strict_fails_before_reading_and_names_the_keys(checkpoints, tmp_path, c
     assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER
 
 
+def test_user_key_mapping_renames_as_transformers_does(checkpoints, tmp_path):
+    def rename(tensors):
+        for key in [k for k in tensors if k.startswith("model.")]:
+            tensors["decoder." + key[len("model."):]] = tensors.pop(key)
+    folder = rewrite(checkpoints("qwen3_moe"), str(tmp_path / "renamed"), rename)
+    mapping = {r"^decoder\.": "model."}
+    ref, ref_info = AutoModelForCausalLM.from_pretrained(folder, key_mapping=mapping,
+                                                        output_loading_info=True)
+    got, info = sst.from_pretrained(folder, key_mapping=mapping, output_loading_info=True)
+    assert info["shardstream"]["loader"] == "shardstream"
+    assert not any(ref_info[f] for f in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert info["shardstream"]["tensors"]["sliced"] > 0
+    assert_same_model(ref, got)
+
+
 def test_mismatched_shape_raises_like_transformers_without_ignore(checkpoints, tmp_path):
     folder = rewrite(checkpoints("llama"), str(tmp_path / "m"), BROKEN["mismatched"])
     with pytest.raises(RuntimeError) as want:
