@@ -137,7 +137,10 @@ def _dispatch(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
     threads, adapters) to transformers' original."""
     session = getattr(_thread_state, "session", None)
     original = _hook_original.__func__
-    if session is None or session.used:
+    # Only the load of the folder this session was asked for (a model whose __init__ loads a
+    # sub-model with from_pretrained of its own leaves that one to transformers).
+    if (session is None or session.used or os.fspath(
+            load_config.pretrained_model_name_or_path or "") != session.path):
         return original(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
     session.used = True
     return session.load(original, model, state_dict, checkpoint_files, load_config, *args,
