@@ -119,7 +119,8 @@ def _unsupported_reason():
                   "WeightRenaming", "MergeModulelist", "Concatenate")
         absent = [n for n in needed if not hasattr(cml, n)]
         if absent or "_load_pretrained_model" not in PreTrainedModel.__dict__:
-            return f"transformers {transformers.__version__} lacks {absent or '_load_pretrained_model'}"
+            missing = absent or "_load_pretrained_model"
+            return f"transformers {transformers.__version__} lacks {missing}"
     except ImportError as e:
         return f"transformers internals not importable ({e})"
     return None
@@ -372,11 +373,14 @@ class _Session:
             if renamed_key in meta_state_dict:
                 empty_param = meta_state_dict[renamed_key]
                 if source_pattern is not None:
-                    mapping = to_load.setdefault(renamed_key,
-                                                 copy.deepcopy(pattern_to_converter[source_pattern]))
+                    mapping = to_load.get(renamed_key)
+                    if mapping is None:  # each target gets its own converter, as in transformers
+                        mapping = copy.deepcopy(pattern_to_converter[source_pattern])
+                        to_load[renamed_key] = mapping
                 else:
-                    mapping = to_load.setdefault(renamed_key,
-                                                 cml.WeightRenaming(original_key, renamed_key))
+                    # A plain rename: transformers makes a WeightRenaming (one regex compiled per
+                    # key) to hold one future; a list does, and the first source wins as there.
+                    mapping = to_load.setdefault(renamed_key, [])
                     source_pattern = original_key
                 target_dtype = dtype
                 match = dtype_alt.search(renamed_key) if dtype_plan else None
@@ -389,8 +393,11 @@ class _Session:
                 device = get_device(device_map, renamed_key, valid_torch_device=True)
                 if isinstance(mapping, cml.WeightConverter) and mapping.force_cpu:
                     device = "cpu"
-                mapping.add_tensor(renamed_key, original_key, source_pattern,
-                                   _Source(original_key, file, shape, target_dtype, device))
+                source = _Source(original_key, file, shape, target_dtype, device)
+                if isinstance(mapping, list):
+                    mapping.append(source)
+                else:
+                    mapping.add_tensor(renamed_key, original_key, source_pattern, source)
             elif source_pattern is not None:
                 mapping = pattern_to_converter[source_pattern]
                 for k in mapping.target_patterns:
@@ -403,8 +410,8 @@ class _Session:
         expected_loaded = set()
         for target, mapping in to_load.items():
             expected = tuple(meta_state_dict[target].shape)
-            if isinstance(mapping, cml.WeightRenaming):
-                source = mapping.collected_tensors[mapping.source_patterns[0]][0]
+            if isinstance(mapping, list):
+                source = mapping[0]
                 expected_loaded.add(target)
                 if tuple(source.shape) != expected:
                     # As set_param_for_module: a mismatched key is not also missing.

@@ -54,12 +54,21 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", choices=["transformers", "shardstream"])
+    parser.add_argument("--warm", action="store_true",
+                        help="read every checkpoint file before each run (a shared machine "
+                             "evicts the page cache between runs)")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.folder, args.device)
     times = {"transformers": [], "shardstream": []}
     for _ in range(args.runs):
         for which in times:
+            if args.warm:
+                for name in sorted(os.listdir(args.folder)):
+                    if name.endswith(".safetensors"):
+                        with open(os.path.join(args.folder, name), "rb") as f:
+                            while f.read(64 << 20):
+                                pass
             out = subprocess.run([sys.executable, __file__, args.folder, "--device", args.device,
                                   "--child", which], capture_output=True, text=True)
             if out.returncode != 0:
