@@ -314,7 +314,7 @@ class _Session:
                                            for f in checkpoint_files):
             return "the checkpoint is not safetensors"
         if load_config.hf_quantizer is not None:
-            return "quantized checkpoint (quantization_config): transformers dequantizes it"
+            return "quantized checkpoint (quantization_config)"
         if getattr(load_config, "device_mesh", None) is not None:
             return "tensor parallelism (device_mesh)"
         if load_config.device_map is not None and "disk" in load_config.device_map.values():
@@ -594,28 +594,43 @@ def _checkpoint_spec(checkpoint_files):
 # Public entry point
 
 
+def _single_device(value):
+    """The torch device `value` names ("cpu", "cuda:1", 0, torch.device), or None ("auto")."""
+    import torch
+    if isinstance(value, int) and not isinstance(value, bool):
+        return torch.device("cuda", value)
+    try:
+        return torch.device(value)
+    except (TypeError, RuntimeError, ValueError):
+        return None
+
+
 def _device_map(device, device_map):
-    if device_map is not None:
-        if device not in (None, "cpu"):
-            raise ValueError("from_pretrained: pass either device= or device_map=, not both")
-        devices = set(device_map.values()) if isinstance(device_map, dict) else None
-        several = devices is None or len(devices) > 1
-        if several:
-            import importlib.util
-            if importlib.util.find_spec("accelerate") is None:
-                raise ValueError(
-                    f"from_pretrained: device_map={device_map!r} places the model on several "
-                    "devices, which transformers dispatches through accelerate; install "
-                    "accelerate (pip install accelerate) or pass a single device= instead")
-        if isinstance(device_map, dict) and devices and "disk" in devices:
+    """The device_map to hand transformers: None for the CPU (as transformers' default), a device
+    string for one device, the caller's map otherwise (several devices need accelerate)."""
+    if device_map is None:
+        single = _single_device("cpu" if device is None else device)
+        if single is None:
+            raise ValueError(f"from_pretrained: device={device!r} is not a torch device")
+        return None if single.type == "cpu" else str(single)
+    if device not in (None, "cpu"):
+        raise ValueError("from_pretrained: pass either device= or device_map=, not both")
+    if isinstance(device_map, dict):
+        devices = {str(_single_device(v) or v) for v in device_map.values()}
+        several = len(devices) > 1
+        if "disk" in devices:
             warnings.warn("shardstream: disk offload is loaded by transformers' own loader",
                           stacklevel=3)
-        return device_map
-    if device is None or str(device) == "cpu":
-        return None
-    import torch
-    device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
-    return {"": device}
+    else:
+        several = _single_device(device_map) is None  # "auto", "balanced", ...
+    if several:
+        import importlib.util
+        if importlib.util.find_spec("accelerate") is None:
+            raise ValueError(
+                f"from_pretrained: device_map={device_map!r} places the model on several "
+                "devices, which transformers dispatches through accelerate; install "
+                "accelerate (pip install accelerate) or pass a single device= instead")
+    return device_map
 
 
 def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device: Any = "cpu",

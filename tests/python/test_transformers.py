@@ -300,6 +300,19 @@ def test_several_devices_need_accelerate(checkpoints):
         sst.from_pretrained(checkpoints("llama"), device_map={"model": "cpu", "lm_head": 0})
 
 
+def test_device_arguments():
+    assert sst._device_map("cpu", None) is None
+    assert sst._device_map(None, None) is None
+    assert sst._device_map("cuda:1", None) == "cuda:1"
+    assert sst._device_map(0, None) == "cuda:0"
+    assert sst._device_map("cpu", "cuda:0") == "cuda:0"
+    assert sst._device_map("cpu", {"": "cpu"}) == {"": "cpu"}
+    with pytest.raises(ValueError, match="either device= or device_map="):
+        sst._device_map("cuda:0", {"": "cuda:0"})
+    with pytest.raises(ValueError, match="not a torch device"):
+        sst._device_map("gpu0", None)
+
+
 @pytest.mark.parametrize("name", ["llama", "mixtral"])
 def test_cuda_matches_transformers_device_map(checkpoints, name):
     if not torch.cuda.is_available():
