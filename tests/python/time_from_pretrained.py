@@ -4,6 +4,7 @@ and CUDA start-up outside the clock, as in bench/peers/_common.py). Prints one J
 and the medians:
 
     python tests/python/time_from_pretrained.py MODEL_DIR [--runs 5] [--device cpu|cuda:N]
+                                                [--warm | --cold] [--touch]
 
 SHARDSTREAM_FILL_STANDIN=1 times shardstream.transformers over the stand-in fill (for the
 integration's own overhead, not shardstream's IO)."""
@@ -18,7 +19,21 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def child(which, folder, device):
+def touch(model):
+    """Reads one byte of every 4 KiB page of every tensor: a tensor that is a view of the file
+    mapping (transformers on the CPU) has read nothing until then."""
+    total = 0
+    for t in {t.data_ptr(): t for t in model.state_dict().values()}.values():
+        total += int(t.detach().reshape(-1).view(torch_module().uint8)[::4096].sum())
+    return total
+
+
+def torch_module():
+    import torch
+    return torch
+
+
+def child(which, folder, device, touch_pages=False):
     sys.path.insert(0, HERE)
     import torch
     if which == "shardstream":
@@ -45,6 +60,8 @@ def child(which, folder, device):
         kwargs = {"device_map": device} if device != "cpu" else {}
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         extra = {}
+    if touch_pages:
+        touch(model)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -62,20 +79,32 @@ def main():
     parser.add_argument("--warm", action="store_true",
                         help="read every checkpoint file before each run (a shared machine "
                              "evicts the page cache between runs)")
+    parser.add_argument("--touch", action="store_true",
+                        help="inside the clock, read one byte of every page of every tensor")
+    parser.add_argument("--cold", action="store_true",
+                        help="posix_fadvise(DONTNEED) every checkpoint file before each run")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.folder, args.device)
+        return child(args.child, args.folder, args.device, args.touch)
     times = {"transformers": [], "shardstream": []}
     for _ in range(args.runs):
         for which in times:
+            if args.cold:
+                for name in sorted(os.listdir(args.folder)):
+                    if name.endswith(".safetensors"):
+                        fd = os.open(os.path.join(args.folder, name), os.O_RDONLY)
+                        os.fsync(fd)
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        os.close(fd)
             if args.warm:
                 for name in sorted(os.listdir(args.folder)):
                     if name.endswith(".safetensors"):
                         with open(os.path.join(args.folder, name), "rb") as f:
                             while f.read(64 << 20):
                                 pass
-            out = subprocess.run([sys.executable, __file__, args.folder, "--device", args.device,
-                                  "--child", which], capture_output=True, text=True)
+            command = [sys.executable, __file__, args.folder, "--device", args.device,
+                       "--child", which] + (["--touch"] if args.touch else [])
+            out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"{which} failed:\n{out.stderr[-3000:]}")
             line = json.loads(out.stdout.strip().splitlines()[-1])
