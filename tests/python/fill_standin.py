@@ -62,7 +62,7 @@ def fill(checkpoint, targets, *, threads=None, io="auto", direct="auto", staging
             raise LoadError(f"{name}: shape {list(value.shape)} vs destination "
                             f"{list(dest.shape)}", rule="shape", tensor=name)
         dest.copy_(value)
-        total += value.numel() * value.element_size()
+        total += dest.numel() * dest.element_size()  # what landed, as the package counts
     return LoadReport(total, time.perf_counter() - start)
 
 

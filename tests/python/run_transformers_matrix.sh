@@ -23,6 +23,9 @@ if [ ! -f "$prefix/.complete" ]; then
   touch "$prefix/.complete"
 fi
 
+# The package must be installed (pip install .) before this runs: a missing one fails here
+# rather than skipping the tests.
+export SHARDSTREAM_REQUIRE_PACKAGE="${SHARDSTREAM_REQUIRE_PACKAGE:-1}"
 status=0
 newest="$("$SHARDSTREAM_PYTHON" -c 'import transformers; print(transformers.__version__)')"
 echo "==> transformers $newest (venv)"
