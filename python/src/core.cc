@@ -1,0 +1,384 @@
+// shardstream._core: the thin binding over the fill core (engine/fill.h).
+//
+// It converts arguments, runs engine::Fill on a thread of its own with the GIL released, and
+// turns an error Status into the one exception type the Python package registers
+// (shardstream.LoadError). Everything torch-shaped (dtypes, shapes, strides, slices → runs,
+// allocation, modules) lives in plain Python (python/shardstream/); nothing here includes torch.
+//
+// Why a thread per fill: Python runs signal handlers (Ctrl-C) and the user's progress callback on
+// the thread that called in, and only while it holds the GIL. The caller's thread therefore waits
+// in FillJob.wait(timeout) slices, checks for signals and calls the callback between them, and
+// cancels the job on an exception; the engine's own progress hook only stores numbers and reads
+// the cancel flag, so no engine thread ever needs the GIL. A job joins its thread before it is
+// destroyed: a finished load leaves no thread behind.
+#include "engine/fill.h"
+#include "io/checkpoint.h"
+#include "io/dtype.h"
+#include "io/status.h"
+#include "python/src/host_cast.h"
+#include "shardstream/read.h"
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace nb = nanobind;
+
+namespace shardstream::python {
+namespace {
+
+// shardstream.LoadError's factory, registered by the package at import:
+// factory(code, rule, message, file, tensor, offset, errno, text) -> exception instance.
+nb::object& ErrorFactory() {
+  static nb::object* factory = new nb::object();  // never destroyed: outlives the interpreter
+  return *factory;
+}
+
+[[noreturn]] void Raise(const io::Status& status) {
+  nb::object& factory = ErrorFactory();
+  const std::string text = status.ToString();
+  if (!factory.is_valid()) throw std::runtime_error(text);
+  nb::object offset = status.offset() ? nb::cast(*status.offset()) : nb::none();
+  nb::object error = factory(std::string(io::StatusCodeName(status.code())), status.rule(),
+                             status.message(), status.path(), status.tensor(), offset,
+                             status.sys_errno(), text);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
+  throw nb::python_error();
+}
+
+[[noreturn]] void RaiseRule(std::string rule, std::string message) {
+  Raise(io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message)));
+}
+
+struct Checkpoint {
+  std::shared_ptr<const io::Checkpoint> value;
+};
+
+Checkpoint Open(const std::string& path) {
+  std::optional<io::Result<io::Checkpoint>> result;
+  {
+    nb::gil_scoped_release release;
+    result.emplace(io::OpenCheckpoint(path));
+  }
+  if (!result->ok()) Raise(result->status());
+  return Checkpoint{std::make_shared<const io::Checkpoint>(std::move(*result).value())};
+}
+
+// (name, dtype, shape, file, index, begin, nbytes) for every tensor, file by file, each file's
+// tensors in header order.
+nb::list Tensors(const Checkpoint& checkpoint) {
+  nb::list out;
+  const io::Checkpoint& c = *checkpoint.value;
+  for (uint32_t f = 0; f < c.files.size(); ++f) {
+    const std::vector<io::TensorInfo>& tensors = c.files[f].header.tensors;
+    for (uint32_t i = 0; i < tensors.size(); ++i) {
+      const io::TensorInfo& t = tensors[i];
+      nb::list shape;
+      for (uint64_t d : t.shape) shape.append(d);
+      out.append(nb::make_tuple(t.name, std::string(io::DTypeName(t.dtype)), nb::tuple(shape), f,
+                                i, t.begin, t.size_bytes()));
+    }
+  }
+  return out;
+}
+
+nb::object Metadata(const Checkpoint& checkpoint, uint32_t file) {
+  const io::Checkpoint& c = *checkpoint.value;
+  if (file >= c.files.size()) throw nb::index_error("no such file in the checkpoint");
+  const auto& metadata = c.files[file].header.metadata;
+  if (!metadata) return nb::none();
+  nb::dict out;
+  for (const auto& [key, value] : *metadata) out[nb::cast(key)] = nb::cast(value);
+  return out;
+}
+
+nb::list Files(const Checkpoint& checkpoint) {
+  nb::list out;
+  for (const io::CheckpointFile& file : checkpoint.value->files) out.append(file.path.string());
+  return out;
+}
+
+std::optional<IoMode> IoModeFrom(const std::string& name) {
+  if (name == "auto") return IoMode::kAuto;
+  if (name == "pread") return IoMode::kPread;
+  if (name == "mmap") return IoMode::kMmap;
+  if (name == "uring" || name == "io_uring") return IoMode::kUring;
+  return std::nullopt;
+}
+
+std::optional<DirectIo> DirectFrom(const std::string& name) {
+  if (name == "auto") return DirectIo::kAuto;
+  if (name == "on") return DirectIo::kOn;
+  if (name == "off") return DirectIo::kOff;
+  return std::nullopt;
+}
+
+ReadOptions ReadOptionsFrom(const nb::dict& options) {
+  ReadOptions read;
+  for (auto [key_object, value] : options) {
+    const std::string key = nb::cast<std::string>(key_object);
+    if (value.is_none()) continue;
+    if (key == "io") {
+      const std::string name = nb::cast<std::string>(value);
+      std::optional<IoMode> mode = IoModeFrom(name);
+      if (!mode) RaiseRule("option", "io must be auto, pread, mmap or uring, not '" + name + "'");
+      read.io = *mode;
+    } else if (key == "direct") {
+      const std::string name = nb::cast<std::string>(value);
+      std::optional<DirectIo> mode = DirectFrom(name);
+      if (!mode) RaiseRule("option", "direct must be auto, on or off, not '" + name + "'");
+      read.direct = *mode;
+    } else if (key == "threads") {
+      read.threads = nb::cast<int>(value);
+    } else if (key == "staging_bytes") {
+      read.staging_bytes = nb::cast<uint64_t>(value);
+    } else if (key == "chunk_bytes") {
+      read.chunk_bytes = nb::cast<uint64_t>(value);
+    } else if (key == "queue_depth") {
+      read.queue_depth = nb::cast<uint32_t>(value);
+    } else if (key == "sqpoll") {
+      read.sqpoll = nb::cast<bool>(value);
+    } else if (key == "huge_pages") {
+      read.huge_pages = nb::cast<bool>(value);
+    } else {
+      RaiseRule("option", "unknown fill option '" + key + "'");
+    }
+  }
+  return read;
+}
+
+#ifdef SHARDSTREAM_PY_INTERIM_FILL
+// Until engine::Fill lands: whole, same-dtype host targets through engine::FillTargets.
+io::Status CallFill(const io::Checkpoint& checkpoint, std::span<const engine::FillTarget> targets,
+                    const engine::FillSetup& setup, ReadReport* report) {
+  std::vector<engine::LoadTarget> plain;
+  for (const engine::FillTarget& t : targets) {
+    if (t.device != engine::kHostDevice) {
+      return io::Status::Error(io::StatusCode::kUnsupported, "device", "no device uploads yet");
+    }
+    if (!t.runs.empty() || t.dtype != checkpoint.tensor(t.source).dtype) {
+      return io::Status::Error(io::StatusCode::kUnsupported, "fill",
+                               "runs and casts need engine::Fill (not merged yet)");
+    }
+    plain.push_back(engine::LoadTarget{t.source, t.destination});
+  }
+  engine::FillOptions options;
+  options.threads = setup.read.threads;
+  ProgressFn progress = setup.read.progress;
+  options.progress = [progress](const engine::Progress& p) {
+    return progress(Progress{p.done_bytes, p.total_bytes});
+  };
+  io::Result<engine::FillStats> stats = engine::FillTargets(checkpoint, plain, options);
+  if (!stats.ok()) return stats.status();
+  report->io = "pread";
+  report->threads = stats->threads;
+  report->stages = stats->stages;
+  return io::Status::Ok();
+}
+#else
+io::Status CallFill(const io::Checkpoint& checkpoint, std::span<const engine::FillTarget> targets,
+                    const engine::FillSetup& setup, ReadReport* report) {
+  return engine::Fill(checkpoint, targets, setup, report);
+}
+#endif
+
+using RunArray = nb::ndarray<const uint64_t, nb::shape<-1, 3>, nb::c_contig, nb::device::cpu>;
+
+// One load in flight: engine::Fill on its own thread.
+class FillJob {
+ public:
+  FillJob(Checkpoint checkpoint, std::vector<engine::FillTarget> targets, engine::FillSetup setup)
+      : checkpoint_(std::move(checkpoint.value)),
+        targets_(std::move(targets)),
+        setup_(std::move(setup)) {
+    setup_.read.progress = [this](const Progress& progress) {
+      done_.store(progress.done_bytes, std::memory_order_relaxed);
+      total_.store(progress.total_bytes, std::memory_order_relaxed);
+      return !cancel_.load(std::memory_order_relaxed);
+    };
+    worker_ = std::thread([this] {
+      io::Status status = CallFill(*checkpoint_, targets_, setup_, &report_);
+      std::lock_guard<std::mutex> lock(mutex_);
+      status_ = std::move(status);
+      finished_ = true;
+      finished_cv_.notify_all();
+    });
+  }
+  FillJob(const FillJob&) = delete;
+  FillJob& operator=(const FillJob&) = delete;
+  ~FillJob() {
+    cancel_.store(true);
+    if (worker_.joinable()) worker_.join();
+  }
+
+  // Waits up to `timeout` seconds (forever when negative); true once the fill has finished.
+  bool Wait(double timeout) {
+    nb::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (timeout < 0) {
+      finished_cv_.wait(lock, [this] { return finished_; });
+    } else {
+      finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout),
+                            [this] { return finished_; });
+    }
+    if (!finished_) return false;
+    lock.unlock();
+    if (worker_.joinable()) worker_.join();
+    return true;
+  }
+
+  void Cancel() { cancel_.store(true); }
+
+  nb::tuple ProgressNow() const {
+    return nb::make_tuple(done_.load(std::memory_order_relaxed),
+                          total_.load(std::memory_order_relaxed));
+  }
+
+  // The report as a dict; raises LoadError when the fill failed. Waits for the end first.
+  nb::dict Result() {
+    Wait(-1);
+    if (!status_.ok()) Raise(status_);
+    nb::dict out;
+    out["io"] = report_.io;
+    out["fallback"] = report_.fallback;
+    out["peak_in_flight"] = report_.peak_in_flight;
+    out["chunk_bytes"] = report_.chunk_bytes;
+    out["direct"] = report_.direct;
+    out["resident_fraction"] = report_.resident_fraction;
+    out["sqpoll"] = report_.sqpoll;
+    out["threads"] = report_.threads;
+    out["io_busy_seconds"] = report_.io_busy_seconds;
+    out["copy_busy_seconds"] = report_.copy_busy_seconds;
+    out["overlap_seconds"] = report_.overlap_seconds;
+    out["cast_scratch_bytes"] = report_.cast_scratch_bytes;
+    out["pin_seconds"] = report_.pin_seconds;
+    out["staging_reused"] = report_.staging_reused;
+    out["copy_streams"] = report_.copy_streams;
+    out["device_scratch_bytes"] = report_.device_scratch_bytes;
+    out["gpu_upload"] = report_.gpu_upload;
+    out["pinned_page_cache_bytes"] = report_.pinned_page_cache_bytes;
+    nb::list notes;
+    for (const std::string& note : report_.notes) notes.append(note);
+    out["notes"] = notes;
+    nb::list stages;
+    for (const auto& [name, seconds] : report_.stages) stages.append(nb::make_tuple(name, seconds));
+    out["stages"] = stages;
+    return out;
+  }
+
+ private:
+  std::shared_ptr<const io::Checkpoint> checkpoint_;
+  std::vector<engine::FillTarget> targets_;
+  engine::FillSetup setup_;
+  ReadReport report_;
+  io::Status status_;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> total_{0};
+  std::atomic<bool> cancel_{false};
+  std::mutex mutex_;
+  std::condition_variable finished_cv_;
+  bool finished_ = false;
+  std::thread worker_;
+};
+
+// targets: a sequence of (file, index, address, device, dtype, runs) where runs is None (the
+// whole tensor, contiguous at address) or a uint64 array of (source_offset, destination_offset,
+// length) rows. The caller keeps every destination alive until the job has finished.
+std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::sequence& targets,
+                                   const nb::dict& options) {
+  const io::Checkpoint& c = *checkpoint.value;
+  engine::FillSetup setup;
+  setup.read = ReadOptionsFrom(options);
+  setup.cast = HostCast;
+  std::vector<engine::FillTarget> fill_targets;
+  fill_targets.reserve(nb::len(targets));
+  for (nb::handle item : targets) {
+    nb::tuple t = nb::cast<nb::tuple>(item);
+    if (t.size() != 6) RaiseRule("target", "a fill target has 6 fields");
+    engine::FillTarget target;
+    target.source.file = nb::cast<uint32_t>(t[0]);
+    target.source.index = nb::cast<uint32_t>(t[1]);
+    if (target.source.file >= c.files.size() ||
+        target.source.index >= c.files[target.source.file].header.tensors.size()) {
+      RaiseRule("target", "a fill target names a tensor the checkpoint does not have");
+    }
+    target.destination = reinterpret_cast<std::byte*>(nb::cast<uintptr_t>(t[2]));
+    target.device = nb::cast<int>(t[3]);
+    const std::string dtype = nb::cast<std::string>(t[4]);
+    std::optional<io::DType> parsed = io::ParseDType(dtype);
+    if (!parsed) RaiseRule("dtype", "unknown destination dtype '" + dtype + "'");
+    target.dtype = *parsed;
+    if (!t[5].is_none()) {
+      RunArray runs = nb::cast<RunArray>(t[5]);
+      target.runs.resize(runs.shape(0));
+      const uint64_t* row = runs.data();
+      for (size_t r = 0; r < target.runs.size(); ++r, row += 3) {
+        target.runs[r] = engine::Run{row[0], row[1], row[2]};
+      }
+    }
+    fill_targets.push_back(std::move(target));
+  }
+  return std::make_unique<FillJob>(checkpoint, std::move(fill_targets), std::move(setup));
+}
+
+}  // namespace
+}  // namespace shardstream::python
+
+NB_MODULE(_core, m) {
+  using namespace shardstream::python;
+  m.doc() = "shardstream's fill core (private: use the shardstream package)";
+
+  m.def(
+      "_set_error_factory", [](nb::object factory) { ErrorFactory() = std::move(factory); },
+      "Registers the callable that builds shardstream.LoadError.");
+
+  nb::class_<Checkpoint>(m, "Checkpoint")
+      .def_prop_ro("source", [](const Checkpoint& c) { return c.value->source.string(); })
+      .def_prop_ro("layout",
+                   [](const Checkpoint& c) {
+                     return std::string(shardstream::io::CheckpointLayoutName(c.value->layout));
+                   })
+      .def_prop_ro("index_path",
+                   [](const Checkpoint& c) -> std::optional<std::string> {
+                     if (!c.value->index_path) return std::nullopt;
+                     return c.value->index_path->string();
+                   })
+      .def_prop_ro("data_bytes", [](const Checkpoint& c) { return c.value->data_bytes(); })
+      .def_prop_ro("files", &Files)
+      .def("tensors", &Tensors)
+      .def("metadata", &Metadata, nb::arg("file"));
+
+  m.def("open_checkpoint", &Open, nb::arg("path"),
+        "Reads and validates every header of a checkpoint (file, folder or index).");
+
+  nb::class_<FillJob>(m, "FillJob")
+      .def("wait", &FillJob::Wait, nb::arg("timeout"))
+      .def("cancel", &FillJob::Cancel)
+      .def("progress", &FillJob::ProgressNow)
+      .def("result", &FillJob::Result);
+
+  m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"));
+
+  m.def("can_host_cast", [](const std::string& from, const std::string& to) {
+    auto f = shardstream::io::ParseDType(from);
+    auto t = shardstream::io::ParseDType(to);
+    return f && t && CanHostCast(*f, *t);
+  });
+  m.def("cuda_built", [] { return false; }, "Whether this build can fill CUDA targets.");
+}
