@@ -66,6 +66,27 @@ def test_bad_extra_config_is_refused(extra: dict, message: str) -> None:
     assert message in str(error.value)
 
 
+def test_reading_options_reach_iter_tensors_or_are_refused() -> None:
+    import inspect
+
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor import model_loader
+    from vllm.plugins import load_general_plugins
+
+    import shardstream
+
+    load_general_plugins()
+    accepted = inspect.signature(shardstream.iter_tensors).parameters
+    for key, value in (("staging_mb", 64), ("threads", 2), ("io", "pread"), ("direct", False)):
+        config = LoadConfig(load_format="shardstream", model_loader_extra_config={key: value})
+        if key in accepted:
+            assert model_loader.get_model_loader(config)._options == {key: value}
+        else:  # an older package: a clear refusal, never an option dropped silently
+            with pytest.raises(ValueError, match=f"iter_tensors does not take '{key}'"):
+                model_loader.get_model_loader(config)
+    assert "staging_mb" in accepted
+
+
 @pytest.mark.parametrize("arch, extra", [
     ("llama", {}),
     # A 1 MB read-ahead bound: smaller than the checkpoint, so reads wait for the model.

@@ -1,12 +1,11 @@
-"""Tiny Llama- and Qwen2-shaped checkpoints with a tokenizer, built offline for the vLLM tests and
-the vLLM load benchmark.
+"""Tiny Llama- and Qwen2-shaped checkpoints with a tokenizer, built offline for the vLLM tests.
 
 Each folder is what a hub repo holds: `config.json`, bf16 safetensors shards with a
 `model.safetensors.index.json`, and a byte-level BPE tokenizer trained here on a synthetic corpus
 (`tokenizer.json`, `tokenizer_config.json`). Head sizes are 64, one the CPU attention backend
 accepts. Weights are seeded, so a folder built twice holds the same bytes.
 
-    python tests/vllm/tiny_models.py DIR [--arch llama|qwen2] [--size-mb N]
+    python tests/vllm/tiny_models.py DIR [--arch llama|qwen2]
 """
 
 from __future__ import annotations
@@ -101,44 +100,12 @@ def add_decoy_consolidated(folder: str) -> None:
     save_file(zeros, os.path.join(folder, "consolidated.safetensors"))
 
 
-def build_sized_llama(folder: str, size_mb: int, seed: int = 0) -> str:
-    """A Llama of about `size_mb` MB of bf16 weights (hidden 2048, head size 128, as many layers as
-    fit), saved in 1 GB shards; for bench/vllm_load.py."""
-    import torch
-    import transformers
-
-    hidden, intermediate = 2048, 5632
-    per_layer = 2 * (4 * hidden * hidden // 2 + 3 * hidden * intermediate)  # GQA: k, v half width
-    layers = max(1, (size_mb * 10**6 - 2 * 2 * 32000 * hidden) // per_layer)
-    config = transformers.LlamaConfig(
-        vocab_size=32000, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=int(layers), num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        max_position_embeddings=2048, tie_word_embeddings=False, dtype="bfloat16")
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(config)
-    # Random bytes are as good as trained weights for timing a load, and far faster to make.
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0, 0.02)
-    os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder, max_shard_size="1GB")
-    build_tokenizer(folder, seed)
-    return folder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--arch", default="llama", choices=["llama", "qwen2"])
-    parser.add_argument("--size-mb", type=int, default=0,
-                        help="a Llama of about this many MB (hidden 2048) instead of a tiny model")
     args = parser.parse_args()
-    if args.size_mb:
-        build_sized_llama(args.folder, args.size_mb)
-    else:
-        build_model(args.folder, args.arch)
+    build_model(args.folder, args.arch)
     print(args.folder)
 
 
