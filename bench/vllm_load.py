@@ -5,10 +5,11 @@ Each run is a fresh process that builds the vLLM model as an engine's worker doe
 platform, one rank) and times the loader's `load_weights(model, model_config)` alone: reading the
 checkpoint and every `weight_loader` copy into vLLM's parameters, the same boundaries for both
 loaders (process start-up, vLLM's import and model construction are left out). Runs are
-interleaved (A B A B ...) over the rounds, warm runs first, then cold:
-  warm: every checkpoint file read into the page cache before each run (and checked resident);
-  cold: the files' pages dropped with posix_fadvise(DONTNEED) before each run (only this
-        checkpoint's pages: the machine is shared), and checked with mincore.
+interleaved (A B A B ...) over the rounds, warm runs first, then cold; in each run, after the
+model is built and just before the clock starts:
+  warm: every checkpoint file read into the page cache (and checked resident with mincore);
+  cold: the files' pages dropped with posix_fadvise(DONTNEED) (only this checkpoint's pages:
+        the machine is shared), and checked with mincore.
 
 Run it with the vLLM virtualenv's python (scripts/install-vllm --print-python), with shardstream
 installed there (scripts/test-vllm does both):
@@ -34,7 +35,7 @@ import time
 FORMATS = ("shardstream", "safetensors")
 
 
-def _child(load_format: str, model: str) -> None:
+def _child(load_format: str, model: str, mode: str) -> None:
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import resource
@@ -59,12 +60,17 @@ def _child(load_format: str, model: str) -> None:
         with set_default_torch_dtype(config.model_config.dtype), torch.device("cpu"):
             model_module = loader.create_model(vllm_config=config,
                                                model_config=config.model_config)
+        # The page cache is set up here, just before the clock starts (vLLM's import and the
+        # model's construction take long enough on a busy machine for others to evict it).
+        files = sorted(glob.glob(os.path.join(model, "*.safetensors")))
+        resident = prepare(files, mode)
         start = time.perf_counter()
         loader.load_weights(model_module, config.model_config)
         seconds = time.perf_counter() - start
     nbytes = sum(p.numel() * p.element_size() for p in model_module.parameters())
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "param_bytes": nbytes, "peak_rss_mib": rss_mib}))
+    print(json.dumps({"seconds": seconds, "param_bytes": nbytes, "peak_rss_mib": rss_mib,
+                      "resident": resident}))
 
 
 # ---- page cache ------------------------------------------------------------------------------
@@ -120,6 +126,16 @@ def make_cold(files: list[str]) -> float:
     return max(resident_fraction(p) for p in files)
 
 
+def prepare(files: list[str], mode: str) -> float:
+    """Makes the files resident (warm) or not (cold), retrying when someone else's work evicts
+    or reads them meanwhile; returns the resident fraction reached, or exits when it cannot."""
+    for _ in range(5):
+        resident = make_warm(files) if mode == "warm" else make_cold(files)
+        if (mode == "warm" and resident >= 0.95) or (mode == "cold" and resident <= 0.01):
+            return resident
+    sys.exit(f"error: {mode} run, but {resident:.3f} of the checkpoint stays resident")
+
+
 # ---- driver ----------------------------------------------------------------------------------
 
 def main() -> None:
@@ -129,9 +145,10 @@ def main() -> None:
     parser.add_argument("--modes", default="warm,cold")
     parser.add_argument("--json", help="write every run here")
     parser.add_argument("--child", choices=FORMATS, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("warm", "cold"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.model)
+        _child(args.child, args.model, args.mode)
         return
 
     files = sorted(glob.glob(os.path.join(args.model, "*.safetensors")))
@@ -140,18 +157,16 @@ def main() -> None:
     for mode in args.modes.split(","):
         for round_ in range(args.repeat):
             for load_format in FORMATS:
-                resident = make_warm(files) if mode == "warm" else make_cold(files)
-                if (mode == "warm" and resident < 0.95) or (mode == "cold" and resident > 0.01):
-                    sys.exit(f"error: {mode} run, but {resident:.3f} of the checkpoint is resident")
-                out = subprocess.run([sys.executable, __file__, args.model, "--child", load_format],
+                out = subprocess.run([sys.executable, __file__, args.model, "--child",
+                                      load_format, "--mode", mode],
                                      capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(f"error: {load_format} run failed:\n{out.stderr[-4000:]}")
                 run = json.loads(out.stdout.strip().splitlines()[-1])
-                run.update(mode=mode, round=round_, load_format=load_format, resident=resident)
+                run.update(mode=mode, round=round_, load_format=load_format)
                 runs.append(run)
                 print(f"{mode} {round_} {load_format:11s} {run['seconds']:.3f} s "
-                      f"(resident before: {resident:.3f}, peak RSS {run['peak_rss_mib']:.0f} MiB)",
+                      f"(resident before: {run['resident']:.3f}, peak RSS {run['peak_rss_mib']:.0f} MiB)",
                       file=sys.stderr, flush=True)
 
     import torch
