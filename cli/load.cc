@@ -51,7 +51,7 @@ constexpr std::array<FlagSpec, 22> kFlags = {{
     {"threads", "N", "worker threads (default: one per core)"},
     {"huge-pages", "", "back large tensors with transparent huge pages (see BENCHMARKS.md)"},
     {"chunk-mb", "N", "largest single read in MiB (default 16, or 4 through staging)"},
-    {"dtype", "DT", "cast floating-point tensors to bf16, f16 or f32 after loading"},
+    {"dtype", "DT", "load floating-point tensors as bf16, f16 or f32 (converted as they are read)"},
     {"touch", "", "after loading, read one byte of every 4 KiB page (timed: touch_seconds)"},
     {"digest", "", "print 'name<TAB>DTYPE<TAB>[shape]<TAB>sha256' per tensor, sorted by name"},
     {"json", "", "print the report as one JSON object on stdout"},

@@ -4,7 +4,7 @@
 //
 //   LlamaConfig config = ReadLlamaConfig("model/config.json");  // throws LoadError rule "config"
 //   auto model = std::make_shared<LlamaForCausalLM>(config, SkeletonOptions(at::kBFloat16));
-//   LoadInto(*model, "model/", LlamaLoadOptions(config));   // materialise, stream, re-init
+//   LoadInto(*model, "model/", LlamaLoadOptions());   // materialise, stream, re-init
 //   at::Tensor logits = model->forward(input_ids);           // [batch, tokens, vocab]
 //
 // Built with meta options (SkeletonOptions) it allocates nothing. With tie_word_embeddings,

@@ -354,3 +354,30 @@ TEST(LoadFileTest, OwnedTensorsAreIndependentAndWritable) {
 
 }  // namespace
 }  // namespace shardstream
+
+namespace shardstream {
+namespace {
+
+TEST(LoadFileTest, LoadErrorKeepsTheErrnoOfTheFailingCall) {
+  testing::ScratchDir dir;
+  const auto a = dir.path() / "a.safetensors", b = dir.path() / "b.safetensors";
+  ASSERT_EQ(::symlink(b.c_str(), a.c_str()), 0);
+  ASSERT_EQ(::symlink(a.c_str(), b.c_str()), 0);
+  try {
+    LoadFile(a);
+    FAIL() << "a symlink loop loaded";
+  } catch (const LoadError& e) {
+    EXPECT_EQ(e.rule(), "symlink-loop") << e.what();
+    EXPECT_EQ(e.sys_errno(), ELOOP) << e.what();
+  }
+}
+
+TEST(LoadFileTest, ResultCarriesTheReportByValue) {
+  auto [tensors, report] = LoadFile(testing::Fixture("mixed.safetensors"));
+  EXPECT_EQ(tensors.size(), report.tensors);
+  EXPECT_EQ(report.files, 1u);
+  EXPECT_FALSE(report.io.empty());
+}
+
+}  // namespace
+}  // namespace shardstream

@@ -11,6 +11,8 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 
+#include <cstdio>
+#include <fstream>
 #include <gtest/gtest.h>
 #include <map>
 #include <regex>
@@ -563,6 +565,63 @@ TEST(LoadIntoTest, BuffersAreReinitialisedByPatternOrMissingWithoutAnInitialiser
   } catch (const LoadError& e) {
     EXPECT_EQ(e.rule(), "keys");
     EXPECT_NE(std::string(e.what()).find("1 missing (position_ids)"), std::string::npos);
+  }
+}
+
+// Whether the mapping holding `address` in this process was madvised MADV_HUGEPAGE ("hg" in its
+// VmFlags line of /proc/self/smaps).
+bool MadvisedHugePages(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find(':') > 8) {
+      inside = begin <= at && at < end;
+    } else if (inside && line.starts_with("VmFlags:")) {
+      return line.find(" hg") != std::string::npos;
+    }
+  }
+  return false;
+}
+
+TEST(LoadIntoTest, HugePagesBackTheMaterialisedHostTensors) {
+  ScratchDir dir;
+  const auto path = dir.path() / "model.safetensors";
+  at::Generator gen = at::detail::createCPUGenerator(kSeed);
+  const at::Tensor weight = at::normal(0.0, 1.0, {1024, 1024}, gen);  // 4 MiB: two huge pages
+  WriteTensors(path, {{"weight", weight}});
+  for (const bool huge : {true, false}) {
+    Linear layer(1024, 1024, false, SkeletonOptions(at::kFloat));
+    ModelLoadOptions options;
+    options.load.huge_pages = huge;
+    LoadInto(layer, path, options);
+    EXPECT_TRUE(SameBytes(layer.weight, weight));
+    EXPECT_EQ(MadvisedHugePages(layer.weight.data_ptr()), huge) << "huge_pages " << huge;
+  }
+}
+
+// A module whose parameter is a transposed view: the fill core writes it through its strides.
+struct TransposedParameter : torch::nn::Module {
+  explicit TransposedParameter(c10::ScalarType dtype)
+      : weight(register_parameter("weight",
+                                  at::full({3, 5}, -1.0, at::TensorOptions().dtype(dtype)).t())) {}
+  at::Tensor weight;
+};
+
+TEST(LoadIntoTest, AStridedParameterIsFilledThroughItsStrides) {
+  ScratchDir dir;
+  const auto path = dir.path() / "model.safetensors";
+  const at::Tensor reference =
+      at::arange(15, at::TensorOptions().dtype(at::kFloat)).reshape({5, 3});
+  WriteTensors(path, {{"weight", reference.to(at::kBFloat16)}});
+  for (const c10::ScalarType dtype : {at::kBFloat16, at::kFloat}) {  // raw, then a cast
+    TransposedParameter module(dtype);
+    ASSERT_FALSE(module.weight.is_contiguous());
+    const ModelLoadReport report = LoadInto(module, path);
+    EXPECT_TRUE(at::equal(module.weight.to(at::kFloat), reference)) << c10::toString(dtype);
+    EXPECT_EQ(report.cast.size(), dtype == at::kFloat ? 1u : 0u);
   }
 }
 

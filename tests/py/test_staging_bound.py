@@ -30,8 +30,10 @@ TENSOR_BYTES = 4 << 20
 TENSORS = 64  # 256 MiB: 16× the staging
 
 
-def write_checkpoint(path, tensors: int, size: int) -> None:
-    header = {f"t{i}": {"dtype": "U8", "shape": [size], "data_offsets": [i * size, (i + 1) * size]}
+def write_checkpoint(path, tensors: int, size: int, dtype: str = "U8") -> None:
+    width = {"U8": 1, "BF16": 2}[dtype]
+    header = {f"t{i}": {"dtype": dtype, "shape": [size // width],
+                        "data_offsets": [i * size, (i + 1) * size]}
               for i in range(tensors)}
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
@@ -63,6 +65,34 @@ def checkpoints(tmp_path_factory):
     write_checkpoint(big, TENSORS, TENSOR_BYTES)
     write_checkpoint(tiny, 1, 4096)
     return big, tiny
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cast-bound")
+    big, tiny = root / "big-bf16.safetensors", root / "tiny-bf16.safetensors"
+    write_checkpoint(big, TENSORS, TENSOR_BYTES, "BF16")
+    write_checkpoint(tiny, 1, 4096, "BF16")
+    return big, tiny
+
+
+@pytest.mark.parametrize("direct", ["on", "off"])
+def test_cast_load_holds_only_the_cast_tensors_and_the_scratch(shardstream_bin, bf16_checkpoints,
+                                                               direct):
+    """`load --dtype f32` allocates each tensor once in f32 and converts from bounded scratch: the
+    peak is the f32 tensors plus the staging bound (scratch, and the staging pool with O_DIRECT),
+    never the bf16 copy as well (a cast after loading would hold both: +50% here)."""
+    big, tiny = bf16_checkpoints
+    args = ["load", "--dtype", "f32", "--staging-mb", str(STAGING_MIB), "--direct", direct,
+            "--quiet"]
+    baseline = measure([shardstream_bin, *args, tiny])
+    peak = measure([shardstream_bin, *args, big])
+    f32_mib = 2 * TENSORS * TENSOR_BYTES / 2**20
+    bound = baseline + f32_mib + 2 * STAGING_MIB + OVERHEAD_MIB
+    assert peak <= bound, (f"peak RSS {peak:.1f} MiB > baseline {baseline:.1f} + f32 tensors "
+                           f"{f32_mib:.0f} + scratch and staging {2 * STAGING_MIB} + overhead "
+                           f"{OVERHEAD_MIB} MiB")
+    assert peak >= baseline + 0.9 * f32_mib, (peak, baseline, f32_mib)
 
 
 @pytest.mark.parametrize("io", ["uring", "pread"])

@@ -1,0 +1,146 @@
+"""iter_tensors: the contract of vLLM's and SGLang's weight iterators."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _core
+from ._errors import error
+from ._fill import Checkpoint, PathLike, open_checkpoint, options, parse_device, target
+
+DEFAULT_STAGING_MB = 512
+_POLL_S = 0.05
+
+
+class TensorIterator:
+    """Yields (name, tensor) in completion order (offset order within a file, files in order);
+    tensors are new and owned. Reads run in batches of at most half of `staging_mb`, the next
+    batch reading while the consumer takes the current one, so at most `staging_mb` of tensors
+    are read ahead of what the consumer has taken (or one tensor, when a single one is larger).
+    `close()` (or leaving a `with` block, or dropping the iterator) cancels the reads in flight.
+    `bytes_read`: tensor bytes read so far; `tensors_read`: how many."""
+
+    def __init__(self, ck: Checkpoint, device: torch.device, entries: Sequence,
+                 staging_bytes: int) -> None:
+        self._ck = ck
+        self._device = device
+        self._batches: deque = deque()
+        batch: list = []
+        size = 0
+        half = max(staging_bytes // 2, 1)
+        for e in entries:
+            if batch and size + e.nbytes > half:
+                self._batches.append(batch)
+                batch, size = [], 0
+            batch.append(e)
+            size += e.nbytes
+        if batch:
+            self._batches.append(batch)
+        self._opts = options(None, "auto", "auto", None)
+        self._ready: deque = deque()  # landed, not yet taken
+        self._job = None               # (core job, [(name, tensor)]) reading now
+        self._closed = False
+        self.bytes_read = 0
+        self.tensors_read = 0
+        self.peak_ahead_bytes = 0
+        self._start_next()
+
+    def _start_next(self) -> None:
+        if not self._batches:
+            self._job = None
+            return
+        batch = self._batches.popleft()
+        tensors = []
+        core_targets = []
+        for e in batch:
+            tdtype, tshape = e.torch_layout()
+            t = torch.empty(tshape, dtype=tdtype, device=self._device)
+            tensors.append((e.name, t))
+            tt = target(self._ck, e.name, None, t)
+            if tt is not None:
+                core_targets.append(tt)
+        self._job = (_core.start_fill(self._ck.core, core_targets, self._opts), tensors)
+        ahead = sum(t.numel() * t.element_size() for _, t in self._ready)
+        ahead += sum(e.nbytes for e in batch)
+        self.peak_ahead_bytes = max(self.peak_ahead_bytes, ahead)
+
+    def _finish_current(self) -> None:
+        job, tensors = self._job
+        try:
+            while not job.wait(_POLL_S):
+                pass
+            job.result()
+        except BaseException:
+            self.close()
+            raise
+        for name, t in tensors:
+            self.bytes_read += t.numel() * t.element_size()
+        self.tensors_read += len(tensors)
+        self._ready.extend(tensors)
+        self._start_next()
+
+    def __iter__(self) -> "TensorIterator":
+        return self
+
+    def __next__(self) -> Tuple[str, torch.Tensor]:
+        if self._closed:
+            raise StopIteration
+        if not self._ready:
+            if self._job is None:
+                self._closed = True
+                raise StopIteration
+            self._finish_current()
+        return self._ready.popleft()
+
+    def close(self) -> None:
+        """Cancels the reads in flight and drops what was read ahead."""
+        self._closed = True
+        self._batches.clear()
+        self._ready.clear()
+        if self._job is not None:
+            job, tensors = self._job  # the destinations outlive the reads into them
+            job.cancel()
+            job.wait(-1.0)
+            self._job = None
+            del tensors
+
+    def __enter__(self) -> "TensorIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
+                 device: Union[str, int, torch.device] = "cpu", *,
+                 names: Union[None, Sequence[str], Callable[[str], bool]] = None,
+                 staging_mb: Optional[float] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Streams a checkpoint's tensors as they land (see TensorIterator). `names`: a list (only
+    those are read; an unknown name: LoadError rule "missing-tensor") or a predicate on the
+    name. `staging_mb` (default 512) bounds what is read ahead of the consumer."""
+    d = parse_device(device)
+    ck = open_checkpoint(checkpoint)
+    if names is None:
+        entries = ck.offset_order
+    elif callable(names):
+        entries = [e for e in ck.offset_order if names(e.name)]
+    else:
+        wanted = set(names)
+        for n in wanted:
+            ck.entry(n)
+        entries = [e for e in ck.offset_order if e.name in wanted]
+    for e in entries:
+        ck.entry(e.name)  # refuses what torch cannot hold, before any read
+    mb = DEFAULT_STAGING_MB if staging_mb is None else staging_mb
+    if mb <= 0:
+        raise error("option", f"staging_mb must be positive, not {staging_mb}")
+    return TensorIterator(ck, d, entries, int(mb * (1 << 20)))

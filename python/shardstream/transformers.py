@@ -1,0 +1,701 @@
+"""`shardstream.transformers.from_pretrained`: transformers' own `from_pretrained`, with the weights
+read by `shardstream.fill`.
+
+transformers builds every model on the meta device, resolves its config, dtype and per-module dtype
+plan, key renames and weight converters, and after loading ties weights, initialises what the
+checkpoint did not hold, calls `eval()` and loads the generation config. All of that stays
+transformers'. Only the step that reads the weights, `PreTrainedModel._load_pretrained_model`, is
+replaced for the duration of one call (on the calling thread only; other threads keep
+transformers' loader). The replacement:
+
+- plans from the safetensors headers alone (no tensor data), with transformers' own renaming and
+  converter matching, so that it finds the missing, unexpected and mismatched keys before any data
+  is read (`strict=True` fails there);
+- allocates every loaded parameter and persistent buffer uninitialised on its device (in the dtype
+  transformers would give it) and fills them in one `shardstream.fill` call: renamed tensors
+  directly, MoE converters made of `MergeModulelist` / `Concatenate` (per-expert weights fused into
+  one `gate_up_proj` / `down_proj`) as slice writes straight into the fused parameter;
+- for any other converter (transpose, interleave, chunk, ...) reads its sources into scratch
+  (bounded per batch), runs transformers' own converter and keeps its result;
+- sets each tensor through transformers' `set_param_for_module`, which flags it
+  `_is_hf_initialized`, so that transformers' finalisation initialises exactly the rest
+  (non-persistent buffers, missing keys) and ties what is tied;
+- returns transformers' own `LoadStateDictInfo`.
+
+Checkpoints this does not handle itself are loaded by transformers' own loader, and the report
+says so (`info["shardstream"]["loader"] == "transformers"`, with the reason): quantized checkpoints
+(`quantization_config`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
+tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3. A transformers version outside
+`SUPPORTED_TRANSFORMERS` is loaded by transformers itself, with a warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import json
+import os
+import re
+import struct
+import threading
+import time
+import warnings
+from typing import Any
+
+import shardstream
+
+__all__ = ["from_pretrained", "CheckpointMismatchError", "SUPPORTED_TRANSFORMERS"]
+
+# The transformers releases this module was tested against (oldest, newest), inclusive by minor
+# version. It touches private transformers API (`_load_pretrained_model`, core_model_loading).
+SUPPORTED_TRANSFORMERS = ((5, 16), (5, 24))
+
+# Upper bound on the scratch that generic converters' sources occupy at once (one converter's
+# sources are always read together, even when they alone exceed it).
+_CONVERT_SCRATCH_BYTES = 512 << 20
+
+_SAFETENSORS_HEADER_LIMIT_BYTES = 100 << 20
+
+
+def _base_error():
+    base = getattr(shardstream, "LoadError", None)
+    return base if isinstance(base, type) and issubclass(base, ValueError) else ValueError
+
+
+class CheckpointMismatchError(_base_error()):
+    """`strict=True` and the checkpoint does not match the model: raised before any tensor data is
+    read. `.missing_keys`, `.unexpected_keys` (sorted lists of parameter names) and
+    `.mismatched_keys` (list of (name, checkpoint shape, model shape)) are what transformers'
+    `output_loading_info` would report. A `shardstream.LoadError` (rule "strict") where the
+    package defines one, else a `ValueError`."""
+
+    def __init__(self, path, missing, unexpected, mismatched):
+        self.rule = "strict"
+        self.file = str(path)
+        self.missing_keys = sorted(missing)
+        self.unexpected_keys = sorted(unexpected)
+        self.mismatched_keys = sorted((k, tuple(a), tuple(b)) for k, a, b in mismatched)
+        first = (self.missing_keys + self.unexpected_keys + [k for k, _, _ in self.mismatched_keys])
+        self.tensor = first[0] if first else None
+        self.offset = None
+        parts = []
+        if self.missing_keys:
+            parts.append(f"missing from the checkpoint: {', '.join(self.missing_keys)}")
+        if self.unexpected_keys:
+            parts.append(f"not in the model: {', '.join(self.unexpected_keys)}")
+        if self.mismatched_keys:
+            parts.append("shape differs (checkpoint vs model): " + ", ".join(
+                f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched_keys))
+        message = (f"{path}: checkpoint does not match the model (rule strict): "
+                   + "; ".join(parts) + ". Pass strict=False to load it as transformers would.")
+        Exception.__init__(self, message)
+
+    def __str__(self):
+        return self.args[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Version gate and the hook on PreTrainedModel._load_pretrained_model
+
+
+def _version(text):
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _unsupported_reason():
+    """None when the installed transformers is in the tested range and has the internals used
+    here; otherwise why not."""
+    import transformers
+    version = _version(transformers.__version__)
+    low, high = SUPPORTED_TRANSFORMERS
+    if not low <= version <= high:
+        return (f"transformers {transformers.__version__} is outside the range shardstream was "
+                f"tested with ({low[0]}.{low[1]} to {high[0]}.{high[1]})")
+    try:
+        from transformers import core_model_loading as cml
+        from transformers.modeling_utils import PreTrainedModel
+        needed = ("rename_source_key", "set_param_for_module", "dot_natural_key",
+                  "build_glob_alternation", "SkipParameters", "WeightConverter",
+                  "WeightRenaming", "MergeModulelist", "Concatenate")
+        absent = [n for n in needed if not hasattr(cml, n)]
+        if absent or "_load_pretrained_model" not in PreTrainedModel.__dict__:
+            missing = absent or "_load_pretrained_model"
+            return f"transformers {transformers.__version__} lacks {missing}"
+    except ImportError as e:
+        return f"transformers internals not importable ({e})"
+    return None
+
+
+_hook_lock = threading.Lock()
+_hook_users = 0
+_hook_original = None  # the staticmethod object found on PreTrainedModel
+_thread_state = threading.local()
+
+
+def _dispatch(model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+    """Installed as PreTrainedModel._load_pretrained_model while any shardstream call runs: the
+    first call on a thread inside `from_pretrained` goes to shardstream, every other call (other
+    threads, adapters) to transformers' original."""
+    session = getattr(_thread_state, "session", None)
+    original = _hook_original.__func__
+    # Only the load of the folder this session was asked for (a model whose __init__ loads a
+    # sub-model with from_pretrained of its own leaves that one to transformers).
+    if (session is None or session.used or os.fspath(
+            load_config.pretrained_model_name_or_path or "") != session.path):
+        return original(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+    session.used = True
+    return session.load(original, model, state_dict, checkpoint_files, load_config, *args,
+                        **kwargs)
+
+
+@contextlib.contextmanager
+def _hooked(session):
+    global _hook_users, _hook_original
+    from transformers.modeling_utils import PreTrainedModel
+    with _hook_lock:
+        if _hook_users == 0:
+            _hook_original = PreTrainedModel.__dict__["_load_pretrained_model"]
+            PreTrainedModel._load_pretrained_model = staticmethod(_dispatch)
+        _hook_users += 1
+    previous = getattr(_thread_state, "session", None)
+    _thread_state.session = session
+    try:
+        yield
+    finally:
+        _thread_state.session = previous
+        with _hook_lock:
+            _hook_users -= 1
+            if _hook_users == 0:
+                PreTrainedModel._load_pretrained_model = _hook_original
+                _hook_original = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers
+
+
+def _read_header(path):
+    """{name: (dtype string, shape list)} of one .safetensors file, from its header alone."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise ValueError(f"{path}: file shorter than the 8-byte header length")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _SAFETENSORS_HEADER_LIMIT_BYTES:
+            raise ValueError(f"{path}: header length {length} exceeds the limit")
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return {name: (entry["dtype"], list(entry["shape"])) for name, entry in header.items()}
+
+
+def _nbytes(shape, dtype):
+    import torch
+    count = 1
+    for d in shape:
+        count *= d
+    return count * torch.empty((), dtype=dtype).element_size()
+
+
+class _Source:
+    """A checkpoint tensor known from its header, standing where transformers keeps a future."""
+
+    __slots__ = ("key", "file", "shape", "dtype", "device")
+
+    def __init__(self, key, file, shape, dtype, device):
+        self.key, self.file, self.shape, self.dtype, self.device = key, file, shape, dtype, device
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+
+
+def _slice_plan(mapping, cml):
+    """For a converter that only stacks (`MergeModulelist`) and/or concatenates (`Concatenate`):
+    (output shape, [(source, view function)]) where view(param) is the part of the fused
+    parameter that source fills. None for any other converter, or when the sources' shapes are
+    such that transformers' converter would fail (it then runs, and reports the error itself)."""
+    ops = list(mapping.operations)
+    merge = concat = None
+    if len(ops) == 2 and type(ops[0]) is cml.MergeModulelist and type(ops[1]) is cml.Concatenate:
+        merge, concat = ops
+    elif len(ops) == 1 and type(ops[0]) is cml.MergeModulelist:
+        merge = ops[0]
+        if len(mapping.source_patterns) != 1:
+            return None
+    elif len(ops) == 1 and type(ops[0]) is cml.Concatenate:
+        concat = ops[0]
+    else:
+        return None
+    if len(mapping.target_patterns) != 1 or getattr(mapping, "quantization_operation", None):
+        return None
+    if getattr(mapping, "distributed_operation", None) is not None:
+        return None
+    # Per source pattern, in the order transformers' ops combine them.
+    groups = []
+    for pattern in mapping.source_patterns:
+        sources = mapping.collected_tensors.get(pattern)
+        if not sources:
+            continue
+        shapes = {tuple(s.shape) for s in sources}
+        if merge is not None:
+            if len(shapes) != 1:
+                return None
+            inner = list(shapes.pop())
+            dim = merge.dim if merge.dim >= 0 else merge.dim + len(inner) + 1
+            if not 0 <= dim <= len(inner):
+                return None
+            shape = inner[:dim] + [len(sources)] + inner[dim:]
+            groups.append((shape, [(s, ("select", dim, i)) for i, s in enumerate(sources)]))
+        else:
+            for s in sources:
+                groups.append((list(s.shape), [(s, None)]))
+    if not groups:
+        return None
+    if concat is None:
+        shape, pieces = groups[0]
+        return shape, [(s, _view(sel, None)) for s, sel in pieces]
+    rank = len(groups[0][0])
+    dim = concat.dim if concat.dim >= 0 else concat.dim + rank
+    if not 0 <= dim < rank or any(len(g[0]) != rank for g in groups):
+        return None
+    rest = {tuple(d for i, d in enumerate(g[0]) if i != dim) for g in groups}
+    if len(rest) != 1:
+        return None
+    out = list(groups[0][0])
+    out[dim] = sum(g[0][dim] for g in groups)
+    plan, offset = [], 0
+    for shape, pieces in groups:
+        narrow = (dim, offset, shape[dim])
+        plan.extend((s, _view(sel, narrow)) for s, sel in pieces)
+        offset += shape[dim]
+    return out, plan
+
+
+def _view(select, narrow):
+    def view(param):
+        if narrow is not None:
+            param = param.narrow(*narrow)
+        if select is not None:
+            param = param.select(select[1], select[2])
+        return param
+    return view
+
+
+class _Session:
+    """One `from_pretrained` call: its options, and what the loader did."""
+
+    def __init__(self, path, strict, fill_options):
+        self.path = path
+        self.strict = strict
+        self.fill_options = fill_options
+        self.used = False
+        self.report = {"loader": "transformers", "reason": None, "bytes": 0, "seconds": 0.0,
+                       "stages": [], "tensors": {"direct": 0, "sliced": 0, "converted": 0}}
+
+    def load(self, original, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+        reason = self._unhandled(model, state_dict, checkpoint_files, load_config, args, kwargs)
+        if reason is not None:
+            self.report["reason"] = reason
+            start = time.perf_counter()
+            result = original(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+            self.report["seconds"] = time.perf_counter() - start
+            return result
+        self.report["loader"] = "shardstream"
+        # Planning makes a few objects per checkpoint tensor; with torch and transformers loaded
+        # each collection the allocations trigger walks millions of objects (0.1 s apiece here),
+        # which cost more than the plan itself. Nothing planned is cyclic garbage.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._load(model, checkpoint_files, load_config)
+        finally:
+            if collecting:
+                gc.enable()
+
+    @staticmethod
+    def _unhandled(model, state_dict, checkpoint_files, load_config, args, kwargs):
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+        if args or kwargs:
+            return "expected_keys given"
+        if state_dict is not None:
+            return "a state_dict was given"
+        if not checkpoint_files or not all(str(f).endswith(".safetensors")
+                                           for f in checkpoint_files):
+            return "the checkpoint is not safetensors"
+        if load_config.hf_quantizer is not None:
+            return "quantized checkpoint (quantization_config)"
+        if getattr(load_config, "device_mesh", None) is not None:
+            return "tensor parallelism (device_mesh)"
+        if load_config.device_map is not None and "disk" in load_config.device_map.values():
+            return "disk offload"
+        if is_deepspeed_zero3_enabled():
+            return "DeepSpeed ZeRO-3"
+        if getattr(model, "_pp_stage", None) is not None:
+            return "pipeline parallelism"
+        return None
+
+    # The replacement for transformers' _load_pretrained_model.
+    def _load(self, model, checkpoint_files, load_config):
+        import torch
+        from transformers import core_model_loading as cml
+        from transformers.integrations.accelerate import get_device
+        from transformers.modeling_utils import str_to_torch_dtype
+        from transformers.utils.loading_report import LoadStateDictInfo
+
+        start = time.perf_counter()
+        stages = []
+        device_map = load_config.device_map or {"": "cpu"}
+        dtype = load_config.dtype
+        dtype_plan = load_config.dtype_plan or {}
+        weight_mapping = load_config.weight_mapping or []
+        base_model_prefix = model.base_model_prefix
+        meta_state_dict = model.state_dict()
+
+        info = LoadStateDictInfo(missing_keys=set(meta_state_dict.keys()), unexpected_keys=set(),
+                                 mismatched_keys=set(), conversion_errors={}, error_msgs=[],
+                                 skipped_pp_keys=set())
+
+        # 1. Headers: every checkpoint key with its file, shape and dtype (later files win, as
+        #    in transformers' merged state dict).
+        sources = {}
+        for file in checkpoint_files:
+            for key, (dtype_name, shape) in _read_header(file).items():
+                sources[key] = (file, shape, dtype_name)
+
+        renamings = [e for e in weight_mapping if isinstance(e, cml.WeightRenaming)]
+        converters = [e for e in weight_mapping if isinstance(e, cml.WeightConverter)]
+        pattern_to_converter = {k: c for c in converters for k in c.source_patterns}
+        if dtype_plan:
+            dtype_alt, dtype_by_group, _ = cml.build_glob_alternation(list(dtype_plan.keys()))
+
+        # 2. Match keys exactly as transformers' convert_and_load_state_dict_in_model does,
+        #    collecting _Source placeholders where it collects futures.
+        to_load = {}
+        for original_key in sorted(sources, key=cml.dot_natural_key):
+            file, shape, dtype_name = sources[original_key]
+            renamed_key, source_pattern = cml.rename_source_key(
+                original_key, renamings, converters, base_model_prefix, meta_state_dict)
+            if renamed_key not in meta_state_dict and original_key in meta_state_dict:
+                renamed_key, source_pattern = cml.rename_source_key(
+                    original_key, [], [], base_model_prefix=base_model_prefix,
+                    meta_state_dict=meta_state_dict)
+            if renamed_key in meta_state_dict:
+                empty_param = meta_state_dict[renamed_key]
+                if source_pattern is not None:
+                    mapping = to_load.get(renamed_key)
+                    if mapping is None:  # each target gets its own converter, as in transformers
+                        mapping = copy.deepcopy(pattern_to_converter[source_pattern])
+                        to_load[renamed_key] = mapping
+                else:
+                    # A plain rename: transformers makes a WeightRenaming (one regex compiled per
+                    # key) to hold one future; a list does, and the first source wins as there.
+                    mapping = to_load.setdefault(renamed_key, [])
+                    source_pattern = original_key
+                target_dtype = dtype
+                match = dtype_alt.search(renamed_key) if dtype_plan else None
+                if match is not None:
+                    target_dtype = dtype_plan[dtype_by_group[match.lastgroup]]
+                elif empty_param is not None and empty_param.dtype != target_dtype:
+                    target_dtype = empty_param.dtype
+                if target_dtype is None:
+                    target_dtype = str_to_torch_dtype.get(dtype_name, empty_param.dtype)
+                device = get_device(device_map, renamed_key, valid_torch_device=True)
+                if isinstance(mapping, cml.WeightConverter) and mapping.force_cpu:
+                    device = "cpu"
+                source = _Source(original_key, file, shape, target_dtype, device)
+                if isinstance(mapping, list):
+                    mapping.append(source)
+                else:
+                    mapping.add_tensor(renamed_key, original_key, source_pattern, source)
+            elif source_pattern is not None:
+                mapping = pattern_to_converter[source_pattern]
+                for k in mapping.target_patterns:
+                    info.unexpected_keys.add(renamed_key.replace(mapping.target_patterns[0], k))
+            else:
+                info.unexpected_keys.add(renamed_key)
+
+        # 3. Plan each target: direct, sliced into a fused parameter, or converted.
+        direct, fused, converted = [], [], []
+        expected_loaded = set()
+        for target, mapping in to_load.items():
+            expected = tuple(meta_state_dict[target].shape)
+            if isinstance(mapping, list):
+                source = mapping[0]
+                expected_loaded.add(target)
+                if tuple(source.shape) != expected:
+                    # As set_param_for_module: a mismatched key is not also missing.
+                    info.missing_keys.discard(target)
+                    info.mismatched_keys.add((target, torch.Size(source.shape),
+                                              torch.Size(expected)))
+                else:
+                    direct.append((target, source))
+                continue
+            plan = _slice_plan(mapping, cml)
+            if plan is None:
+                converted.append((target, mapping))
+                expected_loaded.update(self._converter_targets(mapping, target, model, cml,
+                                                                 meta_state_dict))
+                continue
+            shape, pieces = plan
+            expected_loaded.add(target)
+            if tuple(shape) != expected:
+                info.missing_keys.discard(target)
+                info.mismatched_keys.add((target, torch.Size(shape), torch.Size(expected)))
+            else:
+                fused.append((target, pieces))
+        stages.append(("plan", time.perf_counter() - start))
+
+        if self.strict:
+            self._check_strict(model, info, expected_loaded)
+
+        # 4. Allocate uninitialised destinations and fill them in one pass.
+        mark = time.perf_counter()
+        targets, loaded = [], []
+        for target, source in direct:
+            dest = torch.empty(source.shape, dtype=source.dtype, device=source.device)
+            targets.append((source, dest))
+            loaded.append((target, dest))
+        for target, pieces in fused:
+            first = pieces[0][0]
+            dest = torch.empty(meta_state_dict[target].shape, dtype=first.dtype,
+                               device=first.device)
+            targets.extend((source, view(dest)) for source, view in pieces)
+            loaded.append((target, dest))
+        stages.append(("allocate", time.perf_counter() - mark))
+        mark = time.perf_counter()
+        self._fill(checkpoint_files, targets)
+        stages.append(("fill", time.perf_counter() - mark))
+        self.report["tensors"]["direct"] = len(direct)
+        self.report["tensors"]["sliced"] = len(fused)
+
+        mark = time.perf_counter()
+        for target, dest in loaded:
+            cml.set_param_for_module(model, target, dest, info, None)
+        del loaded, targets
+
+        # 5. Other converters: sources into scratch (bounded per batch), transformers' convert.
+        batch, batch_bytes = [], 0
+        for target, mapping in converted:
+            size = sum(_nbytes(s.shape, s.dtype) for ss in mapping.collected_tensors.values()
+                       for s in ss)
+            if batch and batch_bytes + size > _CONVERT_SCRATCH_BYTES:
+                self._convert_batch(batch, model, info, device_map, checkpoint_files, cml,
+                                    get_device)
+                batch, batch_bytes = [], 0
+            batch.append((target, mapping))
+            batch_bytes += size
+        if batch:
+            self._convert_batch(batch, model, info, device_map, checkpoint_files, cml, get_device)
+        self.report["tensors"]["converted"] = len(converted)
+        stages.append(("set+convert", time.perf_counter() - mark))
+
+        model._weight_conversions = [c for c in weight_mapping if c.was_used()]
+        self.report["seconds"] = time.perf_counter() - start
+        self.report["stages"] = stages + self.report["stages"]
+        return info, None
+
+    @staticmethod
+    def _converter_targets(mapping, target, model, cml, meta_state_dict):
+        """The parameter names a generic converter will produce: found by running it on meta
+        tensors (no data); when that fails, the names transformers collected."""
+        import torch
+        trial = copy.deepcopy(mapping)
+        trial.collected_tensors = {
+            pattern: [torch.empty(s.shape, dtype=s.dtype, device="meta") for s in ss]
+            for pattern, ss in mapping.collected_tensors.items()}
+        try:
+            out = trial.convert(target, model=model, config=model.config, hf_quantizer=None,
+                                loading_info=None)
+        except Exception:  # noqa: BLE001 - any failure here surfaces in the real conversion
+            return set(mapping.layer_targets.keys())
+        # Shape mismatches are reported by set_param_for_module after the real conversion.
+        return {name for name in out if name in meta_state_dict}
+
+    def _check_strict(self, model, info, expected_loaded):
+        """Raises CheckpointMismatchError when transformers' final report would name keys: what
+        finalisation removes (tied keys whose partner is loaded, `_keys_to_ignore_on_load_*`,
+        legacy rotary/position-id buffers) is removed from a copy first."""
+        from transformers.utils.loading_report import LoadStateDictInfo
+        missing = set(info.missing_keys) - expected_loaded
+        tied = dict(getattr(model, "all_tied_weights_keys", {}) or {})
+        groups = {}
+        for target, source in tied.items():
+            groups.setdefault(source, {source}).add(target)
+        for members in groups.values():
+            if members - missing:
+                missing -= members
+        final = LoadStateDictInfo(missing_keys=missing, unexpected_keys=set(info.unexpected_keys),
+                                  mismatched_keys=set(info.mismatched_keys), conversion_errors={},
+                                  error_msgs=[], skipped_pp_keys=set())
+        model._adjust_missing_and_unexpected_keys(final)
+        if final.missing_keys or final.unexpected_keys or final.mismatched_keys:
+            raise CheckpointMismatchError(self.path, final.missing_keys, final.unexpected_keys,
+                                          final.mismatched_keys)
+
+    def _fill(self, checkpoint_files, targets):
+        """One shardstream.fill per checkpoint (the whole folder when the files are exactly the
+        folder's checkpoint, else file by file)."""
+        if not targets:
+            return
+        by_file = {}
+        for source, dest in targets:
+            by_file.setdefault(source.file, []).append((source.key, dest))
+        spec = _checkpoint_spec(checkpoint_files)
+        if spec is not None:
+            calls = [(spec, [t for ts in by_file.values() for t in ts])]
+        else:
+            calls = list(by_file.items())
+        for checkpoint, items in calls:
+            report = shardstream.fill(checkpoint, items, **self.fill_options)
+            self.report["bytes"] += int(getattr(report, "bytes", 0) or 0)
+            for name, seconds in getattr(report, "stages", None) or []:
+                self.report["stages"].append((f"fill.{name}", seconds))
+
+    def _convert_batch(self, batch, model, info, device_map, checkpoint_files, cml, get_device):
+        import torch
+        targets, scratch = [], []
+        for target, mapping in batch:
+            tensors = {}
+            for pattern, ss in mapping.collected_tensors.items():
+                tensors[pattern] = []
+                for s in ss:
+                    dest = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+                    targets.append((s, dest))
+                    tensors[pattern].append(dest)
+            scratch.append(tensors)
+        self._fill(checkpoint_files, targets)
+        del targets
+        for (target, mapping), tensors in zip(batch, scratch):
+            mapping.collected_tensors = tensors
+            try:
+                out = mapping.convert(target, model=model, config=model.config, hf_quantizer=None,
+                                      loading_info=info)
+            except cml.SkipParameters:
+                continue
+            for name, value in out.items():
+                value = value[0] if isinstance(value, list) else value
+                if getattr(mapping, "force_cpu", False):
+                    value = value.to(get_device(device_map, name))
+                cml.set_param_for_module(model, name, value, info, None)
+
+
+def _checkpoint_spec(checkpoint_files):
+    """A single path `shardstream.fill` resolves to exactly `checkpoint_files`, or None."""
+    files = [os.path.abspath(f) for f in checkpoint_files]
+    if len(files) == 1:
+        return files[0]
+    folder = os.path.dirname(files[0])
+    if any(os.path.dirname(f) != folder for f in files):
+        return None
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index) and not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        try:
+            with open(index) as f:
+                names = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return None
+        if {os.path.join(folder, n) for n in names} == set(files):
+            return index
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def _single_device(value):
+    """The torch device `value` names ("cpu", "cuda:1", 0, torch.device), or None ("auto")."""
+    import torch
+    if isinstance(value, int) and not isinstance(value, bool):
+        return torch.device("cuda", value)
+    try:
+        return torch.device(value)
+    except (TypeError, RuntimeError, ValueError):
+        return None
+
+
+def _device_map(device, device_map):
+    """The device_map to hand transformers: None for the CPU (as transformers' default), a device
+    string for one device, the caller's map otherwise (several devices need accelerate)."""
+    if device_map is None:
+        single = _single_device("cpu" if device is None else device)
+        if single is None:
+            raise ValueError(f"from_pretrained: device={device!r} is not a torch device")
+        return None if single.type == "cpu" else str(single)
+    if device not in (None, "cpu"):
+        raise ValueError("from_pretrained: pass either device= or device_map=, not both")
+    if isinstance(device_map, dict):
+        devices = {str(_single_device(v) or v) for v in device_map.values()}
+        several = len(devices) > 1
+        if "disk" in devices:
+            warnings.warn("shardstream: disk offload is loaded by transformers' own loader",
+                          stacklevel=3)
+    else:
+        several = _single_device(device_map) is None  # "auto", "balanced", ...
+    if several:
+        import importlib.util
+        if importlib.util.find_spec("accelerate") is None:
+            raise ValueError(
+                f"from_pretrained: device_map={device_map!r} places the model on several "
+                "devices, which transformers dispatches through accelerate; install "
+                "accelerate (pip install accelerate) or pass a single device= instead")
+    return device_map
+
+
+def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device: Any = "cpu",
+                    device_map: Any = None, dtype: Any = "auto", strict: bool = True,
+                    output_loading_info: bool = False, threads: int | None = None,
+                    io: str = "auto", direct: str = "auto", staging_mb: int | None = None,
+                    **kwargs):
+    """Loads a transformers model from a local folder (its `config.json` and a `.safetensors`
+    checkpoint, sharded or not) with the tensors read by `shardstream.fill`.
+
+    Everything else is transformers' `model_class.from_pretrained(path, dtype=dtype, ...)`
+    (`model_class` defaults to `AutoModelForCausalLM`; `**kwargs` go to it unchanged, e.g.
+    `attn_implementation`, `ignore_mismatched_sizes`). `device` ("cpu", "cuda:N" or an int) places
+    every tensor there; `device_map` (not with `device`) is transformers', and several devices
+    need accelerate. `threads`, `io`, `direct`, `staging_mb` are `shardstream.fill`'s.
+
+    `strict=True` raises CheckpointMismatchError, before any tensor data is read, when
+    transformers' loading info would name missing, unexpected or mismatched keys; `strict=False`
+    behaves as transformers does (initialises missing weights, warns, raises on mismatched shapes
+    unless `ignore_mismatched_sizes=True`).
+
+    Returns the model (in eval mode), or with `output_loading_info=True` `(model, info)`: the dict
+    transformers returns plus `info["shardstream"]`: loader ("shardstream", or "transformers" with
+    its `reason` when the checkpoint needs transformers' own loader), bytes read, seconds in the
+    weight-loading step, stage times and how many tensors went each way.
+    """
+    import transformers
+    if model_class is None:
+        model_class = transformers.AutoModelForCausalLM
+    folder = os.fspath(path)
+    if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"{folder}: not a folder with a config.json")
+    device_map = _device_map(device, device_map)
+    fill_options = {k: v for k, v in (("threads", threads), ("io", io), ("direct", direct),
+                                       ("staging_mb", staging_mb)) if v not in (None, "auto")}
+    session = _Session(folder, strict, fill_options)
+    reason = _unsupported_reason()
+    call_kwargs = dict(kwargs, dtype=dtype, output_loading_info=True)
+    if device_map is not None:
+        call_kwargs["device_map"] = device_map
+    start = time.perf_counter()
+    if reason is not None:
+        warnings.warn(f"shardstream.transformers: {reason}; loading with transformers' own "
+                      "loader", stacklevel=2)
+        session.report["reason"] = reason
+        model, info = model_class.from_pretrained(folder, **call_kwargs)
+    else:
+        with _hooked(session):
+            model, info = model_class.from_pretrained(folder, **call_kwargs)
+        if not session.used:
+            session.report["reason"] = "transformers did not call _load_pretrained_model"
+    if strict and session.report["loader"] != "shardstream":
+        if info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]:
+            raise CheckpointMismatchError(folder, info["missing_keys"], info["unexpected_keys"],
+                                          info["mismatched_keys"])
+    session.report["total_seconds"] = time.perf_counter() - start
+    info["shardstream"] = session.report
+    return (model, info) if output_loading_info else model

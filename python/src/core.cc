@@ -1,0 +1,402 @@
+// shardstream._core: the thin binding over the fill core (engine/fill.h).
+//
+// It converts arguments, runs engine::Fill on a thread of its own with the GIL released, and
+// turns an error Status into the one exception type the Python package registers
+// (shardstream.LoadError). Everything torch-shaped (dtypes, shapes, strides, slices → runs,
+// allocation, modules) lives in plain Python (python/shardstream/); nothing here includes torch.
+//
+// Why a thread per fill: Python runs signal handlers (Ctrl-C) and the user's progress callback on
+// the thread that called in, and only while it holds the GIL. The caller's thread therefore waits
+// in FillJob.wait(timeout) slices, checks for signals and calls the callback between them, and
+// cancels the job on an exception; the engine's own progress hook only stores numbers and reads
+// the cancel flag, so no engine thread ever needs the GIL. A job joins its thread before it is
+// destroyed: a finished load leaves no thread behind.
+#include "cuda/device_upload.h"
+#include "engine/fill.h"
+#include "engine/runs.h"
+#include "io/checkpoint.h"
+#include "io/dtype.h"
+#include "io/status.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "python/src/host_cast.h"
+#include "shardstream/read.h"
+
+namespace nb = nanobind;
+
+namespace shardstream::python {
+namespace {
+
+// shardstream.LoadError's factory, registered by the package at import:
+// factory(code, rule, message, file, tensor, offset, errno, text) -> exception instance.
+nb::object& ErrorFactory() {
+  static nb::object* factory = new nb::object();  // never destroyed: outlives the interpreter
+  return *factory;
+}
+
+[[noreturn]] void Raise(const io::Status& status) {
+  nb::object& factory = ErrorFactory();
+  const std::string text = status.ToString();
+  if (!factory.is_valid()) throw std::runtime_error(text);
+  nb::object offset = status.offset() ? nb::cast(*status.offset()) : nb::none();
+  nb::object error =
+      factory(std::string(io::StatusCodeName(status.code())), status.rule(), status.message(),
+              status.path(), status.tensor(), offset, status.sys_errno(), text);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
+  throw nb::python_error();
+}
+
+[[noreturn]] void RaiseRule(std::string rule, std::string message) {
+  Raise(io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message)));
+}
+
+struct Checkpoint {
+  std::shared_ptr<const io::Checkpoint> value;
+};
+
+// CUDA targets: pinned staging kept across loads and cudaMemcpyAsync (cuda/device_upload.h). No
+// device cast is injected (that one is ATen's); the package casts on the device in torch.
+engine::DeviceUploader& Uploader() {
+  static cuda::CudaUploader* uploader = new cuda::CudaUploader(cuda::CudaUploadOptions{});
+  return *uploader;
+}
+
+#ifdef SHARDSTREAM_HAVE_CUDA
+constexpr bool kCudaBuilt = true;
+#else
+constexpr bool kCudaBuilt = false;
+#endif
+
+Checkpoint Open(const std::string& path) {
+  std::optional<io::Result<io::Checkpoint>> result;
+  {
+    nb::gil_scoped_release release;
+    result.emplace(io::OpenCheckpoint(path));
+  }
+  if (!result->ok()) Raise(result->status());
+  return Checkpoint{std::make_shared<const io::Checkpoint>(std::move(*result).value())};
+}
+
+// (name, dtype, shape, file, index, begin, nbytes) for every tensor, file by file, each file's
+// tensors in header order.
+nb::list Tensors(const Checkpoint& checkpoint) {
+  nb::list out;
+  const io::Checkpoint& c = *checkpoint.value;
+  for (uint32_t f = 0; f < c.files.size(); ++f) {
+    const std::vector<io::TensorInfo>& tensors = c.files[f].header.tensors;
+    for (uint32_t i = 0; i < tensors.size(); ++i) {
+      const io::TensorInfo& t = tensors[i];
+      nb::list shape;
+      for (uint64_t d : t.shape) shape.append(d);
+      out.append(nb::make_tuple(t.name, std::string(io::DTypeName(t.dtype)), nb::tuple(shape), f, i,
+                                t.begin, t.size_bytes()));
+    }
+  }
+  return out;
+}
+
+nb::object Metadata(const Checkpoint& checkpoint, uint32_t file) {
+  const io::Checkpoint& c = *checkpoint.value;
+  if (file >= c.files.size()) throw nb::index_error("no such file in the checkpoint");
+  const auto& metadata = c.files[file].header.metadata;
+  if (!metadata) return nb::none();
+  nb::dict out;
+  for (const auto& [key, value] : *metadata) out[nb::cast(key)] = nb::cast(value);
+  return out;
+}
+
+nb::list Files(const Checkpoint& checkpoint) {
+  nb::list out;
+  for (const io::CheckpointFile& file : checkpoint.value->files) out.append(file.path.string());
+  return out;
+}
+
+ReadOptions ReadOptionsFrom(const nb::dict& options) {
+  ReadOptions read;
+  for (auto [key_object, value] : options) {
+    const std::string key = nb::cast<std::string>(key_object);
+    if (value.is_none()) continue;
+    if (key == "io") {
+      const std::string name = nb::cast<std::string>(value);
+      std::optional<IoMode> mode = ParseIoMode(name);
+      if (!mode) RaiseRule("option", "io must be auto, pread, mmap or uring, not '" + name + "'");
+      read.io = *mode;
+    } else if (key == "direct") {
+      const std::string name = nb::cast<std::string>(value);
+      std::optional<DirectIo> mode = ParseDirectIo(name);
+      if (!mode) RaiseRule("option", "direct must be auto, on or off, not '" + name + "'");
+      read.direct = *mode;
+    } else if (key == "threads") {
+      read.threads = nb::cast<int>(value);
+    } else if (key == "staging_bytes") {
+      read.staging_bytes = nb::cast<uint64_t>(value);
+    } else if (key == "chunk_bytes") {
+      read.chunk_bytes = nb::cast<uint64_t>(value);
+    } else if (key == "queue_depth") {
+      read.queue_depth = nb::cast<uint32_t>(value);
+    } else if (key == "sqpoll") {
+      read.sqpoll = nb::cast<bool>(value);
+    } else if (key == "huge_pages") {
+      read.huge_pages = nb::cast<bool>(value);
+    } else {
+      RaiseRule("option", "unknown fill option '" + key + "'");
+    }
+  }
+  return read;
+}
+
+std::vector<int64_t> Int64s(nb::handle sequence) {
+  std::vector<int64_t> out;
+  for (nb::handle item : sequence) out.push_back(nb::cast<int64_t>(item));
+  return out;
+}
+
+// layout = (source_shape, source_bits, slice, destination_strides, destination_bits): the runs of
+// engine::SliceRuns, `slice` a sequence of (start, step, count) per source dimension.
+io::Result<std::vector<engine::Run>> RunsFrom(nb::handle layout) {
+  nb::tuple l = nb::cast<nb::tuple>(layout);
+  if (l.size() != 5) RaiseRule("target", "a target layout has 5 fields");
+  const std::vector<int64_t> shape = Int64s(l[0]);
+  std::vector<engine::SliceDim> slice;
+  for (nb::handle dim : l[2]) {
+    nb::tuple d = nb::cast<nb::tuple>(dim);
+    slice.push_back(engine::SliceDim{nb::cast<int64_t>(d[0]), nb::cast<int64_t>(d[1]),
+                                     nb::cast<int64_t>(d[2])});
+  }
+  const std::vector<int64_t> strides = Int64s(l[3]);
+  return engine::SliceRuns(shape, slice, strides, nb::cast<uint32_t>(l[1]),
+                           nb::cast<uint32_t>(l[4]));
+}
+
+// One load in flight: engine::Fill on its own thread.
+class FillJob {
+ public:
+  // `inline_run`: fill on the caller's thread (GIL released) before returning, for small loads
+  // where a thread start would dominate and no cancel point is needed.
+  FillJob(Checkpoint checkpoint, std::vector<engine::FillTarget> targets, engine::FillSetup setup,
+          bool inline_run)
+      : checkpoint_(std::move(checkpoint.value)),
+        targets_(std::move(targets)),
+        setup_(std::move(setup)) {
+    setup_.read.progress = [this](const Progress& progress) {
+      done_.store(progress.done_bytes, std::memory_order_relaxed);
+      total_.store(progress.total_bytes, std::memory_order_relaxed);
+      return !cancel_.load(std::memory_order_relaxed);
+    };
+    if (inline_run) {
+      nb::gil_scoped_release release;
+      Run();
+    } else {
+      worker_ = std::thread([this] { Run(); });
+    }
+  }
+  FillJob(const FillJob&) = delete;
+  FillJob& operator=(const FillJob&) = delete;
+  ~FillJob() {
+    cancel_.store(true);
+    if (worker_.joinable()) worker_.join();
+  }
+
+  // Waits up to `timeout` seconds (forever when negative); true once the fill has finished.
+  bool Wait(double timeout) {
+    nb::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (timeout < 0) {
+      finished_cv_.wait(lock, [this] { return finished_; });
+    } else {
+      finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout),
+                            [this] { return finished_; });
+    }
+    if (!finished_) return false;
+    lock.unlock();
+    if (worker_.joinable()) worker_.join();
+    return true;
+  }
+
+  void Cancel() { cancel_.store(true); }
+
+  void Run() {
+    io::Status status = engine::Fill(*checkpoint_, targets_, setup_, &report_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    status_ = std::move(status);
+    finished_ = true;
+    finished_cv_.notify_all();
+  }
+
+  nb::tuple ProgressNow() const {
+    return nb::make_tuple(done_.load(std::memory_order_relaxed),
+                          total_.load(std::memory_order_relaxed));
+  }
+
+  // The report as a dict; raises LoadError when the fill failed. Waits for the end first.
+  nb::dict Result() {
+    Wait(-1);
+    if (!status_.ok()) Raise(status_);
+    nb::dict out;
+    out["io"] = report_.io;
+    out["fallback"] = report_.fallback;
+    out["peak_in_flight"] = report_.peak_in_flight;
+    out["chunk_bytes"] = report_.chunk_bytes;
+    out["direct"] = report_.direct;
+    out["resident_fraction"] = report_.resident_fraction;
+    out["sqpoll"] = report_.sqpoll;
+    out["threads"] = report_.threads;
+    out["io_busy_seconds"] = report_.io_busy_seconds;
+    out["copy_busy_seconds"] = report_.copy_busy_seconds;
+    out["overlap_seconds"] = report_.overlap_seconds;
+    out["cast_scratch_bytes"] = report_.cast_scratch_bytes;
+    out["pin_seconds"] = report_.pin_seconds;
+    out["staging_reused"] = report_.staging_reused;
+    out["copy_streams"] = report_.copy_streams;
+    out["device_scratch_bytes"] = report_.device_scratch_bytes;
+    out["gpu_upload"] = report_.gpu_upload;
+    out["pinned_page_cache_bytes"] = report_.pinned_page_cache_bytes;
+    nb::list notes;
+    for (const std::string& note : report_.notes) notes.append(note);
+    out["notes"] = notes;
+    nb::list stages;
+    for (const auto& [name, seconds] : report_.stages) stages.append(nb::make_tuple(name, seconds));
+    out["stages"] = stages;
+    return out;
+  }
+
+ private:
+  std::shared_ptr<const io::Checkpoint> checkpoint_;
+  std::vector<engine::FillTarget> targets_;
+  engine::FillSetup setup_;
+  ReadReport report_;
+  io::Status status_;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> total_{0};
+  std::atomic<bool> cancel_{false};
+  std::mutex mutex_;
+  std::condition_variable finished_cv_;
+  bool finished_ = false;
+  std::thread worker_;
+};
+
+// targets: a sequence of (file, index, address, device, dtype, layout) where layout is None (the
+// whole tensor, contiguous at address) or what RunsFrom takes (a source slice, a strided
+// destination). The caller keeps every destination alive until the job has finished.
+std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::sequence& targets,
+                                   const nb::dict& options, bool inline_run) {
+  const io::Checkpoint& c = *checkpoint.value;
+  engine::FillSetup setup;
+  setup.read = ReadOptionsFrom(options);
+  setup.cast = HostCast;
+  setup.devices = &Uploader();
+  std::vector<engine::FillTarget> fill_targets;
+  fill_targets.reserve(nb::len(targets));
+  for (nb::handle item : targets) {
+    nb::tuple t = nb::cast<nb::tuple>(item);
+    if (t.size() != 6) RaiseRule("target", "a fill target has 6 fields");
+    engine::FillTarget target;
+    target.source.file = nb::cast<uint32_t>(t[0]);
+    target.source.index = nb::cast<uint32_t>(t[1]);
+    if (target.source.file >= c.files.size() ||
+        target.source.index >= c.files[target.source.file].header.tensors.size()) {
+      RaiseRule("target", "a fill target names a tensor the checkpoint does not have");
+    }
+    target.destination = reinterpret_cast<std::byte*>(nb::cast<uintptr_t>(t[2]));
+    target.device = nb::cast<int>(t[3]);
+    const std::string dtype = nb::cast<std::string>(t[4]);
+    std::optional<io::DType> parsed = io::ParseDType(dtype);
+    if (!parsed) RaiseRule("dtype", "unknown destination dtype '" + dtype + "'");
+    target.dtype = *parsed;
+    if (!t[5].is_none()) {
+      io::Result<std::vector<engine::Run>> runs = RunsFrom(t[5]);
+      if (!runs.ok()) {
+        const io::TensorInfo& info = c.tensor(target.source);
+        Raise(io::Status(runs.status())
+                  .WithPath(c.files[target.source.file].path.string())
+                  .WithTensor(info.name));
+      }
+      target.runs = std::move(runs).value();
+    }
+    fill_targets.push_back(std::move(target));
+  }
+  return std::make_unique<FillJob>(checkpoint, std::move(fill_targets), std::move(setup),
+                                   inline_run);
+}
+
+}  // namespace
+}  // namespace shardstream::python
+
+NB_MODULE(_core, m) {
+  using namespace shardstream::python;
+  m.doc() = "shardstream's fill core (private: use the shardstream package)";
+
+  m.def(
+      "_set_error_factory", [](nb::object factory) { ErrorFactory() = std::move(factory); },
+      "Registers the callable that builds shardstream.LoadError.");
+
+  nb::class_<Checkpoint>(m, "Checkpoint")
+      .def_prop_ro("source", [](const Checkpoint& c) { return c.value->source.string(); })
+      .def_prop_ro("layout",
+                   [](const Checkpoint& c) {
+                     return std::string(shardstream::io::CheckpointLayoutName(c.value->layout));
+                   })
+      .def_prop_ro("index_path",
+                   [](const Checkpoint& c) -> std::optional<std::string> {
+                     if (!c.value->index_path) return std::nullopt;
+                     return c.value->index_path->string();
+                   })
+      .def_prop_ro("data_bytes", [](const Checkpoint& c) { return c.value->data_bytes(); })
+      .def_prop_ro("files", &Files)
+      .def("tensors", &Tensors)
+      .def("metadata", &Metadata, nb::arg("file"));
+
+  m.def("open_checkpoint", &Open, nb::arg("path"),
+        "Reads and validates every header of a checkpoint (file, folder or index).");
+
+  nb::class_<FillJob>(m, "FillJob")
+      .def("wait", &FillJob::Wait, nb::arg("timeout"))
+      .def("cancel", &FillJob::Cancel)
+      .def("progress", &FillJob::ProgressNow)
+      .def("result", &FillJob::Result);
+
+  m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"),
+        nb::arg("inline_run") = false);
+
+  m.def("can_host_cast", [](const std::string& from, const std::string& to) {
+    auto f = shardstream::io::ParseDType(from);
+    auto t = shardstream::io::ParseDType(to);
+    return f && t && CanHostCast(*f, *t);
+  });
+  // Tests: the host conversion alone, bytes in, bytes out.
+  m.def("_host_cast", [](nb::bytes src, const std::string& from, const std::string& to) {
+    auto f = shardstream::io::ParseDType(from);
+    auto t = shardstream::io::ParseDType(to);
+    if (!f || !t) RaiseRule("dtype", "unknown dtype");
+    const uint64_t n = src.size() * 8 / shardstream::io::DTypeBits(*f);
+    std::string out(n * shardstream::io::DTypeBits(*t) / 8, '\0');
+    shardstream::io::Status status = HostCast(reinterpret_cast<const std::byte*>(src.c_str()), *f,
+                                              reinterpret_cast<std::byte*>(out.data()), *t, n);
+    if (!status.ok()) Raise(status);
+    return nb::bytes(out.data(), out.size());
+  });
+  m.def(
+      "cuda_built", [] { return kCudaBuilt; }, "Whether this build can fill CUDA targets.");
+  m.def("cuda_reason", [] {
+    return std::string(
+        "this shardstream extension was built without the CUDA toolkit (rebuild it where "
+        "CMake finds CUDA: pip install . with nvcc on PATH)");
+  });
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs tests/python/test_transformers.py against the newest and the oldest transformers that
+# shardstream.transformers supports (SUPPORTED_TRANSFORMERS): the project venv's own transformers
+# (the newest), then the oldest, installed once under $SHARDSTREAM_CACHE and put first on
+# PYTHONPATH so that it shadows the venv's (torch, safetensors and the rest stay the venv's).
+# Extra arguments go to pytest.
+set -euo pipefail
+source "$(dirname "$0")/../../scripts/env.sh"
+OLDEST="${SHARDSTREAM_TRANSFORMERS_OLDEST:-5.16.0}"
+prefix="$SHARDSTREAM_CACHE/transformers-$OLDEST"
+test_file="$SHARDSTREAM_ROOT/tests/python/test_transformers.py"
+
+if [ ! -f "$prefix/.complete" ]; then
+  echo "transformers matrix: installing transformers $OLDEST into $prefix"
+  rm -rf "$prefix.tmp"
+  # transformers 5.16 wants huggingface-hub 1.x (httpx based); the venv's newer hub stays
+  # underneath for the newest run. --no-deps keeps the venv's torch and numpy.
+  "$SHARDSTREAM_PYTHON" -m pip install -q --no-deps --target "$prefix.tmp" \
+    "transformers==$OLDEST" "huggingface-hub>=1.5,<2" "httpx>=0.23,<1" "httpcore>=1,<2" \
+    "h11>=0.16" "anyio>=4" certifi
+  rm -rf "$prefix"
+  mv "$prefix.tmp" "$prefix"
+  touch "$prefix/.complete"
+fi
+
+# The package must be installed (pip install .) before this runs: a missing one fails here
+# rather than skipping the tests.
+export SHARDSTREAM_REQUIRE_PACKAGE="${SHARDSTREAM_REQUIRE_PACKAGE:-1}"
+status=0
+newest="$("$SHARDSTREAM_PYTHON" -c 'import transformers; print(transformers.__version__)')"
+echo "==> transformers $newest (venv)"
+"$SHARDSTREAM_PYTHON" -m pytest -q -p no:cacheprovider "$test_file" "$@" || status=$?
+
+got="$(PYTHONPATH="$prefix${PYTHONPATH:+:$PYTHONPATH}" "$SHARDSTREAM_PYTHON" -c \
+  'import transformers; print(transformers.__version__)')"
+if [ "$got" != "$OLDEST" ]; then
+  echo "error: expected transformers $OLDEST from $prefix, imported $got" >&2
+  exit 1
+fi
+echo "==> transformers $got ($prefix)"
+PYTHONPATH="$prefix${PYTHONPATH:+:$PYTHONPATH}" \
+  "$SHARDSTREAM_PYTHON" -m pytest -q -p no:cacheprovider "$test_file" "$@" || status=$?
+exit $status

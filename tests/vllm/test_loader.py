@@ -1,0 +1,190 @@
+"""`load_format="shardstream"` in a real vLLM engine (CPU build): the same tokens and the same
+parameters as vLLM's own safetensors loader, and clear failures for bad checkpoints and options."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import MAX_TOKENS, greedy, loaded_state, make_llm, parameters, shutdown
+
+
+def test_import_pulls_in_neither_vllm_nor_transformers() -> None:
+    code = ("import sys, shardstream.vllm; "
+            "print(sorted(m for m in ('vllm', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_entry_point_registers_the_loader_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import entry_points
+
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor import model_loader
+    from vllm.plugins import load_general_plugins
+
+    import shardstream.vllm
+
+    (entry,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "shardstream"]
+    assert entry.value == "shardstream.vllm:register"
+    load_general_plugins()
+    loader = model_loader.get_model_loader(LoadConfig(load_format="shardstream"))
+    assert type(loader) is shardstream.vllm.ShardstreamModelLoader
+
+    # vLLM runs the plugin in each of its processes, and may run it twice in one: the second
+    # call must not register again (vLLM would warn that it overwrites a loader).
+    def refuse(name):
+        raise AssertionError(f"register_model_loader({name!r}) called again")
+
+    monkeypatch.setattr(model_loader, "register_model_loader", refuse)
+    shardstream.vllm.register()
+    again = model_loader.get_model_loader(LoadConfig(load_format="SHARDSTREAM"))
+    assert type(again) is type(loader)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"staging_mib": 64},
+     "unknown key(s) 'staging_mib'; accepted keys: staging_mb, threads, io, direct"),
+    ({"staging_mb": 0},
+     "model_loader_extra_config['staging_mb'] must be a positive integer, got 0"),
+    ({"threads": "4"}, "model_loader_extra_config['threads'] must be a positive integer, got '4'"),
+    ({"io": 1}, "model_loader_extra_config['io'] must be a string"),
+    ({"direct": 1}, "model_loader_extra_config['direct'] must be true, false or \"auto\", got 1"),
+])
+def test_bad_extra_config_is_refused(extra: dict, message: str) -> None:
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor import model_loader
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+    with pytest.raises(ValueError) as error:
+        model_loader.get_model_loader(
+            LoadConfig(load_format="shardstream", model_loader_extra_config=extra))
+    assert message in str(error.value)
+
+
+def test_reading_options_reach_iter_tensors_or_are_refused() -> None:
+    import inspect
+
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor import model_loader
+    from vllm.plugins import load_general_plugins
+
+    import shardstream
+
+    load_general_plugins()
+    accepted = inspect.signature(shardstream.iter_tensors).parameters
+    for key, value in (("staging_mb", 64), ("threads", 2), ("io", "pread"), ("direct", False)):
+        config = LoadConfig(load_format="shardstream", model_loader_extra_config={key: value})
+        if key in accepted:
+            assert model_loader.get_model_loader(config)._options == {key: value}
+        else:  # an older package: a clear refusal, never an option dropped silently
+            with pytest.raises(ValueError, match=f"iter_tensors does not take '{key}'"):
+                model_loader.get_model_loader(config)
+    assert "staging_mb" in accepted
+
+
+@pytest.mark.parametrize("arch, extra", [
+    ("llama", {}),
+    # A 1 MB read-ahead bound: smaller than the checkpoint, so reads wait for the model.
+    ("qwen2", {"staging_mb": 1}),
+])
+def test_same_tokens_and_parameters_as_vllms_loader(arch: str, extra: dict,
+                                                    request: pytest.FixtureRequest) -> None:
+    folder = request.getfixturevalue(f"{arch}_dir")
+    results = {}
+    for load_format in ("shardstream", "safetensors"):
+        with loaded_state() as loaded:
+            llm = make_llm(folder, load_format,
+                           model_loader_extra_config=extra if load_format == "shardstream" else {})
+        try:
+            results[load_format] = (greedy(llm), loaded, parameters(llm))
+        finally:
+            shutdown(llm)
+    (ids, text), loaded, running = results["shardstream"]
+    (want_ids, want_text), want_loaded, want_running = results["safetensors"]
+    assert len(ids) == MAX_TOKENS
+    assert ids == want_ids, f"shardstream {ids} vs safetensors {want_ids}"
+    assert text == want_text
+    # As each loader left the model, and as it runs (after vLLM's repacking).
+    for what, state, want in (("loaded", loaded, want_loaded), ("running", running, want_running)):
+        assert sorted(state) == sorted(want), what
+        for name, tensor in want.items():
+            got = state[name]
+            assert got.dtype == tensor.dtype and got.shape == tensor.shape, f"{what} {name}"
+            assert torch.equal(got, tensor), f"{arch}: {what} {name} differs"
+    # Not vacuous: the weights are the checkpoint's (random, seeded), not zeros from the decoy.
+    qkv = [t for n, t in loaded.items() if n.endswith("qkv_proj.weight")]
+    assert qkv and all(t.numel() > 0 and t.abs().sum() > 0 for t in qkv)
+
+
+def _shards(folder: str) -> list[str]:
+    with open(os.path.join(folder, "model.safetensors.index.json"), encoding="utf-8") as f:
+        return sorted(set(json.load(f)["weight_map"].values()))
+
+
+def _start_fails(folder: str) -> BaseException:
+    """Starts an engine on `folder` that must fail, and returns why; cleans up after it, so
+    the next test can start one."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    try:
+        llm = make_llm(folder, "shardstream")
+    except Exception as error:  # noqa: BLE001 - what it is, is what the caller checks
+        return error
+    finally:
+        gc.collect()
+        cleanup_dist_env_and_memory()
+    shutdown(llm)
+    pytest.fail(f"the engine started on {folder}")
+
+
+def test_truncated_shard_fails_engine_start_with_shardstreams_error(llama_dir: str,
+                                                                    tmp_path) -> None:
+    import shardstream
+
+    folder = str(tmp_path / "truncated")
+    shutil.copytree(llama_dir, folder)
+    shard = os.path.join(folder, _shards(folder)[1])
+    os.truncate(shard, os.path.getsize(shard) - 100)
+    # The error shardstream itself gives for this file: the engine must fail with exactly it.
+    with pytest.raises(shardstream.LoadError) as direct:
+        list(shardstream.iter_tensors(shard))
+    message = str(direct.value)
+    assert "\n" not in message and os.path.basename(shard) in message
+
+    failure = _start_fails(folder)
+    chain = []
+    e: BaseException | None = failure
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(e, shardstream.LoadError) and str(e) == message for e in chain), \
+        f"engine start failed with {failure!r}, not with shardstream's {message!r}"
+
+
+def test_parameter_missing_from_checkpoint_fails(llama_dir: str, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = str(tmp_path / "missing")
+    os.makedirs(folder)
+    for name in os.listdir(llama_dir):
+        if not name.endswith(".safetensors") and not name.endswith(".index.json"):
+            shutil.copy(os.path.join(llama_dir, name), folder)
+    tensors = {}
+    for shard in _shards(llama_dir):
+        tensors.update(load_file(os.path.join(llama_dir, shard)))
+    del tensors["model.layers.1.post_attention_layernorm.weight"]
+    # One file, no index: the other way a checkpoint comes.
+    save_file(tensors, os.path.join(folder, "model.safetensors"))
+
+    failure = _start_fails(folder)
+    text = "".join(f"{e}" for e in (failure, failure.__cause__) if e is not None)
+    assert "were not filled from the checkpoint" in text
+    assert "model.layers.1.post_attention_layernorm.weight" in text
