@@ -9,6 +9,7 @@
 #include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
+#include "tests/support/uring_faults.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -434,8 +435,8 @@ TEST_P(PipelineTest, ShortReadsAndEagainStormsStillGiveExactBytes) {
   options.make_backend = [&](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
     io::UringOptions uring;
     uring.queue_depth = options.queue_depth;
-    uring.faults_for_testing.short_read_bytes = std::get<1>(GetParam()) ? 4096 : 1000;
-    uring.faults_for_testing.eagain_every = 2;
+    shardstream::testing::FaultsOf(uring).short_read_bytes = std::get<1>(GetParam()) ? 4096 : 1000;
+    shardstream::testing::FaultsOf(uring).eagain_every = 2;
     auto backend = io::UringBackend::Create(files, uring);
     if (!backend.ok()) {
       unavailable = backend.status().ToString();

@@ -258,7 +258,7 @@ TEST(PlanTest, ElementSizesThatDoNotDivideTheTensorOrItsRunsAreRefused) {
   ASSERT_FALSE(plan.ok());
   EXPECT_EQ(plan.status().rule(), "plan-target");
   EXPECT_EQ(plan.status().tensor(), "t0");
-  const Run run{2, 0, 8};
+  const engine::Run run{2, 0, 8};
   std::vector<PlanTarget> split_run = {PlanTarget{{0, 0}, std::span(&run, 1), 4}};
   auto runs = BuildReadPlan(checkpoint, split_run, PlanOptions{});
   ASSERT_FALSE(runs.ok());
