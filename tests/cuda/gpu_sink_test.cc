@@ -177,24 +177,19 @@ TEST(GpuSinkTest, EventTimelineShowsCopiesInFlightTogether) {
       {{static_cast<std::byte*>(dst), kSlots * kSlotBytes, io::DType::kU8, io::DType::kU8}},
       options, **ops);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-  std::vector<engine::StagingSlot> slots;
+  std::vector<engine::SlotLease> slots;
   for (uint32_t i = 0; i < kSlots; ++i) {
     auto slot = pool->TryAcquire();
-    ASSERT_TRUE(slot.has_value());
-    for (uint64_t b = 0; b < kSlotBytes; b += 4096) slot->data[b] = std::byte((i * 31 + b) & 0xff);
-    slots.push_back(*slot);
+    ASSERT_TRUE(slot.ok() && slot->has_value());
+    std::byte* data = (**slot).data();
+    for (uint64_t b = 0; b < kSlotBytes; b += 4096) data[b] = std::byte((i * 31 + b) & 0xff);
+    slots.push_back(std::move(**slot));
   }
   for (uint32_t i = 0; i < kSlots; ++i) {
-    const engine::StagingSlot slot = slots[i];
-    engine::StagedSlot staged{slot.data,
-                              kSlotBytes,
-                              i * kSlotBytes,
-                              0,
-                              i,
-                              slot.index,
-                              [&pool, slot] { pool->Release(slot); }};
+    std::byte* data = slots[i].data();
+    engine::StagedSlot staged{data, kSlotBytes, i * kSlotBytes, 0, i, std::move(slots[i])};
     const engine::Piece piece{0, i * kSlotBytes, 0, kSlotBytes};
-    ASSERT_TRUE((*sink)->Consume(staged, std::span(&piece, 1)).ok());
+    ASSERT_TRUE((*sink)->Consume(std::move(staged), std::span(&piece, 1)).ok());
   }
   ASSERT_TRUE((*sink)->Finish().ok());
   EXPECT_EQ(pool->in_use(), 0u);
