@@ -67,11 +67,11 @@ void BM_SlotCopy(benchmark::State& state) {
     plan.push_back(Piece{i, 0, i * piece_bytes, piece_bytes});
   }
   shardstream::engine::CpuSink sink(targets);
-  shardstream::engine::StagedSlot staged;
-  staged.data = slot.data();
-  staged.size_bytes = kSlotBytes;
   for (auto _ : state) {
-    shardstream::io::Status status = sink.Consume(staged, plan);
+    shardstream::engine::StagedSlot staged;  // no lease: the slot belongs to no pool
+    staged.data = slot.data();
+    staged.size_bytes = kSlotBytes;
+    shardstream::io::Status status = sink.Consume(std::move(staged), plan);
     if (!status.ok()) state.SkipWithError(status.ToString().c_str());
     benchmark::ClobberMemory();
   }

@@ -5,8 +5,7 @@ A ~4 GB bf16 Llama-shaped checkpoint (`shardstream generate --preset llama-1b --
 --shards 2`, whose config.json transformers loads as LlamaForCausalLM) is loaded to cuda:0 by:
 
   shardstream LoadFile   `shardstream load DIR --device cuda:0` (tensors map: reads into pinned
-                         staging slots, copies from them), and with `--gpu-upload page-cache`
-                         (the page cache pinned in place and copied from) and its knobs
+                         staging slots, copies from them)
   shardstream LoadInto   `shardstream load DIR --model llama --device cuda:0` (meta skeleton,
                          materialised on the GPU, streamed into, inv_freq recomputed)
   load_file              safetensors.torch.load_file(path, device="cuda:0") for every shard
@@ -144,7 +143,7 @@ def ceilings(build_dir, files):
 
 
 # --sweep: the warm path over the knobs that bound it, each row beside the default in the same run.
-SWEEP = ([], ["--gpu-upload", "page-cache"], ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
+SWEEP = ([], ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
          ["--chunk-mb", "2", "--staging-mb", "32"],
          ["--chunk-mb", "2", "--queue-depth", "12", "--staging-mb", "48"],
          ["--chunk-mb", "2", "--queue-depth", "16", "--staging-mb", "64"],
@@ -223,15 +222,7 @@ def main():
         rows = [ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"])]
         rows += [ours(" ".join(["shardstream LoadFile", *flags]), "warm", flags) for flags in SWEEP]
     else:
-        rows = [ours("shardstream LoadFile", "warm", []),
-                ours("shardstream LoadFile --gpu-upload page-cache", "warm",
-                     ["--gpu-upload", "page-cache"])]
-        # The page-cache path's knobs beside its defaults (256 MiB windows, 4 pinned, 2 threads).
-        for flags in (["--pin-threads", "1"], ["--pin-threads", "4", "--pin-windows", "8"],
-                      ["--pin-window-mb", "64", "--pin-windows", "8", "--pin-threads", "4"],
-                      ["--pin-window-mb", "512", "--pin-threads", "4"]):
-            flags = ["--gpu-upload", "page-cache", *flags]
-            rows.append(ours(" ".join(["shardstream LoadFile", *flags]), "warm", flags))
+        rows = [ours("shardstream LoadFile", "warm", [])]
         rows += [ours("shardstream LoadInto (llama)", "warm", ["--model", "llama"]),
                  ("safetensors load_file", "warm", python(PY_LOAD_FILE, *files))]
         if versions["transformers"]:

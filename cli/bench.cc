@@ -70,7 +70,7 @@ constexpr std::array<FlagSpec, 18> kFlags = {{
     {"device", "DEV", "cpu (default) or cuda:N"},
     {"strategies", "LIST",
      "comma-separated, from: auto, pread, pread-direct, mmap, uring, "
-     "uring-direct, huge-pages, zero-copy, page-cache (GPU only) (default auto,pread,uring,"
+     "uring-direct, huge-pages, zero-copy (default auto,pread,uring,"
      "uring-direct)"},
     {"sink", "SINK", "tensors (default) or discard (the staged pipeline, bytes dropped)"},
     {"queue-depth", "LIST",

@@ -16,7 +16,7 @@ using io::Result;
 using io::Status;
 using io::StatusCode;
 
-const std::array<Strategy, 9> kStrategies = {{
+const std::array<Strategy, 8> kStrategies = {{
     {"auto", {}, "shardstream's defaults (--io auto --direct auto)", true, false, false},
     {"pread", {"--io", "pread", "--direct", "off"}, "buffered preadv", false, false, false},
     {"pread-direct", {"--io", "pread", "--direct", "on"}, "O_DIRECT preadv", false, false, false},
@@ -29,13 +29,6 @@ const std::array<Strategy, 9> kStrategies = {{
      "views of mappings + one read per page",
      false,
      true,
-     true},
-    {"page-cache",
-     {"--gpu-upload", "page-cache", "--direct", "off"},
-     "CUDA: the page cache pinned in place, no CPU copy",
-     false,
-     true,
-     false,
      true},
 }};
 
@@ -330,10 +323,6 @@ Result<std::vector<BenchRow>> BuildShardstreamRows(std::span<const Strategy* con
       return Status::Error(
           StatusCode::kInvalidArgument, "strategy",
           "strategy '" + std::string(s->name) + "' is for CPU tensors, not " + options.device);
-    }
-    if (s->gpu_only && !cuda) {
-      return Status::Error(StatusCode::kInvalidArgument, "strategy",
-                           "strategy '" + std::string(s->name) + "' needs --device cuda:N");
     }
     const std::vector<uint32_t>& depths =
         s->uses_queue_depth && !options.queue_depths.empty() ? options.queue_depths : no_value;

@@ -43,7 +43,6 @@ struct Strategy {
   bool uses_queue_depth;  // io_uring may be chosen: --queue-depth values multiply this row
   bool needs_tensors;     // needs --sink tensors (mmap, huge pages and zero-copy keep tensors)
   bool cpu_only;          // no --device cuda (huge pages, zero-copy: host memory features)
-  bool gpu_only = false;  // only with --device cuda (the page cache pinned in place)
 };
 
 // Every strategy, in the order --help lists them.

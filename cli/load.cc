@@ -32,15 +32,10 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 22> kFlags = {{
+constexpr std::array<FlagSpec, 18> kFlags = {{
     {"device", "DEV", "cpu (default), or cuda[:N]: pinned staging, async copies, casts on GPU"},
     {"copy-streams", "N", "CUDA: host-to-device copy streams (default 4)"},
     {"no-device-reserve", "", "CUDA: a cudaMalloc per tensor, not one block split for all"},
-    {"gpu-upload", "HOW",
-     "CUDA: staged (default, = auto) or page-cache (pin cached files in place)"},
-    {"pin-window-mb", "N", "CUDA page-cache upload: MiB pinned per call (default 256)"},
-    {"pin-windows", "N", "CUDA page-cache upload: windows pinned at once (default 4)"},
-    {"pin-threads", "N", "CUDA page-cache upload: pinning threads (default 2)"},
     {"io", "MODE", "auto, pread, mmap or uring (auto: uring for O_DIRECT, else pread)"},
     {"queue-depth", "N", "io_uring reads in flight per thread (default 8)"},
     {"sqpoll", "", "io_uring: a kernel thread polls for submissions (costs a busy core)"},
@@ -249,25 +244,6 @@ int RunLoad(std::span<char* const> argv) {
   }
   options.copy_streams = static_cast<uint32_t>(*copy_streams);
   options.reserve_device_memory = !args->Has("no-device-reserve");
-  std::optional<uint64_t> pin_window_mb = args->GetUint("pin-window-mb", 0);
-  std::optional<uint64_t> pin_windows = args->GetUint("pin-windows", 0);
-  std::optional<uint64_t> pin_threads = args->GetUint("pin-threads", 0);
-  if (!pin_window_mb || !pin_windows || !pin_threads) return kExitUsage;
-  if (*pin_window_mb > (1u << 20) || *pin_windows > 64 || *pin_threads > 64) {
-    PrintError("--pin-window-mb must be at most 1048576, --pin-windows and --pin-threads 1..64");
-    return kExitUsage;
-  }
-  options.pin_window_bytes = *pin_window_mb << 20;
-  options.pin_windows = static_cast<uint32_t>(*pin_windows);
-  options.pin_threads = static_cast<uint32_t>(*pin_threads);
-  if (auto upload = args->Get("gpu-upload")) {
-    std::optional<GpuUpload> parsed = ParseGpuUpload(*upload);
-    if (!parsed) {
-      PrintError("--gpu-upload must be auto, staged or page-cache");
-      return kExitUsage;
-    }
-    options.gpu_upload = *parsed;
-  }
   std::optional<uint64_t> threads = args->GetUint("threads", 0);
   std::optional<uint64_t> chunk_mb = args->GetUint("chunk-mb", 0);
   if (!threads || !chunk_mb) return kExitUsage;
@@ -438,7 +414,6 @@ void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadRep
   out.Field("device_scratch_bytes", report.device_scratch_bytes);
   out.Field("device_allocations", report.device_allocations);
   out.Field("gpu_upload", report.gpu_upload);
-  out.Field("pinned_page_cache_bytes", report.pinned_page_cache_bytes);
   OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
   out.Field("peak_rss_bytes", engine::PeakResidentBytes());
   FieldOrNull(out, "resident_fraction", report.resident_fraction);
@@ -466,11 +441,7 @@ void PrintLoadReport(std::ostream& text, const std::string& path, const LoadRepo
     text << ", " << report.threads << (report.threads == 1 ? " thread, " : " threads, ")
          << FormatBytes(report.chunk_bytes) << " chunks";
   }
-  if (report.gpu_upload == "page-cache") {
-    text << ", " << options.device << " straight from the page cache pinned in place ("
-         << FormatBytes(report.pinned_page_cache_bytes) << " pinned in windows, "
-         << report.copy_streams << " in flight)";
-  } else if (report.copy_streams > 0) {
+  if (report.copy_streams > 0) {
     char line[128];
     std::snprintf(line, sizeof line, ", %s via %u copy streams, staging %s", options.device.c_str(),
                   report.copy_streams,

@@ -1,16 +1,17 @@
 // The device seam: the few CUDA runtime operations the CUDA sink needs, behind an interface, so
 // that the sink's slot accounting, ordering and failure handling run the same code against the
-// real runtime (MakeCudaRuntimeOps) and against FakeDevice (cuda/fake_device.h: a thread per
-// "stream"), which is how they are tested on machines without a GPU.
+// real runtime (MakeCudaRuntimeOps) and against the fake device of the tests
+// (tests/support/fake_device.h: a thread per "stream"), which is how they are tested on machines
+// without a GPU.
 //
 // Handles are the runtime's own types: StreamHandle is cudaStream_t and EventHandle is
 // cudaEvent_t (both are pointers to the driver's opaque structs, declared here without including
 // CUDA headers, so this header and the sink compile in builds without CUDA). A fake device hands
 // out pointers to its own objects under the same types; never mix handles of two DeviceOps.
 //
-// Every operation that enqueues work (CopyAsync, RecordEvent, WaitEvent, LaunchHostFunc) returns
-// once the work is queued, without waiting for the device. Errors carry rule "cuda" and name the
-// call and the runtime's error (e.g. "cudaMemcpyAsync failed: cudaErrorInvalidValue: ...").
+// Every operation that enqueues work (CopyAsync, RecordEvent) returns once the work is queued,
+// without waiting for the device. Errors carry rule "cuda" and name the call and the runtime's
+// error (e.g. "cudaMemcpyAsync failed: cudaErrorInvalidValue: ...").
 //
 // Thread-safety: every method may be called from any thread, as the CUDA runtime allows.
 #pragma once
@@ -29,9 +30,6 @@ namespace shardstream::cuda {
 
 using StreamHandle = CUstream_st*;  // == cudaStream_t
 using EventHandle = CUevent_st*;    // == cudaEvent_t
-// == cudaHostFn_t: runs on a runtime thread once the work queued before it on the stream is done.
-// It must not call CUDA (the runtime forbids it) and must not block for long (it holds the stream).
-using HostFn = void (*)(void* user_data);
 
 class DeviceOps {
  public:
@@ -59,29 +57,14 @@ class DeviceOps {
                                              size_t size_bytes, StreamHandle stream) = 0;
   // Captures the work queued on `stream` so far in `event` (cudaEventRecord).
   [[nodiscard]] virtual io::Status RecordEvent(EventHandle event, StreamHandle stream) = 0;
-  // Work queued on `stream` after this waits for the event's last capture (cudaStreamWaitEvent);
-  // recording the event again later does not affect this wait.
-  [[nodiscard]] virtual io::Status WaitEvent(StreamHandle stream, EventHandle event) = 0;
-  // Queues fn(user_data) on `stream` (cudaLaunchHostFunc). After an error in the context the
-  // runtime never calls it: whoever queued it must be ready to do its job instead.
-  [[nodiscard]] virtual io::Status LaunchHostFunc(StreamHandle stream, HostFn fn,
-                                                  void* user_data) = 0;
-  // Blocks until the stream's work finished; an asynchronous error (a copy that failed on the
-  // device, a sticky context error) comes back here. Never on the hot path.
+  // True once the work the event captured finished, false while some is pending (cudaEventQuery;
+  // never blocks). An asynchronous error (a copy that failed on the device, a sticky context
+  // error) comes back here, as from the waits below.
+  [[nodiscard]] virtual io::Result<bool> QueryEvent(EventHandle event) = 0;
+  // Blocks until the work the event captured finished (cudaEventSynchronize).
+  [[nodiscard]] virtual io::Status SynchronizeEvent(EventHandle event) = 0;
+  // Blocks until the stream's work finished (cudaStreamSynchronize). Never on the hot path.
   [[nodiscard]] virtual io::Status SynchronizeStream(StreamHandle stream) = 0;
-  // True when the stream's work finished, false while some is pending (cudaStreamQuery; never
-  // blocks); an error as SynchronizeStream's.
-  [[nodiscard]] virtual io::Result<bool> QueryStream(StreamHandle stream) = 0;
-  // Pins existing host memory in place for the device to read (cudaHostRegister with
-  // cudaHostRegisterReadOnly | cudaHostRegisterPortable): e.g. a window of a read-only file
-  // mapping, whose page-cache pages the device then copies from without a CPU copy. Faults the
-  // pages in. Unregister only after every copy from it finished.
-  [[nodiscard]] virtual io::Status RegisterHostReadOnly(const std::byte* data,
-                                                        size_t size_bytes) = 0;
-  virtual io::Status UnregisterHost(const std::byte* data) = 0;
-  // Whether the device can read memory registered read-only
-  // (cudaDevAttrHostRegisterReadOnlySupported).
-  [[nodiscard]] virtual io::Result<bool> ReadOnlyRegistrationSupported() = 0;
   // Milliseconds between two completed timing events (cudaEventElapsedTime).
   [[nodiscard]] virtual io::Result<float> ElapsedMs(EventHandle start, EventHandle end) = 0;
 };

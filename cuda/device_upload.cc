@@ -1,6 +1,5 @@
 #include "cuda/device_upload.h"
 
-#include "cuda/page_cache_upload.h"
 #include "cuda/pinned_pool.h"
 #include "engine/staging.h"
 
@@ -14,48 +13,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-io::Status UploadError(std::string message) {
-  return io::Status::Error(io::StatusCode::kInvalidArgument, "gpu-upload", std::move(message));
-}
-
 }  // namespace
-
-io::Result<engine::PipelineStats> CudaUploader::FromPageCache(
-    const io::Checkpoint& checkpoint, std::span<const engine::LoadTarget> targets, bool casts,
-    bool direct, const engine::ProgressFn& progress, DeviceOps& ops, ReadReport& report) {
-  io::Result<bool> supported = ops.ReadOnlyRegistrationSupported();
-  const bool runs = std::any_of(targets.begin(), targets.end(),
-                                [](const engine::LoadTarget& t) { return !t.runs.empty(); });
-  std::string why_not;
-  if (casts) {
-    why_not = "casts run on the staged path";
-  } else if (runs) {
-    why_not = "views and slices run on the staged path";
-  } else if (direct) {
-    why_not = "O_DIRECT reads were asked for";
-  } else if (!supported.ok() || !*supported) {
-    why_not = supported.ok() ? "the device cannot read read-only registered host memory"
-                             : supported.status().ToString();
-  }
-  if (!why_not.empty()) return UploadError("page-cache upload asked for, but " + why_not);
-  PageCacheUploadOptions upload;
-  upload.progress = progress;
-  if (options_.pin_window_bytes != 0) upload.window_bytes = options_.pin_window_bytes;
-  if (options_.pin_windows != 0) upload.windows_in_flight = options_.pin_windows;
-  if (options_.pin_threads != 0) upload.pin_threads = options_.pin_threads;
-  SHARDSTREAM_ASSIGN_OR_RETURN(PageCacheUploadStats stats,
-                               UploadFromPageCache(checkpoint, targets, upload, ops));
-  report.gpu_upload = "page-cache";
-  report.pinned_page_cache_bytes = stats.pinned_bytes;
-  report.copy_streams = upload.windows_in_flight;
-  engine::PipelineStats pipeline;
-  pipeline.backend = "page-cache";
-  pipeline.payload_bytes = stats.payload_bytes;
-  pipeline.read_bytes = stats.pinned_bytes;
-  pipeline.copy_threads = static_cast<int>(upload.pin_threads);
-  pipeline.seconds = stats.seconds;
-  return pipeline;
-}
 
 io::Result<engine::PipelineStats> CudaUploader::Upload(const io::Checkpoint& checkpoint, int device,
                                                        std::span<const engine::FillTarget> targets,
@@ -87,12 +45,10 @@ io::Result<engine::PipelineStats> CudaUploader::Upload(const io::Checkpoint& che
         extent = std::max(extent, run.destination_offset + run.length);
       }
     }
-    load_targets.emplace_back(t.source, t.destination, t.runs);
     device_targets.push_back(DeviceTarget{t.destination, extent, info.dtype, t.dtype});
-  }
-  if (options_.page_cache) {
-    return FromPageCache(checkpoint, load_targets, casts, pipeline.direct, pipeline.progress, *ops,
-                         report);
+    // A cast target's pieces hold whole elements: the device casts each piece on its own.
+    load_targets.emplace_back(t.source, t.destination, t.runs,
+                              WholeElementBytes(device_targets.back()));
   }
   report.gpu_upload = "staged";
 

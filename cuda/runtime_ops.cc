@@ -17,7 +17,6 @@ namespace shardstream::cuda {
 
 static_assert(std::is_same_v<StreamHandle, cudaStream_t>, "StreamHandle must be cudaStream_t");
 static_assert(std::is_same_v<EventHandle, cudaEvent_t>, "EventHandle must be cudaEvent_t");
-static_assert(std::is_same_v<HostFn, cudaHostFn_t>, "HostFn must be cudaHostFn_t");
 
 namespace {
 
@@ -77,38 +76,17 @@ class RuntimeOps final : public DeviceOps {
   io::Status RecordEvent(EventHandle event, StreamHandle stream) override {
     return CudaStatus(cudaEventRecord(event, stream), "cudaEventRecord");
   }
-  io::Status WaitEvent(StreamHandle stream, EventHandle event) override {
-    return CudaStatus(cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent");
+  io::Result<bool> QueryEvent(EventHandle event) override {
+    const cudaError_t error = cudaEventQuery(event);
+    if (error == cudaErrorNotReady) return false;
+    SHARDSTREAM_RETURN_IF_ERROR(CudaStatus(error, "cudaEventQuery"));
+    return true;
   }
-  io::Status LaunchHostFunc(StreamHandle stream, HostFn fn, void* user_data) override {
-    return CudaStatus(cudaLaunchHostFunc(stream, fn, user_data), "cudaLaunchHostFunc");
+  io::Status SynchronizeEvent(EventHandle event) override {
+    return CudaStatus(cudaEventSynchronize(event), "cudaEventSynchronize");
   }
   io::Status SynchronizeStream(StreamHandle stream) override {
     return CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  }
-  io::Result<bool> QueryStream(StreamHandle stream) override {
-    const cudaError_t error = cudaStreamQuery(stream);
-    if (error == cudaErrorNotReady) return false;
-    SHARDSTREAM_RETURN_IF_ERROR(CudaStatus(error, "cudaStreamQuery"));
-    return true;
-  }
-  io::Status RegisterHostReadOnly(const std::byte* data, size_t size_bytes) override {
-    io::Status status =
-        CudaStatus(cudaHostRegister(const_cast<std::byte*>(data), size_bytes,
-                                    cudaHostRegisterReadOnly | cudaHostRegisterPortable),
-                   "cudaHostRegister");
-    if (!status.ok()) cudaGetLastError();  // not sticky: leave nothing for the next call
-    return status;
-  }
-  io::Status UnregisterHost(const std::byte* data) override {
-    return CudaStatus(cudaHostUnregister(const_cast<std::byte*>(data)), "cudaHostUnregister");
-  }
-  io::Result<bool> ReadOnlyRegistrationSupported() override {
-    int supported = 0;
-    SHARDSTREAM_RETURN_IF_ERROR(CudaStatus(
-        cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported, device_),
-        "cudaDeviceGetAttribute"));
-    return supported != 0;
   }
   io::Result<float> ElapsedMs(EventHandle start, EventHandle end) override {
     float ms = 0;

@@ -36,12 +36,17 @@ namespace shardstream::engine {
 struct LoadTarget {
   LoadTarget() = default;
   LoadTarget(io::TensorLocation source_tensor, std::byte* destination_bytes,
-             std::span<const Run> destination_runs = {})
-      : source(source_tensor), destination(destination_bytes), runs(destination_runs) {}
+             std::span<const Run> destination_runs = {}, uint32_t whole_element_bytes = 1)
+      : source(source_tensor),
+        destination(destination_bytes),
+        runs(destination_runs),
+        element_bytes(whole_element_bytes) {}
 
   io::TensorLocation source;
   std::byte* destination = nullptr;
   std::span<const Run> runs;
+  // Pieces hold whole elements of this size (PlanTarget::element_bytes): a device cast's input.
+  uint32_t element_bytes = 1;
 };
 
 using shardstream::kDefaultQueueDepth;

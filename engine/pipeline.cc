@@ -84,9 +84,20 @@ io::Result<io::FileSet> OpenFiles(const io::Checkpoint& checkpoint, bool* direct
   return io::FileSet::Open(checkpoint);
 }
 
-// One read in flight: the slot it fills and the chunk it reads.
+// A slot: blocking (Acquire) or not (TryAcquire: nullopt when none is free).
+io::Result<std::optional<SlotLease>> AcquireSlot(StagingPool& pool, bool block) {
+  if (!block) return pool.TryAcquire();
+  io::Result<SlotLease> lease = pool.Acquire();
+  if (!lease.ok()) return std::move(lease).status();
+  return std::optional<SlotLease>(std::move(*lease));
+}
+
+// A slot of ours, by slot index: its lease, the chunk read into it, and the read's buffer while
+// the read is in flight. The IO thread fills it when it acquires the slot; the copy task moves
+// the lease out (the slot cannot be leased again before the lease is gone, so the two never
+// touch one entry at once).
 struct Pending {
-  StagingSlot slot;
+  SlotLease lease;
   uint32_t chunk = 0;
   iovec iov{};
 };
@@ -124,11 +135,11 @@ class StagedRun {
   io::Status Backend();
   void StartCopies();
   void Loop();
-  bool IssueRead(uint32_t c, StagingSlot slot);
+  bool IssueRead(uint32_t c, SlotLease lease);
   void Reap();
   io::Result<PipelineStats> Finish();
-  void Dispatch(StagingSlot slot, uint32_t c);
-  void Copy(StagingSlot slot, uint32_t c);
+  void Dispatch(uint32_t slot);
+  void Copy(uint32_t slot);
 
   void FailChunk(io::Status status, uint32_t c) {
     LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
@@ -158,7 +169,6 @@ class StagedRun {
   uint32_t peak_before_ = 0;
   std::unique_ptr<io::ReadBackend> backend_;
   uint32_t depth_ = 1;
-  bool sink_keeps_slots_ = false;
 
   std::unique_ptr<TaskGroup> copies_;
   FirstError error_;
@@ -279,33 +289,29 @@ void StagedRun::StartCopies() {
       std::min(options_.copy_threads > 0 ? options_.copy_threads : workers, workers);
   stats_.copy_threads = copy_threads;
   copies_ = MakeTaskGroup(copy_threads, options_.executor);
-  sink_keeps_slots_ = sink_.keeps_slots();
   pending_.resize(pool_->slot_count());
   done_.resize(depth_);
 }
 
-// Hands a filled slot to a copy task, which releases it when the sink is done with it (or, for a
-// sink that keeps slots, the sink releases it when its asynchronous copies are done).
-void StagedRun::Dispatch(StagingSlot slot, uint32_t c) {
-  copies_->Run([this, slot, c] { Copy(slot, c); });
+// Hands a filled slot to a copy task; the sink gets its lease and frees the slot (or parks it
+// behind its copies' fence).
+void StagedRun::Dispatch(uint32_t slot) {
+  copies_->Run([this, slot] { Copy(slot); });
 }
 
-void StagedRun::Copy(StagingSlot slot, uint32_t c) {
+void StagedRun::Copy(uint32_t slot) {
+  SlotLease lease = std::move(pending_[slot].lease);
+  const uint32_t c = pending_[slot].chunk;
   const Chunk& chunk = plan_.chunks[c];
-  bool released_by_sink = false;
   if (!error_.stopped()) {
-    StagedSlot staged{slot.data, chunk.needed_bytes, chunk.file_offset, chunk.file, c, slot.index,
-                      {}};
-    if (sink_keeps_slots_) {
-      staged.release = [pool = pool_, slot] { pool->Release(slot); };
-      released_by_sink = true;
-    }
+    StagedSlot staged{lease.data(),    chunk.needed_bytes, chunk.file_offset, chunk.file, c,
+                      std::move(lease)};
     activity_.Change(0, +1);
     const auto copy_start = Clock::now();
     io::Status status;
     // The task boundary: nothing may escape into oneTBB, which would terminate.
     try {
-      status = sink_.Consume(staged, plan_.PiecesOf(chunk));
+      status = sink_.Consume(std::move(staged), plan_.PiecesOf(chunk));
     } catch (const std::bad_alloc&) {
       status = io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
                                  "out of memory while copying");
@@ -324,14 +330,14 @@ void StagedRun::Copy(StagingSlot slot, uint32_t c) {
       error_.Record(Cancelled());
     }
   }
-  // Only now, with the sink done reading it, may the slot take another read.
-  if (!released_by_sink) pool_->Release(slot);
+  // Draining after an error: the lease (still ours) frees the slot here.
 }
 
 // Queues the read of chunk `c` into `slot` (or dispatches it at once when O_DIRECT leaves nothing
 // to read asynchronously). False when the chunk failed.
-bool StagedRun::IssueRead(uint32_t c, StagingSlot slot) {
+bool StagedRun::IssueRead(uint32_t c, SlotLease lease) {
   const Chunk& chunk = plan_.chunks[c];
+  const StagingSlot slot = lease.slot();
   uint64_t read_bytes = chunk.needed_bytes;
   if (direct_) {
     // Whole aligned blocks up to the last one inside the file; the partial block at the end of
@@ -345,18 +351,17 @@ bool StagedRun::IssueRead(uint32_t c, StagingSlot slot) {
           std::span(slot.data + read_bytes, chunk.needed_bytes - read_bytes), tail_offset);
       if (!status.ok()) {
         FailChunk(std::move(status), c);
-        pool_->Release(slot);
-        return false;
+        return false;  // the lease frees the slot
       }
     }
   }
+  Pending& p = pending_[slot.index];
+  p.lease = std::move(lease);
+  p.chunk = c;
   if (read_bytes == 0) {
-    Dispatch(slot, c);
+    Dispatch(slot.index);
     return true;
   }
-  Pending& p = pending_[slot.index];
-  p.slot = slot;
-  p.chunk = c;
   p.iov = iovec{slot.data, read_bytes};
   batch_.push_back(
       io::ReadRequest{chunk.file, chunk.file_offset, std::span(&p.iov, 1), slot.index});
@@ -377,11 +382,11 @@ void StagedRun::Reap() {
     --outstanding_;
     if (!done_[i].status.ok()) {
       FailChunk(std::move(done_[i].status), p.chunk);
-      pool_->Release(p.slot);
+      p.lease.Reset();
     } else if (error_.stopped()) {
-      pool_->Release(p.slot);  // draining: the bytes are not wanted any more
+      p.lease.Reset();  // draining: the bytes are not wanted any more
     } else {
-      Dispatch(p.slot, p.chunk);
+      Dispatch(static_cast<uint32_t>(done_[i].id));
     }
   }
 }
@@ -394,20 +399,17 @@ void StagedRun::Loop() {
     while (!error_.stopped() && next_ < chunk_count && outstanding_ + batch_.size() < depth_) {
       // Block for a slot only when no read of ours is in flight; otherwise reap first, which is
       // what frees the slots (through the copies it dispatches).
+      // Acquire also reclaims the slots a device sink parked behind its copies, and a device
+      // error comes back here.
       const bool idle = outstanding_ == 0 && batch_.empty();
-      std::optional<StagingSlot> slot = idle ? pool_->Acquire() : pool_->TryAcquire();
-      if (!slot) {
-        if (idle) {
-          error_.Record(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
-                                          "the staging pool was cancelled"));
-        }
+      io::Result<std::optional<SlotLease>> slot = AcquireSlot(*pool_, idle);
+      if (!slot.ok()) {
+        error_.Record(std::move(slot).status());
         break;
       }
-      if (error_.stopped()) {  // a copy failed while we waited for its slot
-        pool_->Release(*slot);
-        break;
-      }
-      if (!IssueRead(next_++, *slot)) break;
+      if (!*slot) break;
+      if (error_.stopped()) break;  // a copy failed while we waited; the lease frees the slot
+      if (!IssueRead(next_++, std::move(**slot))) break;
     }
     if (!batch_.empty()) {
       activity_.Change(static_cast<int>(batch_.size()), 0);
@@ -437,7 +439,7 @@ io::Result<PipelineStats> StagedRun::Finish() {
     activity_.Change(-static_cast<int>(outstanding_), 0);
     backend_.reset();
     for (Pending& p : pending_) {
-      if (p.iov.iov_base != nullptr) pool_->Release(p.slot);
+      if (p.iov.iov_base != nullptr) p.lease.Reset();
     }
   }
   backend_.reset();
@@ -445,14 +447,6 @@ io::Result<PipelineStats> StagedRun::Finish() {
   // Every copy must be finished before the slots, the plan and this frame go away.
   copies_->Wait();
   io::Status finish = sink_.Finish();
-  if (sink_keeps_slots_ && own_pool_ != nullptr && own_pool_->in_use() > 0) {
-    // A sink broke its contract: copies may still read slots. Leaking the pool is the only safe
-    // thing left to do with it.
-    finish = io::Status::Error(io::StatusCode::kInternal, "sink",
-                               "the sink still holds " + std::to_string(own_pool_->in_use()) +
-                                   " staging slots after Finish");
-    (void)own_pool_.release();
-  }
 
   activity_.Fill(&stats_);
   stats_.copy_thread_seconds = static_cast<double>(copy_nanos_.load()) * 1e-9;

@@ -2,11 +2,13 @@
 //
 //   IO thread (the caller's):  plan → acquire slot → ReadBackend read into it (queue_depth reads
 //                              in flight, O_DIRECT when asked) → reaped read ─┐
-//   oneTBB copy tasks:         Sink::Consume(slot, pieces) → release slot   ◄─┘
+//   oneTBB copy tasks:         Sink::Consume(slot lease, pieces) → drop  ◄─┘
+//                              the lease, or park it behind the copies' fence
 //
 // One thread drives one backend (io_uring needs no more to keep the device busy) and never copies;
 // `copy_threads` oneTBB workers empty slots concurrently. Host memory is bounded by the staging
-// pool whatever the checkpoint size, and a slot is reused only after the copy out of it finished.
+// pool whatever the checkpoint size, and a slot is reused only after the copy out of it finished
+// (for a device sink: after the event recorded behind its copies, which the pool asks about).
 // This is the path that feeds GPUs (a CUDA sink over pinned slots); with CpuSink it loads into host
 // memory, and with DiscardSink it measures the reads alone.
 //

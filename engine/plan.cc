@@ -17,39 +17,51 @@ struct Extent {
   uint64_t end;
   uint32_t target;
   uint64_t destination_offset;  // where `begin` lands
+  uint64_t origin;  // the tensor's first byte: elements start origin + k * element_bytes
+  uint32_t element_bytes;
+  uint64_t emitted;  // pieces cover [begin, emitted) so far
 };
 
 // Emits the chunks for one coalesced run [run_begin, run_end) of `file` and the pieces of the
-// extents in it.
-void EmitRun(uint32_t file, uint64_t run_begin, uint64_t run_end, std::span<const Extent> extents,
+// extents in it. Chunks follow each other, except where an extent with whole elements reaches past
+// a chunk's end: its piece stops at its last whole element there, and the next chunk starts at
+// the aligned offset at or before that element (read again), so the element comes whole.
+void EmitRun(uint32_t file, uint64_t run_begin, uint64_t run_end, std::span<Extent> extents,
              const PlanOptions& options, uint64_t chunk_bytes, ReadPlan* plan) {
-  const uint64_t aligned_begin = AlignDown(run_begin, options.alignment_bytes);
-  const uint64_t aligned_end = AlignUp(run_end, options.alignment_bytes);
-  size_t first_extent = 0;  // extents ending at or before the chunk are done
-  for (uint64_t chunk_begin = aligned_begin; chunk_begin < aligned_end;
-       chunk_begin += chunk_bytes) {
+  const uint64_t alignment = options.alignment_bytes;
+  const uint64_t aligned_end = AlignUp(run_end, alignment);
+  size_t first_extent = 0;  // extents before it are done
+  for (uint64_t chunk_begin = AlignDown(run_begin, alignment); chunk_begin < aligned_end;) {
     const uint64_t chunk_end = std::min(chunk_begin + chunk_bytes, aligned_end);
+    uint64_t next_begin = chunk_end;
     Chunk chunk;
     chunk.file = file;
     chunk.file_offset = chunk_begin;
     chunk.length = chunk_end - chunk_begin;
     chunk.first_piece = static_cast<uint32_t>(plan->pieces.size());
     uint64_t needed_end = chunk_begin;
-    while (first_extent < extents.size() && extents[first_extent].end <= chunk_begin) {
+    while (first_extent < extents.size() &&
+           extents[first_extent].emitted >= extents[first_extent].end) {
       ++first_extent;
     }
     for (size_t i = first_extent; i < extents.size() && extents[i].begin < chunk_end; ++i) {
-      const Extent& e = extents[i];
-      const uint64_t begin = std::max(e.begin, chunk_begin);
-      const uint64_t end = std::min(e.end, chunk_end);
+      Extent& e = extents[i];
+      const uint64_t begin = std::max(e.emitted, chunk_begin);
+      uint64_t end = std::min(e.end, chunk_end);
+      if (e.end > chunk_end && e.element_bytes > 1) {
+        end = e.origin + (chunk_end - e.origin) / e.element_bytes * e.element_bytes;
+        next_begin = std::min(next_begin, AlignDown(end, alignment));
+      }
       if (begin >= end) continue;
       plan->pieces.push_back(Piece{e.target, e.destination_offset + (begin - e.begin),
                                    begin - chunk_begin, end - begin});
+      e.emitted = end;
       needed_end = std::max(needed_end, end);
     }
+    chunk_begin = next_begin;
     chunk.piece_count = static_cast<uint32_t>(plan->pieces.size()) - chunk.first_piece;
     if (chunk.piece_count == 0) continue;  // a stretch of gap between pieces: nothing to read
-    chunk.needed_bytes = needed_end - chunk_begin;
+    chunk.needed_bytes = needed_end - chunk.file_offset;
     plan->read_bytes += chunk.length;
     plan->max_chunk_bytes = std::max(plan->max_chunk_bytes, chunk.length);
     plan->chunks.push_back(chunk);
@@ -77,7 +89,14 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
         "chunk size must be positive and alignment a power of two (got chunk " +
             std::to_string(options.chunk_bytes) + ", alignment " + std::to_string(alignment) + ")");
   }
-  const uint64_t chunk_bytes = AlignUp(options.chunk_bytes, alignment);
+  // A chunk must hold a whole element after the (at most alignment - 1) bytes before it that an
+  // aligned start reads again, and still move on: two blocks and an element.
+  uint32_t max_element_bytes = 1;
+  for (const PlanTarget& target : targets) {
+    max_element_bytes = std::max(max_element_bytes, target.element_bytes);
+  }
+  const uint64_t min_chunk_bytes = max_element_bytes > 1 ? 2 * alignment + max_element_bytes : 1;
+  const uint64_t chunk_bytes = AlignUp(std::max(options.chunk_bytes, min_chunk_bytes), alignment);
 
   // Runs further apart than one alignment block never share a block, so chunks never overlap.
   const uint64_t max_gap = std::max(options.max_gap_bytes, alignment);
@@ -93,23 +112,36 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
     const io::Header& header = checkpoint.files[loc.file].header;
     const io::TensorInfo& t = header.tensors[loc.index];
     const uint64_t base = header.data_offset() + t.begin;
+    const uint32_t element = targets[i].element_bytes;
+    auto whole = [element](uint64_t bytes) { return bytes % element == 0; };
+    if (element == 0 || element > kMaxElementBytes || !whole(t.size_bytes())) {
+      return io::Status::Error(
+                 io::StatusCode::kInvalidArgument, "plan-target",
+                 "target " + std::to_string(i) + ": " + std::to_string(t.size_bytes()) +
+                     " bytes are not whole elements of " + std::to_string(element) + " bytes")
+          .WithTensor(t.name);
+    }
     if (targets[i].runs.empty()) {
       plan.payload_bytes += t.size_bytes();
-      if (t.size_bytes() > 0)
-        per_file[loc.file].push_back(Extent{base, base + t.size_bytes(), i, 0});
+      if (t.size_bytes() > 0) {
+        per_file[loc.file].push_back(
+            Extent{base, base + t.size_bytes(), i, 0, base, element, base});
+      }
       continue;
     }
     for (const Run& run : targets[i].runs) {
-      if (run.source_offset > t.size_bytes() || run.length > t.size_bytes() - run.source_offset) {
-        return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
-                                 "target " + std::to_string(i) + " has a run outside its tensor")
+      if (run.source_offset > t.size_bytes() || run.length > t.size_bytes() - run.source_offset ||
+          !whole(run.source_offset) || !whole(run.length)) {
+        return io::Status::Error(
+                   io::StatusCode::kInvalidArgument, "plan-target",
+                   "target " + std::to_string(i) + " has a run outside its tensor or its elements")
             .WithTensor(t.name);
       }
       plan.payload_bytes += run.length;
       if (run.length == 0) continue;
-      per_file[loc.file].push_back(Extent{base + run.source_offset,
-                                          base + run.source_offset + run.length, i,
-                                          run.destination_offset});
+      const uint64_t begin = base + run.source_offset;
+      per_file[loc.file].push_back(
+          Extent{begin, begin + run.length, i, run.destination_offset, base, element, begin});
     }
   }
 

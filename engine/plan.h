@@ -38,10 +38,18 @@ struct Run {
 };
 
 // What a plan reads for one target: a tensor, whole (no runs) or only the bytes its runs name.
+// `element_bytes` > 1 (a target cast on the device, element by element) keeps its elements whole:
+// a piece of it ends at the last element that fits in its chunk, and the next chunk starts at or
+// before that element's first byte (re-reading at most one alignment block, and the few bytes of
+// the element), so no element is split between two chunks. It must divide the tensor's size and
+// be at most kMaxElementBytes (rule "plan-target" otherwise).
 struct PlanTarget {
   io::TensorLocation source;
   std::span<const Run> runs;  // borrowed; empty: the whole tensor, landing at offset 0
+  uint32_t element_bytes = 1;
 };
+
+inline constexpr uint32_t kMaxElementBytes = 16;
 
 // A part of one target tensor that one chunk holds.
 struct Piece {
@@ -66,7 +74,9 @@ struct Chunk {
 };
 
 struct ReadPlan {
-  std::vector<Chunk> chunks;     // sorted by (file, file_offset); never overlapping
+  // Sorted by (file, file_offset). Chunks overlap only where a piece was cut on an element
+  // (PlanTarget::element_bytes): by less than one alignment block and one element.
+  std::vector<Chunk> chunks;
   std::vector<Piece> pieces;     // grouped by chunk
   uint64_t payload_bytes = 0;    // bytes of the targets (of their runs, where they have runs)
   uint64_t read_bytes = 0;       // bytes the chunks read (payload + gaps + alignment)

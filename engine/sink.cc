@@ -10,7 +10,7 @@ CpuSink::CpuSink(std::span<const LoadTarget> targets) {
   for (const LoadTarget& target : targets) destinations_.push_back(target.destination);
 }
 
-io::Status CpuSink::Consume(const StagedSlot& slot, std::span<const Piece> pieces) {
+io::Status CpuSink::Consume(StagedSlot slot, std::span<const Piece> pieces) {
   for (const Piece& piece : pieces) {
     // The plan guarantees these; checking costs nothing per 16 MiB chunk and turns a planning bug
     // into an error instead of a wild write.
@@ -27,7 +27,7 @@ io::Status CpuSink::Consume(const StagedSlot& slot, std::span<const Piece> piece
   return io::Status::Ok();
 }
 
-io::Status DiscardSink::Consume(const StagedSlot& slot, std::span<const Piece> pieces) {
+io::Status DiscardSink::Consume(StagedSlot slot, std::span<const Piece> pieces) {
   (void)slot;
   uint64_t bytes = 0;
   for (const Piece& piece : pieces) bytes += piece.length;

@@ -28,6 +28,11 @@ io::Result<std::byte*> AllocateAligned(uint64_t size_bytes) {
   return static_cast<std::byte*>(data);
 }
 
+io::Status Cancelled() {
+  return io::Status::Error(io::StatusCode::kCancelled, "cancelled",
+                           "the staging pool was cancelled");
+}
+
 void FreeAligned(std::byte* data, uint64_t size_bytes) {
   if (size_bytes >= kHugePageBytes) {
     FreeHostBuffer(data, size_bytes);
@@ -95,34 +100,104 @@ StagingPool::StagingPool(std::byte* memory, uint64_t allocated_bytes, uint64_t s
 }
 
 StagingPool::~StagingPool() {
+  // The memory is freed below: whatever still reads a parked slot must be done first.
+  for (Parked& parked : parked_) (void)parked.fence->Wait();
+  parked_.clear();
   if (on_free_) on_free_(memory_, allocated_bytes_);
   FreeAligned(memory_, allocated_bytes_);
 }
 
-std::optional<StagingSlot> StagingPool::TakeLocked() {
+SlotLease& SlotLease::operator=(SlotLease&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    pool_ = std::exchange(other.pool_, nullptr);
+    slot_ = other.slot_;
+  }
+  return *this;
+}
+
+void SlotLease::Reset() {
+  if (pool_ != nullptr) std::exchange(pool_, nullptr)->Release(slot_.index);
+}
+
+void SlotLease::ReleaseAfter(std::unique_ptr<SlotFence> fence) {
+  if (fence == nullptr) return Reset();
+  if (pool_ != nullptr) std::exchange(pool_, nullptr)->Park(slot_.index, std::move(fence));
+}
+
+void StagingPool::ReclaimLocked() {
+  // Fences complete roughly in the order they were parked, but streams run side by side: ask each
+  // (cudaEventQuery does not block), so a slow stream does not hold back the others' slots.
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    io::Result<bool> ready = it->fence->Ready();
+    if (ready.ok() && !*ready) {
+      ++it;
+      continue;
+    }
+    if (!ready.ok() && fence_error_.ok()) fence_error_ = std::move(ready).status();
+    free_.push_back(it->index);
+    it = parked_.erase(it);
+  }
+}
+
+std::optional<SlotLease> StagingPool::TakeLocked() {
   if (cancelled_ || free_.empty()) return std::nullopt;
   const uint32_t index = free_.back();
   free_.pop_back();
   peak_in_use_ = std::max(peak_in_use_, static_cast<uint32_t>(slots_.size() - free_.size()));
-  return slots_[index];
+  return SlotLease(this, slots_[index]);
 }
 
-std::optional<StagingSlot> StagingPool::Acquire() {
+io::Result<SlotLease> StagingPool::Acquire() {
   std::unique_lock<std::mutex> lock(mutex_);
-  slot_freed_.wait(lock, [&] { return cancelled_ || !free_.empty(); });
-  return TakeLocked();
+  while (true) {
+    if (cancelled_) return Cancelled();
+    ReclaimLocked();
+    if (!fence_error_.ok()) return std::exchange(fence_error_, io::Status::Ok());
+    if (std::optional<SlotLease> lease = TakeLocked()) return std::move(*lease);
+    if (parked_.empty()) {
+      slot_freed_.wait(lock);
+      continue;
+    }
+    // Nothing free: wait for the oldest fence, outside the lock (Release and Park go on), then
+    // take its slot (or whichever is free by then). A device error surfaces here, in the thread
+    // that waited.
+    Parked oldest = std::move(parked_.front());
+    parked_.pop_front();
+    lock.unlock();
+    io::Status status = oldest.fence->Wait();
+    oldest.fence.reset();
+    lock.lock();
+    free_.push_back(oldest.index);
+    if (!status.ok()) {
+      lock.unlock();
+      slot_freed_.notify_one();
+      return status;
+    }
+  }
 }
 
-std::optional<StagingSlot> StagingPool::TryAcquire() {
+io::Result<std::optional<SlotLease>> StagingPool::TryAcquire() {
   std::lock_guard<std::mutex> lock(mutex_);
+  ReclaimLocked();
+  if (!fence_error_.ok()) return std::exchange(fence_error_, io::Status::Ok());
   return TakeLocked();
 }
 
-void StagingPool::Release(const StagingSlot& slot) {
+void StagingPool::Release(uint32_t index) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    free_.push_back(slot.index);
+    free_.push_back(index);
   }
+  slot_freed_.notify_one();
+}
+
+void StagingPool::Park(uint32_t index, std::unique_ptr<SlotFence> fence) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    parked_.push_back(Parked{index, std::move(fence)});
+  }
+  // A waiter blocked with nothing parked now has a fence to wait on.
   slot_freed_.notify_one();
 }
 
@@ -139,8 +214,9 @@ void StagingPool::Reset() {
   cancelled_ = false;
 }
 
-uint32_t StagingPool::in_use() const {
+uint32_t StagingPool::in_use() {
   std::lock_guard<std::mutex> lock(mutex_);
+  ReclaimLocked();
   return static_cast<uint32_t>(slots_.size() - free_.size());
 }
 

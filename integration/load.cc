@@ -44,13 +44,6 @@ c10::Device ParseLoadDevice(const std::string& name) {
   return *device;
 }
 
-std::optional<GpuUpload> ParseGpuUpload(std::string_view name) {
-  if (name == "auto") return GpuUpload::kAuto;
-  if (name == "staged") return GpuUpload::kStaged;
-  if (name == "page-cache") return GpuUpload::kPageCache;
-  return std::nullopt;
-}
-
 ErrorCode ToErrorCode(io::StatusCode code) {
   switch (code) {
     case io::StatusCode::kInvalidArgument:

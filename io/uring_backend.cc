@@ -132,6 +132,12 @@ void ReleaseRingHistory();
 
 // Owns one io_uring: set up, descriptors registered, torn down on destruction. Not movable
 // (liburing's struct io_uring is used in place).
+// The interposer of `options`, or one that lets the kernel answer everything.
+UringInterposer& HooksOf(const UringOptions& options) {
+  static UringInterposer none;
+  return options.interposer != nullptr ? *options.interposer : none;
+}
+
 class Ring {
  public:
   Ring() = default;
@@ -161,8 +167,8 @@ class Ring {
  private:
   // io_uring_queue_init with `flags`, then without the optional ones if the kernel does not know
   // them. Returns 0 or -errno; `note` says which flags were dropped.
-  int Setup(uint32_t entries, bool sqpoll, const UringFaultsForTesting& faults, std::string* note);
-  int Init(uint32_t entries, unsigned flags, const UringFaultsForTesting& faults);
+  int Setup(uint32_t entries, bool sqpoll, UringInterposer& hooks, std::string* note);
+  int Init(uint32_t entries, unsigned flags, UringInterposer& hooks);
   void Close() {
     // Also drops the registered files: the kernel releases them with the ring. (No explicit
     // io_uring_unregister_files: under SINGLE_ISSUER it would fail with EEXIST on any thread but
@@ -217,10 +223,10 @@ void Ring::RegisterBuffers(const UringOptions& options, UringSetup* setup) {
   // The kernel caps the table at IORING_MAX_REG_BUFFERS (16384) and buffer indexes are 16 bits.
   int rc = pieces.size() > 16384 ? -EINVAL : 0;
   if (rc == 0) {
-    rc = options.faults_for_testing.register_buffers_errno != 0
-             ? -options.faults_for_testing.register_buffers_errno
-             : io_uring_register_buffers(&ring_, pieces.data(),
-                                         static_cast<unsigned>(pieces.size()));
+    rc = HooksOf(options).RegisterBuffers();
+    if (rc == 0) {
+      rc = io_uring_register_buffers(&ring_, pieces.data(), static_cast<unsigned>(pieces.size()));
+    }
   }
   if (rc < 0) {
     std::string why = ErrnoText(-rc);
@@ -246,9 +252,8 @@ const Ring::FixedBuffer* Ring::FindFixed(const void* data, size_t size) const {
   return begin + size <= it->end ? &*it : nullptr;
 }
 
-int Ring::Init(uint32_t entries, unsigned flags, const UringFaultsForTesting& faults) {
-  if (faults.setup_errno != 0) return -faults.setup_errno;
-  if ((flags & IORING_SETUP_SQPOLL) != 0 && faults.sqpoll_errno != 0) return -faults.sqpoll_errno;
+int Ring::Init(uint32_t entries, unsigned flags, UringInterposer& hooks) {
+  if (const int rc = hooks.Setup(flags); rc != 0) return rc;
   io_uring_params params{};
   params.flags = flags;
   if ((flags & IORING_SETUP_SQPOLL) != 0) params.sq_thread_idle = kSqThreadIdleMs;
@@ -261,13 +266,12 @@ int Ring::Init(uint32_t entries, unsigned flags, const UringFaultsForTesting& fa
   return rc;
 }
 
-int Ring::Setup(uint32_t entries, bool sqpoll, const UringFaultsForTesting& faults,
-                std::string* note) {
+int Ring::Setup(uint32_t entries, bool sqpoll, UringInterposer& hooks, std::string* note) {
   const unsigned required = sqpoll ? IORING_SETUP_SQPOLL : 0;
   const unsigned optional = OptionalSetupFlags(sqpoll);
-  int rc = Init(entries, required | optional, faults);
+  int rc = Init(entries, required | optional, hooks);
   if (rc != -EINVAL || optional == 0) return rc;
-  rc = Init(entries, required, faults);
+  rc = Init(entries, required, hooks);
   *note = "setup-flags: kernel refused " + FlagNames(optional) + " (" + ErrnoText(EINVAL) +
           "); running without them";
   return rc;
@@ -275,7 +279,7 @@ int Ring::Setup(uint32_t entries, bool sqpoll, const UringFaultsForTesting& faul
 
 Result<std::unique_ptr<Ring>> Ring::Open(const FileSet& files, const UringOptions& options,
                                          UringSetup* setup) {
-  const UringFaultsForTesting& faults = options.faults_for_testing;
+  UringInterposer& hooks = HooksOf(options);
   std::vector<int> fds(files.size());
   for (size_t i = 0; i < files.size(); ++i) fds[i] = files.fd(i);
 
@@ -285,7 +289,7 @@ Result<std::unique_ptr<Ring>> Ring::Open(const FileSet& files, const UringOption
                                               : std::vector<bool>{false};
   for (const bool sqpoll : attempts) {
     std::string flags_note;
-    const int rc = ring->Setup(options.queue_depth, sqpoll, faults, &flags_note);
+    const int rc = ring->Setup(options.queue_depth, sqpoll, hooks, &flags_note);
     if (rc < 0) {
       last_error = -rc;
       // SQPOLL needs privileges before 5.11 (EPERM) and a kernel thread (ENOMEM, EINVAL in some
@@ -302,10 +306,11 @@ Result<std::unique_ptr<Ring>> Ring::Open(const FileSet& files, const UringOption
     // registration can fail (EMFILE past RLIMIT_NOFILE, ENOMEM), and plain fds read the same.
     int registered = 0;
     if (!fds.empty()) {
-      registered =
-          faults.register_files_errno != 0
-              ? -faults.register_files_errno
-              : io_uring_register_files(ring->get(), fds.data(), static_cast<unsigned>(fds.size()));
+      registered = hooks.RegisterFiles();
+      if (registered == 0) {
+        registered =
+            io_uring_register_files(ring->get(), fds.data(), static_cast<unsigned>(fds.size()));
+      }
     }
     if (registered < 0 && sqpoll && (ring->get()->features & IORING_FEAT_SQPOLL_NONFIXED) == 0) {
       // Before 5.11 an SQPOLL thread can only read registered files: try again without SQPOLL.
@@ -340,7 +345,8 @@ class UringBackendImpl final : public UringBackend {
                    UringSetup setup)
       : UringBackend(std::move(setup)),
         files_(files),
-        faults_(options.faults_for_testing),
+        interposer_(options.interposer),
+        hooks_(HooksOf(options)),
         ring_(std::move(ring)),
         owner_(std::this_thread::get_id()),
         max_in_flight_(std::min(options.queue_depth, this->setup().sq_entries)),
@@ -376,7 +382,7 @@ class UringBackendImpl final : public UringBackend {
     uint64_t offset = 0;  // where the unread rest starts
     uint64_t remaining_bytes = 0;
     size_t first = 0;          // first buffer not completely filled
-    bool fake_eagain = false;  // faults_.eagain_every: a NOP went out instead of the read
+    bool fake_eagain = false;  // the interposer had a NOP go out instead of the read
     // Our own copy of the request's (non-empty) buffers, advanced past what short reads filled.
     // The kernel reads it when the SQE is submitted (or, under SQPOLL, consumed); it lives until
     // the part is finished. Moving a Part (parts_ growing) keeps this heap array where it is.
@@ -401,11 +407,13 @@ class UringBackendImpl final : public UringBackend {
   // Handles every CQE that is ready, without blocking.
   void HarvestCompletions();
   void HandleCompletion(uint32_t part_index, int res);
+  // What the interposer makes of a completion (tests only; the kernel's `res` otherwise).
   int ApplyFaults(Part& part, int res);
   void RecordEndOfFile(Request& request, uint64_t at);
 
   const FileSet& files_;
-  const UringFaultsForTesting faults_;
+  const std::shared_ptr<UringInterposer> interposer_;  // keeps hooks_ alive (tests only)
+  UringInterposer& hooks_;
   std::unique_ptr<Ring> ring_;
   const std::thread::id owner_;
   const uint32_t max_in_flight_;
@@ -420,7 +428,6 @@ class UringBackendImpl final : public UringBackend {
   std::deque<Completion> done_;   // completed requests, not yet reaped
   uint32_t in_flight_ = 0;        // SQEs prepared and not yet completed
   size_t active_requests_ = 0;    // requests with parts pending or in flight
-  uint64_t reads_prepared_ = 0;   // for faults_.eagain_every
   uint64_t fixed_reads_ = 0;      // READ_FIXED SQEs prepared
   Status broken_;                 // the first ring failure; sticky
 };
@@ -521,9 +528,9 @@ void UringBackendImpl::PrepareRead(io_uring_sqe* sqe, uint32_t part_index) {
   Part& part = parts_[part_index];
   const uint32_t file = requests_[part.request].file;
   const int fd = fixed_files_ ? static_cast<int>(file) : files_.fd(file);
-  if (faults_.eagain_every != 0 && ++reads_prepared_ % faults_.eagain_every == 0) {
-    // Fault injection: a NOP stands in for the read and its completion counts as -EAGAIN. No byte
-    // is read, so only a real resubmission fills the buffers.
+  if (hooks_.ReplaceReadWithEagain()) {
+    // A test's interposer: a NOP stands in for the read and its completion counts as -EAGAIN. No
+    // byte is read, so only a real resubmission fills the buffers.
     io_uring_prep_nop(sqe);
     part.fake_eagain = true;
     io_uring_sqe_set_data64(sqe, part_index);
@@ -611,15 +618,7 @@ int UringBackendImpl::ApplyFaults(Part& part, int res) {
     part.fake_eagain = false;
     return -EAGAIN;
   }
-  if (faults_.fail_reads_errno != 0 &&
-      part.offset + part.remaining_bytes > faults_.fail_reads_past_offset) {
-    return -faults_.fail_reads_errno;
-  }
-  if (faults_.short_read_bytes != 0 && res > 0 &&
-      static_cast<uint32_t>(res) > faults_.short_read_bytes) {
-    return static_cast<int>(faults_.short_read_bytes);
-  }
-  return res;
+  return hooks_.Completion(part.offset, part.remaining_bytes, res);
 }
 
 void UringBackendImpl::RecordEndOfFile(Request& request, uint64_t at) {

@@ -36,7 +36,6 @@
 #include <sys/uio.h>
 
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -48,20 +47,31 @@ inline constexpr uint32_t kDefaultUringQueueDepth = 64;
 // The kernel's limit on ring entries (IORING_MAX_ENTRIES).
 inline constexpr uint32_t kMaxUringQueueDepth = 32768;
 
-// Fault injection for tests. Everything here defaults to "no fault"; production code never sets
-// it. short_read_bytes and fail_reads_* change a completion after the kernel really read the
-// bytes (a shortened read makes the backend read the rest again); eagain_every replaces the read
-// itself by a no-op, so nothing is read until the backend resubmits.
-struct UringFaultsForTesting {
-  int setup_errno = 0;             // every io_uring_setup fails with this errno
-  int sqpoll_errno = 0;            // io_uring_setup with SQPOLL fails with this errno
-  int register_files_errno = 0;    // io_uring_register_files fails with this errno
-  int register_buffers_errno = 0;  // io_uring_register_buffers fails with this errno
-  uint32_t short_read_bytes = 0;   // completions of more bytes count as this many
-  uint32_t eagain_every = 0;       // every n-th read submitted completes with -EAGAIN, unread
-  // Reads whose range reaches past this offset complete with -fail_reads_errno.
-  uint64_t fail_reads_past_offset = std::numeric_limits<uint64_t>::max();
-  int fail_reads_errno = 0;
+// The seam a test uses to stand in for the kernel's answers (tests/support/uring_faults.h holds
+// the fault knobs that implement it; production passes none). Every hook defaults to "let the
+// kernel answer". Called on the backend's thread; one interposer may serve several backends at
+// once (a fill's worker threads), so implementations must be thread-safe.
+class UringInterposer {
+ public:
+  virtual ~UringInterposer() = default;
+  // Before io_uring_setup with `flags` (IORING_SETUP_*): -errno makes it fail so, 0 lets it run.
+  virtual int Setup(unsigned flags) {
+    (void)flags;
+    return 0;
+  }
+  // Before io_uring_register_files / io_uring_register_buffers: -errno instead of the call, or 0.
+  virtual int RegisterFiles() { return 0; }
+  virtual int RegisterBuffers() { return 0; }
+  // Before a read goes out: true submits a no-op instead, whose completion counts as -EAGAIN, so
+  // nothing is read until the backend resubmits.
+  virtual bool ReplaceReadWithEagain() { return false; }
+  // A read of `length` bytes at `offset` completed with `res`: the result the backend acts on
+  // (a shorter count makes it read the rest again; -errno fails the read).
+  virtual int Completion(uint64_t offset, uint64_t length, int res) {
+    (void)offset;
+    (void)length;
+    return res;
+  }
 };
 
 struct UringOptions {
@@ -86,7 +96,8 @@ struct UringOptions {
   // `queue_depth` copies run on as many cores at once. Useful for warm buffered reads on a
   // many-core host; costs a thread hand-off per read where cores are few.
   bool async_reads = false;
-  UringFaultsForTesting faults_for_testing;
+  // Tests only: stands in for the kernel's answers (UringInterposer). Null: none.
+  std::shared_ptr<UringInterposer> interposer;
 };
 
 // What the ring ended up with after probing.

@@ -97,7 +97,7 @@ std::vector<PlanTarget> PlanTargetsOf(std::span<const LoadTarget> targets) {
   std::vector<PlanTarget> plan_targets;
   plan_targets.reserve(targets.size());
   for (const LoadTarget& target : targets) {
-    plan_targets.push_back(PlanTarget{target.source, target.runs});
+    plan_targets.push_back(PlanTarget{target.source, target.runs, target.element_bytes});
   }
   return plan_targets;
 }

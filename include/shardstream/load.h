@@ -47,15 +47,6 @@ using TensorMap = std::map<std::string, at::Tensor>;
 // throws LoadError with rule "device".
 c10::Device ParseLoadDevice(const std::string& name);
 
-// How bytes reach a GPU. kStaged: the staged pipeline (reads into pinned staging slots, copies
-// from them). kPageCache: the page cache pinned in place and copied from, no CPU copy
-// (cuda/page_cache_upload.h); for cached files without casts (rule "gpu-upload" otherwise).
-// kAuto is kStaged: on an H100 host the page-cache path loaded a cached 4 GB checkpoint no faster
-// (0.142 s against 0.143 s, BENCHMARKS.md), and the pinned file pages count in the process's RSS
-// (4.2 GB against 0.6 GB), so it stays opt-in until a host shows it ahead.
-enum class GpuUpload : uint8_t { kAuto, kStaged, kPageCache };
-std::optional<GpuUpload> ParseGpuUpload(std::string_view name);  // "auto", "staged", "page-cache"
-
 // How to load: the read options (shardstream/read.h: io, direct, chunk, depth, staging, threads,
 // sqpoll, huge pages, progress) and what LoadFile does with the tensors.
 struct LoadOptions : ReadOptions {
@@ -68,12 +59,6 @@ struct LoadOptions : ReadOptions {
   // CUDA: allocate the device tensors by splitting one block that torch's caching allocator
   // cudaMalloc'd for them all, instead of a cudaMalloc per tensor (detail/torch_cuda.h).
   bool reserve_device_memory = true;
-  GpuUpload gpu_upload = GpuUpload::kAuto;  // CUDA: staged slots or the page cache pinned in place
-  // The page-cache path's bytes per pinning call, windows pinned at once, pinning threads (0: the
-  // defaults of cuda/page_cache_upload.h).
-  uint64_t pin_window_bytes = 0;
-  uint32_t pin_windows = 0;
-  uint32_t pin_threads = 0;
   // Load floating-point tensors in this dtype: each is allocated once in it and converted from
   // bounded scratch (staging_bytes) as it is read, on the CPU with ATen, on a GPU on the device.
   std::optional<c10::ScalarType> dtype;

@@ -75,10 +75,6 @@ void FillOrThrow(const io::Checkpoint& checkpoint, std::span<const engine::FillT
   if (!devices.empty()) {
     cuda::CudaUploadOptions upload;
     upload.copy_streams = options.copy_streams;
-    upload.page_cache = options.gpu_upload == GpuUpload::kPageCache;
-    upload.pin_window_bytes = options.pin_window_bytes;
-    upload.pin_windows = options.pin_windows;
-    upload.pin_threads = options.pin_threads;
     upload.cast = [](int device) {
       return TorchCudaCast(
           RequireTorchCuda(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device))), device);

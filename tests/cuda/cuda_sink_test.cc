@@ -1,15 +1,16 @@
-// The CUDA sink's logic on the CPU: the sink runs against FakeDevice (cuda/fake_device.h), whose
-// streams execute later than queued, so a slot released early, a cast before its bytes landed, or
-// a Consume that waits for the device shows up as wrong bytes or as time. Built with and without
+// The CUDA sink's logic on the CPU: the sink runs against FakeDevice (tests/support/
+// fake_device.h), whose streams execute later than queued, so a slot reused before its event, a
+// cast before its bytes landed, or a Consume that waits for the device shows up as wrong bytes or
+// as time. Built with and without
 // CUDA; needs no GPU.
 #include "cuda/cuda_sink.h"
 
-#include "cuda/fake_device.h"
 #include "engine/pipeline.h"
 #include "engine/staging.h"
 #include "io/checkpoint.h"
 #include "io/dtype.h"
 #include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/fake_device.h"
 #include "tests/support/test_files.h"
 
 #include <algorithm>
@@ -161,35 +162,20 @@ void ExpectNothingLeft(const FakeDevice& device) {
   EXPECT_EQ(device.live_allocations(), 0u);
 }
 
-// ---- Pure helpers.
-
-TEST(SplitIntoElementsTest, EveryByteIsInExactlyOnePartAndWholeElementsAreWhole) {
-  for (uint64_t size : {1u, 2u, 4u, 8u}) {
-    for (uint64_t begin = 0; begin < 40; ++begin) {
-      for (uint64_t end = begin + 1; end <= 40; ++end) {
-        SCOPED_TRACE("element " + std::to_string(size) + " bytes [" + std::to_string(begin) + ", " +
-                     std::to_string(end) + ")");
-        const ElementSplit split = SplitIntoElements(begin, end, size);
-        std::vector<int> seen(40, 0);
-        auto mark = [&](const ElementSplit::Partial& p) {
-          ASSERT_LT(p.offset_in_element + p.size_bytes, size + 1);
-          ASSERT_TRUE(p.offset_in_element != 0 || p.size_bytes != size) << "a whole element";
-          for (uint64_t b = 0; b < p.size_bytes; ++b)
-            ++seen[p.element * size + p.offset_in_element + b];
-        };
-        if (split.head) mark(*split.head);
-        if (split.tail) mark(*split.tail);
-        if (split.tail) {
-          ASSERT_TRUE(split.head || begin % size == 0);
-        }
-        for (uint64_t e = split.first_whole; e < split.end_whole; ++e) {
-          for (uint64_t b = 0; b < size; ++b) ++seen[e * size + b];
-        }
-        for (uint64_t b = 0; b < 40; ++b) ASSERT_EQ(seen[b], b >= begin && b < end ? 1 : 0) << b;
-      }
-    }
-  }
+// A slot of `pool` holding `bytes`, as the pipeline hands it to Consume.
+engine::StagedSlot SlotWith(engine::StagingPool& pool, const std::byte* bytes, uint64_t size) {
+  auto lease = pool.Acquire();
+  EXPECT_TRUE(lease.ok()) << lease.status().ToString();
+  if (!lease.ok()) return {};
+  std::memcpy(lease->data(), bytes, size);
+  engine::StagedSlot slot;
+  slot.data = lease->data();
+  slot.size_bytes = size;
+  slot.lease = std::move(*lease);
+  return slot;
 }
+
+// ---- Pure helpers.
 
 TEST(MaxConcurrentTest, CountsOverlapsButNotTouchingEnds) {
   EXPECT_EQ(MaxConcurrent({}), 0u);
@@ -221,7 +207,7 @@ TEST(CudaSinkCreateTest, CastsNeedACastFunctionWholeBytesAndWholeElements) {
   ASSERT_FALSE(ragged.ok());
   EXPECT_EQ(ragged.status().rule(), "cast");
 
-  options.scratch_bytes = 1024;  // the 4096 straddling cells alone need 32 KiB
+  options.scratch_bytes = 512;  // 128 bytes per stream: less than one 256-byte window
   auto small =
       CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, options, device);
   ASSERT_FALSE(small.ok());
@@ -280,6 +266,10 @@ TEST_P(CudaSinkPipelineTest, TinyPoolAndManyChunksGiveEveryByteWithNoSlotReusedE
     EXPECT_EQ((*pool)->in_use(), 0u);
     EXPECT_EQ(device.pending(), 0u);
     EXPECT_EQ((*sink)->stats().copied_bytes, 40u * 3001);
+    // Two slots and slow copies: the IO thread found no slot free and waited on the oldest event
+    // (not on a stream, not on a host function) before reusing its slot.
+    EXPECT_GT(device.event_waits(), 0u);
+    EXPECT_GT(device.event_queries(), 0u);
   }
   ExpectPattern(loaded);
   ExpectNothingLeft(device);
@@ -290,7 +280,10 @@ INSTANTIATE_TEST_SUITE_P(Streams, CudaSinkPipelineTest, ::testing::Values(1u, 4u
                            return std::to_string(param_info.param) + "Streams";
                          });
 
-TEST(CudaSinkTest, CastsAcrossStraddlingElementsEqualAHostCast) {
+// Chunks of an odd size cut every dtype's elements; the plan ends each piece of a cast target at
+// its last whole element and reads the cut element again with the next chunk, so every element
+// is cast exactly once, from a whole copy.
+TEST(CudaSinkTest, CastsWithPiecesCutOnElementsEqualAHostCast) {
   const std::vector<TensorSpec> specs = {{"a", io::DType::kF32, 3001}, {"b", io::DType::kU8, 777},
                                          {"c", io::DType::kF64, 1501}, {"d", io::DType::kI16, 4099},
                                          {"e", io::DType::kF32, 1},    {"f", io::DType::kF64, 2},
@@ -321,8 +314,9 @@ TEST(CudaSinkTest, CastsAcrossStraddlingElementsEqualAHostCast) {
   for (uint32_t i = 0; i < tensors.size(); ++i) {
     const io::DType to = cast_to(tensors[i].dtype);
     out[i].assign(tensors[i].numel() * Bytes(to), std::byte{0xAA});
-    targets.push_back(engine::LoadTarget{{0, i}, out[i].data()});
     device_targets.push_back({out[i].data(), tensors[i].size_bytes(), tensors[i].dtype, to});
+    targets.push_back(
+        engine::LoadTarget{{0, i}, out[i].data(), {}, WholeElementBytes(device_targets.back())});
   }
 
   FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(100)});
@@ -332,8 +326,7 @@ TEST(CudaSinkTest, CastsAcrossStraddlingElementsEqualAHostCast) {
     options.cast = FakeCast(device, &elements_cast);
     // Windows of 256 bytes: every piece of a cast target is uploaded and cast in many steps
     // through the same scratch.
-    options.max_straddling_elements = 32;
-    options.scratch_bytes = 256 + options.streams * 256;
+    options.scratch_bytes = options.streams * 256;
     auto sink = CudaSink::Create(device_targets, options, device);
     ASSERT_TRUE(sink.ok()) << sink.status().ToString();
     engine::PipelineOptions pipeline = TinyPool(3);
@@ -341,10 +334,8 @@ TEST(CudaSinkTest, CastsAcrossStraddlingElementsEqualAHostCast) {
     pipeline.staging_bytes = 3 * 8192;
     auto stats = engine::RunStagedPipeline(*checkpoint, targets, **sink, pipeline);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-    const CudaSinkStats sink_stats = (*sink)->stats();
-    EXPECT_GT(sink_stats.straddling_elements, 5u);
-    EXPECT_LE(sink_stats.peak_straddling, options.max_straddling_elements);
-    EXPECT_GT(sink_stats.cast_calls, stats->chunks);
+    EXPECT_GT((*sink)->stats().cast_calls, stats->chunks);
+    EXPECT_GT(stats->read_bytes, stats->payload_bytes);  // cut elements were read twice
   }
   uint64_t cast_elements = 0;
   // The expected bytes, straight from the file.
@@ -371,89 +362,29 @@ TEST(CudaSinkTest, CastsAcrossStraddlingElementsEqualAHostCast) {
   ExpectNothingLeft(device);
 }
 
-// An element split over three pieces that arrive out of order on three streams: whichever piece
-// brings the last byte casts it, after the other two uploads (on other, slower streams) landed.
-TEST(CudaSinkTest, ElementSplitOverThreePiecesOnThreeStreamsIsCastOnceAllBytesLanded) {
-  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(2000)});
-  const double values[2] = {3.25, -1e10};
-  std::byte raw[16];
-  std::memcpy(raw, values, 16);
-  std::vector<std::byte> out(8, std::byte{0xAA});
-  std::atomic<int> released{0};
-  {
-    CudaSinkOptions options;
-    options.streams = 3;
-    options.cast = FakeCast(device);
-    options.max_straddling_elements = 4;
-    options.scratch_bytes = 4096;
-    auto sink =
-        CudaSink::Create({{out.data(), 16, io::DType::kF64, io::DType::kF32}}, options, device);
-    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-    // Pieces [5,16), [0,3), [3,5): each in its own slot, a copy of the bytes it holds.
-    const std::pair<uint64_t, uint64_t> ranges[] = {{5, 16}, {0, 3}, {3, 5}};
-    std::vector<std::vector<std::byte>> slots;
-    for (const auto& [begin, end] : ranges) slots.emplace_back(raw + begin, raw + end);
-    for (size_t i = 0; i < 3; ++i) {
-      engine::StagedSlot slot;
-      slot.data = slots[i].data();
-      slot.size_bytes = slots[i].size();
-      slot.slot = static_cast<uint32_t>(i);
-      slot.release = [&released] { released.fetch_add(1); };
-      const engine::Piece piece{0, ranges[i].first, 0, slots[i].size()};
-      ASSERT_TRUE((*sink)->Consume(slot, std::span(&piece, 1)).ok());
-    }
-    EXPECT_LT(released.load(), 3) << "slots released before their slow copies ran";
-    ASSERT_TRUE((*sink)->Finish().ok());
-    EXPECT_EQ(released.load(), 3);
-    EXPECT_EQ((*sink)->stats().straddling_elements, 1u);  // element 1 came whole
-  }
-  float got[2];
-  std::memcpy(got, out.data(), 8);
-  EXPECT_EQ(got[0], 3.25f);
-  EXPECT_EQ(got[1], static_cast<float>(-1e10));
-  ExpectNothingLeft(device);
-}
-
-// Straddling cells are bounded: when all are taken by casts already queued, Consume waits for the
-// device to run them (a slow path); when they wait for bytes still to come, it fails clearly.
-TEST(CudaSinkTest, StraddlingCellsAreReusedAfterTheirCastAndExhaustionIsAnError) {
-  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(500)});
-  const float values[3] = {1.5f, 2.5f, 3.5f};
-  std::byte raw[12];
-  std::memcpy(raw, values, 12);
-  std::vector<std::byte> out(24, std::byte{0xAA});
+// A load that did not ask the plan for whole elements hands a cast target a piece that splits
+// one: a bug, refused clearly rather than cast wrong.
+TEST(CudaSinkTest, APieceThatSplitsAnElementIsRefused) {
+  FakeDevice device;
+  std::vector<std::byte> src(16), dst(32);
+  auto pool = engine::StagingPool::Create(4096, 4096);
+  ASSERT_TRUE(pool.ok());
   CudaSinkOptions options;
-  options.streams = 2;
   options.cast = FakeCast(device);
-  options.max_straddling_elements = 1;
-  options.scratch_bytes = 4096;
-  auto sink =
-      CudaSink::Create({{out.data(), 12, io::DType::kF32, io::DType::kF64}}, options, device);
-  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-  int released = 0;
-  auto consume = [&](uint64_t begin, uint64_t end) {
-    engine::StagedSlot slot;
-    slot.data = raw + begin;
-    slot.size_bytes = end - begin;
-    slot.release = [&released] { ++released; };
-    const engine::Piece piece{0, begin, 0, end - begin};
-    return (*sink)->Consume(slot, std::span(&piece, 1));
-  };
-  ASSERT_TRUE(consume(0, 2).ok());         // element 0 opens the only cell
-  ASSERT_TRUE(consume(2, 6).ok());         // completes element 0 (cast queued) and opens element 1:
-                                           // the cell must come back from the queued cast first
-  io::Status exhausted = consume(10, 11);  // element 2 while element 1 still waits for bytes
-  ASSERT_FALSE(exhausted.ok());
-  EXPECT_EQ(exhausted.rule(), "cast-scratch") << exhausted.ToString();
-  ASSERT_TRUE(consume(6, 10).ok());  // completes element 1
-  ASSERT_TRUE(consume(10, 12).ok());
-  ASSERT_TRUE((*sink)->Finish().ok());
-  EXPECT_EQ(released, 5);
-  double got[3];
-  std::memcpy(got, out.data(), 24);
-  EXPECT_EQ(got[0], 1.5);
-  EXPECT_EQ(got[1], 2.5);
-  EXPECT_EQ(got[2], 3.5);
+  {
+    auto sink =
+        CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, options, device);
+    ASSERT_TRUE(sink.ok());
+    const engine::Piece piece{0, 2, 0, 8};
+    io::Status status = (*sink)->Consume(SlotWith(**pool, src.data(), 8), std::span(&piece, 1));
+    ASSERT_FALSE(status.ok());
+    EXPECT_EQ(status.rule(), "internal");
+    EXPECT_NE(status.message().find("whole 4-byte elements"), std::string::npos)
+        << status.ToString();
+    EXPECT_TRUE((*sink)->Finish().ok());
+  }
+  EXPECT_EQ((*pool)->in_use(), 0u);
+  ExpectNothingLeft(device);
 }
 
 TEST(CudaSinkTest, ConsumeReturnsWhileTheDeviceIsStillBusy) {
@@ -461,25 +392,26 @@ TEST(CudaSinkTest, ConsumeReturnsWhileTheDeviceIsStillBusy) {
   FakeDevice device(FakeDeviceOptions{kCopy});
   std::vector<std::byte> src(4096), dst(4096, std::byte{0});
   for (size_t i = 0; i < src.size(); ++i) src[i] = std::byte(i * 13 + 1);
-  std::atomic<bool> released{false};
+  auto pool = engine::StagingPool::Create(4096, 4096);
+  ASSERT_TRUE(pool.ok());
   {
     auto sink = CudaSink::Create({{dst.data(), 4096, io::DType::kU8, io::DType::kU8}}, {}, device);
     ASSERT_TRUE(sink.ok());
     const engine::Piece pieces[] = {
         {0, 0, 0, 1024}, {0, 1024, 1024, 1024}, {0, 2048, 2048, 1024}, {0, 3072, 3072, 1024}};
-    engine::StagedSlot slot;
-    slot.data = src.data();
-    slot.size_bytes = src.size();
-    slot.release = [&released] { released = true; };
+    engine::StagedSlot slot = SlotWith(**pool, src.data(), src.size());
     const auto start = Clock::now();
-    ASSERT_TRUE((*sink)->Consume(slot, pieces).ok());
+    ASSERT_TRUE((*sink)->Consume(std::move(slot), pieces).ok());
     const auto took = Clock::now() - start;
     // Four copies of 40 ms each are queued on one stream: 160 ms of device work.
     EXPECT_LT(took, kCopy / 2) << "Consume waited for the device";
     EXPECT_GT(device.pending(), 0u);
-    EXPECT_FALSE(released.load()) << "the slot went back before its copies ran";
+    EXPECT_EQ((*pool)->in_use(), 1u) << "the slot was free before its copies ran";
+    auto none = (*pool)->TryAcquire();
+    ASSERT_TRUE(none.ok());
+    EXPECT_FALSE(none->has_value());
     ASSERT_TRUE((*sink)->Finish().ok());
-    EXPECT_TRUE(released.load());
+    EXPECT_EQ((*pool)->in_use(), 0u);
     EXPECT_EQ(device.pending(), 0u);
   }
   EXPECT_EQ(dst, src);
@@ -508,8 +440,9 @@ TEST(CudaSinkTest, SeveralCopiesAreInFlightAtOnce) {
   ExpectNothingLeft(device);
 }
 
-// Many threads consuming at once onto shared streams, for the sanitizers: a plain target and a
-// cast target filled from small pieces in random order.
+// Many threads acquiring slots and consuming at once onto shared streams, for the sanitizers: a
+// plain target and a cast target filled from small pieces (cut on elements) in random order,
+// through a pool smaller than the pieces, so slots come back through their events.
 TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
   constexpr uint64_t kElements = 3000;
   std::vector<std::byte> source(kElements * 4);
@@ -517,9 +450,9 @@ TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
   for (uint64_t i = 0; i < kElements; ++i) values[i] = static_cast<float>(i) * 0.5f - 7;
   std::memcpy(source.data(), values.data(), source.size());
   std::vector<std::byte> plain(source.size(), std::byte{0}), cast(kElements * 8, std::byte{0});
-  FakeDevice device;
-  std::atomic<int> released{0};
-  int slots = 0;
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(50)});
+  auto pool = engine::StagingPool::Create(8 * 4096, 4096);
+  ASSERT_TRUE(pool.ok());
   {
     CudaSinkOptions options;
     options.cast = FakeCast(device);
@@ -531,13 +464,13 @@ TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
     // Cut the bytes at random points; each cut piece goes to both targets.
     std::mt19937 random(99);
     std::vector<uint64_t> cuts = {0, source.size()};
-    for (int i = 0; i < 300; ++i) cuts.push_back(random() % source.size());
+    for (int i = 0; i < 300; ++i) cuts.push_back(random() % kElements * 4);
+    for (uint64_t at = 4000; at < source.size(); at += 4000) cuts.push_back(at);  // fits a slot
     std::sort(cuts.begin(), cuts.end());
     cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
     std::vector<size_t> order(cuts.size() - 1);
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::shuffle(order.begin(), order.end(), random);
-    slots = static_cast<int>(order.size());
     std::atomic<size_t> next{0};
     std::atomic<int> failures{0};
     std::vector<std::thread> threads;
@@ -545,12 +478,9 @@ TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
       threads.emplace_back([&] {
         for (size_t k; (k = next.fetch_add(1)) < order.size();) {
           const uint64_t begin = cuts[order[k]], end = cuts[order[k] + 1];
-          engine::StagedSlot slot;
-          slot.data = source.data() + begin;
-          slot.size_bytes = end - begin;
-          slot.release = [&released] { released.fetch_add(1); };
           const engine::Piece pieces[] = {{0, begin, 0, end - begin}, {1, begin, 0, end - begin}};
-          if (!(*sink)->Consume(slot, pieces).ok()) failures.fetch_add(1);
+          engine::StagedSlot slot = SlotWith(**pool, source.data() + begin, end - begin);
+          if (!(*sink)->Consume(std::move(slot), pieces).ok()) failures.fetch_add(1);
         }
       });
     }
@@ -558,7 +488,7 @@ TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
     EXPECT_EQ(failures.load(), 0);
     ASSERT_TRUE((*sink)->Finish().ok());
   }
-  EXPECT_EQ(released.load(), slots);
+  EXPECT_EQ((*pool)->in_use(), 0u);
   EXPECT_EQ(plain, source);
   std::vector<double> got(kElements);
   std::memcpy(got.data(), cast.data(), cast.size());
@@ -566,7 +496,8 @@ TEST(CudaSinkTest, ConcurrentConsumersFillPlainAndCastTargets) {
   ExpectNothingLeft(device);
 }
 
-// ---- Failures: whatever fails, no work stays queued and every slot goes back.
+// ---- Failures: whatever fails, no work stays queued, every slot goes back, and the error comes
+// back to the thread that waits (for a slot, or in Finish).
 
 struct FailureCase {
   const char* name;
@@ -601,15 +532,15 @@ TEST_P(CudaSinkFailureTest, FailingCopyMidLoadLeavesNothingPendingAndEverySlotFr
   ExpectNothingLeft(device);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Copies, CudaSinkFailureTest,
-    ::testing::Values(FailureCase{"RefusedAtEnqueue", true, "cudaMemcpyAsync"},
-                      // A sticky device error: later calls fail, and the runtime never calls the
-                      // host functions that would have released the slots.
-                      FailureCase{"FailsOnTheDevice", false, "cudaErrorLaunchFailure"}),
-    [](const ::testing::TestParamInfo<FailureCase>& param_info) {
-      return std::string(param_info.param.name);
-    });
+INSTANTIATE_TEST_SUITE_P(Copies, CudaSinkFailureTest,
+                         ::testing::Values(FailureCase{"RefusedAtEnqueue", true, "cudaMemcpyAsync"},
+                                           // A sticky device error: later calls fail, and so do the
+                                           // events the pool asks about and waits on.
+                                           FailureCase{"FailsOnTheDevice", false,
+                                                       "cudaErrorLaunchFailure"}),
+                         [](const ::testing::TestParamInfo<FailureCase>& param_info) {
+                           return std::string(param_info.param.name);
+                         });
 
 TEST(CudaSinkTest, CastFailureIsReturnedAndTheSlotStillGoesBack) {
   FakeDevice device;
@@ -618,41 +549,36 @@ TEST(CudaSinkTest, CastFailureIsReturnedAndTheSlotStillGoesBack) {
   options.cast = [](StreamHandle, const std::byte*, io::DType, std::byte*, io::DType, uint64_t) {
     return io::Status::Error(io::StatusCode::kUnsupported, "cast", "no kernel for this");
   };
-  int released = 0;
+  auto pool = engine::StagingPool::Create(4096, 4096);
+  ASSERT_TRUE(pool.ok());
   {
     auto sink =
         CudaSink::Create({{dst.data(), 16, io::DType::kF32, io::DType::kF64}}, options, device);
     ASSERT_TRUE(sink.ok());
-    engine::StagedSlot slot;
-    slot.data = src.data();
-    slot.size_bytes = 16;
-    slot.release = [&released] { ++released; };
     const engine::Piece piece{0, 0, 0, 16};
-    io::Status status = (*sink)->Consume(slot, std::span(&piece, 1));
+    io::Status status = (*sink)->Consume(SlotWith(**pool, src.data(), 16), std::span(&piece, 1));
     ASSERT_FALSE(status.ok());
     EXPECT_EQ(status.rule(), "cast");
     EXPECT_NE(status.message().find("target 0"), std::string::npos) << status.ToString();
     EXPECT_TRUE((*sink)->Finish().ok());
   }
-  EXPECT_EQ(released, 1);
+  EXPECT_EQ((*pool)->in_use(), 0u);
   ExpectNothingLeft(device);
 }
 
 TEST(CudaSinkTest, DestroyedWithoutFinishStillWaitsAndReleases) {
   FakeDevice device(FakeDeviceOptions{std::chrono::milliseconds(20)});
   std::vector<std::byte> src(64, std::byte{7}), dst(64);
-  std::atomic<int> released{0};
+  auto pool = engine::StagingPool::Create(4096, 4096);
+  ASSERT_TRUE(pool.ok());
   {
     auto sink = CudaSink::Create({{dst.data(), 64, io::DType::kU8, io::DType::kU8}}, {}, device);
     ASSERT_TRUE(sink.ok());
-    engine::StagedSlot slot;
-    slot.data = src.data();
-    slot.size_bytes = 64;
-    slot.release = [&released] { released.fetch_add(1); };
     const engine::Piece piece{0, 0, 0, 64};
-    ASSERT_TRUE((*sink)->Consume(slot, std::span(&piece, 1)).ok());
+    ASSERT_TRUE((*sink)->Consume(SlotWith(**pool, src.data(), 64), std::span(&piece, 1)).ok());
   }
-  EXPECT_EQ(released.load(), 1);
+  // The slot stays parked in the pool; with the sink gone its event counts as complete.
+  EXPECT_EQ((*pool)->in_use(), 0u);
   EXPECT_EQ(dst, src);
   ExpectNothingLeft(device);
 }

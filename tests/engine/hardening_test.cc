@@ -14,6 +14,7 @@
 #include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
+#include "tests/support/uring_faults.h"
 
 #include <atomic>
 #include <cerrno>
@@ -224,8 +225,9 @@ TEST_P(HardeningTest, ShortReadsAndEagainStormsGiveExactBytes) {
   if (!IsUring(GetParam())) GTEST_SKIP() << "injected by the io_uring backend's test faults";
   const size_t fds = CountOpenFds();
   uring_.queue_depth = 4;
-  uring_.faults_for_testing.short_read_bytes = 1000;  // every read comes back 1000 bytes at most
-  uring_.faults_for_testing.eagain_every = 2;         // and every second one -EAGAIN
+  shardstream::testing::FaultsOf(uring_).short_read_bytes =
+      1000;  // every read comes back 1000 bytes at most
+  shardstream::testing::FaultsOf(uring_).eagain_every = 2;  // and every second one -EAGAIN
   io::Status status = Load(loaded_);
   if (Unavailable()) GTEST_SKIP() << unavailable_;
   ASSERT_TRUE(status.ok()) << status.ToString();
@@ -238,8 +240,8 @@ TEST_P(HardeningTest, RingErrorsCompleteWithErrnoAndLeaveNothingBehind) {
   auto pool = StagingPool::Create(3 * kChunkBytes, kChunkBytes);
   ASSERT_TRUE(pool.ok());
   const size_t fds = CountOpenFds();
-  uring_.faults_for_testing.fail_reads_past_offset = 20000;
-  uring_.faults_for_testing.fail_reads_errno = EIO;
+  shardstream::testing::FaultsOf(uring_).fail_reads_past_offset = 20000;
+  shardstream::testing::FaultsOf(uring_).fail_reads_errno = EIO;
   io::Status status = Load(loaded_, nullptr, pool->get());
   if (Unavailable()) GTEST_SKIP() << unavailable_;
   ASSERT_FALSE(status.ok());

@@ -9,6 +9,7 @@
 #include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
 #include "tests/support/test_files.h"
+#include "tests/support/uring_faults.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -253,7 +254,7 @@ TEST_P(PipelineTest, ProgressCanCancelAndEverySlotComesBack) {
 class FailingSink : public Sink {
  public:
   explicit FailingSink(int fail_at) : fail_at_(fail_at) {}
-  io::Status Consume(const StagedSlot&, std::span<const Piece>) override {
+  io::Status Consume(StagedSlot, std::span<const Piece>) override {
     if (++calls_ == fail_at_) {
       return io::Status::Error(io::StatusCode::kIoError, "device", "copy failed");
     }
@@ -289,9 +290,45 @@ TEST_P(PipelineTest, SinkErrorStopsTheLoadAndIsReturned) {
   EXPECT_EQ((*pool)->in_use(), 0u);
 }
 
-// A sink that copies asynchronously, like a device sink: Consume only queues the copy; a "device"
-// thread performs it later and then releases the slot. If the pipeline reused a slot before its
-// release, the late copy would read the next chunk's bytes and the pattern check would fail.
+// A fence that a test's "device" completes (or fails) by hand.
+class FlagFence : public SlotFence {
+ public:
+  struct State {
+    std::mutex mutex;
+    std::condition_variable changed;
+    bool done = false;
+    io::Status error;
+    std::atomic<int> waits{0};
+    void Set(io::Status status = io::Status::Ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        done = true;
+        error = std::move(status);
+      }
+      changed.notify_all();
+    }
+  };
+  explicit FlagFence(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  io::Result<bool> Ready() override {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (!state_->error.ok()) return state_->error;
+    return state_->done;
+  }
+  io::Status Wait() override {
+    ++state_->waits;
+    std::unique_lock<std::mutex> lock(state_->mutex);
+    state_->changed.wait(lock, [&] { return state_->done; });
+    return state_->error;
+  }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// A sink that copies asynchronously, like a device sink: Consume only queues the copy and parks
+// the slot's lease behind a fence; a "device" thread performs the copy later and then completes
+// the fence. If the pool handed out a slot before its fence completed, the late copy would read
+// the next chunk's bytes and the pattern check would fail.
 class AsyncSink : public Sink {
  public:
   explicit AsyncSink(std::span<const LoadTarget> targets) : cpu_(targets) {
@@ -305,10 +342,13 @@ class AsyncSink : public Sink {
     changed_.notify_all();
     device_.join();
   }
-  bool keeps_slots() const override { return true; }
-  io::Status Consume(const StagedSlot& slot, std::span<const Piece> pieces) override {
+  io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override {
+    auto fence = std::make_shared<FlagFence::State>();
+    Work work{slot.data, slot.size_bytes, slot.file_offset,
+              std::vector<Piece>(pieces.begin(), pieces.end()), fence};
+    slot.lease.ReleaseAfter(std::make_unique<FlagFence>(fence));
     std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back(Work{slot, std::vector<Piece>(pieces.begin(), pieces.end())});
+    queue_.push_back(std::move(work));
     peak_held_ = std::max(peak_held_, queue_.size());
     changed_.notify_all();
     return io::Status::Ok();
@@ -323,8 +363,11 @@ class AsyncSink : public Sink {
 
  private:
   struct Work {
-    StagedSlot slot;
+    const std::byte* data;
+    uint64_t size_bytes;
+    uint64_t file_offset;
     std::vector<Piece> pieces;
+    std::shared_ptr<FlagFence::State> fence;
   };
   void Run() {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -336,8 +379,9 @@ class AsyncSink : public Sink {
       busy_ = true;
       lock.unlock();
       std::this_thread::sleep_for(std::chrono::microseconds(300));  // the "transfer"
-      io::Status status = cpu_.Consume(work.slot, work.pieces);
-      work.slot.release();
+      StagedSlot staged{work.data, work.size_bytes, work.file_offset, 0, 0, {}};
+      io::Status status = cpu_.Consume(std::move(staged), work.pieces);
+      work.fence->Set();
       lock.lock();
       if (!status.ok() && status_.ok()) status_ = std::move(status);
       busy_ = false;
@@ -391,8 +435,8 @@ TEST_P(PipelineTest, ShortReadsAndEagainStormsStillGiveExactBytes) {
   options.make_backend = [&](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
     io::UringOptions uring;
     uring.queue_depth = options.queue_depth;
-    uring.faults_for_testing.short_read_bytes = std::get<1>(GetParam()) ? 4096 : 1000;
-    uring.faults_for_testing.eagain_every = 2;
+    shardstream::testing::FaultsOf(uring).short_read_bytes = std::get<1>(GetParam()) ? 4096 : 1000;
+    shardstream::testing::FaultsOf(uring).eagain_every = 2;
     auto backend = io::UringBackend::Create(files, uring);
     if (!backend.ok()) {
       unavailable = backend.status().ToString();
@@ -455,9 +499,9 @@ class SlowSink : public Sink {
  public:
   SlowSink(std::span<const LoadTarget> targets, std::chrono::microseconds delay)
       : cpu_(targets), delay_(delay) {}
-  io::Status Consume(const StagedSlot& slot, std::span<const Piece> pieces) override {
+  io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override {
     std::this_thread::sleep_for(delay_);
-    return cpu_.Consume(slot, pieces);
+    return cpu_.Consume(std::move(slot), pieces);
   }
   io::Status Finish() override { return cpu_.Finish(); }
 
@@ -624,20 +668,27 @@ TEST(StagingPoolTest, SlotsAreAlignedDisjointAndBounded) {
   EXPECT_EQ((*pool)->slot_bytes(), 3u * 4096);
   EXPECT_EQ((*pool)->slot_count(), 3u);
   EXPECT_LE((*pool)->allocated_bytes(), 10u * 4096 + 100);
-  std::vector<StagingSlot> held;
-  while (auto slot = (*pool)->TryAcquire()) held.push_back(*slot);
-  ASSERT_EQ(held.size(), 3u);
-  for (size_t i = 0; i < held.size(); ++i) {
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(held[i].data) % kStagingAlignment, 0u);
-    std::memset(held[i].data, static_cast<int>(i), held[i].size_bytes);  // must be writable
+  std::vector<SlotLease> leases;
+  for (;;) {
+    auto lease = (*pool)->TryAcquire();
+    ASSERT_TRUE(lease.ok());
+    if (!*lease) break;
+    leases.push_back(std::move(**lease));
+  }
+  ASSERT_EQ(leases.size(), 3u);
+  for (size_t i = 0; i < leases.size(); ++i) {
+    const StagingSlot& slot = leases[i].slot();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(slot.data) % kStagingAlignment, 0u);
+    std::memset(slot.data, static_cast<int>(i), slot.size_bytes);  // must be writable
     for (size_t j = 0; j < i; ++j) {
-      EXPECT_TRUE(held[i].data + held[i].size_bytes <= held[j].data ||
-                  held[j].data + held[j].size_bytes <= held[i].data);
+      const StagingSlot& other = leases[j].slot();
+      EXPECT_TRUE(slot.data + slot.size_bytes <= other.data ||
+                  other.data + other.size_bytes <= slot.data);
     }
   }
   EXPECT_EQ((*pool)->in_use(), 3u);
   EXPECT_EQ((*pool)->peak_in_use(), 3u);
-  for (const StagingSlot& s : held) (*pool)->Release(s);
+  leases.clear();
   EXPECT_EQ((*pool)->in_use(), 0u);
 }
 
@@ -651,28 +702,82 @@ TEST(StagingPoolTest, AcquireWaitsForReleaseAndCancelWakesIt) {
   auto pool = StagingPool::Create(4096, 4096);
   ASSERT_TRUE(pool.ok());
   auto first = (*pool)->Acquire();
-  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(first.ok());
   std::atomic<bool> got{false};
-  std::thread waiter([&] {
-    auto slot = (*pool)->Acquire();
-    got = slot.has_value();
-    if (slot) (*pool)->Release(*slot);
-  });
+  std::thread waiter([&] { got = (*pool)->Acquire().ok(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_FALSE(got.load());
-  (*pool)->Release(*first);
+  first->Reset();
   waiter.join();
   EXPECT_TRUE(got.load());
 
   auto held = (*pool)->Acquire();
-  ASSERT_TRUE(held.has_value());
-  std::thread cancelled([&] { EXPECT_FALSE((*pool)->Acquire().has_value()); });
+  ASSERT_TRUE(held.ok());
+  std::thread cancelled([&] {
+    auto lease = (*pool)->Acquire();
+    ASSERT_FALSE(lease.ok());
+    EXPECT_EQ(lease.status().rule(), "cancelled");
+  });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   (*pool)->Cancel();
   cancelled.join();
-  (*pool)->Release(*held);
+  held->Reset();
   (*pool)->Reset();
-  EXPECT_TRUE((*pool)->TryAcquire().has_value());
+  auto again = (*pool)->TryAcquire();
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->has_value());
+}
+
+TEST(StagingPoolTest, AParkedSlotIsReusedOnlyAfterItsFenceAndAcquireWaitsOnTheOldest) {
+  auto pool = StagingPool::Create(2 * 4096, 4096);
+  ASSERT_TRUE(pool.ok());
+  auto a = (*pool)->Acquire();
+  auto b = (*pool)->Acquire();
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::byte* a_data = a->data();
+  auto fence_a = std::make_shared<FlagFence::State>();
+  auto fence_b = std::make_shared<FlagFence::State>();
+  a->ReleaseAfter(std::make_unique<FlagFence>(fence_a));
+  b->ReleaseAfter(std::make_unique<FlagFence>(fence_b));
+  EXPECT_EQ((*pool)->in_use(), 2u);
+  auto none = (*pool)->TryAcquire();  // asks both fences, waits for neither
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  EXPECT_EQ(fence_a->waits.load() + fence_b->waits.load(), 0);
+
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    auto lease = (*pool)->Acquire();
+    ASSERT_TRUE(lease.ok());
+    EXPECT_EQ(lease->data(), a_data);  // the oldest parked slot
+    got = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(got.load()) << "a slot was handed out before its fence completed";
+  fence_a->Set();
+  waiter.join();
+  EXPECT_EQ(fence_a->waits.load(), 1);  // nothing was free: Acquire waited on the oldest fence
+  fence_b->Set();
+  EXPECT_EQ((*pool)->in_use(), 0u);  // completed fences count as free
+}
+
+TEST(StagingPoolTest, AFenceErrorComesBackFromAcquireAndFreesTheSlot) {
+  auto pool = StagingPool::Create(4096, 4096);
+  ASSERT_TRUE(pool.ok());
+  auto lease = (*pool)->Acquire();
+  ASSERT_TRUE(lease.ok());
+  auto fence = std::make_shared<FlagFence::State>();
+  lease->ReleaseAfter(std::make_unique<FlagFence>(fence));
+  std::thread device([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fence->Set(io::Status::Error(io::StatusCode::kIoError, "cuda", "copy faulted"));
+  });
+  auto failed = (*pool)->Acquire();  // waits on the fence, in this thread
+  device.join();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().rule(), "cuda");
+  auto next = (*pool)->Acquire();
+  EXPECT_TRUE(next.ok()) << "the failed fence's slot was not freed";
 }
 
 TEST(StagingPoolTest, AllocateHookSeesTheWholeAllocationAndCanFail) {
@@ -690,8 +795,9 @@ TEST(StagingPoolTest, AllocateHookSeesTheWholeAllocationAndCanFail) {
         [&](std::byte*, size_t) { freed = true; });
     ASSERT_TRUE(pool.ok());
     EXPECT_EQ(seen_bytes, (*pool)->allocated_bytes());
-    EXPECT_EQ((*pool)->TryAcquire()->data, seen);
-    (*pool)->Release(StagingSlot{seen, 1 << 20, 0});
+    auto lease = (*pool)->TryAcquire();
+    ASSERT_TRUE(lease.ok() && lease->has_value());
+    EXPECT_EQ((**lease).data(), seen);
   }
   EXPECT_TRUE(freed);
   auto refused = StagingPool::Create(4 << 20, 1 << 20, [](std::byte*, size_t) {

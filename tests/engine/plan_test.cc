@@ -2,6 +2,7 @@
 
 #include "tests/support/test_files.h"
 
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <map>
 #include <random>
@@ -40,6 +41,10 @@ io::Checkpoint MakeCheckpoint(const std::vector<std::vector<uint64_t>>& files,
   return checkpoint;
 }
 
+uint64_t AlignUpForTest(uint64_t value, uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
 std::vector<TensorLocation> All(const io::Checkpoint& checkpoint) {
   std::vector<TensorLocation> out;
   for (uint32_t f = 0; f < checkpoint.files.size(); ++f) {
@@ -49,17 +54,33 @@ std::vector<TensorLocation> All(const io::Checkpoint& checkpoint) {
 }
 
 // Every byte of every target is covered exactly once, pieces stay inside their chunks, chunks
-// are aligned, sorted, non-overlapping and within the size limit.
+// are aligned, sorted and within the size limit, and do not overlap, except after a piece cut on
+// an element (`element_bytes[i]` > 1 for target i; empty: all 1): then by at most one alignment
+// block (less than a block and an element where elements are larger than blocks), and every piece
+// of such a target holds whole elements.
 void ExpectCoversExactly(const io::Checkpoint& checkpoint,
                          const std::vector<TensorLocation>& targets, const ReadPlan& plan,
-                         const PlanOptions& options) {
+                         const PlanOptions& options,
+                         const std::vector<uint32_t>& element_bytes = {}) {
+  auto element = [&](uint32_t target) {
+    return element_bytes.empty() ? uint64_t{1} : uint64_t{element_bytes[target]};
+  };
+  uint64_t max_element = 1;
+  for (uint32_t e : element_bytes) max_element = std::max<uint64_t>(max_element, e);
   std::vector<std::vector<int>> covered(targets.size());
   for (size_t i = 0; i < targets.size(); ++i) {
     covered[i].assign(checkpoint.tensor(targets[i]).size_bytes(), 0);
   }
   uint64_t read_bytes = 0;
-  const uint64_t limit = (options.chunk_bytes + options.alignment_bytes - 1) /
-                         options.alignment_bytes * options.alignment_bytes;
+  const uint64_t wanted =
+      max_element > 1 ? std::max(options.chunk_bytes, 2 * options.alignment_bytes + max_element)
+                      : options.chunk_bytes;
+  const uint64_t limit =
+      (wanted + options.alignment_bytes - 1) / options.alignment_bytes * options.alignment_bytes;
+  const uint64_t max_overlap = max_element > 1 ? (max_element <= options.alignment_bytes
+                                                      ? options.alignment_bytes
+                                                      : options.alignment_bytes + max_element - 2)
+                                               : 0;
   for (size_t c = 0; c < plan.chunks.size(); ++c) {
     const Chunk& chunk = plan.chunks[c];
     read_bytes += chunk.length;
@@ -69,7 +90,9 @@ void ExpectCoversExactly(const io::Checkpoint& checkpoint,
     EXPECT_LE(chunk.needed_bytes, chunk.length);
     EXPECT_GT(chunk.piece_count, 0u);
     if (c > 0 && plan.chunks[c - 1].file == chunk.file) {
-      EXPECT_LE(plan.chunks[c - 1].file_offset + plan.chunks[c - 1].length, chunk.file_offset);
+      EXPECT_LT(plan.chunks[c - 1].file_offset, chunk.file_offset);
+      EXPECT_LE(plan.chunks[c - 1].file_offset + plan.chunks[c - 1].length,
+                chunk.file_offset + max_overlap);
     }
     const io::Header& header = checkpoint.files[chunk.file].header;
     for (const Piece& piece : plan.PiecesOf(chunk)) {
@@ -79,6 +102,8 @@ void ExpectCoversExactly(const io::Checkpoint& checkpoint,
       // The piece's bytes in the file are where the tensor's bytes are.
       EXPECT_EQ(chunk.file_offset + piece.chunk_offset,
                 header.data_offset() + t.begin + piece.target_offset);
+      EXPECT_EQ(piece.target_offset % element(piece.target), 0u) << "a piece splits an element";
+      EXPECT_EQ(piece.length % element(piece.target), 0u) << "a piece splits an element";
       for (uint64_t b = 0; b < piece.length; ++b) ++covered[piece.target][piece.target_offset + b];
     }
   }
@@ -189,6 +214,98 @@ TEST(PlanTest, RandomLayoutsAreCoveredExactly) {
     auto plan = BuildReadPlan(checkpoint, targets, options);
     ASSERT_TRUE(plan.ok()) << plan.status().ToString();
     ExpectCoversExactly(checkpoint, targets, *plan, options);
+  }
+}
+
+// The element-whole cut: a 40-byte tensor of 4-byte elements in 10-byte chunks goes in pieces of
+// 8 bytes, each next chunk starting at the first byte of the element the previous one cut.
+TEST(PlanTest, CastTargetPiecesEndAtTheirLastWholeElement) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{40}});
+  const uint64_t base = checkpoint.files[0].header.data_offset();
+  std::vector<PlanTarget> targets = {PlanTarget{{0, 0}, {}, 4}};
+  auto plan = BuildReadPlan(checkpoint, targets, PlanOptions{.chunk_bytes = 10});
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  ASSERT_EQ(plan->chunks.size(), 5u);
+  for (size_t c = 0; c < 5; ++c) {
+    const Chunk& chunk = plan->chunks[c];
+    EXPECT_EQ(chunk.file_offset, base + 8 * c);
+    ASSERT_EQ(chunk.piece_count, 1u);
+    const Piece& piece = plan->PiecesOf(chunk)[0];
+    EXPECT_EQ(piece.target_offset, 8 * c);
+    EXPECT_EQ(piece.length, 8u);
+    EXPECT_EQ(piece.chunk_offset, 0u);
+  }
+  EXPECT_EQ(plan->payload_bytes, 40u);
+
+  // Aligned for O_DIRECT: the next read starts at the block holding the cut element's first
+  // byte, so at most one block is read twice; a raw neighbour's bytes still land once.
+  io::Checkpoint two = MakeCheckpoint({{1000, 5000}}, 4096 - 8 - 6);  // data starts at 4090
+  std::vector<PlanTarget> mixed = {PlanTarget{{0, 0}, {}, 8}, PlanTarget{{0, 1}, {}, 1}};
+  std::vector<TensorLocation> locations = {{0, 0}, {0, 1}};
+  const PlanOptions aligned{.chunk_bytes = 4096, .alignment_bytes = 512};
+  auto cut = BuildReadPlan(two, mixed, aligned);
+  ASSERT_TRUE(cut.ok()) << cut.status().ToString();
+  ExpectCoversExactly(two, locations, *cut, aligned, {8, 1});
+  ASSERT_EQ(two.files[0].header.data_offset(), 4090u);
+  EXPECT_LE(cut->read_bytes,
+            AlignUpForTest(4090 + 6000, 512) - 3584 + 512 * (cut->chunks.size() - 1));
+}
+
+TEST(PlanTest, ElementSizesThatDoNotDivideTheTensorOrItsRunsAreRefused) {
+  io::Checkpoint checkpoint = MakeCheckpoint({{40}});
+  std::vector<PlanTarget> ragged = {PlanTarget{{0, 0}, {}, 3}};
+  auto plan = BuildReadPlan(checkpoint, ragged, PlanOptions{});
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().rule(), "plan-target");
+  EXPECT_EQ(plan.status().tensor(), "t0");
+  const engine::Run run{2, 0, 8};
+  std::vector<PlanTarget> split_run = {PlanTarget{{0, 0}, std::span(&run, 1), 4}};
+  auto runs = BuildReadPlan(checkpoint, split_run, PlanOptions{});
+  ASSERT_FALSE(runs.ok());
+  EXPECT_EQ(runs.status().rule(), "plan-target");
+  std::vector<PlanTarget> zero = {PlanTarget{{0, 0}, {}, 0}};
+  EXPECT_FALSE(BuildReadPlan(checkpoint, zero, PlanOptions{}).ok());
+}
+
+TEST(PlanTest, RandomLayoutsWithWholeElementTargetsAreCoveredExactly) {
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const uint32_t widths[] = {1, 2, 4, 8};
+  for (int round = 0; round < 100; ++round) {
+    std::vector<std::vector<uint64_t>> files(1 + rng() % 3);
+    std::vector<std::vector<uint32_t>> file_widths(files.size());
+    for (size_t f = 0; f < files.size(); ++f) {
+      files[f].resize(1 + rng() % 20);
+      file_widths[f].resize(files[f].size());
+      for (size_t t = 0; t < files[f].size(); ++t) {
+        const uint32_t w = widths[rng() % 4];
+        file_widths[f][t] = w;
+        files[f][t] = rng() % 4 == 0 ? 0 : (rng() % 3000) / w * w;
+      }
+    }
+    // Odd header sizes: elements do not line up with blocks.
+    io::Checkpoint checkpoint = MakeCheckpoint(files, rng() % 600);
+    std::vector<TensorLocation> targets;
+    for (const TensorLocation& loc : All(checkpoint)) {
+      if (rng() % 3 != 0) targets.push_back(loc);
+    }
+    std::shuffle(targets.begin(), targets.end(), rng);
+    std::vector<PlanTarget> plan_targets;
+    std::vector<uint32_t> element_bytes;
+    for (const TensorLocation& loc : targets) {
+      element_bytes.push_back(file_widths[loc.file][loc.index]);
+      plan_targets.push_back(PlanTarget{loc, {}, element_bytes.back()});
+    }
+    PlanOptions options{.chunk_bytes = 1 + rng() % 4096,
+                        .alignment_bytes = uint64_t{1} << (rng() % 13),
+                        .max_gap_bytes = rng() % 2000};
+    SCOPED_TRACE("round " + std::to_string(round) + ", chunk " +
+                 std::to_string(options.chunk_bytes) + ", alignment " +
+                 std::to_string(options.alignment_bytes));
+    auto plan = BuildReadPlan(checkpoint, plan_targets, options);
+    ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+    ExpectCoversExactly(checkpoint, targets, *plan, options, element_bytes);
   }
 }
 

@@ -71,12 +71,9 @@ TEST(CudaLoadTest, EveryFixtureEqualsTheCpuLoad) {
   for (const fs::path& fixture : fixtures) {
     SCOPED_TRACE(fixture.string());
     ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, Cuda()));
-    for (GpuUpload upload : {GpuUpload::kStaged, GpuUpload::kPageCache}) {
-      LoadOptions buffered = Cuda();
-      buffered.direct = DirectIo::kOff;
-      buffered.gpu_upload = upload;
-      ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, buffered));
-    }
+    LoadOptions buffered = Cuda();
+    buffered.direct = DirectIo::kOff;
+    ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, buffered));
     LoadOptions direct = Cuda();
     direct.direct = DirectIo::kOn;
     ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(fixture, direct));
@@ -108,60 +105,7 @@ TEST(CudaLoadTest, ShardedCheckpointAndTinyPoolWithManyChunks) {
   tiny.direct = DirectIo::kOn;
   ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(dir.path(), tiny));
   tiny.direct = DirectIo::kOff;
-  tiny.gpu_upload = GpuUpload::kStaged;
   ASSERT_NO_FATAL_FAILURE(ExpectSameAsCpu(dir.path(), tiny));
-}
-
-// The page cache pinned in place (opt-in): byte-identical to the CPU load across shards, tensors
-// larger than a window and tensors straddling windows; auto stays on the staged path.
-TEST(CudaLoadTest, CachedFilesGoUpStraightFromThePageCache) {
-  SKIP_WITHOUT_GPU();
-  ScratchDir dir;
-  // 300 MB over two files: windows of 256 MiB split the larger tensors.
-  NamedTensors all = RandomTensors(3, 40000001, at::kFloat, 5);
-  for (auto& [name, tensor] : RandomTensors(9, 700001, at::kBFloat16, 9)) {
-    all.emplace_back("small." + name, tensor);
-  }
-  WriteTensors(dir.path() / "a.safetensors", NamedTensors(all.begin(), all.begin() + 2));
-  WriteTensors(dir.path() / "b.safetensors", NamedTensors(all.begin() + 2, all.end()));
-  LoadReport report;
-  (void)LoadFile(dir.path(), Cuda(), &report);
-  EXPECT_EQ(report.gpu_upload, "staged");
-  LoadOptions options = Cuda();
-  options.gpu_upload = GpuUpload::kPageCache;
-  const TensorMap gpu = LoadFile(dir.path(), options, &report);  // just written: cached
-  EXPECT_EQ(report.gpu_upload, "page-cache");
-  EXPECT_EQ(report.io, "page-cache");
-  EXPECT_GE(report.pinned_page_cache_bytes, report.bytes);
-  for (const auto& [name, tensor] : all) {
-    ASSERT_TRUE(SameBytes(tensor, gpu.at(name).cpu())) << name;
-  }
-}
-
-TEST(CudaLoadTest, PageCacheUploadRefusesCastsAndDirectReads) {
-  SKIP_WITHOUT_GPU();
-  ScratchDir dir;
-  WriteTensors(dir.path() / "m.safetensors", RandomTensors(3, 100001, at::kFloat, 3));
-  LoadOptions cast = Cuda();
-  cast.dtype = at::kBFloat16;
-  LoadReport report;
-  (void)LoadFile(dir.path() / "m.safetensors", cast, &report);
-  EXPECT_EQ(report.gpu_upload, "staged");
-  LoadOptions direct = Cuda();
-  direct.direct = DirectIo::kOn;
-  (void)LoadFile(dir.path() / "m.safetensors", direct, &report);
-  EXPECT_EQ(report.gpu_upload, "staged");
-  // Asked for explicitly where it cannot work: a clear error, not a silent staged load.
-  cast.gpu_upload = GpuUpload::kPageCache;
-  direct.gpu_upload = GpuUpload::kPageCache;
-  for (const LoadOptions& options : {cast, direct}) {
-    try {
-      (void)LoadFile(dir.path() / "m.safetensors", options);
-      FAIL() << "page-cache upload with a cast or O_DIRECT loaded";
-    } catch (const LoadError& e) {
-      EXPECT_EQ(e.rule(), "gpu-upload") << e.what();
-    }
-  }
 }
 
 // The dtype option casts on the device: the result equals ATen's own cast there, bit for bit.
@@ -172,7 +116,7 @@ TEST(CudaLoadTest, CastsEqualAtensOwnCastOnTheDevice) {
   for (const auto& [from, to] : casts) {
     SCOPED_TRACE(std::string(c10::toString(from)) + " -> " + c10::toString(to));
     ScratchDir dir;
-    // Odd element counts with 2- and 4-byte elements: pieces split elements across chunks.
+    // Odd element counts with 2- and 4-byte elements: the plan cuts pieces on elements.
     const NamedTensors tensors = RandomTensors(6, 300001, from, 11);
     WriteTensors(dir.path() / "m.safetensors", tensors);
     LoadOptions options = Cuda();
@@ -192,7 +136,6 @@ TEST(CudaLoadTest, SecondLoadReusesThePinnedStaging) {
   WriteTensors(dir.path() / "m.safetensors", RandomTensors(3, 100000, at::kFloat, 3));
   LoadOptions options = Cuda();
   options.staging_bytes = 40u << 20;  // a pool no other test made
-  options.gpu_upload = GpuUpload::kStaged;
   LoadReport first, second;
   (void)LoadFile(dir.path() / "m.safetensors", options, &first);
   (void)LoadFile(dir.path() / "m.safetensors", options, &second);

@@ -5,6 +5,7 @@
 #include "io/status.h"
 #include "io/uring_backend.h"
 #include "tests/support/test_files.h"
+#include "tests/support/uring_faults.h"
 
 #include <fcntl.h>
 #include <sys/uio.h>
@@ -558,7 +559,7 @@ class UringBackendTest : public ::testing::Test {
 TEST_F(UringBackendTest, ForcedSetupFailureIsIoUringUnavailableWithErrno) {
   for (int err : {ENOSYS, EPERM, ENOMEM}) {
     UringOptions options;
-    options.faults_for_testing.setup_errno = err;
+    shardstream::testing::FaultsOf(options).setup_errno = err;
     auto backend = MakeUringBackend(files_->set(), options);
     ASSERT_FALSE(backend.ok());
     EXPECT_EQ(backend.status().rule(), "io-uring-unavailable");
@@ -569,7 +570,7 @@ TEST_F(UringBackendTest, ForcedSetupFailureIsIoUringUnavailableWithErrno) {
   // With SQPOLL asked for too: both attempts fail, and the error is still the setup's.
   UringOptions options;
   options.sqpoll = true;
-  options.faults_for_testing.setup_errno = EPERM;
+  shardstream::testing::FaultsOf(options).setup_errno = EPERM;
   auto backend = MakeUringBackend(files_->set(), options);
   ASSERT_FALSE(backend.ok());
   EXPECT_EQ(backend.status().rule(), "io-uring-unavailable");
@@ -620,7 +621,7 @@ TEST_F(UringBackendTest, SqpollReadsEverything) {
 TEST_F(UringBackendTest, SqpollRefusedFallsBackToNormalSubmission) {
   UringOptions options;
   options.sqpoll = true;
-  options.faults_for_testing.sqpoll_errno = EPERM;
+  shardstream::testing::FaultsOf(options).sqpoll_errno = EPERM;
   auto backend = Make(options);
   ASSERT_NE(backend, nullptr);
   EXPECT_FALSE(backend->setup().sqpoll);
@@ -632,7 +633,7 @@ TEST_F(UringBackendTest, SqpollRefusedFallsBackToNormalSubmission) {
 
 TEST_F(UringBackendTest, FileRegistrationFailureFallsBackToPlainDescriptors) {
   UringOptions options;
-  options.faults_for_testing.register_files_errno = EMFILE;
+  shardstream::testing::FaultsOf(options).register_files_errno = EMFILE;
   auto backend = Make(options);
   ASSERT_NE(backend, nullptr);
   EXPECT_FALSE(backend->setup().registered_files);
@@ -658,7 +659,7 @@ TEST_F(UringBackendTest, FixedBuffersReadEveryByte) {
                    i % 4 == 3 ? RandomSplit(length, 5, rng) : std::vector<uint64_t>{length}));
     }
     UringOptions options;
-    options.faults_for_testing.short_read_bytes = short_read;
+    shardstream::testing::FaultsOf(options).short_read_bytes = short_read;
     for (const auto& read : reads) {
       options.fixed_buffers.push_back(iovec{read->memory.data(), read->memory.size()});
     }
@@ -679,7 +680,7 @@ TEST_F(UringBackendTest, BufferRegistrationFailureFallsBackToPlainReads) {
   std::mt19937_64 rng(12);
   std::vector<std::unique_ptr<Read>> reads = MixedReads(30, rng);
   UringOptions options;
-  options.faults_for_testing.register_buffers_errno = ENOMEM;
+  shardstream::testing::FaultsOf(options).register_buffers_errno = ENOMEM;
   for (const auto& read : reads) {
     options.fixed_buffers.push_back(iovec{read->memory.data(), read->memory.size()});
   }
@@ -715,7 +716,8 @@ TEST_F(UringBackendTest, QueueDepthOneCompletesAHundredRequests) {
 
 TEST_F(UringBackendTest, ShortReadIsResubmitted) {
   UringOptions options;
-  options.faults_for_testing.short_read_bytes = 7;  // every read comes back at most 7 bytes long
+  shardstream::testing::FaultsOf(options).short_read_bytes =
+      7;  // every read comes back at most 7 bytes long
   auto backend = Make(options);
   ASSERT_NE(backend, nullptr);
   std::vector<std::unique_ptr<Read>> reads;
@@ -737,7 +739,7 @@ TEST_F(UringBackendTest, ShortReadIsResubmitted) {
 
 TEST_F(UringBackendTest, EagainIsResubmitted) {
   UringOptions options;
-  options.faults_for_testing.eagain_every = 2;
+  shardstream::testing::FaultsOf(options).eagain_every = 2;
   options.queue_depth = 8;
   auto backend = Make(options);
   ASSERT_NE(backend, nullptr);
@@ -747,8 +749,8 @@ TEST_F(UringBackendTest, EagainIsResubmitted) {
 
 TEST_F(UringBackendTest, ReadErrorCompletesTheRequestOnceWithPathAndOffset) {
   UringOptions options;
-  options.faults_for_testing.fail_reads_past_offset = 100000;
-  options.faults_for_testing.fail_reads_errno = EIO;
+  shardstream::testing::FaultsOf(options).fail_reads_past_offset = 100000;
+  shardstream::testing::FaultsOf(options).fail_reads_errno = EIO;
   auto backend = Make(options);
   ASSERT_NE(backend, nullptr);
   std::vector<std::unique_ptr<Read>> reads;

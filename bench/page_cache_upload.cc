@@ -1,4 +1,4 @@
-#include "cuda/page_cache_upload.h"
+#include "bench/page_cache_upload.h"
 
 #include "engine/plan.h"
 #include "io/read_backend.h"
@@ -18,7 +18,10 @@
 #include <thread>
 #include <vector>
 
-namespace shardstream::cuda {
+namespace shardstream::bench {
+
+using cuda::DeviceOps;
+using cuda::StreamHandle;
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -71,7 +74,8 @@ class Upload {
  public:
   Upload(const io::Checkpoint& checkpoint, std::span<const engine::LoadTarget> targets,
          const engine::ReadPlan& plan, std::vector<Window> windows,
-         std::vector<StreamHandle> streams, const PageCacheUploadOptions& options, DeviceOps& ops)
+         std::vector<StreamHandle> streams, const PageCacheUploadOptions& options, DeviceOps& ops,
+         HostPinning& pin)
       : checkpoint_(checkpoint),
         targets_(targets),
         plan_(plan),
@@ -79,6 +83,7 @@ class Upload {
         streams_(std::move(streams)),
         options_(options),
         ops_(ops),
+        pin_(pin),
         state_(windows_.size(), WindowState::kPending) {}
 
   // Runs the pinning threads (the caller is one of them) and the unpinning thread to the end.
@@ -143,7 +148,7 @@ class Upload {
       const engine::Chunk& chunk = plan_.chunks[w.chunk];
       const auto pieces = plan_.PiecesOf(chunk);
       const auto start = Clock::now();
-      io::Status pinned = ops_.RegisterHostReadOnly(w.begin, w.pinned_bytes);
+      io::Status pinned = pin_.RegisterHostReadOnly(w.begin, w.pinned_bytes);
       pin_seconds_.fetch_add(Seconds(start));
       if (!pinned.ok()) {
         std::string where = "bytes [" + std::to_string(chunk.file_offset) + ", " +
@@ -193,7 +198,7 @@ class Upload {
         if (!finished.ok()) Record(std::move(finished));
         const auto start = Clock::now();
         // After a device error the context is gone and this may fail; nothing is left to undo.
-        (void)ops_.UnregisterHost(windows_[i].begin);
+        (void)pin_.UnregisterHost(windows_[i].begin);
         unpin_seconds_ += Seconds(start);
         if (state == WindowState::kQueued && finished.ok()) done_bytes += windows_[i].payload_bytes;
       }
@@ -225,6 +230,7 @@ class Upload {
   const std::vector<StreamHandle> streams_;
   const PageCacheUploadOptions& options_;
   DeviceOps& ops_;
+  HostPinning& pin_;
 
   std::atomic<size_t> next_{0};
   std::atomic<double> pin_seconds_{0};
@@ -246,7 +252,7 @@ class Upload {
 io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& checkpoint,
                                                      std::span<const engine::LoadTarget> targets,
                                                      const PageCacheUploadOptions& options,
-                                                     DeviceOps& ops) {
+                                                     DeviceOps& ops, HostPinning& pin) {
   const auto start = Clock::now();
   if (options.window_bytes < kPageBytes || options.windows_in_flight == 0) {
     return io::Status::Error(io::StatusCode::kInvalidArgument, "pin-page-cache",
@@ -303,7 +309,7 @@ io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& check
     }
   }
   if (status.ok() && !windows.empty()) {
-    Upload upload(checkpoint, targets, plan, std::move(windows), streams, options, ops);
+    Upload upload(checkpoint, targets, plan, std::move(windows), streams, options, ops, pin);
     status = upload.Run(stats);
   }
   for (StreamHandle stream : streams) {
@@ -332,4 +338,4 @@ io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& check
   return stats;
 }
 
-}  // namespace shardstream::cuda
+}  // namespace shardstream::bench

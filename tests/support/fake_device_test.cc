@@ -1,6 +1,6 @@
 // FakeDevice follows the runtime semantics the CUDA sink relies on; if it did not, the sink's CPU
 // tests would prove nothing.
-#include "cuda/fake_device.h"
+#include "tests/support/fake_device.h"
 
 #include <atomic>
 #include <chrono>
@@ -29,41 +29,51 @@ TEST(FakeDeviceTest, StreamsRunLaterAndInOrder) {
   EXPECT_EQ(device.live_streams(), 0u);
 }
 
-TEST(FakeDeviceTest, WaitEventOrdersAcrossStreamsAndUsesTheCaptureAtTheCall) {
+TEST(FakeDeviceTest, EventsCompleteWhenTheirStreamGetsThereAndAskAboutTheLastCapture) {
   FakeDevice device(FakeDeviceOptions{20ms});
-  auto slow = device.CreateStream();
-  auto fast = device.CreateStream();
+  auto stream = device.CreateStream();
   auto event = device.CreateEvent(false);
-  ASSERT_TRUE(slow.ok() && fast.ok() && event.ok());
+  ASSERT_TRUE(stream.ok() && event.ok());
+  auto never = device.QueryEvent(*event);  // nothing captured yet: complete, as the runtime says
+  ASSERT_TRUE(never.ok());
+  EXPECT_TRUE(*never);
   std::vector<std::byte> src(8, std::byte{9}), dst(8, std::byte{0});
-  std::atomic<int> seen{-1};
-  ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *slow).ok());
-  ASSERT_TRUE(device.RecordEvent(*event, *slow).ok());
-  ASSERT_TRUE(device.WaitEvent(*fast, *event).ok());
-  // Recording again after the wait was queued must not make the wait wait for this capture.
-  ASSERT_TRUE(device.Enqueue(*slow, [] { std::this_thread::sleep_for(200ms); }).ok());
-  ASSERT_TRUE(device.RecordEvent(*event, *slow).ok());
-  const auto start = std::chrono::steady_clock::now();
-  ASSERT_TRUE(device.Enqueue(*fast, [&] { seen = static_cast<int>(dst[0]); }).ok());
-  ASSERT_TRUE(device.SynchronizeStream(*fast).ok());
-  EXPECT_EQ(seen.load(), 9) << "ran before the copy it waited for";
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 150ms) << "waited for the later capture";
-  ASSERT_TRUE(device.SynchronizeStream(*slow).ok());
+  ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *stream).ok());
+  ASSERT_TRUE(device.RecordEvent(*event, *stream).ok());
+  auto pending = device.QueryEvent(*event);
+  ASSERT_TRUE(pending.ok());
+  EXPECT_FALSE(*pending) << "the event completed before the copy ahead of it";
+  ASSERT_TRUE(device.SynchronizeEvent(*event).ok());
+  EXPECT_EQ(dst[0], std::byte{9});
+  auto done = device.QueryEvent(*event);
+  ASSERT_TRUE(done.ok());
+  EXPECT_TRUE(*done);
+  // Recorded again behind slow work: the query is about the new capture.
+  ASSERT_TRUE(device.Enqueue(*stream, [] { std::this_thread::sleep_for(50ms); }).ok());
+  ASSERT_TRUE(device.RecordEvent(*event, *stream).ok());
+  auto again = device.QueryEvent(*event);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(*again);
+  ASSERT_TRUE(device.SynchronizeStream(*stream).ok());
   device.DestroyEvent(*event);
-  device.DestroyStream(*slow);
-  device.DestroyStream(*fast);
+  device.DestroyStream(*stream);
 }
 
-TEST(FakeDeviceTest, AfterAnAsynchronousErrorNothingRunsAndHostFunctionsAreNeverCalled) {
+TEST(FakeDeviceTest, AfterAnAsynchronousErrorNothingRunsAndEventsReportIt) {
   FakeDevice device;
   auto stream = device.CreateStream();
-  ASSERT_TRUE(stream.ok());
+  auto event = device.CreateEvent(false);
+  ASSERT_TRUE(stream.ok() && event.ok());
   std::vector<std::byte> src(8, std::byte{1}), dst(8, std::byte{0});
   device.FailCopy(1, /*at_enqueue=*/false);
   ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *stream).ok());  // fails later
-  static std::atomic<int> calls{0};
-  io::Status launched = device.LaunchHostFunc(
-      *stream, [](void*) { calls.fetch_add(1); }, nullptr);
+  std::atomic<int> calls{0};
+  ASSERT_TRUE(device.RecordEvent(*event, *stream).ok());
+  io::Status queued = device.Enqueue(*stream, [&] { calls.fetch_add(1); });
+  io::Status waited = device.SynchronizeEvent(*event);
+  ASSERT_FALSE(waited.ok());
+  EXPECT_NE(waited.message().find("cudaEventSynchronize"), std::string::npos);
+  EXPECT_FALSE(device.QueryEvent(*event).ok());
   io::Status synced = device.SynchronizeStream(*stream);
   ASSERT_FALSE(synced.ok());
   EXPECT_EQ(synced.rule(), "cuda");
@@ -74,7 +84,8 @@ TEST(FakeDeviceTest, AfterAnAsynchronousErrorNothingRunsAndHostFunctionsAreNever
   io::Status later = device.CopyAsync(dst.data(), src.data(), 8, *stream);
   EXPECT_FALSE(later.ok());
   EXPECT_NE(later.message().find("cudaMemcpyAsync"), std::string::npos) << later.ToString();
-  (void)launched;
+  (void)queued;
+  device.DestroyEvent(*event);
   device.DestroyStream(*stream);
   EXPECT_EQ(device.pending(), 0u);
 }

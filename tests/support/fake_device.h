@@ -1,12 +1,13 @@
 // FakeDevice: a DeviceOps that runs on the CPU, for testing the CUDA sink where there is no GPU.
+// A test double: it lives in the tests' support library, never in a production target.
 //
 // Each stream is a thread executing its queued operations in order, later than they were queued
 // (optionally slowed down by `copy_delay`), so that code which forgot to wait for a copy reads
 // stale bytes, code that reuses memory too early corrupts results, and code that waits where it
 // should not shows up as time. "Device memory" is host memory; a copy is a memcpy. Events, waits
-// and host functions follow the runtime's documented semantics:
-//   - RecordEvent captures the stream's work so far; WaitEvent waits for that capture only;
-//   - host functions run on the stream's thread in order, and never after an error;
+// follow the runtime's documented semantics:
+//   - RecordEvent captures the stream's work so far; QueryEvent and SynchronizeEvent ask about
+//     the last capture;
 //   - an injected asynchronous failure is sticky, like a context error: every stream then skips
 //     its remaining work, later calls fail at once, and SynchronizeStream returns the error.
 //
@@ -49,16 +50,10 @@ class FakeDevice final : public DeviceOps {
   io::Status CopyAsync(std::byte* dst, const std::byte* src, size_t size_bytes,
                        StreamHandle stream) override;
   io::Status RecordEvent(EventHandle event, StreamHandle stream) override;
-  io::Status WaitEvent(StreamHandle stream, EventHandle event) override;
-  io::Status LaunchHostFunc(StreamHandle stream, HostFn fn, void* user_data) override;
+  io::Result<bool> QueryEvent(EventHandle event) override;
+  io::Status SynchronizeEvent(EventHandle event) override;
   io::Status SynchronizeStream(StreamHandle stream) override;
-  io::Result<bool> QueryStream(StreamHandle stream) override;
   io::Result<float> ElapsedMs(EventHandle start, EventHandle end) override;
-  // Registration is bookkeeping: the fake checks that a copy from registered memory still finds
-  // it registered when the copy runs (unpinned_while_copying counts the copies that did not).
-  io::Status RegisterHostReadOnly(const std::byte* data, size_t size_bytes) override;
-  io::Status UnregisterHost(const std::byte* data) override;
-  io::Result<bool> ReadOnlyRegistrationSupported() override;
 
   // Queues `work` on `stream` like a kernel launch (test cast functions use it). Skipped after an
   // error. Fails when the device already failed.
@@ -69,13 +64,9 @@ class FakeDevice final : public DeviceOps {
   // queued; otherwise the copy is queued and fails when the stream runs it, which puts the device
   // into the sticky error state.
   void FailCopy(uint64_t n, bool at_enqueue);
-  // The `n`-th RegisterHostReadOnly call from now on fails (cudaErrorInvalidValue, as for a range
-  // that is not mapped). `supported` is what ReadOnlyRegistrationSupported answers.
-  void FailRegister(uint64_t n);
-  void SetReadOnlyRegistrationSupported(bool supported);
-  uint32_t live_registrations() const;
-  uint32_t peak_registrations() const;
-  uint64_t unpinned_while_copying() const;
+  // QueryEvent and SynchronizeEvent calls so far.
+  uint64_t event_queries() const;
+  uint64_t event_waits() const;
 
   // Operations queued or running over all streams.
   uint64_t pending() const;
@@ -110,13 +101,8 @@ class FakeDevice final : public DeviceOps {
   uint32_t live_streams_ = 0;
   uint32_t live_events_ = 0;
   uint32_t live_allocations_ = 0;
-  std::map<const std::byte*, size_t> registered_;  // start -> size
-  uint32_t peak_registrations_ = 0;
-  uint64_t register_calls_ = 0;
-  uint64_t fail_register_at_ = 0;
-  bool read_only_supported_ = true;
-  uint64_t unpinned_while_copying_ = 0;
-  bool Registered(const std::byte* data, size_t size_bytes) const;  // caller holds mutex_
+  uint64_t event_queries_ = 0;
+  uint64_t event_waits_ = 0;
 };
 
 }  // namespace shardstream::cuda

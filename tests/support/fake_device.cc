@@ -1,4 +1,4 @@
-#include "cuda/fake_device.h"
+#include "tests/support/fake_device.h"
 
 #include <algorithm>
 #include <cstring>
@@ -184,10 +184,8 @@ io::Status FakeDevice::Push(StreamHandle handle, std::function<void()> op, bool 
 io::Status FakeDevice::CopyAsync(std::byte* dst, const std::byte* src, size_t size_bytes,
                                  StreamHandle stream) {
   bool fail_now = false;
-  bool from_registered = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    from_registered = Registered(src, size_bytes);
     const uint64_t call = ++copy_calls_;
     if (fail_copy_at_ != 0 && call == fail_copy_at_) {
       if (fail_at_enqueue_) {
@@ -198,11 +196,10 @@ io::Status FakeDevice::CopyAsync(std::byte* dst, const std::byte* src, size_t si
   }
   return Push(
       stream,
-      [this, dst, src, size_bytes, fail_now, from_registered] {
+      [this, dst, src, size_bytes, fail_now] {
         {
           std::lock_guard<std::mutex> lock(mutex_);
           if (!failure_.empty()) return;  // a dead context runs nothing
-          if (from_registered && !Registered(src, size_bytes)) ++unpinned_while_copying_;
           ++running_copies_;
           peak_running_copies_ = std::max(peak_running_copies_, running_copies_);
         }
@@ -236,28 +233,24 @@ io::Status FakeDevice::RecordEvent(EventHandle handle, StreamHandle stream) {
   });
 }
 
-io::Status FakeDevice::WaitEvent(StreamHandle stream, EventHandle handle) {
+io::Result<bool> FakeDevice::QueryEvent(EventHandle handle) {
   auto* event = reinterpret_cast<Event*>(handle);
-  if (!Tracked(event)) return FakeError("cudaStreamWaitEvent", "cudaErrorInvalidResourceHandle");
-  uint64_t capture = 0;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    capture = event->recorded;  // the capture at the time of the call, as the runtime does
-  }
-  return Push(stream, [this, event, capture] {
-    std::unique_lock<std::mutex> lock(mutex_);
-    events_.wait(lock, [&] { return !failure_.empty() || event->Done(capture); });
-  });
+  if (!Tracked(event)) return FakeError("cudaEventQuery", "cudaErrorInvalidResourceHandle");
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++event_queries_;
+  if (!failure_.empty()) return StickyError("cudaEventQuery");
+  return event->Done(event->recorded);  // the last capture, as the runtime asks
 }
 
-io::Status FakeDevice::LaunchHostFunc(StreamHandle stream, HostFn fn, void* user_data) {
-  return Push(stream, [this, fn, user_data] {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (!failure_.empty()) return;  // documented: not called after a context error
-    }
-    fn(user_data);
-  });
+io::Status FakeDevice::SynchronizeEvent(EventHandle handle) {
+  auto* event = reinterpret_cast<Event*>(handle);
+  if (!Tracked(event)) return FakeError("cudaEventSynchronize", "cudaErrorInvalidResourceHandle");
+  std::unique_lock<std::mutex> lock(mutex_);
+  ++event_waits_;
+  const uint64_t capture = event->recorded;
+  events_.wait(lock, [&] { return !failure_.empty() || event->Done(capture); });
+  if (!failure_.empty()) return StickyError("cudaEventSynchronize");
+  return io::Status::Ok();
 }
 
 io::Status FakeDevice::Enqueue(StreamHandle stream, std::function<void()> work) {
@@ -282,19 +275,6 @@ io::Status FakeDevice::SynchronizeStream(StreamHandle handle) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!failure_.empty()) return StickyError("cudaStreamSynchronize");
   return io::Status::Ok();
-}
-
-io::Result<bool> FakeDevice::QueryStream(StreamHandle handle) {
-  Stream* stream = StreamOf(handle);
-  if (stream == nullptr) return FakeError("cudaStreamQuery", "cudaErrorInvalidResourceHandle");
-  bool idle = false;
-  {
-    std::lock_guard<std::mutex> lock(stream->mutex);
-    idle = stream->queue.empty() && !stream->busy;
-  }
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (!failure_.empty()) return StickyError("cudaStreamQuery");
-  return idle;
 }
 
 io::Result<float> FakeDevice::ElapsedMs(EventHandle start_handle, EventHandle end_handle) {
@@ -343,59 +323,13 @@ uint32_t FakeDevice::live_events() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return live_events_;
 }
-bool FakeDevice::Registered(const std::byte* data, size_t size_bytes) const {
-  auto it = registered_.upper_bound(data);
-  if (it == registered_.begin()) return false;
-  --it;
-  return data + size_bytes <= it->first + it->second;
-}
-
-io::Status FakeDevice::RegisterHostReadOnly(const std::byte* data, size_t size_bytes) {
+uint64_t FakeDevice::event_queries() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!failure_.empty()) return StickyError("cudaHostRegister");
-  const uint64_t call = ++register_calls_;
-  if (fail_register_at_ != 0 && call == fail_register_at_) {
-    return FakeError("cudaHostRegister", "cudaErrorInvalidValue: injected failure");
-  }
-  if (!registered_.emplace(data, size_bytes).second) {
-    return FakeError("cudaHostRegister", "cudaErrorHostMemoryAlreadyRegistered");
-  }
-  peak_registrations_ = std::max(peak_registrations_, static_cast<uint32_t>(registered_.size()));
-  return io::Status::Ok();
+  return event_queries_;
 }
-
-io::Status FakeDevice::UnregisterHost(const std::byte* data) {
+uint64_t FakeDevice::event_waits() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (registered_.erase(data) == 0) {
-    return FakeError("cudaHostUnregister", "cudaErrorHostMemoryNotRegistered");
-  }
-  return io::Status::Ok();
-}
-
-io::Result<bool> FakeDevice::ReadOnlyRegistrationSupported() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return read_only_supported_;
-}
-
-void FakeDevice::FailRegister(uint64_t n) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  fail_register_at_ = n == 0 ? 0 : register_calls_ + n;
-}
-void FakeDevice::SetReadOnlyRegistrationSupported(bool supported) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  read_only_supported_ = supported;
-}
-uint32_t FakeDevice::live_registrations() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return static_cast<uint32_t>(registered_.size());
-}
-uint32_t FakeDevice::peak_registrations() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return peak_registrations_;
-}
-uint64_t FakeDevice::unpinned_while_copying() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return unpinned_while_copying_;
+  return event_waits_;
 }
 
 uint32_t FakeDevice::live_allocations() const {

@@ -1,16 +1,18 @@
-// Uploading straight from the page cache, for checkpoints whose files are already cached.
+// An experiment, not part of the library: uploading straight from the page cache, for
+// checkpoints whose files are already cached. bench/page_cache_upload_main.cc runs it beside the
+// staged path (BENCHMARKS.md, "The page-cache upload experiment").
 //
 // The staged path copies every byte twice: the CPU from the page cache into a pinned slot, then
 // the device from the slot. Warm, the CPU copy is the bottleneck (on an H100 host the staged
 // path reached 20–27 GB/s against 55 GB/s of pinned host-to-device bandwidth). Here the page
 // cache itself is the DMA source: windows of a read-only mapping of each file are pinned in place
-// (DeviceOps::RegisterHostReadOnly), the device copies each tensor piece straight out of them,
+// (HostPinning::RegisterHostReadOnly), the device copies each tensor piece straight out of them,
 // and a window is unpinned once its copies finished. No staging memory, no CPU copy.
 //
 // Measured on that host (BENCHMARKS.md): pinning alone runs at ~47 GB/s in 256 MiB windows, yet
 // a whole 4 GB load took 0.142 s, as long as the staged path (0.143 s), and the mapped, pinned
-// file pages count in the process's RSS. So it is opt-in (GpuUpload::kPageCache in integration/),
-// kept for hosts where it wins and as the base for finding out why it does not here.
+// file pages count in the process's RSS. So it left the library (and the CLI) for bench/, kept as
+// the base for finding out why it does not win, and for hosts where it might.
 //
 //   pinning threads (pin_threads): window i waits until window i - K was unpinned, is pinned, and
 //                                  its pieces' copies are queued on stream i % K
@@ -43,7 +45,17 @@
 #include <cstdint>
 #include <span>
 
-namespace shardstream::cuda {
+namespace shardstream::bench {
+
+// Pinning memory in place, which the library's device seam (cuda/device_ops.h) does not need.
+class HostPinning {
+ public:
+  virtual ~HostPinning() = default;
+  // cudaHostRegister(ReadOnly | Portable) of a window of a read-only mapping; faults pages in.
+  [[nodiscard]] virtual io::Status RegisterHostReadOnly(const std::byte* data,
+                                                        size_t size_bytes) = 0;
+  virtual io::Status UnregisterHost(const std::byte* data) = 0;
+};
 
 // 256 MiB: pinning costs a fixed ~1 ms per call plus the pages (measured on an H100 host:
 // 33 GB/s in 64 MiB windows, 52 GB/s in 256 MiB ones).
@@ -74,6 +86,6 @@ struct PageCacheUploadStats {
 io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& checkpoint,
                                                      std::span<const engine::LoadTarget> targets,
                                                      const PageCacheUploadOptions& options,
-                                                     DeviceOps& ops);
+                                                     cuda::DeviceOps& ops, HostPinning& pin);
 
-}  // namespace shardstream::cuda
+}  // namespace shardstream::bench
