@@ -63,7 +63,7 @@ struct ReadOptions {
 
 // What a read did. Written by the fill core; front ends extend it (LoadReport).
 struct ReadReport {
-  std::string io;        // "pread", "mmap", "uring" (or "zero-copy", "page-cache"): what read
+  std::string io;        // "pread", "mmap", "uring" (or "zero-copy"): what read the bytes
   std::string fallback;  // why the asked-for backend was not used; several: joined with "; "
   uint32_t peak_in_flight = 0;    // most reads in flight at once
   uint64_t chunk_bytes = 0;       // largest single read used (0: no reads)
@@ -76,19 +76,17 @@ struct ReadReport {
   double io_busy_seconds = -1;
   double copy_busy_seconds = -1;
   double overlap_seconds = -1;
-  // Casts: bytes of scratch the core used for them (bounded by staging_bytes, or one tensor's
-  // bytes when a single element run is larger... never the whole checkpoint).
+  // Casts: bytes of host scratch the core used for them (at most staging_bytes, or one element
+  // when that is larger; never the checkpoint's size).
   uint64_t cast_scratch_bytes = 0;
   // CUDA loads: seconds spent pinning the staging pool (0 when a pool kept from an earlier load
   // of this process was reused, staging_reused), the copy streams used, the cast scratch the sink
-  // cudaMalloc'd, how bytes went up ("staged" or "page-cache") and what the page-cache path
-  // pinned.
+  // cudaMalloc'd, and how bytes went up ("staged").
   double pin_seconds = 0;
   bool staging_reused = false;
   uint32_t copy_streams = 0;
   uint64_t device_scratch_bytes = 0;
   std::string gpu_upload;
-  uint64_t pinned_page_cache_bytes = 0;
   std::vector<std::string> notes;  // other fallbacks taken (O_DIRECT refused, ...)
   // (stage, seconds) in order.
   std::vector<std::pair<std::string, double>> stages;

@@ -267,7 +267,6 @@ class FillJob {
     out["copy_streams"] = report_.copy_streams;
     out["device_scratch_bytes"] = report_.device_scratch_bytes;
     out["gpu_upload"] = report_.gpu_upload;
-    out["pinned_page_cache_bytes"] = report_.pinned_page_cache_bytes;
     nb::list notes;
     for (const std::string& note : report_.notes) notes.append(note);
     out["notes"] = notes;
