@@ -63,11 +63,11 @@ struct ReadOptions {
 
 // What a read did. Written by the fill core; front ends extend it (LoadReport).
 struct ReadReport {
-  std::string io;        // "pread", "mmap", "uring" (or "zero-copy"): what read the bytes
-  std::string fallback;  // why the asked-for backend was not used; several: joined with "; "
-  uint32_t peak_in_flight = 0;    // most reads in flight at once
-  uint64_t chunk_bytes = 0;       // largest single read used (0: no reads)
-  bool direct = false;            // read with O_DIRECT through staging slots
+  std::string io;               // "pread", "mmap", "uring" (or "zero-copy"): what read the bytes
+  std::string fallback;         // why the asked-for backend was not used; several: joined with "; "
+  uint32_t peak_in_flight = 0;  // most reads in flight at once
+  uint64_t chunk_bytes = 0;     // largest single read used (0: no reads)
+  bool direct = false;          // read with O_DIRECT through staging slots
   double resident_fraction = -1;  // page-cache residency sampled for DirectIo::kAuto (-1: not)
   bool sqpoll = false;            // io_uring's polling thread was used
   int threads = 0;
