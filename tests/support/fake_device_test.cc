@@ -66,6 +66,10 @@ TEST(FakeDeviceTest, AfterAnAsynchronousErrorNothingRunsAndEventsReportIt) {
   ASSERT_TRUE(stream.ok() && event.ok());
   std::vector<std::byte> src(8, std::byte{1}), dst(8, std::byte{0});
   device.FailCopy(1, /*at_enqueue=*/false);
+  // Slow work first, so that the copy fails after the event and the callback below are queued
+  // (without it the device thread may fail the copy before RecordEvent, which then reports the
+  // sticky error at once: seen under TSan).
+  ASSERT_TRUE(device.Enqueue(*stream, [] { std::this_thread::sleep_for(200ms); }).ok());
   ASSERT_TRUE(device.CopyAsync(dst.data(), src.data(), 8, *stream).ok());  // fails later
   std::atomic<int> calls{0};
   ASSERT_TRUE(device.RecordEvent(*event, *stream).ok());
