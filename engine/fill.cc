@@ -163,14 +163,18 @@ class FillRun {
   io::Status Execute(std::span<const FillTarget> targets);
 
  private:
-  PipelineOptions Staged() const {
+  // `chunk_cap` (0: none) bounds the chunk size, for staged reads into cast scratch: a slot of
+  // the staging pool (bounded by staging_bytes too) must hold one chunk however the pieces of a
+  // batch coalesce.
+  PipelineOptions Staged(uint64_t chunk_cap = 0) const {
     PipelineOptions pipeline = StagedOptions(setup_.read, direct_);
-    if (chunk_cap_ != 0) pipeline.chunk_bytes = std::min(pipeline.chunk_bytes, chunk_cap_);
+    if (chunk_cap != 0) pipeline.chunk_bytes = std::min(pipeline.chunk_bytes, chunk_cap);
     pipeline.make_backend = setup_.make_backend;
     pipeline.executor = setup_.executor;
     return pipeline;
   }
-  io::Status ReadHost(std::span<const LoadTarget> targets, bool staged, uint64_t bytes);
+  io::Status ReadHost(std::span<const LoadTarget> targets, bool staged, uint64_t bytes,
+                      uint64_t chunk_cap = 0);
   io::Status CastHost(std::span<const FillTarget> targets);
   io::Status Upload(int device, std::span<const FillTarget> targets, uint64_t bytes);
 
@@ -178,21 +182,19 @@ class FillRun {
   const FillSetup& setup_;
   ReadReport& report_;
   bool direct_ = false;
-  // Staged reads into cast scratch: chunks small enough that a slot of the staging pool (bounded
-  // by staging_bytes too) holds one, however the batch's pieces coalesce.
-  uint64_t chunk_cap_ = 0;
   uint64_t total_ = 0;
   uint64_t done_ = 0;  // bytes of the phases finished
 };
 
 // Host destinations in their own dtype: straight into place, or staged (O_DIRECT, or targets
 // whose runs share a source tensor, which one scattered read cannot fill).
-io::Status FillRun::ReadHost(std::span<const LoadTarget> targets, bool staged, uint64_t bytes) {
+io::Status FillRun::ReadHost(std::span<const LoadTarget> targets, bool staged, uint64_t bytes,
+                             uint64_t chunk_cap) {
   if (targets.empty()) return io::Status::Ok();
   const ProgressFn progress = PhaseProgress(setup_.read.progress, done_, total_);
   if (staged || direct_) {
     CpuSink sink(targets);
-    PipelineOptions pipeline = Staged();
+    PipelineOptions pipeline = Staged(chunk_cap);
     pipeline.progress = progress;
     io::Result<PipelineStats> stats = RunStagedPipeline(checkpoint_, targets, sink, pipeline);
     if (!stats.ok()) return stats.status();
@@ -264,8 +266,8 @@ io::Status FillRun::CastHost(std::span<const FillTarget> targets) {
     ~Free() { FreeHostBuffer(data, bytes); }
   } free_scratch{scratch, scratch_bytes};
   report_.cast_scratch_bytes = std::max(report_.cast_scratch_bytes, scratch_bytes);
-  chunk_cap_ = std::max<uint64_t>(kStagingAlignment,
-                                  (setup_.read.staging_bytes / 2) & ~(kStagingAlignment - 1));
+  const uint64_t chunk_cap = std::max<uint64_t>(
+      kStagingAlignment, (setup_.read.staging_bytes / 2) & ~(kStagingAlignment - 1));
 
   for (size_t first = 0; first < items.size();) {
     // One batch: items laid out in scratch; one load target per fill target, its runs pointing
@@ -293,7 +295,7 @@ io::Status FillRun::CastHost(std::span<const FillTarget> targets) {
     for (size_t k = 0; k < owners.size(); ++k) {
       batch.push_back(LoadTarget{targets[owners[k]].source, scratch, runs[k]});
     }
-    SHARDSTREAM_RETURN_IF_ERROR(ReadHost(batch, /*staged=*/false, bytes));
+    SHARDSTREAM_RETURN_IF_ERROR(ReadHost(batch, /*staged=*/false, bytes, chunk_cap));
 
     detail::FirstError error;
     std::unique_ptr<TaskGroup> casts = MakeTaskGroup(
