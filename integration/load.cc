@@ -44,53 +44,27 @@ c10::Device ParseLoadDevice(const std::string& name) {
   return *device;
 }
 
+// ErrorCode mirrors io::StatusCode value for value (less kOk), so the two convert by cast.
+#define SHARDSTREAM_SAME_CODE(name) \
+  static_assert(static_cast<int>(ErrorCode::name) == static_cast<int>(io::StatusCode::name))
+SHARDSTREAM_SAME_CODE(kInvalidArgument);
+SHARDSTREAM_SAME_CODE(kNotFound);
+SHARDSTREAM_SAME_CODE(kInvalidFormat);
+SHARDSTREAM_SAME_CODE(kIoError);
+SHARDSTREAM_SAME_CODE(kPermissionDenied);
+SHARDSTREAM_SAME_CODE(kResourceExhausted);
+SHARDSTREAM_SAME_CODE(kUnsupported);
+SHARDSTREAM_SAME_CODE(kCancelled);
+SHARDSTREAM_SAME_CODE(kInternal);
+#undef SHARDSTREAM_SAME_CODE
+
 ErrorCode ToErrorCode(io::StatusCode code) {
-  switch (code) {
-    case io::StatusCode::kInvalidArgument:
-      return ErrorCode::kInvalidArgument;
-    case io::StatusCode::kNotFound:
-      return ErrorCode::kNotFound;
-    case io::StatusCode::kInvalidFormat:
-      return ErrorCode::kInvalidFormat;
-    case io::StatusCode::kIoError:
-      return ErrorCode::kIoError;
-    case io::StatusCode::kPermissionDenied:
-      return ErrorCode::kPermissionDenied;
-    case io::StatusCode::kResourceExhausted:
-      return ErrorCode::kResourceExhausted;
-    case io::StatusCode::kUnsupported:
-      return ErrorCode::kUnsupported;
-    case io::StatusCode::kCancelled:
-      return ErrorCode::kCancelled;
-    case io::StatusCode::kOk:
-    case io::StatusCode::kInternal:
-      return ErrorCode::kInternal;
-  }
-  return ErrorCode::kInternal;
+  // An error Status is never kOk; should one arrive, it is a bug, reported as such.
+  return code == io::StatusCode::kOk ? ErrorCode::kInternal : static_cast<ErrorCode>(code);
 }
 
 std::string_view ErrorCodeName(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::kInvalidArgument:
-      return io::StatusCodeName(io::StatusCode::kInvalidArgument);
-    case ErrorCode::kNotFound:
-      return io::StatusCodeName(io::StatusCode::kNotFound);
-    case ErrorCode::kInvalidFormat:
-      return io::StatusCodeName(io::StatusCode::kInvalidFormat);
-    case ErrorCode::kIoError:
-      return io::StatusCodeName(io::StatusCode::kIoError);
-    case ErrorCode::kPermissionDenied:
-      return io::StatusCodeName(io::StatusCode::kPermissionDenied);
-    case ErrorCode::kResourceExhausted:
-      return io::StatusCodeName(io::StatusCode::kResourceExhausted);
-    case ErrorCode::kUnsupported:
-      return io::StatusCodeName(io::StatusCode::kUnsupported);
-    case ErrorCode::kCancelled:
-      return io::StatusCodeName(io::StatusCode::kCancelled);
-    case ErrorCode::kInternal:
-      return io::StatusCodeName(io::StatusCode::kInternal);
-  }
-  return "internal";
+  return io::StatusCodeName(static_cast<io::StatusCode>(code));
 }
 
 LoadError ToLoadError(const io::Status& status) {

@@ -89,17 +89,18 @@ struct LoadReport : ReadReport {
   std::map<std::string, FileTensor> file_tensors;
 };
 
-// What kind of failure a LoadError is; the rule() names the precise check.
+// What kind of failure a LoadError is; the rule() names the precise check. (The values are
+// those of the engine's status codes, which integration/load.cc checks at compile time.)
 enum class ErrorCode : uint8_t {
-  kInvalidArgument,    // the caller asked for something impossible (bad option, bad name)
-  kNotFound,           // a path or tensor that does not exist
-  kInvalidFormat,      // a file that breaks the safetensors format or the shard index rules
-  kIoError,            // the OS said no: open/read/stat failed (sys_errno() is set)
-  kPermissionDenied,   // EACCES/EPERM on a path
-  kResourceExhausted,  // out of memory, staging, file descriptors
-  kUnsupported,        // a feature this build or this machine does not have
-  kCancelled,          // the progress callback asked to stop
-  kInternal,           // a broken invariant inside shardstream: a bug
+  kInvalidArgument = 1,  // the caller asked for something impossible (bad option, bad name)
+  kNotFound,             // a path or tensor that does not exist
+  kInvalidFormat,        // a file that breaks the safetensors format or the shard index rules
+  kIoError,              // the OS said no: open/read/stat failed (sys_errno() is set)
+  kPermissionDenied,     // EACCES/EPERM on a path
+  kResourceExhausted,    // out of memory, staging, file descriptors
+  kUnsupported,          // a feature this build or this machine does not have
+  kCancelled,            // the progress callback asked to stop
+  kInternal,             // a broken invariant inside shardstream: a bug
 };
 std::string_view ErrorCodeName(ErrorCode code);
 
