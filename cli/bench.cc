@@ -706,12 +706,16 @@ int RunBench(std::span<char* const> argv) {
     }
     if (!ctx.fio.empty()) {
       report.notes.push_back(
-          "fio: io_uring, each file in turn split among the jobs (--size/--offset_increment, "
-          "--group_reporting, --stonewall, --invalidate=0), the files' seconds summed; the disk "
-          "row is the best "
-          "of its sweep (depth 8/32, 1 job or one per thread, 4/16 MiB" +
+          "fio: page-aligned buffers (--iomem_align=4096, as the staging slots), each file in "
+          "turn split among the jobs (--size/--offset_increment, --group_reporting, --stonewall, "
+          "--invalidate=0), the files' seconds summed; " +
+          std::string(ctx.cold ? ""
+                               : "the page cache row is the best of pread and io_uring, one job "
+                                 "per thread; ") +
+          "the disk row is the best of its io_uring sweep (depth 8/32, 1 job or one per thread, "
+          "4/16 MiB" +
           std::string(ctx.cold ? ", O_DIRECT and buffered" : ", O_DIRECT") +
-          "), the winner after its name");
+          "); a sweep's winner after its name");
     }
     BenchRow memcpy_row =
         CeilingRow("ceiling: memcpy into fresh memory, best of 3", CeilingKind::kMemcpy);

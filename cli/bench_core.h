@@ -33,7 +33,8 @@ inline constexpr double kCeilingTolerance = 0.10;
 // millisecond runtime resolves a fast copy.
 inline constexpr uint64_t kFioWarmReadBytes = uint64_t{1} << 30;
 inline constexpr uint32_t kFioMaxLoops = 64;
-inline constexpr size_t kPageCacheTries = 3;  // the warm page-cache ceiling: best of this many
+// The warm page-cache ceiling: each of its configurations (pread and io_uring) this many times.
+inline constexpr size_t kPageCacheTries = 3;
 
 // A way for shardstream to read, as `load` flags. Parsed from --strategies.
 struct Strategy {
@@ -63,22 +64,26 @@ std::string_view RowKindName(RowKind kind);
 enum class CeilingKind : uint8_t {
   kNone,
   kStorage,    // the disk: the best of a fio sweep (cold: O_DIRECT and buffered; warm: O_DIRECT)
-  kPageCache,  // fio io_uring buffered on cached files (--invalidate=0), the pipeline's settings
+  kPageCache,  // fio buffered on cached files (--invalidate=0): pread and io_uring, the pipeline's
+               // block size and threads
   kMemcpy,     // memcpy into fresh memory: owned CPU tensors, warm
   kPinnedH2D,  // pinned host-to-device copies: a GPU load, warm
 };
 std::string_view CeilingKindName(CeilingKind kind);
 
 // One fio configuration. Each of `jobs` jobs reads its own 1/jobs of the file (--size and
-// --offset_increment), `depth` reads of `block_bytes` in flight, io_uring; bandwidth of the group.
+// --offset_increment), `depth` reads of `block_bytes` in flight with io_uring, or one at a time
+// with pread (`sync`: fio's psync engine, what `load` uses for buffered reads); bandwidth of the
+// group.
 struct FioSettings {
   uint64_t block_bytes = kDefaultFioBlockMb << 20;
   uint32_t depth = kDefaultFioQueueDepth;
   uint32_t jobs = 1;
   bool direct = false;
+  bool sync = false;
   bool operator==(const FioSettings&) const = default;
 };
-// "O_DIRECT 16 MiB qd=32 2 jobs".
+// "O_DIRECT 16 MiB qd=32 2 jobs", "pread buffered 4 MiB 2 jobs".
 std::string FioSettingsName(const FioSettings& settings);
 
 // The storage sweep: depth {8, 32, `matched.depth`} x jobs {1, `matched.jobs`} x block
@@ -98,6 +103,9 @@ struct FioFile {
 // each); from the second file on `stonewall` (it starts when the previous ended) and `new_group`,
 // so that with --group_reporting the JSON's jobs[i] is file i. --invalidate=0 always: the harness
 // drops or warms the pages itself, and fio's default invalidation would turn a warm run cold.
+// --iomem_align=4096 always: fio's own buffers are page-aligned like the pipeline's staging slots
+// (by default they are only malloc-aligned, and copying the page cache into such a buffer ran at
+// 8.4 GB/s against 19.5 GB/s page-aligned on our AMD EPYC VM: a "ceiling" at less than half).
 // ':' in a path is escaped (fio splits filenames there).
 std::vector<std::string> FioArgs(const std::string& fio, std::span<const FioFile> files,
                                  const FioSettings& settings);
@@ -116,9 +124,9 @@ struct BenchRow {
   std::vector<FioSettings> fio;
 };
 
-// The fio ceiling rows: warm, the page cache with `matched` settings (buffered, best of
-// kPageCacheTries runs) and the disk (O_DIRECT sweep); cold, the disk (sweep over O_DIRECT and
-// buffered). Names carry the settings.
+// The fio ceiling rows: warm, the page cache with `matched` block size and jobs (buffered, with
+// pread and with io_uring at `matched.depth`, each kPageCacheTries times: the best of them) and
+// the disk (O_DIRECT sweep); cold, the disk (sweep over O_DIRECT and buffered).
 std::vector<BenchRow> FioCeilingRows(const FioSettings& matched, bool cold);
 
 struct RowOptions {

@@ -139,6 +139,8 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
     out.Field("read_bytes", stats->read_bytes).Field("discarded_bytes", sink.bytes());
     out.Field("queue_depth", uint64_t{options.queue_depth});
     out.Field("peak_in_flight", uint64_t{stats->peak_in_flight});
+    out.Field("readers", uint64_t{stats->readers});
+    out.Field("copy_threads", uint64_t(stats->copy_threads));
     out.Field("sqpoll", stats->sqpoll);
     out.Field("registered_buffer_bytes", stats->registered_buffer_bytes);
     out.Field("peak_rss_bytes", engine::PeakResidentBytes());
@@ -158,8 +160,9 @@ int RunDiscard(const std::string& path, const LoadOptions& options, bool json, P
             << FormatCount(stats->read_bytes) << " read\n";
   std::cout << "time        " << rate << "\n";
   std::cout << "io          " << io_name << (stats->direct ? " O_DIRECT" : "") << ", "
-            << stats->slots << " slots of " << FormatBytes(stats->slot_bytes) << ", peak "
-            << stats->peak_in_flight << " reads in flight" << (stats->sqpoll ? ", SQPOLL" : "")
+            << stats->readers << (stats->readers == 1 ? " reader, " : " readers, ") << stats->slots
+            << " slots of " << FormatBytes(stats->slot_bytes) << ", peak " << stats->peak_in_flight
+            << " reads in flight" << (stats->sqpoll ? ", SQPOLL" : "")
             << (stats->registered_buffer_bytes > 0 ? ", fixed buffers" : "") << "\n";
   std::cout << OverlapLine(stats->io_busy_seconds, stats->copy_busy_seconds,
                            stats->overlap_seconds);

@@ -141,7 +141,7 @@ void RecordStaged(const PipelineStats& stats, const PipelineOptions& pipeline, R
   report.io = stats.backend;
   detail::AppendFallback(&report.fallback, stats.fallback);
   report.chunk_bytes = std::max(report.chunk_bytes, pipeline.chunk_bytes);
-  report.threads = stats.copy_threads;
+  report.threads = static_cast<int>(stats.readers) + stats.copy_threads;
   report.peak_in_flight = std::max(report.peak_in_flight, stats.peak_in_flight);
   report.sqpoll = report.sqpoll || stats.sqpoll;
   AddSeconds(&report.io_busy_seconds, stats.io_busy_seconds);
@@ -201,7 +201,7 @@ io::Status FillRun::ReadHost(std::span<const LoadTarget> targets, bool staged, u
     RecordStaged(*stats, pipeline, report_);
   } else {
     FillOptions fill;
-    fill.backend = ResolveBackend(setup_.read.io, /*staged=*/false);
+    fill.backend = ResolveBackend(setup_.read.io, /*direct=*/false);
     fill.make_backend = setup_.make_backend;
     fill.threads = setup_.read.threads;
     fill.chunk_bytes = setup_.read.chunk_bytes != 0 ? setup_.read.chunk_bytes : kDefaultChunkBytes;
@@ -401,7 +401,7 @@ io::Status FillRun::Execute(std::span<const FillTarget> targets) {
 
 }  // namespace
 
-io::BackendKind ResolveBackend(IoMode mode, bool staged) {
+io::BackendKind ResolveBackend(IoMode mode, bool direct) {
   switch (mode) {
     case IoMode::kPread:
       return io::BackendKind::kPread;
@@ -412,7 +412,7 @@ io::BackendKind ResolveBackend(IoMode mode, bool staged) {
     case IoMode::kAuto:
       break;
   }
-  return staged ? io::BackendKind::kUring : io::BackendKind::kPread;
+  return direct ? io::BackendKind::kUring : io::BackendKind::kPread;
 }
 
 io::Result<bool> ChooseDirect(const io::Checkpoint& checkpoint, const ReadOptions& read,
@@ -433,7 +433,7 @@ io::Result<bool> ChooseDirect(const io::Checkpoint& checkpoint, const ReadOption
 
 PipelineOptions StagedOptions(const ReadOptions& read, bool direct) {
   PipelineOptions pipeline;
-  pipeline.backend = ResolveBackend(read.io, /*staged=*/true);
+  pipeline.backend = ResolveBackend(read.io, direct);
   pipeline.fall_back_to_pread = true;
   pipeline.direct = direct;
   if (read.chunk_bytes != 0) pipeline.chunk_bytes = read.chunk_bytes;
@@ -441,6 +441,9 @@ PipelineOptions StagedOptions(const ReadOptions& read, bool direct) {
   pipeline.queue_depth = read.queue_depth;
   pipeline.sqpoll = read.sqpoll;
   pipeline.copy_threads = read.threads;
+  // Buffered reads are copies made by the reading threads: one reader per worker thread. O_DIRECT
+  // reads keep the device busy through queue depth, from one reader.
+  pipeline.readers = direct ? 1 : static_cast<uint32_t>(std::max(read.threads, 0));
   pipeline.progress = read.progress;
   return pipeline;
 }

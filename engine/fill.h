@@ -91,9 +91,9 @@ struct FillSetup {
   ExecutorKind executor = DefaultExecutor();
 };
 
-// The one kAuto rule (shardstream/read.h): the backend for reads straight into destinations
-// (`staged` false) or into staging slots (`staged` true).
-io::BackendKind ResolveBackend(IoMode mode, bool staged);
+// The one kAuto rule (shardstream/read.h): io_uring for O_DIRECT reads, pread for buffered ones
+// (into destinations or staging slots alike).
+io::BackendKind ResolveBackend(IoMode mode, bool direct);
 
 // Decides once, before any read, whether a fill with `read` uses O_DIRECT: DirectIo::kOn, or
 // kAuto when less than half of the checkpoint is in the page cache (recorded in

@@ -15,6 +15,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <utility>
 
@@ -102,6 +103,22 @@ struct Pending {
   iovec iov{};
 };
 
+// One reader's state: its backend (bound to its thread) and the reads it has in flight. Readers
+// share the plan, the pool, the next chunk to read and the copy tasks.
+struct Reader {
+  std::unique_ptr<io::ReadBackend> backend;
+  uint32_t depth = 1;  // reads in flight at most
+  // A synchronous backend (pread) copies each slot out on the reader itself, right after its
+  // read: the slot is still in this core's cache, and no copy task waits for a core that the
+  // readers hold (with one reader per core, handed-off copies starve until the pool runs dry).
+  bool copies_inline = false;
+  std::vector<io::ReadRequest> batch;
+  std::vector<io::Completion> done;
+  uint32_t outstanding = 0;
+  std::vector<uint8_t> reading;  // by slot index: a read of this reader's is in flight into it
+  bool broken = false;           // the backend cannot be reaped any more
+};
+
 }  // namespace
 
 namespace {
@@ -122,9 +139,8 @@ class StagedRun {
     SHARDSTREAM_RETURN_IF_ERROR(Open());
     SHARDSTREAM_RETURN_IF_ERROR(Plan());
     SHARDSTREAM_RETURN_IF_ERROR(Staging());
-    SHARDSTREAM_RETURN_IF_ERROR(Backend());
     StartCopies();
-    Loop();
+    ReadAll();
     return Finish();
   }
 
@@ -132,13 +148,16 @@ class StagedRun {
   io::Status Open();
   io::Status Plan();
   io::Status Staging();
-  io::Status Backend();
   void StartCopies();
-  void Loop();
-  bool IssueRead(uint32_t c, SlotLease lease);
-  void Reap();
+  void ReadAll();
+  void RunReader(Reader& reader);
+  io::Status Backend(Reader& reader);
+  void Loop(Reader& reader);
+  bool IssueRead(Reader& reader, uint32_t c, SlotLease lease);
+  void Reap(Reader& reader);
+  void CloseReader(Reader& reader);
   io::Result<PipelineStats> Finish();
-  void Dispatch(uint32_t slot);
+  void Dispatch(const Reader& reader, uint32_t slot);
   void Copy(uint32_t slot);
 
   void FailChunk(io::Status status, uint32_t c) {
@@ -167,8 +186,9 @@ class StagedRun {
   std::unique_ptr<StagingPool> own_pool_;
   StagingPool* pool_ = nullptr;
   uint32_t peak_before_ = 0;
-  std::unique_ptr<io::ReadBackend> backend_;
-  uint32_t depth_ = 1;
+  uint32_t reader_count_ = 1;
+  std::mutex setup_mutex_;        // the readers' backend setup reports into stats_
+  bool copy_tasks_used_ = false;  // some reader handed its slots to copy tasks (under the mutex)
 
   std::unique_ptr<TaskGroup> copies_;
   FirstError error_;
@@ -176,13 +196,11 @@ class StagedRun {
   ProgressReporter progress_;
   std::atomic<uint64_t> copy_nanos_{0};
 
-  // The IO loop's state.
-  std::vector<Pending> pending_;  // by slot index, which is the request id
-  std::vector<io::ReadRequest> batch_;
-  std::vector<io::Completion> done_;
-  uint32_t outstanding_ = 0;
-  uint32_t next_ = 0;
-  bool backend_broken_ = false;
+  // The readers' shared state.
+  std::vector<Pending> pending_;   // by slot index, which is the request id
+  std::atomic<uint32_t> next_{0};  // the next chunk to read
+  std::atomic<uint32_t> in_flight_{0};
+  std::atomic<uint32_t> peak_in_flight_{0};
 };
 
 io::Status StagedRun::Open() {
@@ -250,8 +268,9 @@ io::Status StagedRun::Staging() {
   return io::Status::Ok();
 }
 
-io::Status StagedRun::Backend() {
-  // Made on this thread, the only one to use it (io_uring binds a ring to its creating thread).
+io::Status StagedRun::Backend(Reader& reader) {
+  // Made on the reader's thread, the only one to use it (io_uring binds a ring to its creating
+  // thread).
   io::UringOptions uring;
   uring.queue_depth = std::clamp<uint32_t>(options_.queue_depth, 1, io::kMaxUringQueueDepth);
   uring.sqpoll = options_.sqpoll;
@@ -259,44 +278,96 @@ io::Status StagedRun::Backend() {
   if (options_.register_buffers) {
     uring.fixed_buffers.push_back(iovec{pool_->data(), pool_->allocated_bytes()});
   }
+  std::string fallback;
   SHARDSTREAM_ASSIGN_OR_RETURN(
-      backend_, detail::MakeReadBackend(options_.backend, *files_, uring, options_.make_backend,
-                                        options_.fall_back_to_pread, &stats_.fallback));
-  stats_.backend = std::string(io::BackendName(backend_->kind()));
-  if (const auto* ring = dynamic_cast<const io::UringBackend*>(backend_.get())) {
+      reader.backend,
+      detail::MakeReadBackend(options_.backend, *files_, uring, options_.make_backend,
+                              options_.fall_back_to_pread, &fallback));
+  // A synchronous backend does the read inside Submit: more than one request per batch would only
+  // delay the first copy. The slots are shared out among the readers.
+  const uint32_t slots_each = std::max<uint32_t>(1, pool_->slot_count() / reader_count_);
+  reader.depth = reader.backend->kind() == io::BackendKind::kUring
+                     ? std::clamp<uint32_t>(options_.queue_depth, 1, slots_each)
+                     : 1;
+  reader.copies_inline = reader.backend->kind() != io::BackendKind::kUring;
+  reader.done.resize(reader.depth);
+  reader.reading.assign(pool_->slot_count(), 0);
+
+  std::lock_guard<std::mutex> lock(setup_mutex_);
+  if (!reader.copies_inline) copy_tasks_used_ = true;
+  if (!fallback.empty()) detail::AppendFallback(&stats_.fallback, fallback);
+  if (!stats_.backend.empty()) return io::Status::Ok();  // the first reader reports the setup
+  stats_.backend = std::string(io::BackendName(reader.backend->kind()));
+  if (const auto* ring = dynamic_cast<const io::UringBackend*>(reader.backend.get())) {
     stats_.sqpoll = ring->setup().sqpoll;
     stats_.registered_buffer_bytes = ring->setup().registered_buffer_bytes;
-    for (const std::string& fallback : ring->setup().fallbacks) {
-      stats_.notes.push_back("io_uring: " + fallback);
+    for (const std::string& note : ring->setup().fallbacks) {
+      stats_.notes.push_back("io_uring: " + note);
     }
   }
-  // A synchronous backend does the read inside Submit: more than one request per batch would only
-  // delay the first copy.
-  depth_ = backend_->kind() == io::BackendKind::kUring
-               ? std::clamp<uint32_t>(options_.queue_depth, 1,
-                                      std::max<uint32_t>(1, pool_->slot_count()))
-               : 1;
   return io::Status::Ok();
 }
 
 void StagedRun::StartCopies() {
   // oneTBB has max_allowed_parallelism - 1 workers (cores - 1 unless a global_control says
   // otherwise); asking an arena for more only makes oneTBB print a warning. The copy tasks are
-  // queued, never run by this thread: it must not be pulled into copying while finished reads sit
-  // unreaped. The group tracks the copies; this thread waits for them only at the end.
+  // queued, never run by a reader: it must not be pulled into copying while finished reads sit
+  // unreaped. The group tracks the copies; they are waited for only at the end.
   const int workers = std::max(1, HardwareConcurrency(options_.executor) - 1);
   const int copy_threads =
       std::min(options_.copy_threads > 0 ? options_.copy_threads : workers, workers);
   stats_.copy_threads = copy_threads;
   copies_ = MakeTaskGroup(copy_threads, options_.executor);
   pending_.resize(pool_->slot_count());
-  done_.resize(depth_);
 }
 
-// Hands a filled slot to a copy task; the sink gets its lease and frees the slot (or parks it
-// behind its copies' fence).
-void StagedRun::Dispatch(uint32_t slot) {
-  copies_->Run([this, slot] { Copy(slot); });
+// The readers: the calling thread and `readers - 1` threads of their own (never oneTBB workers:
+// a reader blocks on the disk and on free slots, and a blocked oneTBB worker is one copy task
+// fewer, on a small machine the only one). No more readers than chunks, nor than half the slots:
+// a device sink parks each slot until its copy is done, so a reader needs a second slot to read
+// into meanwhile.
+void StagedRun::ReadAll() {
+  const uint64_t wanted = options_.readers > 0 ? options_.readers : DefaultReaders(direct_);
+  const uint64_t slot_pairs = std::max<uint64_t>(1, pool_->slot_count() / 2);
+  reader_count_ = static_cast<uint32_t>(std::clamp<uint64_t>(
+      std::min<uint64_t>({wanted, plan_.chunks.size(), slot_pairs}), 1, kMaxReaders));
+  stats_.readers = reader_count_;
+  std::vector<Reader> readers(reader_count_);
+  std::unique_ptr<TaskGroup> others;
+  if (reader_count_ > 1) {
+    others = MakeTaskGroup(static_cast<int>(reader_count_ - 1), ExecutorKind::kThreads);
+    for (uint32_t i = 1; i < reader_count_; ++i) {
+      others->Run([this, &readers, i] { RunReader(readers[i]); });
+    }
+  }
+  RunReader(readers[0]);
+  if (others) others->Wait();
+  if (!copy_tasks_used_) stats_.copy_threads = 0;
+}
+
+void StagedRun::RunReader(Reader& reader) {
+  // A reader's thread is a task boundary too: nothing may escape it.
+  try {
+    if (io::Status status = Backend(reader); !status.ok()) {
+      error_.Record(std::move(status));
+      return;
+    }
+    Loop(reader);
+  } catch (const std::bad_alloc&) {
+    error_.Record(io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
+                                    "out of memory while reading"));
+  }
+  CloseReader(reader);
+}
+
+// Hands a filled slot to a copy task (or copies it here, see Reader::copies_inline); the sink gets
+// its lease and frees the slot (or parks it behind its copies' fence).
+void StagedRun::Dispatch(const Reader& reader, uint32_t slot) {
+  if (reader.copies_inline) {
+    Copy(slot);
+  } else {
+    copies_->Run([this, slot] { Copy(slot); });
+  }
 }
 
 void StagedRun::Copy(uint32_t slot) {
@@ -335,7 +406,7 @@ void StagedRun::Copy(uint32_t slot) {
 
 // Queues the read of chunk `c` into `slot` (or dispatches it at once when O_DIRECT leaves nothing
 // to read asynchronously). False when the chunk failed.
-bool StagedRun::IssueRead(uint32_t c, SlotLease lease) {
+bool StagedRun::IssueRead(Reader& reader, uint32_t c, SlotLease lease) {
   const Chunk& chunk = plan_.chunks[c];
   const StagingSlot slot = lease.slot();
   uint64_t read_bytes = chunk.needed_bytes;
@@ -359,49 +430,54 @@ bool StagedRun::IssueRead(uint32_t c, SlotLease lease) {
   p.lease = std::move(lease);
   p.chunk = c;
   if (read_bytes == 0) {
-    Dispatch(slot.index);
+    Dispatch(reader, slot.index);
     return true;
   }
   p.iov = iovec{slot.data, read_bytes};
-  batch_.push_back(
+  reader.reading[slot.index] = 1;
+  reader.batch.push_back(
       io::ReadRequest{chunk.file, chunk.file_offset, std::span(&p.iov, 1), slot.index});
   return true;
 }
 
-void StagedRun::Reap() {
-  auto reaped = backend_->Reap(done_, 1);
+void StagedRun::Reap(Reader& reader) {
+  auto reaped = reader.backend->Reap(reader.done, 1);
   if (!reaped.ok()) {
     error_.Record(std::move(reaped).status());
-    backend_broken_ = true;
+    reader.broken = true;
     return;
   }
   activity_.Change(-static_cast<int>(*reaped), 0);
+  in_flight_.fetch_sub(static_cast<uint32_t>(*reaped), std::memory_order_relaxed);
   for (size_t i = 0; i < *reaped; ++i) {
-    Pending& p = pending_[done_[i].id];
+    Pending& p = pending_[reader.done[i].id];
     p.iov = {};
-    --outstanding_;
-    if (!done_[i].status.ok()) {
-      FailChunk(std::move(done_[i].status), p.chunk);
+    reader.reading[reader.done[i].id] = 0;
+    --reader.outstanding;
+    if (!reader.done[i].status.ok()) {
+      FailChunk(std::move(reader.done[i].status), p.chunk);
       p.lease.Reset();
     } else if (error_.stopped()) {
       p.lease.Reset();  // draining: the bytes are not wanted any more
     } else {
-      Dispatch(static_cast<uint32_t>(done_[i].id));
+      Dispatch(reader, static_cast<uint32_t>(reader.done[i].id));
     }
   }
 }
 
-// The IO loop: keep `depth` reads in flight while slots are free; reap; dispatch.
-void StagedRun::Loop() {
+// One reader's loop: keep `depth` reads in flight while slots are free and chunks are left; reap;
+// dispatch.
+void StagedRun::Loop(Reader& reader) {
   const auto chunk_count = static_cast<uint32_t>(plan_.chunks.size());
-  while (!backend_broken_) {
-    batch_.clear();
-    while (!error_.stopped() && next_ < chunk_count && outstanding_ + batch_.size() < depth_) {
+  while (!reader.broken) {
+    reader.batch.clear();
+    while (!error_.stopped() && next_.load(std::memory_order_relaxed) < chunk_count &&
+           reader.outstanding + reader.batch.size() < reader.depth) {
       // Block for a slot only when no read of ours is in flight; otherwise reap first, which is
       // what frees the slots (through the copies it dispatches).
       // Acquire also reclaims the slots a device sink parked behind its copies, and a device
       // error comes back here.
-      const bool idle = outstanding_ == 0 && batch_.empty();
+      const bool idle = reader.outstanding == 0 && reader.batch.empty();
       io::Result<std::optional<SlotLease>> slot = AcquireSlot(*pool_, idle);
       if (!slot.ok()) {
         error_.Record(std::move(slot).status());
@@ -409,46 +485,59 @@ void StagedRun::Loop() {
       }
       if (!*slot) break;
       if (error_.stopped()) break;  // a copy failed while we waited; the lease frees the slot
-      if (!IssueRead(next_++, std::move(**slot))) break;
+      const uint32_t c = next_.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunk_count) break;  // another reader took the last chunk; the lease frees the slot
+      if (!IssueRead(reader, c, std::move(**slot))) break;
     }
-    if (!batch_.empty()) {
-      activity_.Change(static_cast<int>(batch_.size()), 0);
-      io::Status status = backend_->Submit(batch_);
+    if (!reader.batch.empty()) {
+      const auto count = static_cast<uint32_t>(reader.batch.size());
+      activity_.Change(static_cast<int>(count), 0);
+      io::Status status = reader.backend->Submit(reader.batch);
       // A failed Submit may have queued some of the batch: the slots stay with their requests
-      // until the backend is destroyed (Finish).
-      outstanding_ += static_cast<uint32_t>(batch_.size());
+      // until the backend is destroyed (CloseReader).
+      reader.outstanding += count;
+      const uint32_t now = in_flight_.fetch_add(count, std::memory_order_relaxed) + count;
+      uint32_t peak = peak_in_flight_.load(std::memory_order_relaxed);
+      while (now > peak && !peak_in_flight_.compare_exchange_weak(peak, now)) {
+      }
       if (!status.ok()) {
         error_.Record(std::move(status));
-        backend_broken_ = true;
+        reader.broken = true;
         break;
       }
-      stats_.peak_in_flight = std::max(stats_.peak_in_flight, outstanding_);
     }
-    if (outstanding_ == 0) {
-      if (error_.stopped() || next_ >= chunk_count) break;
+    if (reader.outstanding == 0) {
+      if (error_.stopped() || next_.load(std::memory_order_relaxed) >= chunk_count) break;
       continue;
     }
-    Reap();
+    Reap(reader);
   }
 }
 
-io::Result<PipelineStats> StagedRun::Finish() {
-  if (backend_broken_) {
+void StagedRun::CloseReader(Reader& reader) {
+  if (reader.broken) {
     // The backend cannot be reaped any more; its destructor waits until the kernel is done with
-    // every buffer, after which the slots of the lost requests can go back.
-    activity_.Change(-static_cast<int>(outstanding_), 0);
-    backend_.reset();
-    for (Pending& p : pending_) {
-      if (p.iov.iov_base != nullptr) p.lease.Reset();
+    // every buffer, after which the slots of its lost requests can go back.
+    activity_.Change(-static_cast<int>(reader.outstanding), 0);
+    in_flight_.fetch_sub(reader.outstanding, std::memory_order_relaxed);
+    reader.backend.reset();
+    for (size_t slot = 0; slot < reader.reading.size(); ++slot) {
+      if (reader.reading[slot] == 0) continue;
+      reader.reading[slot] = 0;
+      pending_[slot].iov = {};
+      pending_[slot].lease.Reset();
     }
   }
-  backend_.reset();
+  reader.backend.reset();
+}
 
+io::Result<PipelineStats> StagedRun::Finish() {
   // Every copy must be finished before the slots, the plan and this frame go away.
   copies_->Wait();
   io::Status finish = sink_.Finish();
 
   activity_.Fill(&stats_);
+  stats_.peak_in_flight = peak_in_flight_.load();
   stats_.copy_thread_seconds = static_cast<double>(copy_nanos_.load()) * 1e-9;
   stats_.peak_slots_in_use = std::max(pool_->peak_in_use(), peak_before_) - peak_before_;
   stats_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
@@ -459,6 +548,11 @@ io::Result<PipelineStats> StagedRun::Finish() {
 }
 
 }  // namespace
+
+uint32_t DefaultReaders(bool direct) {
+  const auto cores = std::max(1u, std::thread::hardware_concurrency());
+  return direct ? 1 : std::min(cores, kMaxReaders);
+}
 
 io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
                                             std::span<const LoadTarget> targets, Sink& sink,

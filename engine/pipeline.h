@@ -1,14 +1,19 @@
 // The staged pipeline: reads land in a bounded pool of staging slots, sinks copy them out.
 //
-//   IO thread (the caller's):  plan → acquire slot → ReadBackend read into it (queue_depth reads
-//                              in flight, O_DIRECT when asked) → reaped read ─┐
-//   oneTBB copy tasks:         Sink::Consume(slot lease, pieces) → drop  ◄─┘
-//                              the lease, or park it behind the copies' fence
+//   readers (the caller's thread   plan → acquire slot → ReadBackend read into it (queue_depth
+//   and readers-1 of their own):   reads in flight each, O_DIRECT when asked) → reaped read ─┐
+//   oneTBB copy tasks:             Sink::Consume(slot lease, pieces) → drop  ◄─────────────┘
+//                                  the lease, or park it behind the copies' fence
 //
-// One thread drives one backend (io_uring needs no more to keep the device busy) and never copies;
-// `copy_threads` oneTBB workers empty slots concurrently. Host memory is bounded by the staging
-// pool whatever the checkpoint size, and a slot is reused only after the copy out of it finished
-// (for a device sink: after the event recorded behind its copies, which the pool asks about).
+// Readers share the plan (each takes the next chunk), the pool and the copy tasks; each drives a
+// backend of its own. An io_uring reader never copies: its reaped slots go to `copy_threads`
+// oneTBB workers while its next reads are in flight. A pread reader (synchronous: the read is done
+// when Submit returns) consumes each slot itself, while the slot is still in its core's cache.
+// So O_DIRECT (one io_uring reader, depth keeps the disk busy) overlaps reads with copies, and a
+// warm buffered load (one pread reader per core, each read a copy out of the page cache) spreads
+// the copies over every core. Host memory is bounded by the staging pool whatever the checkpoint
+// size, and a slot is reused only after the copy out of it finished (for a device sink: after the
+// event recorded behind its copies, which the pool asks about).
 // This is the path that feeds GPUs (a CUDA sink over pinned slots); with CpuSink it loads into host
 // memory, and with DiscardSink it measures the reads alone.
 //
@@ -44,8 +49,8 @@ namespace shardstream::engine {
 inline constexpr uint64_t kDefaultStagedChunkBytes = 4ull << 20;
 
 struct PipelineOptions {
-  // kUring or kPread (kMmap works, uselessly). io_uring keeps `queue_depth` reads in flight;
-  // where it is refused, `fall_back_to_pread` decides.
+  // kUring or kPread (kMmap works, uselessly). io_uring keeps `queue_depth` reads in flight per
+  // reader; where it is refused, `fall_back_to_pread` decides.
   io::BackendKind backend = io::BackendKind::kUring;
   BackendFactory make_backend;  // overrides `backend` when set (tests inject faults here)
   bool fall_back_to_pread =
@@ -58,8 +63,12 @@ struct PipelineOptions {
   // A pool to use instead of making one (e.g. pinned memory kept across loads). Its slots must
   // hold the largest chunk (rule "staging" otherwise); it must not be cancelled.
   StagingPool* pool = nullptr;
-  // Reads in flight (io_uring; pread does one at a time), at most one per slot.
+  // Reads in flight per reader (io_uring; pread does one at a time), at most one per slot.
   uint32_t queue_depth = kDefaultQueueDepth;
+  // Threads issuing reads, each with a backend of its own (0: DefaultReaders). A buffered read of
+  // a cached file is a copy done by the thread that asks for it, so warm loads need one reader
+  // per core; cold O_DIRECT reads need only depth.
+  uint32_t readers = 0;
   // io_uring: a kernel thread polls the submission ring (io/uring_backend.h; falls back when
   // refused, noted in PipelineStats::notes).
   bool sqpoll = false;
@@ -77,6 +86,12 @@ struct PipelineOptions {
   ProgressFn progress;                        // progress counts bytes that reached the sink
 };
 
+// The most readers a pipeline starts, and how many it starts by default: one per core for buffered
+// reads (each read of cached data is a copy by its reader), one for O_DIRECT (queue depth keeps
+// the device busy; a second reader was slower on our VM's disk, BENCHMARKS.md).
+inline constexpr uint32_t kMaxReaders = 64;
+uint32_t DefaultReaders(bool direct);
+
 struct PipelineStats {
   uint64_t payload_bytes = 0;  // bytes handed to the sink
   uint64_t read_bytes = 0;     // bytes read (payload, gaps read through, O_DIRECT alignment)
@@ -91,7 +106,8 @@ struct PipelineStats {
   uint32_t slots = 0;                    // slots in the pool
   uint64_t slot_bytes = 0;
   uint32_t peak_slots_in_use = 0;  // most slots held at once (reading or being copied)
-  int copy_threads = 0;            // the workers used
+  int copy_threads = 0;            // the copy workers used (0: every reader copied its own slots)
+  uint32_t readers = 0;            // the threads that issued reads
   // Wall time during which at least one read was in flight, at least one copy ran, and both.
   double io_busy_seconds = 0;
   double copy_busy_seconds = 0;

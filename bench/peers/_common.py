@@ -9,7 +9,8 @@ A driver loads a checkpoint the way one peer library does and reports the same f
                                                              applicable ({"peer", "reason"})
 
 `seconds` runs from the start of the load call to the last byte in place (on a GPU, after
-torch.cuda.synchronize); interpreter, import and CUDA start-up are outside it, as they are for
+torch.cuda.synchronize; on the CPU, after reading one byte of every page of tensors that are views
+of a file mapping, touched_mapped_bytes in the report); interpreter, import and CUDA start-up are outside it, as they are for
 shardstream's own figure. `bytes` counts the tensor bytes the peer produced; the harness fails a
 run whose count differs from the checkpoint's, so a peer that loaded nothing is never shown fast.
 Peak RSS is measured by the harness (wait4). Any exception is a failed run (exit 1).
@@ -67,6 +68,42 @@ def tensor_bytes(tensors):
     return total
 
 
+def file_mappings():
+    """(start, end) of this process's mappings of .safetensors files (/proc/self/maps)."""
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5].endswith(".safetensors"):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+def touch_mapped(tensors):
+    """Reads one byte of every 4 KiB page of each CPU tensor whose storage lies in a mapping of a
+    checkpoint file: a peer that returns views of the file (transformers on the CPU) has read
+    nothing yet, and the clock runs to the last byte in place. Owned tensors are left alone.
+    Returns the bytes of storage touched."""
+    import torch
+    ranges = file_mappings()
+    if not ranges:
+        return 0
+    seen, touched = set(), 0
+    for t in tensors:
+        if t.device.type != "cpu":
+            continue
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in seen or not any(start <= ptr < end for start, end in ranges):
+            continue
+        seen.add(ptr)
+        view = torch.empty(0, dtype=torch.uint8).set_(storage)
+        int(view[::4096].sum())
+        touched += storage.nbytes()
+    return touched
+
+
 def main(peer, package, load, name=None, applicable=None, cuda_only=False):
     """Runs a driver: `load(checkpoint, files, device)` returns the loaded tensors (kept alive
     until the clock stops). `name(device)` names the row; `applicable(checkpoint)` returns a
@@ -105,9 +142,10 @@ def main(peer, package, load, name=None, applicable=None, cuda_only=False):
     tensors = load(args.checkpoint, files, args.device)
     if cuda:
         torch.cuda.synchronize()
+    touched = touch_mapped(tensors)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "bytes": tensor_bytes(tensors), "tensors": len(tensors),
-                      "peer": label}))
+                      "touched_mapped_bytes": touched, "peer": label}))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--versions"]:

@@ -15,11 +15,13 @@
 
 namespace shardstream {
 
-// What reads the bytes. The one kAuto rule (engine/fill.h, ResolveBackend): reads that go
-// straight into destinations use pread (page faults bound them; io_uring's depth buys nothing,
-// BENCHMARKS.md), staged reads (O_DIRECT, or any load onto a GPU) use io_uring, where queue depth
-// pays. kUring and kAuto fall back to pread, with one line in ReadReport::fallback, where io_uring
-// cannot be set up (old kernel, seccomp, SHARDSTREAM_DISABLE_IO_URING=1).
+// What reads the bytes. The one kAuto rule (engine/fill.h, ResolveBackend): O_DIRECT reads use
+// io_uring, where queue depth keeps the device busy; buffered reads use pread, from one thread per
+// core, whether into destinations or into staging slots (onto a GPU): a buffered read of cached
+// data is a copy made by the thread that asks for it, so threads are what it needs, and io_uring
+// completes such reads inline, one after another in the submitting thread (BENCHMARKS.md). kUring
+// and kAuto fall back to pread, with one line in ReadReport::fallback, where io_uring cannot be
+// set up (old kernel, seccomp, SHARDSTREAM_DISABLE_IO_URING=1).
 enum class IoMode : uint8_t {
   kAuto,
   kPread,  // preadv

@@ -460,7 +460,7 @@ TEST(BenchFioTest, EveryJobReadsItsOwnPartWithoutInvalidating) {
   EXPECT_EQ(args.front(), "fio");
   for (const char* global :
        {"--readonly", "--rw=read", "--ioengine=io_uring", "--iodepth=32", "--direct=1",
-        "--group_reporting", "--invalidate=0", "--output-format=json"}) {
+        "--group_reporting", "--invalidate=0", "--iomem_align=4096", "--output-format=json"}) {
     EXPECT_TRUE(Has(args, global)) << global << ": " << ::testing::PrintToString(args);
   }
   const std::vector<std::string> job = Section(args, "file0");
@@ -473,6 +473,14 @@ TEST(BenchFioTest, EveryJobReadsItsOwnPartWithoutInvalidating) {
   EXPECT_TRUE(Has(job, "--filename=/d/model.safetensors"));
   EXPECT_TRUE(Has(job, "--loops=1"));
   EXPECT_FALSE(Has(args, "--stonewall"));  // one file, one group
+  // pread: fio's psync engine, one read at a time, the buffers still page-aligned.
+  FioSettings pread = settings;
+  pread.sync = true;
+  const std::vector<std::string> sync_args = FioArgs("fio", files, pread);
+  EXPECT_TRUE(Has(sync_args, "--ioengine=psync")) << ::testing::PrintToString(sync_args);
+  EXPECT_TRUE(Has(sync_args, "--iodepth=1"));
+  EXPECT_TRUE(Has(sync_args, "--iomem_align=4096"));
+  EXPECT_FALSE(Has(sync_args, "--ioengine=io_uring"));
 }
 
 TEST(BenchFioTest, ShardsAreReadInTurnEachItsOwnGroup) {
@@ -550,6 +558,7 @@ TEST(BenchFioTest, TheSweepCoversDepthJobsBlockAndDirectMatchedFirst) {
   EXPECT_EQ(odd.front(), (FioSettings{1 << 20, 64, 4, true}));
   EXPECT_EQ(FioSettingsName(odd.front()), "O_DIRECT 1 MiB qd=64 4 jobs");
   EXPECT_EQ(FioSettingsName({512 << 10, 8, 1, false}), "buffered 512 KiB qd=8 1 job");
+  EXPECT_EQ(FioSettingsName({4 << 20, 8, 2, false, /*sync=*/true}), "pread buffered 4 MiB 2 jobs");
 }
 
 TEST(BenchFioTest, WarmHasThePageCacheAndTheDiskColdTheSweepOnly) {
@@ -557,8 +566,12 @@ TEST(BenchFioTest, WarmHasThePageCacheAndTheDiskColdTheSweepOnly) {
   const std::vector<BenchRow> warm = FioCeilingRows(matched, /*cold=*/false);
   ASSERT_EQ(warm.size(), 2u);
   EXPECT_EQ(warm[0].ceiling, CeilingKind::kPageCache);
-  EXPECT_EQ(warm[0].name, "ceiling: page cache, fio buffered 4 MiB qd=8 2 jobs, best of 3");
-  EXPECT_EQ(warm[0].fio, (std::vector<FioSettings>(kPageCacheTries, matched)));
+  EXPECT_EQ(warm[0].name, "ceiling: page cache, best of 6 fio buffered runs");
+  // pread and io_uring with the matched block, depth and jobs, each kPageCacheTries times.
+  const FioSettings pread{4 << 20, 8, 2, false, /*sync=*/true};
+  ASSERT_EQ(warm[0].fio.size(), 2 * kPageCacheTries);
+  EXPECT_EQ(std::count(warm[0].fio.begin(), warm[0].fio.end(), matched), kPageCacheTries);
+  EXPECT_EQ(std::count(warm[0].fio.begin(), warm[0].fio.end(), pread), kPageCacheTries);
   EXPECT_EQ(warm[1].ceiling, CeilingKind::kStorage);
   EXPECT_EQ(warm[1].name, "ceiling: disk, best of 8 fio O_DIRECT runs");
   const std::vector<BenchRow> cold = FioCeilingRows(matched, /*cold=*/true);
@@ -592,7 +605,7 @@ TEST(BenchFioTest, TheTableNamesTheWinnerOfTheMedianRun) {
             "buffered 16 MiB qd=32 2 jobs");
   EXPECT_EQ(MedianRunDetail(report.rows[0]), "");  // memcpy: no sweep
   // The same settings tried again are no sweep: no winner after the name.
-  report.rows[1].row.fio = FioCeilingRows({4 << 20, 8, 2, false}, /*cold=*/false)[0].fio;
+  report.rows[1].row.fio = std::vector<FioSettings>(kPageCacheTries, {4 << 20, 8, 2, false});
   EXPECT_NE(FormatTable(report, true).find("| ceiling: disk | 1.500 |"), std::string::npos)
       << FormatTable(report, true);
 }

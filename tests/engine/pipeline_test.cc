@@ -540,6 +540,200 @@ TEST(StagedPipelineTest, DefaultsKeepReadsInFlightWhileCopying) {
   EXPECT_GE(stats->copy_threads, 1);
 }
 
+// A CpuSink that records the threads its Consume ran on.
+class ThreadRecordingSink : public Sink {
+ public:
+  explicit ThreadRecordingSink(std::span<const LoadTarget> targets) : cpu_(targets) {}
+  io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      threads_.push_back(std::this_thread::get_id());
+    }
+    return cpu_.Consume(std::move(slot), pieces);
+  }
+  io::Status Finish() override { return cpu_.Finish(); }
+  std::vector<std::thread::id> threads() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return threads_;
+  }
+
+ private:
+  CpuSink cpu_;
+  std::mutex mutex_;
+  std::vector<std::thread::id> threads_;
+};
+
+// The readers of a pipeline, as its backend factory sees them (each reader makes its backend on
+// its own thread): their threads, and a start line that holds every reader until all `count` are
+// there (or 5 s passed), so that each of them gets chunks to read however the machine schedules.
+class ReaderRoll {
+ public:
+  explicit ReaderRoll(size_t count) : count_(count) {}
+  void Arrive() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    threads_.push_back(std::this_thread::get_id());
+    all_.notify_all();
+    all_.wait_for(lock, std::chrono::seconds(5), [&] { return threads_.size() >= count_; });
+  }
+  bool Has(std::thread::id id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::find(threads_.begin(), threads_.end(), id) != threads_.end();
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return threads_.size();
+  }
+
+ private:
+  const size_t count_;
+  std::mutex mutex_;
+  std::condition_variable all_;
+  std::vector<std::thread::id> threads_;
+};
+
+// Several readers share the chunks and the slots: every byte lands once, every slot comes back.
+// pread readers copy their own slots (every Consume runs on a reader, no copy task is used);
+// io_uring readers hand them to copy tasks (std::threads here, which never run on the caller) and
+// never copy themselves.
+TEST(StagedPipelineTest, ManyReadersFillEveryByteAndGiveEverySlotBack) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 20011));
+  for (const io::BackendKind backend : {io::BackendKind::kPread, io::BackendKind::kUring}) {
+    for (const bool direct : {false, true}) {
+      SCOPED_TRACE(std::string(io::BackendName(backend)) + (direct ? " O_DIRECT" : " buffered"));
+      Loaded loaded = Prepare(path);
+      auto pool = StagingPool::Create(16 * kTestChunkBytes, kTestChunkBytes);
+      ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+      ThreadRecordingSink sink(loaded.targets);
+      ReaderRoll roll(4);
+      std::string unavailable;
+      PipelineOptions options;
+      options.direct = direct;
+      options.chunk_bytes = kTestChunkBytes;
+      options.pool = pool->get();
+      options.queue_depth = 2;
+      options.readers = 4;
+      options.copy_threads = 2;
+      options.executor = ExecutorKind::kThreads;
+      options.make_backend = [&](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
+        auto made = io::MakeBackendOrError(backend, files);
+        if (!made.ok()) {
+          unavailable = made.status().ToString();
+          made = io::MakeBackendOrError(io::BackendKind::kPread, files);
+        }
+        roll.Arrive();
+        return made.ok() ? std::move(*made) : nullptr;
+      };
+      auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+      if (!unavailable.empty()) GTEST_SKIP() << unavailable;
+      ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+      ExpectPattern(loaded);
+      EXPECT_EQ(stats->readers, 4u);
+      EXPECT_EQ(roll.size(), 4u);
+      EXPECT_TRUE(roll.Has(std::this_thread::get_id()));  // the caller is reader 0
+      EXPECT_GT(stats->chunks, 40u);
+      EXPECT_LE(stats->peak_slots_in_use, 16u);
+      EXPECT_EQ((*pool)->in_use(), 0u);
+      const std::vector<std::thread::id> consumers = sink.threads();
+      EXPECT_EQ(consumers.size(), stats->chunks);
+      const auto on_readers = static_cast<size_t>(std::count_if(
+          consumers.begin(), consumers.end(), [&](std::thread::id id) { return roll.Has(id); }));
+      if (backend == io::BackendKind::kPread) {
+        EXPECT_EQ(stats->copy_threads, 0);
+        EXPECT_EQ(on_readers, consumers.size());
+      } else {
+        EXPECT_GE(stats->copy_threads, 1);
+        EXPECT_EQ(on_readers, 0u);
+      }
+    }
+  }
+}
+
+// Readers are capped by half the slots (a device sink parks a slot until its copy is done, so each
+// reader needs a second one; a pool the pipeline makes has no more slots than chunks); by default
+// buffered reads get one reader per core and O_DIRECT one.
+TEST(StagedPipelineTest, ReadersAreCappedByChunksAndSlots) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(6, 3 * kTestChunkBytes));
+  Loaded loaded = Prepare(path);
+  for (const auto& [slots, readers, want] : std::vector<std::tuple<uint64_t, uint32_t, uint32_t>>{
+           {2, 8, 1}, {6, 8, 3}, {64, 8, 8}, {64, 1000, 9}}) {
+    SCOPED_TRACE(std::to_string(slots) + " slots, " + std::to_string(readers) + " readers");
+    CpuSink sink(loaded.targets);
+    PipelineOptions options;
+    options.backend = io::BackendKind::kPread;
+    options.chunk_bytes = kTestChunkBytes;
+    options.staging_bytes = slots * kTestChunkBytes;
+    options.readers = readers;
+    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    ExpectPattern(loaded);
+    ASSERT_EQ(stats->chunks, 18u);  // 6 tensors of 3 chunks each
+    EXPECT_EQ(stats->slots, std::min<uint64_t>(slots, 18));
+    EXPECT_EQ(stats->readers, want);
+  }
+  EXPECT_EQ(DefaultReaders(/*direct=*/true), 1u);
+  EXPECT_EQ(DefaultReaders(/*direct=*/false),
+            std::clamp(std::thread::hardware_concurrency(), 1u, kMaxReaders));
+}
+
+// One reader's backend fails (a read error, or io_uring_enter itself broken): the others stop,
+// every slot and file comes back, and the error names the file and tensor.
+TEST(StagedPipelineTest, AFailingReaderStopsTheOthersAndEverySlotComesBack) {
+  for (const bool broken : {false, true}) {
+    SCOPED_TRACE(broken ? "the backend breaks" : "a read fails with EIO");
+    ScratchDir dir;
+    auto path = dir.Write("m.safetensors", PatternFile(30, 30011));
+    Loaded loaded = Prepare(path);
+    auto pool = StagingPool::Create(12 * kTestChunkBytes, kTestChunkBytes);
+    ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+    const size_t fds_before = CountOpenFds();
+    CpuSink sink(loaded.targets);
+    PipelineOptions options;
+    options.chunk_bytes = kTestChunkBytes;
+    options.pool = pool->get();
+    options.readers = 3;
+    options.queue_depth = 2;
+    // The second reader made fails its first submit; the others wait in their first submit until
+    // it has been made (or 5 s passed), so that however the machine schedules the readers, the
+    // failing one reads before the others have read everything.
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool failing_submitted = false;
+    std::atomic<int> made{0};
+    options.make_backend = [&](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
+      auto inner = io::MakeBackendOrError(io::BackendKind::kPread, files);
+      if (!inner.ok()) return nullptr;
+      testing::FaultPlan plan;
+      if (made.fetch_add(1) == 1) {
+        (broken ? plan.broken_from : plan.fail_from) = 1;
+        plan.before_submit = [&](int) {
+          std::lock_guard<std::mutex> lock(mutex);
+          failing_submitted = true;
+          cv.notify_all();
+        };
+      } else {
+        plan.before_submit = [&](int submit) {
+          if (submit != 1) return;
+          std::unique_lock<std::mutex> lock(mutex);
+          cv.wait_for(lock, std::chrono::seconds(5), [&] { return failing_submitted; });
+        };
+      }
+      return std::make_unique<testing::FaultBackend>(std::move(*inner), std::move(plan));
+    };
+    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    ASSERT_FALSE(stats.ok());
+    EXPECT_EQ(made.load(), 3);
+    EXPECT_EQ(stats.status().rule(), "io") << stats.status().ToString();
+    if (!broken) {
+      EXPECT_EQ(stats.status().path(), path.string());
+      EXPECT_FALSE(stats.status().tensor().empty()) << stats.status().ToString();
+    }
+    EXPECT_EQ((*pool)->in_use(), 0u);
+    EXPECT_EQ(CountOpenFds(), fds_before);
+  }
+}
+
 TEST(PipelineOptionsTest, StagingSmallerThanOneChunkIsRejected) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(4, 100000));
