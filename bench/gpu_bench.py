@@ -143,7 +143,11 @@ def ceilings(build_dir, files):
 
 
 # --sweep: the warm path over the knobs that bound it, each row beside the default in the same run.
-SWEEP = ([], ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
+# Warm reads are pread readers, one per core up to half the slots, each uploading its own slots:
+# fewer readers (--threads), more slots for more readers (--staging-mb), and io_uring readers
+# that hand their slots to copy tasks (--io uring) show what bounds that.
+SWEEP = ([], ["--threads", "4"], ["--staging-mb", "128"], ["--io", "uring"],
+         ["--no-device-reserve"], ["--copy-streams", "8"], ["--copy-streams", "1"],
          ["--chunk-mb", "2", "--staging-mb", "32"],
          ["--chunk-mb", "2", "--queue-depth", "12", "--staging-mb", "48"],
          ["--chunk-mb", "2", "--queue-depth", "16", "--staging-mb", "64"],

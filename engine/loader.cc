@@ -180,7 +180,7 @@ class Worker {
       if (io::Status& status = done_[i].status; !status.ok()) {
         LocateReadError(status, s_.checkpoint, chunk.file, chunk.file_offset);
         Fail(std::move(status));
-      } else if (!s_.progress.Add(chunk.needed_bytes)) {
+      } else if (!s_.progress.Add(s_.plan.PayloadOf(chunk))) {
         Fail(Cancelled());
       }
     }

@@ -62,13 +62,6 @@ class Activity {
   Clock::time_point last_ = Clock::now();
 };
 
-// Progress counts tensor bytes, not the gaps and alignment padding a chunk also reads.
-uint64_t PayloadBytes(std::span<const Piece> pieces) {
-  uint64_t bytes = 0;
-  for (const Piece& piece : pieces) bytes += piece.length;
-  return bytes;
-}
-
 // Opens the files, with O_DIRECT when asked and allowed. Sets *direct to what was used and adds a
 // note when O_DIRECT was refused.
 io::Result<io::FileSet> OpenFiles(const io::Checkpoint& checkpoint, bool* direct,
@@ -108,9 +101,12 @@ struct Pending {
 struct Reader {
   std::unique_ptr<io::ReadBackend> backend;
   uint32_t depth = 1;  // reads in flight at most
-  // A synchronous backend (pread) copies each slot out on the reader itself, right after its
-  // read: the slot is still in this core's cache, and no copy task waits for a core that the
-  // readers hold (with one reader per core, handed-off copies starve until the pool runs dry).
+  // The reader copies each slot out itself, right after its read, unless it reads with O_DIRECT
+  // through io_uring. A buffered read is a copy made by the reading thread (io_uring completes a
+  // cached one inline too), so the slot is still in this core's cache, and no copy task waits
+  // for a core that the readers hold (with one reader per core, handed-off copies starved until
+  // the pool ran dry). An O_DIRECT io_uring read is the device's DMA: the reader's core is free
+  // to keep the queue full while copy tasks on other cores empty the slots.
   bool copies_inline = false;
   std::vector<io::ReadRequest> batch;
   std::vector<io::Completion> done;
@@ -289,7 +285,7 @@ io::Status StagedRun::Backend(Reader& reader) {
   reader.depth = reader.backend->kind() == io::BackendKind::kUring
                      ? std::clamp<uint32_t>(options_.queue_depth, 1, slots_each)
                      : 1;
-  reader.copies_inline = reader.backend->kind() != io::BackendKind::kUring;
+  reader.copies_inline = !direct_ || reader.backend->kind() != io::BackendKind::kUring;
   reader.done.resize(reader.depth);
   reader.reading.assign(pool_->slot_count(), 0);
 
@@ -397,7 +393,7 @@ void StagedRun::Copy(uint32_t slot) {
     activity_.Change(0, -1);
     if (!status.ok()) {
       FailChunk(std::move(status), c);
-    } else if (!progress_.Add(PayloadBytes(plan_.PiecesOf(chunk)))) {
+    } else if (!progress_.Add(plan_.PayloadOf(chunk))) {
       error_.Record(Cancelled());
     }
   }

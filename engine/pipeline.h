@@ -6,9 +6,10 @@
 //                                  the lease, or park it behind the copies' fence
 //
 // Readers share the plan (each takes the next chunk), the pool and the copy tasks; each drives a
-// backend of its own. An io_uring reader never copies: its reaped slots go to `copy_threads`
-// oneTBB workers while its next reads are in flight. A pread reader (synchronous: the read is done
-// when Submit returns) consumes each slot itself, while the slot is still in its core's cache.
+// backend of its own. An O_DIRECT io_uring reader never copies: the device DMAs into its slots,
+// and its reaped slots go to `copy_threads` oneTBB workers while its next reads are in flight.
+// Every other reader (buffered reads, which are copies made by the reading thread, or
+// synchronous pread) consumes each slot itself, while the slot is still in its core's cache.
 // So O_DIRECT (one io_uring reader, depth keeps the disk busy) overlaps reads with copies, and a
 // warm buffered load (one pread reader per core, each read a copy out of the page cache) spreads
 // the copies over every core. Host memory is bounded by the staging pool whatever the checkpoint

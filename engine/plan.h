@@ -85,6 +85,13 @@ struct ReadPlan {
   std::span<const Piece> PiecesOf(const Chunk& chunk) const {
     return std::span(pieces).subspan(chunk.first_piece, chunk.piece_count);
   }
+  // The target bytes a chunk carries (what progress counts): its pieces, not the gaps and
+  // alignment it also reads.
+  uint64_t PayloadOf(const Chunk& chunk) const {
+    uint64_t bytes = 0;
+    for (const Piece& piece : PiecesOf(chunk)) bytes += piece.length;
+    return bytes;
+  }
 };
 
 // Plans the reads for `targets` (tensors of `checkpoint`; the same tensor may appear twice, e.g. to

@@ -161,6 +161,30 @@ TEST(LoaderTest, ProgressReachesTheTotalAndCanCancel) {
   EXPECT_EQ(cancelled.status().rule(), "cancelled");
 }
 
+// Every other tensor: the chunks read through the gaps between them, but progress counts only
+// the targets' bytes, so it ends on the total and never passes it.
+TEST(LoaderTest, ProgressCountsTargetBytesNotTheGapsReadThrough) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(10, 5000));
+  Loaded loaded = Prepare(path);
+  std::vector<LoadTarget> half;
+  for (size_t i = 0; i < loaded.targets.size(); i += 2) half.push_back(loaded.targets[i]);
+  uint64_t last_done = 0, total = 0;
+  FillOptions options;
+  options.threads = 1;
+  options.progress = [&](const Progress& p) {
+    EXPECT_LE(p.done_bytes, p.total_bytes);
+    last_done = p.done_bytes;
+    total = p.total_bytes;
+    return true;
+  };
+  auto stats = FillTargets(loaded.checkpoint, half, options);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_GT(stats->read_bytes, stats->payload_bytes);  // the gaps were read through
+  EXPECT_EQ(total, 25000u);
+  EXPECT_EQ(last_done, 25000u);
+}
+
 TEST(LoaderTest, OpensNoFileDescriptorsThatOutliveTheLoad) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(4, 100));
