@@ -442,8 +442,8 @@ PipelineOptions StagedOptions(const ReadOptions& read, bool direct) {
   pipeline.sqpoll = read.sqpoll;
   pipeline.copy_threads = read.threads;
   // Buffered reads are copies made by the reading threads: one reader per worker thread. O_DIRECT
-  // reads keep the device busy through queue depth, from one reader.
-  pipeline.readers = direct ? 1 : static_cast<uint32_t>(std::max(read.threads, 0));
+  // takes the pipeline's own count (DefaultReaders).
+  if (!direct) pipeline.readers = static_cast<uint32_t>(std::max(read.threads, 0));
   pipeline.progress = read.progress;
   return pipeline;
 }

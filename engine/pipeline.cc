@@ -32,6 +32,7 @@ uint64_t AlignDown(uint64_t value, uint64_t alignment) { return value & ~(alignm
 
 // Wall-clock accounting of how much reading and copying overlapped: every change in the number of
 // reads in flight or copies running closes an interval that is charged to IO, copy, or both.
+// The count of reads in flight also gives their peak, over every reader.
 // One lock per chunk transition (chunks are megabytes), so the cost is noise.
 class Activity {
  public:
@@ -45,6 +46,7 @@ class Activity {
     last_ = now;
     reads_ += reads_delta;
     copies_ += copies_delta;
+    peak_reads_ = std::max(peak_reads_, reads_);
   }
   void Fill(PipelineStats* stats) {
     Change(0, 0);
@@ -52,12 +54,14 @@ class Activity {
     stats->io_busy_seconds = io_;
     stats->copy_busy_seconds = copy_;
     stats->overlap_seconds = both_;
+    stats->peak_in_flight = static_cast<uint32_t>(peak_reads_);
   }
 
  private:
   std::mutex mutex_;
   int reads_ = 0;
   int copies_ = 0;
+  int peak_reads_ = 0;
   double io_ = 0, copy_ = 0, both_ = 0;
   Clock::time_point last_ = Clock::now();
 };
@@ -195,8 +199,6 @@ class StagedRun {
   // The readers' shared state.
   std::vector<Pending> pending_;   // by slot index, which is the request id
   std::atomic<uint32_t> next_{0};  // the next chunk to read
-  std::atomic<uint32_t> in_flight_{0};
-  std::atomic<uint32_t> peak_in_flight_{0};
 };
 
 io::Status StagedRun::Open() {
@@ -444,7 +446,6 @@ void StagedRun::Reap(Reader& reader) {
     return;
   }
   activity_.Change(-static_cast<int>(*reaped), 0);
-  in_flight_.fetch_sub(static_cast<uint32_t>(*reaped), std::memory_order_relaxed);
   for (size_t i = 0; i < *reaped; ++i) {
     Pending& p = pending_[reader.done[i].id];
     p.iov = {};
@@ -492,10 +493,6 @@ void StagedRun::Loop(Reader& reader) {
       // A failed Submit may have queued some of the batch: the slots stay with their requests
       // until the backend is destroyed (CloseReader).
       reader.outstanding += count;
-      const uint32_t now = in_flight_.fetch_add(count, std::memory_order_relaxed) + count;
-      uint32_t peak = peak_in_flight_.load(std::memory_order_relaxed);
-      while (now > peak && !peak_in_flight_.compare_exchange_weak(peak, now)) {
-      }
       if (!status.ok()) {
         error_.Record(std::move(status));
         reader.broken = true;
@@ -515,7 +512,6 @@ void StagedRun::CloseReader(Reader& reader) {
     // The backend cannot be reaped any more; its destructor waits until the kernel is done with
     // every buffer, after which the slots of its lost requests can go back.
     activity_.Change(-static_cast<int>(reader.outstanding), 0);
-    in_flight_.fetch_sub(reader.outstanding, std::memory_order_relaxed);
     reader.backend.reset();
     for (size_t slot = 0; slot < reader.reading.size(); ++slot) {
       if (reader.reading[slot] == 0) continue;
@@ -533,7 +529,6 @@ io::Result<PipelineStats> StagedRun::Finish() {
   io::Status finish = sink_.Finish();
 
   activity_.Fill(&stats_);
-  stats_.peak_in_flight = peak_in_flight_.load();
   stats_.copy_thread_seconds = static_cast<double>(copy_nanos_.load()) * 1e-9;
   stats_.peak_slots_in_use = std::max(pool_->peak_in_use(), peak_before_) - peak_before_;
   stats_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
