@@ -102,6 +102,18 @@ def open_checkpoint(checkpoint: Union[PathLike, Checkpoint]) -> Checkpoint:
     return checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
 
 
+def allocate(ck: "Checkpoint", names: Sequence[str], device: torch.device,
+             dtype: Optional[torch.dtype] = None) -> dict:
+    """New uninitialised tensors for `names` of `ck` on `device`, name -> tensor in the order
+    given: each in its checkpoint layout, the floating-point ones in `dtype` when it is set."""
+    out = {}
+    for name in names:
+        e = ck.entry(name)
+        tdtype = dtype if dtype is not None and e.dtype in _dtypes.CASTABLE else e.tdtype
+        out[name] = torch.empty(e.tshape, dtype=tdtype, device=device)
+    return out
+
+
 def parse_device(device: Any) -> torch.device:
     """"cpu", "cuda", "cuda:N", an int N or a torch.device; raises LoadError rule "device"."""
     if isinstance(device, int) and not isinstance(device, bool):

@@ -9,7 +9,7 @@ import torch
 
 from . import _core
 from ._errors import error
-from ._fill import Checkpoint, PathLike, open_checkpoint, options, parse_device, target
+from ._fill import Checkpoint, PathLike, allocate, open_checkpoint, options, parse_device, target
 
 DEFAULT_STAGING_MB = 512
 _POLL_S = 0.05
@@ -53,13 +53,10 @@ class TensorIterator:
             self._job = None
             return
         batch = self._batches.popleft()
-        tensors = []
+        tensors = list(allocate(self._ck, [e.name for e in batch], self._device).items())
         core_targets = []
-        for e in batch:
-            tdtype, tshape = e.torch_layout()
-            t = torch.empty(tshape, dtype=tdtype, device=self._device)
-            tensors.append((e.name, t))
-            tt = target(self._ck, e.name, None, t)
+        for name, t in tensors:
+            tt = target(self._ck, name, None, t)
             if tt is not None:
                 core_targets.append(tt)
         self._job = (_core.start_fill(self._ck.core, core_targets, self._opts), tensors)

@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from . import _dtypes, _layout, _progress
-from ._fill import Checkpoint, PathLike, fill, open_checkpoint, parse_device
+from . import _layout, _progress
+from ._fill import Checkpoint, PathLike, allocate, fill, open_checkpoint, parse_device
 
 _BACKENDS = (None, "mmap", "pread")
 
@@ -19,18 +19,6 @@ def _check_backend(backend: Optional[str]) -> None:
     # backends (io=), so the value is only checked.
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be None, 'mmap' or 'pread', not {backend!r}")
-
-
-def _allocate(ck: Checkpoint, names: List[str], device: torch.device,
-              dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for name in names:
-        e = ck.entry(name)
-        tdtype, tshape = e.tdtype, e.tshape
-        if dtype is not None and e.dtype in _dtypes.CASTABLE:
-            tdtype = dtype
-        out[name] = torch.empty(tshape, dtype=tdtype, device=device)
-    return out
 
 
 def load_file(filename: PathLike, device: Union[str, int, torch.device] = "cpu", *,
@@ -52,7 +40,7 @@ def load_file(filename: PathLike, device: Union[str, int, torch.device] = "cpu",
     _check_backend(backend)
     d = parse_device(device)
     ck = open_checkpoint(filename)
-    tensors = _allocate(ck, [e.name for e in ck.offset_order], d, dtype)
+    tensors = allocate(ck, [e.name for e in ck.offset_order], d, dtype)
     fill(ck, tensors, threads=threads, io=io, direct=direct, staging_mb=staging_mb,
          progress=progress)
     return tensors
@@ -125,7 +113,7 @@ class SafeOpen:
         return _allocate_one(self, name)
 
     def get_tensors(self) -> Dict[str, torch.Tensor]:
-        tensors = _allocate(self._ck, self.keys(), self._device, None)
+        tensors = allocate(self._ck, self.keys(), self._device)
         self._fill(tensors)
         return tensors
 
@@ -134,8 +122,7 @@ class SafeOpen:
 
 
 def _allocate_one(f: SafeOpen, name: str) -> torch.Tensor:
-    f._ck.entry(name)
-    tensors = _allocate(f._ck, [name], f._device, None)
+    tensors = allocate(f._ck, [name], f._device)
     f._fill(tensors)
     return tensors[name]
 
