@@ -789,6 +789,7 @@ TEST(StagedPipelineTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
   CpuSink sink(loaded.targets);
   PipelineOptions options;  // io_uring by default
   options.chunk_bytes = 8192;
+  options.readers = 1;  // pread's one read at a time, counted over one reader
   ::setenv("SHARDSTREAM_DISABLE_IO_URING", "1", 1);
   auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
   options.fall_back_to_pread = false;
