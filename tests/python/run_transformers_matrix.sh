@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # Runs tests/python/test_transformers.py against the newest and the oldest transformers that
-# shardstream.transformers supports (SUPPORTED_TRANSFORMERS): the project venv's own transformers
-# (the newest), then the oldest, installed once under $SHARDSTREAM_CACHE and put first on
-# PYTHONPATH so that it shadows the venv's (torch, safetensors and the rest stay the venv's).
-# Extra arguments go to pytest.
+# shardstream.transformers is tested on: the project venv's own transformers (the newest, locked
+# in scripts/requirements.txt), then the oldest, at the exact versions of
+# scripts/transformers-oldest-requirements.txt, installed once under $SHARDSTREAM_CACHE and put
+# first on PYTHONPATH so that it shadows the venv's (torch, safetensors and the rest stay the
+# venv's). Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "$0")/../../scripts/env.sh"
-OLDEST="${SHARDSTREAM_TRANSFORMERS_OLDEST:-5.16.0}"
-prefix="$SHARDSTREAM_CACHE/transformers-$OLDEST"
+lock="$SHARDSTREAM_ROOT/scripts/transformers-oldest-requirements.txt"
+OLDEST="$(sed -n 's/^transformers==//p' "$lock")"
+# The folder is named after the lock's contents, so a changed lock installs afresh.
+prefix="$SHARDSTREAM_CACHE/transformers-$OLDEST-$(grep -v '^#' "$lock" | sha256sum | cut -c1-12)"
 test_file="$SHARDSTREAM_ROOT/tests/python/test_transformers.py"
 
 if [ ! -f "$prefix/.complete" ]; then
   echo "transformers matrix: installing transformers $OLDEST into $prefix"
   rm -rf "$prefix.tmp"
-  # transformers 5.16 wants huggingface-hub 1.x (httpx based); the venv's newer hub stays
-  # underneath for the newest run. --no-deps keeps the venv's torch and numpy.
-  "$SHARDSTREAM_PYTHON" -m pip install -q --no-deps --target "$prefix.tmp" \
-    "transformers==$OLDEST" "huggingface-hub>=1.5,<2" "httpx>=0.23,<1" "httpcore>=1,<2" \
-    "h11>=0.16" "anyio>=4" certifi
+  # --no-deps keeps the venv's torch and numpy.
+  "$SHARDSTREAM_PYTHON" -m pip install -q --no-deps --target "$prefix.tmp" -r "$lock"
   rm -rf "$prefix"
   mv "$prefix.tmp" "$prefix"
   touch "$prefix/.complete"
