@@ -27,6 +27,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -127,12 +128,33 @@ class LoadError : public std::runtime_error {
   Fields fields_;
 };
 
-// The tensors and the report of a load. Converts to the map, so `TensorMap w = LoadFile(p);`
-// keeps working; `auto [tensors, report] = LoadFile(p, options);` takes both.
+// The tensors and the report of a load. It reads as the name → tensor map itself (range-for,
+// `at`, `find`, `size`, `contains`, ...), and holds the map and the report as members:
+//
+//   auto w = LoadFile(p, options);                 // for (auto& [name, t] : w) ...
+//   auto [tensors, report] = LoadFile(p, options);  // the map and the report apart
+//   TensorMap m = LoadFile(p);                      // the map alone (moved, not copied)
 struct LoadResult {
   TensorMap tensors;
   LoadReport report;
+
   operator TensorMap() && { return std::move(tensors); }  // NOLINT(google-explicit-constructor)
+
+  using iterator = TensorMap::iterator;
+  using const_iterator = TensorMap::const_iterator;
+  iterator begin() { return tensors.begin(); }
+  iterator end() { return tensors.end(); }
+  const_iterator begin() const { return tensors.begin(); }
+  const_iterator end() const { return tensors.end(); }
+  size_t size() const { return tensors.size(); }
+  bool empty() const { return tensors.empty(); }
+  bool contains(const std::string& name) const { return tensors.contains(name); }
+  size_t count(const std::string& name) const { return tensors.count(name); }
+  iterator find(const std::string& name) { return tensors.find(name); }
+  const_iterator find(const std::string& name) const { return tensors.find(name); }
+  at::Tensor& at(const std::string& name) { return tensors.at(name); }
+  const at::Tensor& at(const std::string& name) const { return tensors.at(name); }
+  at::Tensor& operator[](const std::string& name) { return tensors[name]; }
 };
 
 LoadResult LoadFile(const std::filesystem::path& checkpoint, const LoadOptions& options = {});

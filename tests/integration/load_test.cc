@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace shardstream {
@@ -165,6 +166,40 @@ TEST(LoadFileTest, DTypesAndShapesFollowTheMapping) {
   // f64 holds -2.0 ... 3.5 in steps of 0.5.
   at::Tensor f64 = t.at("f64").flatten();
   for (int64_t i = 0; i < f64.numel(); ++i) EXPECT_EQ(f64[i].item<double>(), -2.0 + 0.5 * i);
+}
+
+// What LoadFile returns is the map itself: `auto w = LoadFile(p)` iterates, looks up and counts
+// like a TensorMap, and still splits into map and report with structured bindings.
+TEST(LoadFileTest, ResultIsAMapAndSplitsIntoMapAndReport) {
+  const TensorMap reference = LoadFile(Fixture("mixed.safetensors"));
+  auto w = LoadFile(Fixture("mixed.safetensors"), LoadOptions{});
+  EXPECT_EQ(w.size(), reference.size());
+  size_t visited = 0;
+  for (auto& [name, tensor] : w) {
+    ++visited;
+    ASSERT_TRUE(reference.contains(name)) << name;
+    EXPECT_TRUE(w.contains(name)) << name;
+    EXPECT_TRUE(tensor.equal(reference.at(name))) << name;
+    EXPECT_EQ(w.find(name)->second.data_ptr(), tensor.data_ptr()) << name;
+    EXPECT_EQ(w.at(name).data_ptr(), tensor.data_ptr()) << name;
+  }
+  EXPECT_EQ(visited, reference.size());
+  EXPECT_EQ(w.find("no such tensor"), w.end());
+  EXPECT_EQ(w.report.tensors, reference.size());
+
+  auto [tensors, report] = LoadFile(Fixture("mixed.safetensors"), LoadOptions{});
+  static_assert(std::is_same_v<decltype(tensors), TensorMap>);
+  static_assert(std::is_same_v<decltype(report), LoadReport>);
+  EXPECT_EQ(tensors.size(), reference.size());
+  EXPECT_EQ(report.tensors, reference.size());
+  EXPECT_GT(report.bytes, 0u);
+
+  // Moving the map out leaves the report with the result.
+  LoadResult result = LoadFile(Fixture("mixed.safetensors"), LoadOptions{});
+  const uint64_t bytes = result.report.bytes;
+  TensorMap moved = std::move(result);
+  EXPECT_EQ(moved.size(), reference.size());
+  EXPECT_EQ(result.report.bytes, bytes);  // NOLINT(bugprone-use-after-move): only the map moved
 }
 
 TEST(LoadFileTest, CastsFloatingTensorsOnly) {
