@@ -4,7 +4,7 @@
 //
 //   build/bench/engine_bench --benchmark_repetitions=5
 #include "bench/llama_header.h"
-#include "engine/loader.h"
+#include "engine/pipeline.h"
 #include "engine/plan.h"
 #include "engine/sink.h"
 #include "io/checkpoint.h"
@@ -34,9 +34,9 @@ void BM_BuildReadPlan(benchmark::State& state) {
   }
   shardstream::io::Checkpoint checkpoint;
   checkpoint.files.push_back({"bench.safetensors", std::move(*parsed)});
-  std::vector<shardstream::io::TensorLocation> targets;
+  std::vector<shardstream::engine::Target> targets;
   for (uint32_t i = 0; i < checkpoint.files[0].header.tensors.size(); ++i)
-    targets.push_back({0, i});
+    targets.emplace_back(shardstream::io::TensorLocation{0, i}, nullptr);
   shardstream::engine::PlanOptions options;
   options.chunk_bytes = kSlotBytes;
   options.alignment_bytes = alignment;
@@ -60,13 +60,14 @@ void BM_SlotCopy(benchmark::State& state) {
   const uint64_t piece_bytes = kSlotBytes / pieces;
   std::vector<std::byte> slot(kSlotBytes, std::byte{0x5a});
   std::vector<std::byte> destination(kSlotBytes, std::byte{0});  // faulted in once, here
-  std::vector<shardstream::engine::LoadTarget> targets;
+  std::vector<shardstream::engine::Destination> targets;
   std::vector<Piece> plan;
   for (uint32_t i = 0; i < pieces; ++i) {
-    targets.push_back({{0, i}, destination.data() + i * piece_bytes});
+    targets.push_back({destination.data() + i * piece_bytes, piece_bytes,
+                       shardstream::io::DType::kU8, shardstream::io::DType::kU8});
     plan.push_back(Piece{i, 0, i * piece_bytes, piece_bytes});
   }
-  shardstream::engine::CpuSink sink(targets);
+  shardstream::engine::CpuSink sink(std::move(targets));
   for (auto _ : state) {
     shardstream::engine::StagedSlot staged;  // no lease: the slot belongs to no pool
     staged.data = slot.data();

@@ -72,7 +72,7 @@ struct Window {
 
 class Upload {
  public:
-  Upload(const io::Checkpoint& checkpoint, std::span<const engine::LoadTarget> targets,
+  Upload(const io::Checkpoint& checkpoint, std::span<const engine::Target> targets,
          const engine::ReadPlan& plan, std::vector<Window> windows,
          std::vector<StreamHandle> streams, const PageCacheUploadOptions& options, DeviceOps& ops,
          HostPinning& pin)
@@ -214,7 +214,7 @@ class Upload {
       if (options_.progress && !failed &&
           (last || Clock::now() - last_report >= std::chrono::milliseconds(50))) {
         last_report = Clock::now();
-        if (!options_.progress(engine::Progress{done_bytes, plan_.payload_bytes})) {
+        if (!options_.progress(Progress{done_bytes, plan_.payload_bytes})) {
           Record(io::Status::Error(io::StatusCode::kCancelled, "cancelled",
                                    "load cancelled by the progress callback"));
         }
@@ -224,7 +224,7 @@ class Upload {
   }
 
   const io::Checkpoint& checkpoint_;
-  std::span<const engine::LoadTarget> targets_;
+  std::span<const engine::Target> targets_;
   const engine::ReadPlan& plan_;
   const std::vector<Window> windows_;
   const std::vector<StreamHandle> streams_;
@@ -250,7 +250,7 @@ class Upload {
 }  // namespace
 
 io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& checkpoint,
-                                                     std::span<const engine::LoadTarget> targets,
+                                                     std::span<const engine::Target> targets,
                                                      const PageCacheUploadOptions& options,
                                                      DeviceOps& ops, HostPinning& pin) {
   const auto start = Clock::now();
@@ -259,14 +259,11 @@ io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& check
                              "pinning windows must be at least one page, and at least one must "
                              "be in flight");
   }
-  std::vector<io::TensorLocation> locations;
-  locations.reserve(targets.size());
-  for (const engine::LoadTarget& target : targets) locations.push_back(target.source);
   engine::PlanOptions plan_options;
   plan_options.chunk_bytes = RoundUp(options.window_bytes, kPageBytes);
   plan_options.alignment_bytes = kPageBytes;  // windows start on page boundaries of the mapping
   SHARDSTREAM_ASSIGN_OR_RETURN(engine::ReadPlan plan,
-                               engine::BuildReadPlan(checkpoint, locations, plan_options));
+                               engine::BuildReadPlan(checkpoint, targets, plan_options));
 
   SHARDSTREAM_ASSIGN_OR_RETURN(io::FileSet files, io::FileSet::Open(checkpoint));
   std::vector<std::unique_ptr<SharedMapping>> maps(files.size());

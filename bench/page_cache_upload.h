@@ -38,7 +38,7 @@
 #pragma once
 
 #include "cuda/device_ops.h"
-#include "engine/loader.h"
+#include "engine/pipeline.h"
 #include "io/checkpoint.h"
 #include "io/status.h"
 
@@ -67,7 +67,7 @@ struct PageCacheUploadOptions {
   uint64_t window_bytes = kDefaultPinWindowBytes;  // bytes pinned by one call (page multiple)
   uint32_t windows_in_flight = kDefaultPinnedWindows;
   uint32_t pin_threads = kDefaultPinThreads;
-  engine::ProgressFn progress;  // bytes whose copies finished; may cancel
+  ProgressFn progress;  // bytes whose copies finished; may cancel
 };
 
 struct PageCacheUploadStats {
@@ -84,7 +84,7 @@ struct PageCacheUploadStats {
 // Copies every target's bytes (as stored) into its destination, device memory of `ops`' device.
 // Targets with no bytes are skipped.
 io::Result<PageCacheUploadStats> UploadFromPageCache(const io::Checkpoint& checkpoint,
-                                                     std::span<const engine::LoadTarget> targets,
+                                                     std::span<const engine::Target> targets,
                                                      const PageCacheUploadOptions& options,
                                                      cuda::DeviceOps& ops, HostPinning& pin);
 

@@ -14,7 +14,6 @@
 #include "cuda/device_ops.h"
 #include "cuda/error.h"
 #include "cuda/pinned_pool.h"
-#include "engine/loader.h"
 #include "engine/pipeline.h"
 #include "io/checkpoint.h"
 
@@ -95,16 +94,18 @@ int Run(int argc, char** argv) {
   SHARDSTREAM_CUDA_TRY(cudaSetDevice(device));
   void* buffer = nullptr;
   SHARDSTREAM_CUDA_TRY(cudaMalloc(&buffer, std::max<uint64_t>(total, 1)));
-  std::vector<engine::LoadTarget> targets;
+  std::vector<engine::Target> targets;
   for (const auto& [location, offset] : layout) {
     targets.emplace_back(location, static_cast<std::byte*>(buffer) + offset);
   }
   std::vector<std::byte> expected(total);
   {
-    std::vector<engine::LoadTarget> host;
+    std::vector<engine::Target> host;
     for (const auto& [location, offset] : layout)
       host.emplace_back(location, expected.data() + offset);
-    auto read = engine::FillTargets(*checkpoint, host, engine::FillOptions{});
+    engine::PipelineOptions in_place;
+    in_place.staged = false;
+    auto read = engine::RunPipeline(*checkpoint, host, nullptr, in_place);
     if (!read.ok()) return Fail(read.status().ToString());
   }
   auto check = [&](const char* path) -> bool {
@@ -117,8 +118,8 @@ int Run(int argc, char** argv) {
   SHARDSTREAM_CUDA_TRY(cudaMemset(buffer, 0, total));
 
   RuntimePinning pinning;
-  const uint64_t chunk_bytes = engine::kDefaultStagedChunkBytes;
-  auto pool = cuda::PinnedPool::Shared(device, engine::kDefaultStagingBytes,
+  const uint64_t chunk_bytes = kDefaultStagedChunkBytes;
+  auto pool = cuda::PinnedPool::Shared(device, kDefaultStagingBytes,
                                        chunk_bytes + 2 * engine::kStagingAlignment);
   if (!pool.ok()) return Fail(pool.status().ToString());
   const double gb = static_cast<double>(total) / 1e9;
@@ -136,12 +137,12 @@ int Run(int argc, char** argv) {
     if (run == 0) SHARDSTREAM_CUDA_TRY(cudaMemset(buffer, 0, total));
 
     start = Clock::now();
-    auto sink = cuda::CudaSink::Create(cuda::DeviceTargets(*checkpoint, targets), {}, **ops);
+    auto sink = cuda::CudaSink::Create(engine::DestinationsOf(*checkpoint, targets), {}, **ops);
     if (!sink.ok()) return Fail(sink.status().ToString());
     engine::PipelineOptions pipeline;
     pipeline.chunk_bytes = chunk_bytes;
     pipeline.pool = pool->get();
-    auto staged = engine::RunStagedPipeline(*checkpoint, targets, **sink, pipeline);
+    auto staged = engine::RunPipeline(*checkpoint, targets, sink->get(), pipeline);
     seconds = std::chrono::duration<double>(Clock::now() - start).count();
     if (!staged.ok()) return Fail("staged: " + staged.status().ToString());
     std::printf("staged     run %llu: %.3f s, %.2f GB/s\n", static_cast<unsigned long long>(run),

@@ -8,12 +8,8 @@
 #include "cli/format.h"
 #include "cli/load_common.h"
 #include "cli/sha256.h"
-#include "engine/fill.h"
-#include "engine/host_memory.h"
-#include "engine/pipeline.h"
-#include "engine/sink.h"
-#include "io/checkpoint.h"
 #include "io/json_writer.h"
+#include "io/residency.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -94,79 +90,57 @@ void OverlapFields(io::JsonWriter& out, double io_busy, double copy_busy, double
 // `--sink discard`: the staged pipeline into staging slots with the bytes dropped: what will feed
 // a GPU, free of destination page faults. No tensors are allocated.
 int RunDiscard(const std::string& path, const LoadOptions& options, bool json, ProgressBar& bar) {
-  const auto start = std::chrono::steady_clock::now();
-  io::Result<io::Checkpoint> checkpoint = io::OpenCheckpoint(path);
-  if (!checkpoint.ok()) {
-    PrintError(checkpoint.status().ToString());
+  LoadReport report;
+  try {
+    report = ReadAndDiscard(path, options);
+  } catch (const LoadError& e) {
+    bar.Clear();
+    PrintError(e.what());
     return kExitFailure;
   }
-  std::vector<engine::LoadTarget> targets;
-  for (uint32_t f = 0; f < checkpoint->files.size(); ++f) {
-    for (uint32_t i = 0; i < checkpoint->files[f].header.tensors.size(); ++i) {
-      targets.push_back(engine::LoadTarget{{f, i}, nullptr});
-    }
-  }
-  ReadReport sampled;  // the residency ChooseDirect sampled, when it did
-  io::Result<bool> direct = engine::ChooseDirect(*checkpoint, options, sampled);
-  if (!direct.ok()) {
-    PrintError(direct.status().ToString());
-    return kExitFailure;
-  }
-  const engine::PipelineOptions pipeline = engine::StagedOptions(options, *direct);
-  const double resident = sampled.resident_fraction;
-  engine::DiscardSink sink;
-  io::Result<engine::PipelineStats> stats =
-      engine::RunStagedPipeline(*checkpoint, targets, sink, pipeline);
   bar.Clear();
-  if (!stats.ok()) {
-    PrintError(io::Status(stats.status()).WithPath(path).ToString());  // path: when none is named
-    return kExitFailure;
-  }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const uint64_t bytes = checkpoint->data_bytes();
-  const double gbps = seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0;
-  const std::string& io_name = stats->backend;
-  PrintFallback(stats->fallback);
+  const double gbps =
+      report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
+  PrintFallback(report.fallback);
   if (json) {
     io::JsonWriter out;
     out.BeginObject().Field("path", path).Field("sink", "discard");
-    out.Field("bytes", bytes).Field("tensors", uint64_t{checkpoint->tensor_count()});
-    out.Field("files", uint64_t{checkpoint->files.size()}).Field("seconds", seconds);
-    out.Field("gbps", gbps).Field("io", io_name).Field("direct", stats->direct);
-    out.Field("fallback", stats->fallback);
-    FieldOrNull(out, "resident_fraction", resident);
-    out.Field("read_bytes", stats->read_bytes).Field("discarded_bytes", sink.bytes());
+    out.Field("bytes", report.bytes).Field("tensors", uint64_t{report.tensors});
+    out.Field("files", uint64_t{report.files}).Field("seconds", report.seconds);
+    out.Field("gbps", gbps).Field("io", report.io).Field("direct", report.direct);
+    out.Field("fallback", report.fallback);
+    FieldOrNull(out, "resident_fraction", report.resident_fraction);
+    out.Field("read_bytes", report.read_bytes).Field("discarded_bytes", report.payload_bytes);
     out.Field("queue_depth", uint64_t{options.queue_depth});
-    out.Field("peak_in_flight", uint64_t{stats->peak_in_flight});
-    out.Field("readers", uint64_t{stats->readers});
-    out.Field("copy_threads", uint64_t(stats->copy_threads));
-    out.Field("sqpoll", stats->sqpoll);
-    out.Field("registered_buffer_bytes", stats->registered_buffer_bytes);
-    out.Field("peak_rss_bytes", engine::PeakResidentBytes());
-    out.Field("slots", uint64_t{stats->slots}).Field("slot_bytes", stats->slot_bytes);
-    out.Field("peak_slots_in_use", uint64_t{stats->peak_slots_in_use});
-    OverlapFields(out, stats->io_busy_seconds, stats->copy_busy_seconds, stats->overlap_seconds);
+    out.Field("peak_in_flight", uint64_t{report.peak_in_flight});
+    out.Field("readers", uint64_t{report.readers});
+    out.Field("copy_threads", uint64_t(report.copy_threads));
+    out.Field("sqpoll", report.sqpoll);
+    out.Field("registered_buffer_bytes", report.registered_buffer_bytes);
+    out.Field("peak_rss_bytes", io::PeakResidentBytes());
+    out.Field("slots", uint64_t{report.staging_slots}).Field("slot_bytes", report.slot_bytes);
+    out.Field("peak_slots_in_use", uint64_t{report.peak_slots_in_use});
+    OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
     out.Key("notes").BeginArray();
-    for (const std::string& note : stats->notes) out.String(note);
+    for (const std::string& note : report.notes) out.String(note);
     out.EndArray().EndObject();
     std::cout << out.str() << "\n";
     return kExitOk;
   }
   char rate[64];
-  std::snprintf(rate, sizeof rate, "%.3f s  (%.2f GB/s)", seconds, gbps);
+  std::snprintf(rate, sizeof rate, "%.3f s  (%.2f GB/s)", report.seconds, gbps);
   std::cout << "read        " << path << " (sink: discard)\n";
-  std::cout << "bytes       " << FormatCount(bytes) << " (" << FormatBytes(bytes) << "), "
-            << FormatCount(stats->read_bytes) << " read\n";
+  std::cout << "bytes       " << FormatCount(report.bytes) << " (" << FormatBytes(report.bytes)
+            << "), " << FormatCount(report.read_bytes) << " read\n";
   std::cout << "time        " << rate << "\n";
-  std::cout << "io          " << io_name << (stats->direct ? " O_DIRECT" : "") << ", "
-            << stats->readers << (stats->readers == 1 ? " reader, " : " readers, ") << stats->slots
-            << " slots of " << FormatBytes(stats->slot_bytes) << ", peak " << stats->peak_in_flight
-            << " reads in flight" << (stats->sqpoll ? ", SQPOLL" : "")
-            << (stats->registered_buffer_bytes > 0 ? ", fixed buffers" : "") << "\n";
-  std::cout << OverlapLine(stats->io_busy_seconds, stats->copy_busy_seconds,
-                           stats->overlap_seconds);
-  for (const std::string& note : stats->notes) std::cout << "note        " << note << "\n";
+  std::cout << "io          " << report.io << (report.direct ? " O_DIRECT" : "") << ", "
+            << report.readers << (report.readers == 1 ? " reader, " : " readers, ")
+            << report.staging_slots << " slots of " << FormatBytes(report.slot_bytes) << ", peak "
+            << report.peak_in_flight << " reads in flight" << (report.sqpoll ? ", SQPOLL" : "")
+            << (report.registered_buffer_bytes > 0 ? ", fixed buffers" : "") << "\n";
+  std::cout << OverlapLine(report.io_busy_seconds, report.copy_busy_seconds,
+                           report.overlap_seconds);
+  for (const std::string& note : report.notes) std::cout << "note        " << note << "\n";
   return kExitOk;
 }
 
@@ -217,8 +191,7 @@ int RunLoad(std::span<char* const> argv) {
     }
     options.direct = *mode;
   }
-  std::optional<uint64_t> staging_mb =
-      args->GetUint("staging-mb", engine::kDefaultStagingBytes >> 20);
+  std::optional<uint64_t> staging_mb = args->GetUint("staging-mb", kDefaultStagingBytes >> 20);
   if (!staging_mb) return kExitUsage;
   if (*staging_mb == 0 || *staging_mb > (1u << 20)) {
     PrintError("--staging-mb must be 1..1048576");
@@ -231,7 +204,7 @@ int RunLoad(std::span<char* const> argv) {
     PrintError("--zero-copy maps the files itself: it takes no --io");
     return kExitUsage;
   }
-  std::optional<uint64_t> queue_depth = args->GetUint("queue-depth", engine::kDefaultQueueDepth);
+  std::optional<uint64_t> queue_depth = args->GetUint("queue-depth", kDefaultQueueDepth);
   if (!queue_depth) return kExitUsage;
   if (*queue_depth == 0 || *queue_depth > 4096) {
     PrintError("--queue-depth must be 1..4096");
@@ -418,7 +391,7 @@ void WriteLoadFields(io::JsonWriter& out, const std::string& path, const LoadRep
   out.Field("device_allocations", report.device_allocations);
   out.Field("gpu_upload", report.gpu_upload);
   OverlapFields(out, report.io_busy_seconds, report.copy_busy_seconds, report.overlap_seconds);
-  out.Field("peak_rss_bytes", engine::PeakResidentBytes());
+  out.Field("peak_rss_bytes", io::PeakResidentBytes());
   FieldOrNull(out, "resident_fraction", report.resident_fraction);
   out.Key("notes").BeginArray();
   for (const std::string& note : report.notes) out.String(note);

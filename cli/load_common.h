@@ -4,7 +4,6 @@
 
 #include "cli/args.h"
 #include "cli/format.h"
-#include "engine/loader.h"
 #include "io/json_writer.h"
 
 #include <ATen/core/Tensor.h>

@@ -33,8 +33,11 @@ if(NOT SHARDSTREAM_WITH_IO_URING STREQUAL "OFF")
   shardstream_require(SHARDSTREAM_WITH_IO_URING SHARDSTREAM_HAVE_IO_URING "liburing (liburing-dev)")
 endif()
 
-# CUDA runtime: only the runtime library is needed (no kernels of our own; casts run in ATen).
+# CUDA: the runtime library, and nvcc for the one kernel of our own (the device cast,
+# cuda/cast_kernel.cu). With the runtime but no compiler, GPU loads work and casts on the device
+# fail with rule "cast" saying why.
 set(SHARDSTREAM_HAVE_CUDA OFF)
+set(SHARDSTREAM_HAVE_CUDA_KERNELS OFF)
 if(NOT SHARDSTREAM_WITH_CUDA STREQUAL "OFF")
   find_package(CUDAToolkit QUIET)
   if(CUDAToolkit_FOUND)
@@ -63,6 +66,32 @@ if(NOT SHARDSTREAM_WITH_TORCH STREQUAL "OFF")
   endif()
   shardstream_require(SHARDSTREAM_WITH_TORCH SHARDSTREAM_HAVE_TORCH
                       "LibTorch 2.x (pass -DCMAKE_PREFIX_PATH=$(python -c 'import torch; print(torch.utils.cmake_prefix_path)'))")
+endif()
+
+# nvcc for the device cast kernel, enabled after LibTorch's CMake (which configures CUDA flags of
+# its own and warns about a CMAKE_CUDA_ARCHITECTURES it does not use).
+if(SHARDSTREAM_HAVE_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # Ampere and Hopper machine code, and Hopper PTX that newer GPUs compile at load time.
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES "80-real;90")
+    endif()
+    if(SHARDSTREAM_CCACHE AND NOT CMAKE_CUDA_COMPILER_LAUNCHER)
+      set(CMAKE_CUDA_COMPILER_LAUNCHER ${SHARDSTREAM_CCACHE})
+    endif()
+    enable_language(CUDA)
+    # C++20 for the headers the kernel shares with the host code: nvcc 12+ has it, but CMake
+    # before 3.26 does not know its flag.
+    if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    endif()
+    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    set(SHARDSTREAM_HAVE_CUDA_KERNELS ON)
+  endif()
 endif()
 
 if(SHARDSTREAM_BUILD_TESTS)

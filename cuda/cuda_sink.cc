@@ -28,40 +28,6 @@ io::Status Internal(std::string message) {
 
 }  // namespace
 
-uint32_t WholeElementBytes(const DeviceTarget& target) {
-  if (target.source_dtype == target.destination_dtype || !WholeBytes(target.source_dtype)) return 1;
-  return static_cast<uint32_t>(std::max<uint64_t>(ElementBytes(target.source_dtype), 1));
-}
-
-uint32_t MaxConcurrent(std::span<const CopyInterval> intervals) {
-  // Sweep the ends in time order; at equal times an end comes before a start (touching is not
-  // overlapping).
-  std::vector<std::pair<double, int>> points;
-  points.reserve(intervals.size() * 2);
-  for (const CopyInterval& i : intervals) {
-    points.emplace_back(i.start_ms, +1);
-    points.emplace_back(i.end_ms, -1);
-  }
-  std::sort(points.begin(), points.end());
-  int open = 0, peak = 0;
-  for (const auto& point : points) {
-    open += point.second;
-    peak = std::max(peak, open);
-  }
-  return static_cast<uint32_t>(peak);
-}
-
-std::vector<DeviceTarget> DeviceTargets(const io::Checkpoint& checkpoint,
-                                        std::span<const engine::LoadTarget> targets) {
-  std::vector<DeviceTarget> out;
-  out.reserve(targets.size());
-  for (const engine::LoadTarget& t : targets) {
-    const io::TensorInfo& info = checkpoint.tensor(t.source);
-    out.push_back(DeviceTarget{t.destination, info.size_bytes(), info.dtype, info.dtype});
-  }
-  return out;
-}
-
 // The sink's slot events, shared with the fences of the slots parked behind them: those fences
 // may outlive the sink in a pool kept across loads. Close (the sink's destructor, after its
 // streams finished) destroys every event; a fence asked afterwards is complete without asking the
@@ -161,17 +127,18 @@ struct CudaSink::StreamState {
   uint64_t window_bytes = 0;
 };
 
-CudaSink::CudaSink(std::vector<DeviceTarget> targets, CudaSinkOptions options, DeviceOps& ops)
+CudaSink::CudaSink(std::vector<engine::Destination> targets, CudaSinkOptions options,
+                   DeviceOps& ops)
     : targets_(std::move(targets)),
       options_(std::move(options)),
       ops_(ops),
       events_(std::make_shared<detail::SlotEvents>(ops)) {}
 
-io::Result<std::unique_ptr<CudaSink>> CudaSink::Create(std::vector<DeviceTarget> targets,
+io::Result<std::unique_ptr<CudaSink>> CudaSink::Create(std::vector<engine::Destination> targets,
                                                        CudaSinkOptions options, DeviceOps& ops) {
   if (options.streams == 0) return Invalid("cuda-streams", "the CUDA sink needs at least 1 stream");
   for (size_t i = 0; i < targets.size(); ++i) {
-    const DeviceTarget& t = targets[i];
+    const engine::Destination& t = targets[i];
     if (t.source_dtype == t.destination_dtype) continue;
     const std::string what = "target " + std::to_string(i) + ": cannot cast " +
                              std::string(io::DTypeName(t.source_dtype)) + " to " +
@@ -203,9 +170,8 @@ io::Status CudaSink::Init() {
     SHARDSTREAM_ASSIGN_OR_RETURN(state->handle, ops_.CreateStream());
     streams_.push_back(std::move(state));
   }
-  const bool casts = std::any_of(targets_.begin(), targets_.end(), [](const DeviceTarget& t) {
-    return t.source_dtype != t.destination_dtype;
-  });
+  const bool casts = std::any_of(targets_.begin(), targets_.end(),
+                                 [](const engine::Destination& t) { return t.casts(); });
   if (casts) {
     const uint64_t per_stream =
         AlignDown(options_.scratch_bytes / options_.streams, kScratchAlignment);
@@ -224,10 +190,6 @@ io::Status CudaSink::Init() {
       streams_[i]->window_bytes = per_stream;
     }
   }
-  if (options_.record_timing) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(origin_, ops_.CreateEvent(/*timing=*/true));
-    SHARDSTREAM_RETURN_IF_ERROR(ops_.RecordEvent(origin_, streams_[0]->handle));
-  }
   return io::Status::Ok();
 }
 
@@ -237,11 +199,6 @@ CudaSink::~CudaSink() {
   // nothing more), so fences left in a pool may stop asking the device.
   (void)SynchronizeAll();
   events_->Close();
-  for (const auto& [start, end] : timing_) {
-    ops_.DestroyEvent(start);
-    ops_.DestroyEvent(end);
-  }
-  if (origin_ != nullptr) ops_.DestroyEvent(origin_);
   if (scratch_ != nullptr) ops_.Free(scratch_);
   for (auto& s : streams_) {
     if (s->handle != nullptr) ops_.DestroyStream(s->handle);
@@ -293,20 +250,6 @@ void CudaSink::Park(engine::SlotLease lease, StreamState& stream) {
 io::Status CudaSink::Enqueue(const engine::StagedSlot& slot, std::span<const engine::Piece> pieces,
                              uint32_t stream_index) {
   StreamState& stream = *streams_[stream_index];
-  EventHandle start = nullptr, end = nullptr;
-  if (options_.record_timing) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(start, ops_.CreateEvent(/*timing=*/true));
-    auto created = ops_.CreateEvent(/*timing=*/true);
-    if (!created.ok()) {
-      ops_.DestroyEvent(start);
-      return created.status();
-    }
-    end = *created;
-    std::lock_guard<std::mutex> lock(stats_mutex_);
-    timing_.emplace_back(start, end);
-    timing_streams_.push_back(stream_index);
-  }
-  if (start != nullptr) SHARDSTREAM_RETURN_IF_ERROR(ops_.RecordEvent(start, stream.handle));
 
   uint64_t copies = 0, bytes = 0;
   for (const engine::Piece& piece : pieces) {
@@ -314,7 +257,7 @@ io::Status CudaSink::Enqueue(const engine::StagedSlot& slot, std::span<const eng
       return Internal("piece for target " + std::to_string(piece.target) + " of " +
                       std::to_string(targets_.size()));
     }
-    const DeviceTarget& target = targets_[piece.target];
+    const engine::Destination& target = targets_[piece.target];
     if (piece.target_offset + piece.length > target.source_bytes ||
         piece.chunk_offset + piece.length > slot.size_bytes) {
       return Internal("piece outside its target or slot (target " + std::to_string(piece.target) +
@@ -335,7 +278,6 @@ io::Status CudaSink::Enqueue(const engine::StagedSlot& slot, std::span<const eng
     ++copies;
     bytes += piece.length;
   }
-  if (end != nullptr) SHARDSTREAM_RETURN_IF_ERROR(ops_.RecordEvent(end, stream.handle));
   std::lock_guard<std::mutex> lock(stats_mutex_);
   stats_.copies += copies;
   stats_.copied_bytes += bytes;
@@ -344,11 +286,11 @@ io::Status CudaSink::Enqueue(const engine::StagedSlot& slot, std::span<const eng
 
 io::Status CudaSink::CastPiece(const engine::StagedSlot& slot, const engine::Piece& piece,
                                StreamState& stream) {
-  const DeviceTarget& target = targets_[piece.target];
+  const engine::Destination& target = targets_[piece.target];
   const uint64_t src_bytes = ElementBytes(target.source_dtype);
   const uint64_t dst_bytes = ElementBytes(target.destination_dtype);
   if (piece.target_offset % src_bytes != 0 || piece.length % src_bytes != 0) {
-    // The plan cuts cast targets on elements (LoadTarget::element_bytes): a load that did not
+    // The plan cuts cast targets on elements (engine/plan.h): a load that did not
     // ask for it is a bug, not a file to cast.
     return Internal("piece of cast target " + std::to_string(piece.target) + " at byte " +
                     std::to_string(piece.target_offset) + " is not whole " +
@@ -405,18 +347,6 @@ CudaSinkStats CudaSink::stats() const {
   CudaSinkStats stats = stats_;
   stats.peak_in_flight = events_->peak();
   return stats;
-}
-
-io::Result<std::vector<CopyInterval>> CudaSink::CopyIntervals() const {
-  std::lock_guard<std::mutex> lock(stats_mutex_);
-  std::vector<CopyInterval> out;
-  if (origin_ == nullptr) return out;
-  for (size_t i = 0; i < timing_.size(); ++i) {
-    SHARDSTREAM_ASSIGN_OR_RETURN(const float start, ops_.ElapsedMs(origin_, timing_[i].first));
-    SHARDSTREAM_ASSIGN_OR_RETURN(const float end, ops_.ElapsedMs(origin_, timing_[i].second));
-    out.push_back(CopyInterval{start, end, timing_streams_[i]});
-  }
-  return out;
 }
 
 }  // namespace shardstream::cuda

@@ -5,13 +5,14 @@
 // slot once the event completed (cudaEventQuery), or waits for the oldest (cudaEventSynchronize)
 // when no slot is free: a device error comes back there, in the thread that waited, and from
 // Finish. Casts run on the device: a target whose file dtype differs from its destination dtype
-// is uploaded raw into a bounded device scratch window, and a caller-supplied cast function
-// (ATen, in integration/) converts it on the same stream. The plan keeps a cast target's elements
-// whole in every piece (engine::LoadTarget::element_bytes), so every cast is of whole elements.
+// is uploaded raw into a bounded device scratch window, and the cast function (the native
+// conversion kernel, cuda/cast_kernel.h, in every load; a stand-in in tests) converts it on the
+// same stream. The plan keeps a cast target's elements whole in every piece (engine/plan.h), so
+// every cast is of whole elements.
 //
 //   auto ops = MakeCudaRuntimeOps(0);                       // or a fake device in CPU tests
-//   auto sink = CudaSink::Create(DeviceTargets(checkpoint, targets), {}, *ops);
-//   RunStagedPipeline(checkpoint, targets, **sink, options);  // options.pool: a PinnedPool
+//   auto sink = CudaSink::Create(engine::DestinationsOf(checkpoint, targets), {}, *ops);
+//   RunPipeline(checkpoint, targets, sink->get(), options);  // options.pool: a PinnedPool
 //   // after it returns (on success and failure alike) no copy is pending
 //
 // Ownership: the destinations (device memory) and the DeviceOps are borrowed and must outlive
@@ -24,7 +25,6 @@
 #pragma once
 
 #include "cuda/device_ops.h"
-#include "engine/loader.h"
 #include "engine/plan.h"
 #include "engine/sink.h"
 #include "io/checkpoint.h"
@@ -46,11 +46,6 @@ namespace detail {
 class SlotEvents;  // cuda_sink.cc
 }  // namespace detail
 
-inline constexpr uint32_t kDefaultCopyStreams = 4;
-// 32 MiB: 8 MiB of raw bytes per stream per cast window at the default 4 streams, twice the
-// staged path's 4 MiB chunk, so a chunk's worth of a cast target goes up and is cast in one step.
-inline constexpr uint64_t kDefaultCastScratchBytes = 32ull << 20;
-
 // Converts `elements` elements of `src_dtype` at device address `src` into `dst_dtype` at `dst`,
 // asynchronously on `stream` (a cudaStream_t; ATen: c10::cuda::getStreamFromExternal). It must
 // only queue work on that stream, never wait for it, and may be called from several threads at
@@ -60,44 +55,13 @@ using DeviceCastFn =
     std::function<io::Status(StreamHandle stream, const std::byte* src, io::DType src_dtype,
                              std::byte* dst, io::DType dst_dtype, uint64_t elements)>;
 
-// One destination: `destination` is device memory holding the tensor in `destination_dtype`;
-// the file holds `source_bytes` bytes of `source_dtype`.
-struct DeviceTarget {
-  std::byte* destination = nullptr;
-  uint64_t source_bytes = 0;
-  io::DType source_dtype = io::DType::kU8;
-  io::DType destination_dtype = io::DType::kU8;
-};
-
-// Targets for a load without casts: each engine target's destination (device memory) receiving
-// its tensor's bytes as they are in the file.
-std::vector<DeviceTarget> DeviceTargets(const io::Checkpoint& checkpoint,
-                                        std::span<const engine::LoadTarget> targets);
-
-// The bytes of one element the plan must keep whole for `target` (engine::LoadTarget::
-// element_bytes): the source dtype's for a cast, 1 otherwise.
-uint32_t WholeElementBytes(const DeviceTarget& target);
-
 struct CudaSinkOptions {
   uint32_t streams = kDefaultCopyStreams;  // K non-blocking copy streams, used round-robin
   // Device scratch for casts, allocated once (at Create) and only when some target casts: split
   // evenly between the streams.
-  uint64_t scratch_bytes = kDefaultCastScratchBytes;
+  uint64_t scratch_bytes = kDefaultDeviceCastScratchBytes;
   DeviceCastFn cast;  // required when a target's dtypes differ
-  // Record a timing event before and after each Consume's work (for tests and benchmarks:
-  // CopyIntervals). Off by default: the hot path records one event per slot only.
-  bool record_timing = false;
 };
-
-// When one Consume's copies ran on the device, in ms since the sink was created.
-struct CopyInterval {
-  double start_ms = 0;
-  double end_ms = 0;
-  uint32_t stream = 0;
-};
-
-// The most intervals that overlap at one moment (touching ends do not overlap).
-uint32_t MaxConcurrent(std::span<const CopyInterval> intervals);
 
 struct CudaSinkStats {
   uint64_t copies = 0;         // host-to-device copies queued
@@ -117,7 +81,7 @@ class CudaSink final : public engine::Sink {
   // cast without `options.cast`, between sub-byte dtypes (F4, F6), or a target whose size is not
   // whole elements; rule "cast-scratch" when the scratch cannot hold a 256-byte window per
   // stream; rule "cuda" from the device.
-  static io::Result<std::unique_ptr<CudaSink>> Create(std::vector<DeviceTarget> targets,
+  static io::Result<std::unique_ptr<CudaSink>> Create(std::vector<engine::Destination> targets,
                                                       CudaSinkOptions options, DeviceOps& ops);
   // Waits for every stream (in case Finish was not called), then frees what the sink owns.
   ~CudaSink() override;
@@ -132,13 +96,11 @@ class CudaSink final : public engine::Sink {
   io::Status Finish() override;
 
   CudaSinkStats stats() const;
-  // Per-Consume device intervals (record_timing only), available after Finish.
-  io::Result<std::vector<CopyInterval>> CopyIntervals() const;
 
  private:
   struct StreamState;
 
-  CudaSink(std::vector<DeviceTarget> targets, CudaSinkOptions options, DeviceOps& ops);
+  CudaSink(std::vector<engine::Destination> targets, CudaSinkOptions options, DeviceOps& ops);
   io::Status Init();
   io::Status Enqueue(const engine::StagedSlot& slot, std::span<const engine::Piece> pieces,
                      uint32_t stream_index);
@@ -148,19 +110,16 @@ class CudaSink final : public engine::Sink {
   void Park(engine::SlotLease lease, StreamState& stream);
   io::Status SynchronizeAll();
 
-  const std::vector<DeviceTarget> targets_;
+  const std::vector<engine::Destination> targets_;
   const CudaSinkOptions options_;
   DeviceOps& ops_;
   std::vector<std::unique_ptr<StreamState>> streams_;
   std::atomic<uint32_t> next_stream_{0};
   std::byte* scratch_ = nullptr;                // one window per stream
-  EventHandle origin_ = nullptr;                // timing reference, recorded at Create
   std::shared_ptr<detail::SlotEvents> events_;  // shared with the fences of parked slots
 
   mutable std::mutex stats_mutex_;
-  CudaSinkStats stats_;                                      // guarded by stats_mutex_
-  std::vector<std::pair<EventHandle, EventHandle>> timing_;  // guarded by stats_mutex_
-  std::vector<uint32_t> timing_streams_;                     // guarded by stats_mutex_
+  CudaSinkStats stats_;  // guarded by stats_mutex_
 };
 
 }  // namespace shardstream::cuda

@@ -1,27 +1,28 @@
 // The fill core: the one function every front end (LoadFile, LoadInto, the CLI, the Python
 // package) calls to move checkpoint bytes into destinations it has allocated.
 //
-//   std::vector<engine::FillTarget> targets = ...;  // checkpoint tensor → pointer, device, layout
+//   std::vector<engine::Target> targets = ...;  // checkpoint tensor → pointer, device, dtype, runs
 //   engine::FillSetup setup;
-//   setup.read = options;                           // shardstream::ReadOptions
-//   setup.cast = MyCast;                            // when a host destination changes dtype
+//   setup.read = options;                       // shardstream::ReadOptions, as the caller got them
 //   ReadReport report;
 //   io::Status status = engine::Fill(checkpoint, targets, setup, &report);
 //
-// A destination is plain memory (host or a CUDA device's) described by a base pointer, a dtype
-// and, for views, runs of contiguous bytes: a whole tensor, a contiguous slice of a larger one,
-// a strided view (a slice of a fused parameter, a tensor-parallel shard) given run by run. A
-// source slice is expressed the same way: runs name the bytes of the checkpoint tensor that are
-// read, so nothing outside them is read.
+// A destination is plain memory (host or a CUDA device's) described by engine::Target
+// (engine/plan.h): a whole tensor, a contiguous slice of a larger one, a strided view (a slice of
+// a fused parameter, a tensor-parallel shard) given run by run, in the file's dtype or another
+// (a cast, engine/cast.h). A source slice is expressed the same way: runs name the bytes of the
+// checkpoint tensor that are read, so nothing outside them is read.
 //
-// Routing, decided here once for every caller:
+// Routing, decided here once for every caller; the read options are turned into the pipeline's
+// here only (PipelineOptionsFor), and every route runs the one pipeline (engine/pipeline.h):
 //   - O_DIRECT or buffered (ReadOptions::direct; kAuto samples the page cache with mincore);
-//   - host targets in their own dtype: read straight into place (buffered) or through the staged
-//     pipeline into place (O_DIRECT);
-//   - host targets in another dtype: read into bounded scratch (ReadOptions::staging_bytes, or
-//     one element run when that is larger) and converted by the injected HostCastFn;
-//   - device targets: per device, the staged pipeline into the DeviceUploader (cuda/ implements
-//     it: pinned staging, cudaMemcpyAsync, casts on the device). engine/ never includes cuda/.
+//   - host targets in their own dtype, buffered, each source read by one target: in place
+//     (scattered reads straight into the destinations; a whole tensor wanted twice is read once
+//     and copied);
+//   - every other host target (O_DIRECT, casts, runs sharing a source): staged, into a CpuSink
+//     that copies or casts each piece out of the staging slots;
+//   - device targets: per device, staged into the DeviceUploader's sink (cuda/ implements it:
+//     pinned staging, cudaMemcpyAsync, casts on the device). engine/ never includes cuda/.
 //
 // Failure: an error Status naming file, tensor, offset and rule; destinations then hold
 // unspecified bytes. Cancelling through ReadOptions::progress returns rule "cancelled".
@@ -29,65 +30,39 @@
 #pragma once
 
 #include "engine/executor.h"
-#include "engine/loader.h"
 #include "engine/pipeline.h"
+#include "engine/plan.h"
 #include "io/checkpoint.h"
-#include "io/dtype.h"
 #include "io/read_backend.h"
 #include "io/status.h"
 
-#include <cstddef>
-#include <cstdint>
-#include <functional>
-#include <memory>
 #include <span>
-#include <string>
-#include <vector>
 
 #include "shardstream/read.h"
 
 namespace shardstream::engine {
 
-inline constexpr int kHostDevice = -1;
-
-struct FillTarget {
-  io::TensorLocation source;
-  std::byte* destination = nullptr;  // host memory, or device memory when device >= 0
-  int device = kHostDevice;          // -1: host; N: CUDA device N (FillSetup::devices)
-  io::DType dtype = io::DType::kU8;  // the destination's; differs from the file's: a cast
-  // Empty: the whole tensor, contiguous at `destination`. Otherwise only these bytes of the
-  // source tensor are read, each run landing at destination + destination_offset (in the
-  // destination dtype's bytes: for a cast, length / source element size × destination element
-  // size). Runs of one target must not overlap; for a cast they hold whole elements.
-  std::vector<Run> runs;
-};
-
-// Converts `elements` values of `src_dtype` at host address `src` into `dst_dtype` at host
-// address `dst` (contiguous both). Called from any thread, concurrently for different ranges. An
-// error fails the load (the core adds file and tensor).
-using HostCastFn =
-    std::function<io::Status(const std::byte* src, io::DType src_dtype, std::byte* dst,
-                             io::DType dst_dtype, uint64_t elements)>;
-
 // Where device targets go: cuda/ implements it (cuda/device_upload.h). Given one device's
-// targets and the staged pipeline's options as the core resolved them (backend, O_DIRECT, chunk,
-// depth, progress), it provides the pool and sink, runs the pipeline and records its device
-// fields (pin_seconds, copy_streams, ...) in `report`.
+// targets and the pipeline's options as the core resolved them (backend, O_DIRECT, chunk, depth,
+// progress), it provides the pool and sink, runs the pipeline and records its device fields
+// (pin_seconds, copy_streams, ...) in `report`.
 class DeviceUploader {
  public:
   virtual ~DeviceUploader() = default;
   [[nodiscard]] virtual io::Result<PipelineStats> Upload(const io::Checkpoint& checkpoint,
                                                          int device,
-                                                         std::span<const FillTarget> targets,
+                                                         std::span<const Target> targets,
                                                          PipelineOptions pipeline,
                                                          ReadReport& report) = 0;
 };
 
 struct FillSetup {
   ReadOptions read;
-  HostCastFn cast;                    // required when a host target changes dtype (rule "cast")
   DeviceUploader* devices = nullptr;  // required when a target is on a device (rule "device")
-  BackendFactory make_backend;        // tests: overrides the backend ReadOptions::io names
+  // Read every target staged and drop the bytes (DiscardSink): the read path alone, as a GPU load
+  // reads it, free of destination page faults. Destinations may then be null.
+  bool discard = false;
+  BackendFactory make_backend;  // tests: overrides the backend ReadOptions::io names
   ExecutorKind executor = DefaultExecutor();
 };
 
@@ -101,13 +76,14 @@ io::BackendKind ResolveBackend(IoMode mode, bool direct);
 io::Result<bool> ChooseDirect(const io::Checkpoint& checkpoint, const ReadOptions& read,
                               ReadReport& report);
 
-// The staged pipeline's options for `read` (backend by the kAuto rule, chunk, staging, depth,
-// sqpoll, copy threads, progress) with O_DIRECT as `direct` says.
-PipelineOptions StagedOptions(const ReadOptions& read, bool direct);
+// The pipeline's options for `read` (backend by the kAuto rule, chunk, staging, depth, sqpoll,
+// readers, copy threads, progress), staged or in place, with O_DIRECT as `direct` says: the one
+// place read options become pipeline options.
+PipelineOptions PipelineOptionsFor(const ReadOptions& read, bool staged, bool direct);
 
-// Fills every target (see the header comment). Appends its stages ("read", "cast", "upload",
-// "pin cuda:N") to report->stages and sets the read fields.
-[[nodiscard]] io::Status Fill(const io::Checkpoint& checkpoint, std::span<const FillTarget> targets,
+// Fills every target (see the header comment). Appends its stages ("read", "upload", "pin") to
+// report->stages and sets the read fields.
+[[nodiscard]] io::Status Fill(const io::Checkpoint& checkpoint, std::span<const Target> targets,
                               const FillSetup& setup, ReadReport* report);
 
 }  // namespace shardstream::engine

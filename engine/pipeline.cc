@@ -3,6 +3,7 @@
 #include "engine/detail/load_support.h"
 #include "engine/executor.h"
 #include "io/file.h"
+#include "io/stopwatch.h"
 #include "io/uring_backend.h"
 
 #include <fcntl.h>
@@ -12,7 +13,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <exception>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -23,10 +26,9 @@ namespace shardstream::engine {
 namespace {
 
 using detail::Cancelled;
-using detail::Clock;
 using detail::FirstError;
-using detail::LocateReadError;
 using detail::ProgressReporter;
+using io::Clock;
 
 uint64_t AlignDown(uint64_t value, uint64_t alignment) { return value & ~(alignment - 1); }
 
@@ -90,45 +92,42 @@ io::Result<std::optional<SlotLease>> AcquireSlot(StagingPool& pool, bool block) 
   return std::optional<SlotLease>(std::move(*lease));
 }
 
-// A slot of ours, by slot index: its lease, the chunk read into it, and the read's buffer while
-// the read is in flight. The IO thread fills it when it acquires the slot; the copy task moves
-// the lease out (the slot cannot be leased again before the lease is gone, so the two never
-// touch one entry at once).
-struct Pending {
-  SlotLease lease;
+// One read of a reader's: the chunk, where it lands (a slot's lease when staged; the targets'
+// memory, with gaps into the reader's scratch, in place) and the buffers the read scatters into.
+// Its index in Reader::reads is the request id.
+struct Read {
   uint32_t chunk = 0;
-  iovec iov{};
+  SlotLease lease;
+  std::vector<iovec> iovecs;
+  bool in_flight = false;
 };
 
-// One reader's state: its backend (bound to its thread) and the reads it has in flight. Readers
-// share the plan, the pool, the next chunk to read and the copy tasks.
+// One reader's state: its backend (bound to its thread) and its reads. Readers share the plan,
+// the pool, the next chunk to read and the copy tasks.
 struct Reader {
   std::unique_ptr<io::ReadBackend> backend;
-  uint32_t depth = 1;  // reads in flight at most
-  // The reader copies each slot out itself, right after its read, unless it reads with O_DIRECT
-  // through io_uring. A buffered read is a copy made by the reading thread (io_uring completes a
-  // cached one inline too), so the slot is still in this core's cache, and no copy task waits
-  // for a core that the readers hold (with one reader per core, handed-off copies starved until
-  // the pool ran dry). An O_DIRECT io_uring read is the device's DMA: the reader's core is free
-  // to keep the queue full while copy tasks on other cores empty the slots.
-  bool copies_inline = false;
+  // The reader consumes each staged slot itself, right after its read, unless it reads with
+  // O_DIRECT through io_uring. A buffered read is a copy made by the reading thread (io_uring
+  // completes a cached one inline too), so the slot is still in this core's cache, and no copy
+  // task waits for a core that the readers hold (with one reader per core, handed-off copies
+  // starved until the pool ran dry). An O_DIRECT io_uring read is the device's DMA: the reader's
+  // core is free to keep the queue full while copy tasks on other cores empty the slots.
+  bool copies_inline = true;
+  std::vector<Read> reads;  // one per read in flight at most (the depth)
+  std::vector<size_t> free_reads;
+  std::unique_ptr<std::byte[]> gap_scratch;  // in place: the gaps read through land here
   std::vector<io::ReadRequest> batch;
   std::vector<io::Completion> done;
   uint32_t outstanding = 0;
-  std::vector<uint8_t> reading;  // by slot index: a read of this reader's is in flight into it
-  bool broken = false;           // the backend cannot be reaped any more
+  bool broken = false;  // the backend cannot be reaped any more
 };
 
-}  // namespace
-
-namespace {
-
-// One run of the staged pipeline, phase by phase: Open (files, O_DIRECT alignment), Plan,
-// Staging (the pool), Backend, the IO loop, and Finish (drain, the sink, the stats).
-class StagedRun {
+// One run of the pipeline, phase by phase: Open (files, O_DIRECT alignment), Plan, Staging (the
+// pool), the readers, and Finish (drain, the sink, the stats).
+class PipelineRun {
  public:
-  StagedRun(const io::Checkpoint& checkpoint, std::span<const LoadTarget> targets, Sink& sink,
-            const PipelineOptions& options)
+  PipelineRun(const io::Checkpoint& checkpoint, std::span<const Target> targets, Sink* sink,
+              const PipelineOptions& options)
       : checkpoint_(checkpoint),
         targets_(targets),
         sink_(sink),
@@ -146,6 +145,7 @@ class StagedRun {
 
  private:
   io::Status Open();
+  io::Status Deduplicate();
   io::Status Plan();
   io::Status Staging();
   void StartCopies();
@@ -153,21 +153,25 @@ class StagedRun {
   void RunReader(Reader& reader);
   io::Status Backend(Reader& reader);
   void Loop(Reader& reader);
-  bool IssueRead(Reader& reader, uint32_t c, SlotLease lease);
+  std::optional<SlotLease> TakeSlot(const Reader& reader, bool* stop);
+  bool Prepare(Reader& reader, uint32_t c, SlotLease lease);
+  bool Scatter(Reader& reader, Read& read);
   void Reap(Reader& reader);
   void CloseReader(Reader& reader);
   io::Result<PipelineStats> Finish();
-  void Dispatch(const Reader& reader, uint32_t slot);
-  void Copy(uint32_t slot);
+  void Copy(SlotLease lease, uint32_t c);
 
   void FailChunk(io::Status status, uint32_t c) {
-    LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
+    detail::LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
     error_.Record(std::move(status));
   }
 
   const io::Checkpoint& checkpoint_;
-  const std::span<const LoadTarget> targets_;
-  Sink& sink_;
+  const std::span<const Target> targets_;
+  std::span<const Target> planned_ = targets_;  // what the plan reads (in place: unique_)
+  std::vector<Target> unique_;
+  std::vector<std::pair<size_t, size_t>> duplicates_;  // (target, unique_ index it copies)
+  Sink* const sink_;
   const PipelineOptions& options_;
   const Clock::time_point start_ = Clock::now();
   PipelineStats stats_;
@@ -181,8 +185,8 @@ class StagedRun {
   std::optional<io::FileSet> buffered_;
   ReadPlan plan_;
 
-  // Staging. Declared before the backend so that it outlives it: the backend's destructor may
-  // still be waiting for the kernel to finish reads into slots.
+  // Staging. Declared before the readers' backends so that it outlives them: a backend's
+  // destructor may still be waiting for the kernel to finish reads into slots.
   std::unique_ptr<StagingPool> own_pool_;
   StagingPool* pool_ = nullptr;
   uint32_t peak_before_ = 0;
@@ -191,18 +195,18 @@ class StagedRun {
   bool copy_tasks_used_ = false;  // some reader handed its slots to copy tasks (under the mutex)
 
   std::unique_ptr<TaskGroup> copies_;
+  // Slots handed to copy tasks, by slot index (a task takes the lease out; the slot cannot be
+  // leased again before, so a reader and a task never touch one entry at once).
+  std::vector<std::pair<SlotLease, uint32_t>> handed_;
   FirstError error_;
   Activity activity_;
   ProgressReporter progress_;
   std::atomic<uint64_t> copy_nanos_{0};
-
-  // The readers' shared state.
-  std::vector<Pending> pending_;   // by slot index, which is the request id
   std::atomic<uint32_t> next_{0};  // the next chunk to read
 };
 
-io::Status StagedRun::Open() {
-  direct_ = options_.direct;
+io::Status PipelineRun::Open() {
+  direct_ = options_.staged && options_.direct;
   SHARDSTREAM_ASSIGN_OR_RETURN(files_, OpenFiles(checkpoint_, &direct_, &stats_.notes));
   // O_DIRECT: every read offset and length must be a multiple of the files' alignment (the
   // largest over files, since one plan covers them all).
@@ -229,13 +233,35 @@ io::Status StagedRun::Open() {
   return io::Status::Ok();
 }
 
-io::Status StagedRun::Plan() {
+// In place, a tensor wanted whole by several targets is read once, into the first, and copied
+// into the others after the reads (one read cannot scatter the same bytes twice). Runs sharing a
+// source cannot be read in place at all (engine::Fill routes them staged).
+io::Status PipelineRun::Deduplicate() {
+  std::map<std::pair<uint32_t, uint32_t>, size_t> seen;
+  for (size_t i = 0; i < targets_.size(); ++i) {
+    const Target& t = targets_[i];
+    auto [it, first] = seen.emplace(std::make_pair(t.source.file, t.source.index), unique_.size());
+    if (first) {
+      unique_.push_back(t);
+    } else if (t.runs.empty() && unique_[it->second].runs.empty()) {
+      duplicates_.emplace_back(i, it->second);
+    } else {
+      return io::Status::Error(io::StatusCode::kInternal, "internal",
+                               "two targets with runs share a source tensor; read them staged");
+    }
+  }
+  planned_ = unique_;
+  return io::Status::Ok();
+}
+
+io::Status PipelineRun::Plan() {
+  if (!options_.staged) SHARDSTREAM_RETURN_IF_ERROR(Deduplicate());
   PlanOptions plan_options;
-  plan_options.chunk_bytes = options_.chunk_bytes;
+  plan_options.chunk_bytes =
+      options_.chunk_bytes != 0 ? options_.chunk_bytes
+                                : (options_.staged ? kDefaultStagedChunkBytes : kDefaultChunkBytes);
   plan_options.alignment_bytes = alignment_;
-  plan_options.max_gap_bytes = kDefaultReadGapBytes;
-  SHARDSTREAM_ASSIGN_OR_RETURN(
-      plan_, BuildReadPlan(checkpoint_, detail::PlanTargetsOf(targets_), plan_options));
+  SHARDSTREAM_ASSIGN_OR_RETURN(plan_, BuildReadPlan(checkpoint_, planned_, plan_options));
   stats_.payload_bytes = plan_.payload_bytes;
   stats_.read_bytes = plan_.read_bytes;
   stats_.chunks = plan_.chunks.size();
@@ -243,7 +269,11 @@ io::Status StagedRun::Plan() {
   return io::Status::Ok();
 }
 
-io::Status StagedRun::Staging() {
+io::Status PipelineRun::Staging() {
+  if (!options_.staged) return io::Status::Ok();
+  if (sink_ == nullptr) {
+    return io::Status::Error(io::StatusCode::kInternal, "internal", "a staged read needs a sink");
+  }
   pool_ = options_.pool;
   const uint64_t slot_bytes = std::max<uint64_t>(plan_.max_chunk_bytes, 1);
   if (pool_ == nullptr) {
@@ -266,14 +296,14 @@ io::Status StagedRun::Staging() {
   return io::Status::Ok();
 }
 
-io::Status StagedRun::Backend(Reader& reader) {
+io::Status PipelineRun::Backend(Reader& reader) {
   // Made on the reader's thread, the only one to use it (io_uring binds a ring to its creating
   // thread).
   io::UringOptions uring;
   uring.queue_depth = std::clamp<uint32_t>(options_.queue_depth, 1, io::kMaxUringQueueDepth);
   uring.sqpoll = options_.sqpoll;
-  uring.async_reads = !direct_ && options_.async_buffered_reads;
-  if (options_.register_buffers) {
+  uring.async_reads = options_.staged && !direct_ && options_.async_buffered_reads;
+  if (pool_ != nullptr && options_.register_buffers) {
     uring.fixed_buffers.push_back(iovec{pool_->data(), pool_->allocated_bytes()});
   }
   std::string fallback;
@@ -282,17 +312,20 @@ io::Status StagedRun::Backend(Reader& reader) {
       detail::MakeReadBackend(options_.backend, *files_, uring, options_.make_backend,
                               options_.fall_back_to_pread, &fallback));
   // A synchronous backend does the read inside Submit: more than one request per batch would only
-  // delay the first copy. The slots are shared out among the readers.
-  const uint32_t slots_each = std::max<uint32_t>(1, pool_->slot_count() / reader_count_);
-  reader.depth = reader.backend->kind() == io::BackendKind::kUring
-                     ? std::clamp<uint32_t>(options_.queue_depth, 1, slots_each)
-                     : 1;
+  // delay the first copy. Staged, the slots are shared out among the readers.
+  const uint32_t cap =
+      pool_ != nullptr ? std::max<uint32_t>(1, pool_->slot_count() / reader_count_) : UINT32_MAX;
+  const uint32_t depth = reader.backend->kind() == io::BackendKind::kUring
+                             ? std::clamp<uint32_t>(options_.queue_depth, 1, cap)
+                             : 1;
   reader.copies_inline = !direct_ || reader.backend->kind() != io::BackendKind::kUring;
-  reader.done.resize(reader.depth);
-  reader.reading.assign(pool_->slot_count(), 0);
+  reader.reads.resize(depth);
+  for (size_t i = depth; i > 0; --i) reader.free_reads.push_back(i - 1);
+  reader.done.resize(depth);
+  if (!options_.staged) reader.gap_scratch.reset(new std::byte[kDefaultReadGapBytes]);
 
   std::lock_guard<std::mutex> lock(setup_mutex_);
-  if (!reader.copies_inline) copy_tasks_used_ = true;
+  if (options_.staged && !reader.copies_inline) copy_tasks_used_ = true;
   if (!fallback.empty()) detail::AppendFallback(&stats_.fallback, fallback);
   if (!stats_.backend.empty()) return io::Status::Ok();  // the first reader reports the setup
   stats_.backend = std::string(io::BackendName(reader.backend->kind()));
@@ -306,7 +339,8 @@ io::Status StagedRun::Backend(Reader& reader) {
   return io::Status::Ok();
 }
 
-void StagedRun::StartCopies() {
+void PipelineRun::StartCopies() {
+  if (!options_.staged) return;
   // oneTBB has max_allowed_parallelism - 1 workers (cores - 1 unless a global_control says
   // otherwise); asking an arena for more only makes oneTBB print a warning. The copy tasks are
   // queued, never run by a reader: it must not be pulled into copying while finished reads sit
@@ -316,19 +350,21 @@ void StagedRun::StartCopies() {
       std::min(options_.copy_threads > 0 ? options_.copy_threads : workers, workers);
   stats_.copy_threads = copy_threads;
   copies_ = MakeTaskGroup(copy_threads, options_.executor);
-  pending_.resize(pool_->slot_count());
+  handed_.resize(pool_->slot_count());
 }
 
 // The readers: the calling thread and `readers - 1` threads of their own (never oneTBB workers:
 // a reader blocks on the disk and on free slots, and a blocked oneTBB worker is one copy task
-// fewer, on a small machine the only one). No more readers than chunks, nor than half the slots:
-// a device sink parks each slot until its copy is done, so a reader needs a second slot to read
-// into meanwhile.
-void StagedRun::ReadAll() {
+// fewer, on a small machine the only one). Staged, no more readers than chunks, nor than half the
+// slots: a device sink parks each slot until its copy is done, so a reader needs a second slot to
+// read into meanwhile. In place, as many as asked (a reader without a chunk ends at once).
+void PipelineRun::ReadAll() {
   const uint64_t wanted = options_.readers > 0 ? options_.readers : DefaultReaders(direct_);
-  const uint64_t slot_pairs = std::max<uint64_t>(1, pool_->slot_count() / 2);
-  reader_count_ = static_cast<uint32_t>(std::clamp<uint64_t>(
-      std::min<uint64_t>({wanted, plan_.chunks.size(), slot_pairs}), 1, kMaxReaders));
+  const uint64_t cap = pool_ != nullptr
+                           ? std::min<uint64_t>(plan_.chunks.size(), pool_->slot_count() / 2)
+                           : kMaxReaders;
+  reader_count_ =
+      static_cast<uint32_t>(std::clamp<uint64_t>(std::min(wanted, cap), 1, kMaxReaders));
   stats_.readers = reader_count_;
   std::vector<Reader> readers(reader_count_);
   std::unique_ptr<TaskGroup> others;
@@ -343,8 +379,8 @@ void StagedRun::ReadAll() {
   if (!copy_tasks_used_) stats_.copy_threads = 0;
 }
 
-void StagedRun::RunReader(Reader& reader) {
-  // A reader's thread is a task boundary too: nothing may escape it.
+void PipelineRun::RunReader(Reader& reader) {
+  // A reader's thread is a task boundary: nothing may escape it.
   try {
     if (io::Status status = Backend(reader); !status.ok()) {
       error_.Record(std::move(status));
@@ -354,91 +390,124 @@ void StagedRun::RunReader(Reader& reader) {
   } catch (const std::bad_alloc&) {
     error_.Record(io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
                                     "out of memory while reading"));
+  } catch (const std::exception& e) {
+    error_.Record(io::Status::Error(io::StatusCode::kInternal, "internal", e.what()));
   }
   CloseReader(reader);
 }
 
-// Hands a filled slot to a copy task (or copies it here, see Reader::copies_inline); the sink gets
-// its lease and frees the slot (or parks it behind its copies' fence).
-void StagedRun::Dispatch(const Reader& reader, uint32_t slot) {
-  if (reader.copies_inline) {
-    Copy(slot);
-  } else {
-    copies_->Run([this, slot] { Copy(slot); });
+// Consumes a filled slot, here or on a copy task (see Reader::copies_inline): the sink gets its
+// lease and frees the slot, or parks it behind its copies' fence.
+void PipelineRun::Copy(SlotLease lease, uint32_t c) {
+  const Chunk& chunk = plan_.chunks[c];
+  if (error_.stopped()) return;  // draining: the lease frees the slot
+  StagedSlot staged{lease.data(),    chunk.needed_bytes, chunk.file_offset, chunk.file, c,
+                    std::move(lease)};
+  activity_.Change(0, +1);
+  const auto copy_start = Clock::now();
+  io::Status status;
+  // The task boundary: nothing may escape into oneTBB, which would terminate.
+  try {
+    status = sink_->Consume(std::move(staged), plan_.PiecesOf(chunk));
+  } catch (const std::bad_alloc&) {
+    status = io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
+                               "out of memory while copying");
+  } catch (const std::exception& e) {
+    status = io::Status::Error(io::StatusCode::kInternal, "internal", e.what());
+  }
+  copy_nanos_.fetch_add(
+      static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - copy_start).count()),
+      std::memory_order_relaxed);
+  activity_.Change(0, -1);
+  if (!status.ok()) {
+    FailChunk(std::move(status), c);
+  } else if (!progress_.Add(plan_.PayloadOf(chunk))) {
+    error_.Record(Cancelled());
   }
 }
 
-void StagedRun::Copy(uint32_t slot) {
-  SlotLease lease = std::move(pending_[slot].lease);
-  const uint32_t c = pending_[slot].chunk;
-  const Chunk& chunk = plan_.chunks[c];
-  if (!error_.stopped()) {
-    StagedSlot staged{lease.data(),    chunk.needed_bytes, chunk.file_offset, chunk.file, c,
-                      std::move(lease)};
-    activity_.Change(0, +1);
-    const auto copy_start = Clock::now();
-    io::Status status;
-    // The task boundary: nothing may escape into oneTBB, which would terminate.
-    try {
-      status = sink_.Consume(std::move(staged), plan_.PiecesOf(chunk));
-    } catch (const std::bad_alloc&) {
-      status = io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
-                                 "out of memory while copying");
-    } catch (const std::exception& e) {
-      status = io::Status::Error(io::StatusCode::kInternal, "internal", e.what());
+// In place: the chunk's iovecs scatter the file range into the targets' memory, gaps into the
+// reader's scratch.
+bool PipelineRun::Scatter(Reader& reader, Read& read) {
+  read.iovecs.clear();
+  uint64_t cursor = 0;
+  for (const Piece& piece : plan_.PiecesOf(plan_.chunks[read.chunk])) {
+    if (piece.chunk_offset < cursor) {
+      error_.Record(io::Status::Error(io::StatusCode::kInternal, "internal",
+                                      "overlapping pieces in one scattered read"));
+      return false;
     }
-    copy_nanos_.fetch_add(
-        static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - copy_start)
-                .count()),
-        std::memory_order_relaxed);
-    activity_.Change(0, -1);
-    if (!status.ok()) {
-      FailChunk(std::move(status), c);
-    } else if (!progress_.Add(plan_.PayloadOf(chunk))) {
-      error_.Record(Cancelled());
+    if (piece.chunk_offset > cursor) {
+      read.iovecs.push_back(iovec{reader.gap_scratch.get(), piece.chunk_offset - cursor});
     }
+    read.iovecs.push_back(
+        iovec{planned_[piece.target].destination + piece.target_offset, piece.length});
+    cursor = piece.chunk_offset + piece.length;
   }
-  // Draining after an error: the lease (still ours) frees the slot here.
-}
-
-// Queues the read of chunk `c` into `slot` (or dispatches it at once when O_DIRECT leaves nothing
-// to read asynchronously). False when the chunk failed.
-bool StagedRun::IssueRead(Reader& reader, uint32_t c, SlotLease lease) {
-  const Chunk& chunk = plan_.chunks[c];
-  const StagingSlot slot = lease.slot();
-  uint64_t read_bytes = chunk.needed_bytes;
-  if (direct_) {
-    // Whole aligned blocks up to the last one inside the file; the partial block at the end of
-    // the file (if needed) comes from the buffered descriptor.
-    const uint64_t file_bytes = files_->size_bytes(chunk.file);
-    read_bytes = std::min(chunk.length, AlignDown(file_bytes, alignment_) - chunk.file_offset);
-    if (chunk.needed_bytes > read_bytes) {
-      const uint64_t tail_offset = chunk.file_offset + read_bytes;
-      io::Status status = io::PreadFull(
-          buffered_->fd(chunk.file),
-          std::span(slot.data + read_bytes, chunk.needed_bytes - read_bytes), tail_offset);
-      if (!status.ok()) {
-        FailChunk(std::move(status), c);
-        return false;  // the lease frees the slot
-      }
-    }
-  }
-  Pending& p = pending_[slot.index];
-  p.lease = std::move(lease);
-  p.chunk = c;
-  if (read_bytes == 0) {
-    Dispatch(reader, slot.index);
-    return true;
-  }
-  p.iov = iovec{slot.data, read_bytes};
-  reader.reading[slot.index] = 1;
-  reader.batch.push_back(
-      io::ReadRequest{chunk.file, chunk.file_offset, std::span(&p.iov, 1), slot.index});
   return true;
 }
 
-void StagedRun::Reap(Reader& reader) {
+// Prepares the read of chunk `c` (into `lease`'s slot when staged) and queues it in the reader's
+// batch; a staged chunk with nothing left to read asynchronously (an O_DIRECT tail only) is
+// consumed at once. False when the chunk failed.
+bool PipelineRun::Prepare(Reader& reader, uint32_t c, SlotLease lease) {
+  const Chunk& chunk = plan_.chunks[c];
+  const size_t index = reader.free_reads.back();
+  Read& read = reader.reads[index];
+  read.chunk = c;
+  if (!options_.staged) {
+    if (!Scatter(reader, read)) return false;
+  } else {
+    const StagingSlot slot = lease.slot();
+    uint64_t read_bytes = chunk.needed_bytes;
+    if (direct_) {
+      // Whole aligned blocks up to the last one inside the file; the partial block at the end of
+      // the file (if needed) comes from the buffered descriptor.
+      const uint64_t file_bytes = files_->size_bytes(chunk.file);
+      read_bytes = std::min(chunk.length, AlignDown(file_bytes, alignment_) - chunk.file_offset);
+      if (chunk.needed_bytes > read_bytes) {
+        const uint64_t tail_offset = chunk.file_offset + read_bytes;
+        io::Status status = io::PreadFull(
+            buffered_->fd(chunk.file),
+            std::span(slot.data + read_bytes, chunk.needed_bytes - read_bytes), tail_offset);
+        if (!status.ok()) {
+          FailChunk(std::move(status), c);
+          return false;  // the lease frees the slot
+        }
+      }
+    }
+    if (read_bytes == 0) {  // the chunk was all tail: nothing left to read asynchronously
+      Copy(std::move(lease), c);
+      return true;
+    }
+    read.iovecs.assign(1, iovec{slot.data, read_bytes});
+    read.lease = std::move(lease);
+  }
+  reader.free_reads.pop_back();
+  read.in_flight = true;
+  reader.batch.push_back(io::ReadRequest{chunk.file, chunk.file_offset, read.iovecs, index});
+  return true;
+}
+
+// A staged read's slot, blocking only when the reader has nothing in flight (otherwise reaping
+// first is what frees slots, through the copies it dispatches). Acquire also reclaims the slots a
+// device sink parked behind its copies, and a device error comes back here. nullopt with *stop
+// set: the reader is done queueing for now.
+std::optional<SlotLease> PipelineRun::TakeSlot(const Reader& reader, bool* stop) {
+  const bool idle = reader.outstanding == 0 && reader.batch.empty();
+  io::Result<std::optional<SlotLease>> slot = AcquireSlot(*pool_, idle);
+  if (!slot.ok()) {
+    error_.Record(std::move(slot).status());
+    *stop = true;
+    return std::nullopt;
+  }
+  if (!*slot || error_.stopped())
+    *stop = true;  // a copy failed while we waited: the lease frees it
+  return std::move(*slot);
+}
+
+void PipelineRun::Reap(Reader& reader) {
   auto reaped = reader.backend->Reap(reader.done, 1);
   if (!reaped.ok()) {
     error_.Record(std::move(reaped).status());
@@ -447,51 +516,52 @@ void StagedRun::Reap(Reader& reader) {
   }
   activity_.Change(-static_cast<int>(*reaped), 0);
   for (size_t i = 0; i < *reaped; ++i) {
-    Pending& p = pending_[reader.done[i].id];
-    p.iov = {};
-    reader.reading[reader.done[i].id] = 0;
+    const size_t index = reader.done[i].id;
+    Read& read = reader.reads[index];
+    read.in_flight = false;
     --reader.outstanding;
+    reader.free_reads.push_back(index);
+    SlotLease lease = std::move(read.lease);
     if (!reader.done[i].status.ok()) {
-      FailChunk(std::move(reader.done[i].status), p.chunk);
-      p.lease.Reset();
+      FailChunk(std::move(reader.done[i].status), read.chunk);
     } else if (error_.stopped()) {
-      p.lease.Reset();  // draining: the bytes are not wanted any more
+      // Draining: the bytes are not wanted any more; the lease frees the slot.
+    } else if (!options_.staged) {
+      if (!progress_.Add(plan_.PayloadOf(plan_.chunks[read.chunk]))) error_.Record(Cancelled());
+    } else if (reader.copies_inline) {
+      Copy(std::move(lease), read.chunk);
     } else {
-      Dispatch(reader, static_cast<uint32_t>(reader.done[i].id));
+      const uint32_t slot = lease.slot().index;
+      handed_[slot] = {std::move(lease), read.chunk};
+      copies_->Run([this, slot] { Copy(std::move(handed_[slot].first), handed_[slot].second); });
     }
   }
 }
 
-// One reader's loop: keep `depth` reads in flight while slots are free and chunks are left; reap;
-// dispatch.
-void StagedRun::Loop(Reader& reader) {
+// One reader's loop: keep `depth` reads in flight while chunks are left (and, staged, slots are
+// free); reap; consume.
+void PipelineRun::Loop(Reader& reader) {
   const auto chunk_count = static_cast<uint32_t>(plan_.chunks.size());
   while (!reader.broken) {
     reader.batch.clear();
-    while (!error_.stopped() && next_.load(std::memory_order_relaxed) < chunk_count &&
-           reader.outstanding + reader.batch.size() < reader.depth) {
-      // Block for a slot only when no read of ours is in flight; otherwise reap first, which is
-      // what frees the slots (through the copies it dispatches).
-      // Acquire also reclaims the slots a device sink parked behind its copies, and a device
-      // error comes back here.
-      const bool idle = reader.outstanding == 0 && reader.batch.empty();
-      io::Result<std::optional<SlotLease>> slot = AcquireSlot(*pool_, idle);
-      if (!slot.ok()) {
-        error_.Record(std::move(slot).status());
-        break;
+    bool stop = false;
+    while (!stop && !error_.stopped() && next_.load(std::memory_order_relaxed) < chunk_count &&
+           !reader.free_reads.empty()) {
+      std::optional<SlotLease> lease;
+      if (options_.staged) {
+        lease = TakeSlot(reader, &stop);
+        if (stop) break;
       }
-      if (!*slot) break;
-      if (error_.stopped()) break;  // a copy failed while we waited; the lease frees the slot
       const uint32_t c = next_.fetch_add(1, std::memory_order_relaxed);
       if (c >= chunk_count) break;  // another reader took the last chunk; the lease frees the slot
-      if (!IssueRead(reader, c, std::move(**slot))) break;
+      if (!Prepare(reader, c, lease ? std::move(*lease) : SlotLease())) break;
     }
     if (!reader.batch.empty()) {
       const auto count = static_cast<uint32_t>(reader.batch.size());
       activity_.Change(static_cast<int>(count), 0);
       io::Status status = reader.backend->Submit(reader.batch);
-      // A failed Submit may have queued some of the batch: the slots stay with their requests
-      // until the backend is destroyed (CloseReader).
+      // A failed Submit may have queued some of the batch: the slots stay with their reads until
+      // the backend is destroyed (CloseReader).
       reader.outstanding += count;
       if (!status.ok()) {
         error_.Record(std::move(status));
@@ -507,34 +577,40 @@ void StagedRun::Loop(Reader& reader) {
   }
 }
 
-void StagedRun::CloseReader(Reader& reader) {
+void PipelineRun::CloseReader(Reader& reader) {
   if (reader.broken) {
     // The backend cannot be reaped any more; its destructor waits until the kernel is done with
-    // every buffer, after which the slots of its lost requests can go back.
+    // every buffer, after which the slots of its lost reads can go back.
     activity_.Change(-static_cast<int>(reader.outstanding), 0);
     reader.backend.reset();
-    for (size_t slot = 0; slot < reader.reading.size(); ++slot) {
-      if (reader.reading[slot] == 0) continue;
-      reader.reading[slot] = 0;
-      pending_[slot].iov = {};
-      pending_[slot].lease.Reset();
+    for (Read& read : reader.reads) {
+      if (!read.in_flight) continue;
+      read.in_flight = false;
+      read.lease.Reset();
     }
   }
   reader.backend.reset();
 }
 
-io::Result<PipelineStats> StagedRun::Finish() {
+io::Result<PipelineStats> PipelineRun::Finish() {
   // Every copy must be finished before the slots, the plan and this frame go away.
-  copies_->Wait();
-  io::Status finish = sink_.Finish();
+  io::Status finish;
+  if (copies_ != nullptr) copies_->Wait();
+  if (options_.staged) finish = sink_->Finish();
 
   activity_.Fill(&stats_);
   stats_.copy_thread_seconds = static_cast<double>(copy_nanos_.load()) * 1e-9;
-  stats_.peak_slots_in_use = std::max(pool_->peak_in_use(), peak_before_) - peak_before_;
-  stats_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+  if (pool_ != nullptr) {
+    stats_.peak_slots_in_use = std::max(pool_->peak_in_use(), peak_before_) - peak_before_;
+  }
+  stats_.seconds = io::SecondsSince(start_);
   if (io::Status status = error_.Take(); !status.ok()) return status;
   if (!finish.ok()) return finish;
   if (!progress_.Final()) return Cancelled();
+  for (const auto& [target, index] : duplicates_) {
+    const uint64_t bytes = checkpoint_.tensor(targets_[target].source).size_bytes();
+    if (bytes > 0) std::memcpy(targets_[target].destination, unique_[index].destination, bytes);
+  }
   return stats_;
 }
 
@@ -545,10 +621,10 @@ uint32_t DefaultReaders(bool direct) {
   return direct ? 1 : std::min(cores, kMaxReaders);
 }
 
-io::Result<PipelineStats> RunStagedPipeline(const io::Checkpoint& checkpoint,
-                                            std::span<const LoadTarget> targets, Sink& sink,
-                                            const PipelineOptions& options) {
-  return StagedRun(checkpoint, targets, sink, options).Run();
+io::Result<PipelineStats> RunPipeline(const io::Checkpoint& checkpoint,
+                                      std::span<const Target> targets, Sink* sink,
+                                      const PipelineOptions& options) {
+  return PipelineRun(checkpoint, targets, sink, options).Run();
 }
 
 }  // namespace shardstream::engine

@@ -70,18 +70,16 @@ void EmitRun(uint32_t file, uint64_t run_begin, uint64_t run_end, std::span<Exte
 
 }  // namespace
 
-io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
-                                   std::span<const io::TensorLocation> targets,
-                                   const PlanOptions& options) {
-  std::vector<PlanTarget> whole;
-  whole.reserve(targets.size());
-  for (const io::TensorLocation& location : targets) whole.push_back(PlanTarget{location, {}});
-  return BuildReadPlan(checkpoint, whole, options);
+io::DType DestinationDType(const io::Checkpoint& checkpoint, const Target& target) {
+  return target.dtype.value_or(checkpoint.tensor(target.source).dtype);
+}
+
+bool Casts(const io::Checkpoint& checkpoint, const Target& target) {
+  return DestinationDType(checkpoint, target) != checkpoint.tensor(target.source).dtype;
 }
 
 io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
-                                   std::span<const PlanTarget> targets,
-                                   const PlanOptions& options) {
+                                   std::span<const Target> targets, const PlanOptions& options) {
   const uint64_t alignment = options.alignment_bytes;
   if (options.chunk_bytes == 0 || alignment == 0 || (alignment & (alignment - 1)) != 0) {
     return io::Status::Error(
@@ -89,12 +87,20 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
         "chunk size must be positive and alignment a power of two (got chunk " +
             std::to_string(options.chunk_bytes) + ", alignment " + std::to_string(alignment) + ")");
   }
+  // A cast target's pieces hold whole source elements (Target, kMaxElementBytes).
+  std::vector<uint32_t> element_bytes(targets.size(), 1);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const io::TensorLocation& loc = targets[i].source;
+    if (loc.file < checkpoint.files.size() &&
+        loc.index < checkpoint.files[loc.file].header.tensors.size() &&
+        Casts(checkpoint, targets[i])) {
+      element_bytes[i] = io::DTypeBits(checkpoint.tensor(loc).dtype) / 8;  // 0: sub-byte, refused
+    }
+  }
   // A chunk must hold a whole element after the (at most alignment - 1) bytes before it that an
   // aligned start reads again, and still move on: two blocks and an element.
-  uint32_t max_element_bytes = 1;
-  for (const PlanTarget& target : targets) {
-    max_element_bytes = std::max(max_element_bytes, target.element_bytes);
-  }
+  const uint32_t max_element_bytes = std::max<uint32_t>(
+      1, element_bytes.empty() ? 1 : *std::max_element(element_bytes.begin(), element_bytes.end()));
   const uint64_t min_chunk_bytes = max_element_bytes > 1 ? 2 * alignment + max_element_bytes : 1;
   const uint64_t chunk_bytes = AlignUp(std::max(options.chunk_bytes, min_chunk_bytes), alignment);
 
@@ -112,8 +118,11 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
     const io::Header& header = checkpoint.files[loc.file].header;
     const io::TensorInfo& t = header.tensors[loc.index];
     const uint64_t base = header.data_offset() + t.begin;
-    const uint32_t element = targets[i].element_bytes;
+    const uint32_t element = element_bytes[i];
     auto whole = [element](uint64_t bytes) { return bytes % element == 0; };
+    // A cast's destination offsets count destination bytes; its pieces count source bytes.
+    const uint64_t to_element =
+        element > 1 ? io::DTypeBits(DestinationDType(checkpoint, targets[i])) / 8 : 1;
     if (element == 0 || element > kMaxElementBytes || !whole(t.size_bytes())) {
       return io::Status::Error(
                  io::StatusCode::kInvalidArgument, "plan-target",
@@ -131,7 +140,8 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
     }
     for (const Run& run : targets[i].runs) {
       if (run.source_offset > t.size_bytes() || run.length > t.size_bytes() - run.source_offset ||
-          !whole(run.source_offset) || !whole(run.length)) {
+          !whole(run.source_offset) || !whole(run.length) ||
+          run.destination_offset % to_element != 0) {
         return io::Status::Error(
                    io::StatusCode::kInvalidArgument, "plan-target",
                    "target " + std::to_string(i) + " has a run outside its tensor or its elements")
@@ -140,8 +150,9 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
       plan.payload_bytes += run.length;
       if (run.length == 0) continue;
       const uint64_t begin = base + run.source_offset;
+      const uint64_t destination = run.destination_offset / to_element * element;
       per_file[loc.file].push_back(
-          Extent{begin, begin + run.length, i, run.destination_offset, base, element, begin});
+          Extent{begin, begin + run.length, i, destination, base, element, begin});
     }
   }
 

@@ -11,51 +11,72 @@
 #pragma once
 
 #include "io/checkpoint.h"
+#include "io/dtype.h"
 #include "io/status.h"
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
-namespace shardstream::engine {
+#include "shardstream/read.h"
 
-inline constexpr uint64_t kDefaultChunkBytes = 16ull << 20;
-inline constexpr uint64_t kDefaultMaxGapBytes = 1ull << 20;
+namespace shardstream::engine {
 
 struct PlanOptions {
   uint64_t chunk_bytes = kDefaultChunkBytes;  // upper bound on one read (rounded up to alignment)
   uint64_t alignment_bytes = 1;               // power of two; 512 or 4096 for O_DIRECT
-  uint64_t max_gap_bytes = kDefaultMaxGapBytes;  // unwanted bytes read through to save a read
+  uint64_t max_gap_bytes = kDefaultReadGapBytes;  // unwanted bytes read through to save a read
 };
 
 // A part of a target's source tensor and where it lands: `length` bytes from `source_offset`
-// inside the tensor go to destination + `destination_offset`. A whole tensor is one run (0, 0,
-// size); views and slices are several (engine/fill.h).
+// inside the tensor go to destination + `destination_offset` (in the destination dtype's bytes:
+// for a cast, `length` / source element size × destination element size of them). A whole tensor
+// is one run (0, 0, size); views and slices are several (engine/runs.h makes them).
 struct Run {
   uint64_t source_offset = 0;
   uint64_t destination_offset = 0;
   uint64_t length = 0;
 };
 
-// What a plan reads for one target: a tensor, whole (no runs) or only the bytes its runs name.
-// `element_bytes` > 1 (a target cast on the device, element by element) keeps its elements whole:
-// a piece of it ends at the last element that fits in its chunk, and the next chunk starts at or
-// before that element's first byte (re-reading at most one alignment block, and the few bytes of
-// the element), so no element is split between two chunks. It must divide the tensor's size and
-// be at most kMaxElementBytes (rule "plan-target" otherwise).
-struct PlanTarget {
+inline constexpr int kHostDevice = -1;
+
+// One destination of a load, as every front end describes it to the engine: the checkpoint tensor
+// `source` (whole, or only the bytes its runs name, so nothing outside them is read) lands at
+// `destination`, memory on the host or on CUDA device `device`, in `dtype` (unset: as stored;
+// another dtype: a cast, engine/cast.h). Runs of one target must not overlap; for a cast they
+// hold whole elements. The memory is the caller's and must outlive the load.
+struct Target {
+  Target() = default;
+  Target(io::TensorLocation source_tensor, std::byte* destination_bytes,
+         std::vector<Run> source_runs = {})
+      : source(source_tensor), destination(destination_bytes), runs(std::move(source_runs)) {}
+
   io::TensorLocation source;
-  std::span<const Run> runs;  // borrowed; empty: the whole tensor, landing at offset 0
-  uint32_t element_bytes = 1;
+  std::byte* destination = nullptr;
+  int device = kHostDevice;
+  std::optional<io::DType> dtype;
+  std::vector<Run> runs;
 };
 
-inline constexpr uint32_t kMaxElementBytes = 16;
+// The dtype a target's bytes land in, and whether that is a cast.
+io::DType DestinationDType(const io::Checkpoint& checkpoint, const Target& target);
+bool Casts(const io::Checkpoint& checkpoint, const Target& target);
 
+// A cast target's pieces hold whole source elements: a piece ends at the last element that fits
+// in its chunk, and the next chunk starts at or before that element's first byte (re-reading at
+// most one alignment block, and the few bytes of the element), so no element is split between two
+// chunks and each piece converts on its own. Element sizes are at most kMaxElementBytes.
+inline constexpr uint32_t kMaxElementBytes = 16;
 // A part of one target tensor that one chunk holds.
 struct Piece {
   uint32_t target = 0;  // index into the targets passed to BuildReadPlan
-  // Where the bytes land, from the target's destination: the offset inside the tensor for a
-  // whole-tensor target, run.destination_offset + the offset inside the run otherwise.
+  // Where the bytes land, from the target's destination, counted in the source dtype's bytes: the
+  // offset inside the tensor for a whole-tensor target, the run's destination offset + the offset
+  // inside the run otherwise. For a cast, the sink scales it (and the length) to the destination
+  // dtype (engine/sink.h); otherwise it is the byte offset itself.
   uint64_t target_offset = 0;
   uint64_t chunk_offset = 0;  // first byte inside the chunk's buffer
   uint64_t length = 0;
@@ -74,8 +95,8 @@ struct Chunk {
 };
 
 struct ReadPlan {
-  // Sorted by (file, file_offset). Chunks overlap only where a piece was cut on an element
-  // (PlanTarget::element_bytes): by less than one alignment block and one element.
+  // Sorted by (file, file_offset). Chunks overlap only where a piece was cut on an element (a
+  // cast target): by less than one alignment block and one element.
   std::vector<Chunk> chunks;
   std::vector<Piece> pieces;     // grouped by chunk
   uint64_t payload_bytes = 0;    // bytes of the targets (of their runs, where they have runs)
@@ -97,12 +118,8 @@ struct ReadPlan {
 // Plans the reads for `targets` (tensors of `checkpoint`; the same tensor may appear twice, e.g. to
 // fill two destinations). Empty tensors and runs produce no piece. Errors: rule "plan-options"
 // for a zero chunk size or an alignment that is not a power of two, "plan-target" for a location
-// outside the checkpoint or a run outside its tensor.
+// outside the checkpoint, a run outside its tensor or a cast run that is not whole elements.
 io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
-                                   std::span<const PlanTarget> targets, const PlanOptions& options);
-// Whole tensors.
-io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
-                                   std::span<const io::TensorLocation> targets,
-                                   const PlanOptions& options);
+                                   std::span<const Target> targets, const PlanOptions& options);
 
 }  // namespace shardstream::engine

@@ -1,5 +1,5 @@
 // Byte runs of views: how a slice of a checkpoint tensor maps onto a (possibly strided)
-// destination, as the contiguous runs the fill core reads (engine/fill.h, FillTarget::runs).
+// destination, as the contiguous runs the fill core reads (engine/plan.h, Target::runs).
 //
 // The source is a C-contiguous tensor of `source_shape`; the slice takes, per dimension, `count`
 // indices start, start + step, ... (step >= 1). The destination holds the same number of elements

@@ -1,18 +1,20 @@
-// Sinks: where the staged pipeline (engine/pipeline.h) puts the bytes of each finished read.
+// Sinks: where the pipeline (engine/pipeline.h) puts the bytes of each staged read.
 //
 // The pipeline reads a chunk into a staging slot, then hands the slot's lease (engine/staging.h)
-// and the pieces it holds (engine/plan.h) to Sink::Consume on a oneTBB worker. The slot goes back
-// to the pool when the sink drops the lease (a CPU sink, when its memcpy is done) or once the
-// fence it parked the lease behind completed (a device sink's event after the slot's copies).
-// After every chunk was consumed (or the load failed), the pipeline calls Finish once.
+// and the pieces it holds (engine/plan.h) to Sink::Consume, on the reading thread or on a oneTBB
+// worker. The slot goes back to the pool when the sink drops the lease (a CPU sink, when its copy
+// is done) or once the fence it parked the lease behind completed (a device sink's event after the
+// slot's copies). After every chunk was consumed (or the load failed), the pipeline calls Finish
+// once.
 //
-// CpuSink copies into host destinations; DiscardSink drops the bytes (benchmarks the IO alone);
-// the CUDA sink (cuda/) copies to the device.
+// CpuSink copies (or casts) into host destinations; DiscardSink drops the bytes (measures the
+// reads alone); the CUDA sink (cuda/) copies to the device.
 #pragma once
 
-#include "engine/loader.h"
 #include "engine/plan.h"
 #include "engine/staging.h"
+#include "io/checkpoint.h"
+#include "io/dtype.h"
 #include "io/status.h"
 
 #include <atomic>
@@ -36,13 +38,35 @@ struct StagedSlot {
   SlotLease lease;
 };
 
+// What a sink needs of one target: its memory, and the two dtypes. Pieces (in source bytes) land
+// at destination + target_offset, scaled to the destination dtype for a cast
+// (Destination::Offset); `source_bytes` bounds the target offsets a piece may reach.
+struct Destination {
+  std::byte* destination = nullptr;
+  uint64_t source_bytes = 0;
+  io::DType source_dtype = io::DType::kU8;
+  io::DType destination_dtype = io::DType::kU8;
+
+  bool casts() const { return source_dtype != destination_dtype; }
+  // Where source byte offset `source_offset` of the target lands (whole elements for a cast).
+  uint64_t Offset(uint64_t source_offset) const {
+    if (!casts()) return source_offset;
+    return source_offset / (io::DTypeBits(source_dtype) / 8) *
+           (io::DTypeBits(destination_dtype) / 8);
+  }
+};
+
+// The sink's view of the pipeline's targets, by index.
+std::vector<Destination> DestinationsOf(const io::Checkpoint& checkpoint,
+                                        std::span<const Target> targets);
+
 class Sink {
  public:
   virtual ~Sink() = default;
   // Moves the pieces out of the slot. Called from any thread, concurrently for different slots;
   // two calls never write the same destination bytes. The sink owns slot.lease: dropping it (at
   // the latest when Consume returns) frees the slot; a sink whose copies outlive Consume parks it
-  // behind a fence instead (SlotLease::ReleaseAfter), and the IO thread meanwhile reads into the
+  // behind a fence instead (SlotLease::ReleaseAfter), and the readers meanwhile read into the
   // slots that are free, so the copies of many slots overlap with reading. An error fails the
   // load (the pipeline stops, drains and returns it).
   [[nodiscard]] virtual io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) = 0;
@@ -52,17 +76,18 @@ class Sink {
   [[nodiscard]] virtual io::Status Finish() = 0;
 };
 
-// Copies every piece into host memory: destinations[piece.target] + piece.target_offset. The
-// destinations (one per target given to the pipeline, each holding the tensor's bytes) are
-// borrowed and must outlive the load. Thread-safe as Sink requires.
+// Copies every piece into host memory, converting it with the one host cast (engine/cast.h) when
+// its target changes dtype (the plan keeps a cast target's pieces on whole elements). The
+// destinations are borrowed and must outlive the load. Thread-safe as Sink requires.
 class CpuSink final : public Sink {
  public:
-  explicit CpuSink(std::span<const LoadTarget> targets);
+  explicit CpuSink(std::vector<Destination> destinations)
+      : destinations_(std::move(destinations)) {}
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override;
   io::Status Finish() override { return io::Status::Ok(); }
 
  private:
-  std::vector<std::byte*> destinations_;
+  std::vector<Destination> destinations_;
 };
 
 // Drops the bytes and counts them: measures the read path without a destination.

@@ -12,33 +12,9 @@
 namespace shardstream::engine {
 namespace {
 
-// AllocateHostBuffer maps large buffers (page-aligned) but takes small ones from aligned_alloc at
-// 64 bytes: O_DIRECT needs page alignment, so small pools come from posix_memalign instead.
-io::Result<std::byte*> AllocateAligned(uint64_t size_bytes) {
-  if (size_bytes >= kHugePageBytes) return AllocateHostBuffer(size_bytes);
-  if (detail::HostAllocationFaultDue()) {
-    return io::Status::FromErrno(
-        ENOMEM, "injected posix_memalign of " + std::to_string(size_bytes) + " staging bytes");
-  }
-  void* data = nullptr;
-  if (int err = ::posix_memalign(&data, kStagingAlignment, size_bytes); err != 0) {
-    return io::Status::FromErrno(
-        err, "posix_memalign of " + std::to_string(size_bytes) + " staging bytes");
-  }
-  return static_cast<std::byte*>(data);
-}
-
 io::Status Cancelled() {
   return io::Status::Error(io::StatusCode::kCancelled, "cancelled",
                            "the staging pool was cancelled");
-}
-
-void FreeAligned(std::byte* data, uint64_t size_bytes) {
-  if (size_bytes >= kHugePageBytes) {
-    FreeHostBuffer(data, size_bytes);
-  } else {
-    std::free(data);
-  }
 }
 
 }  // namespace
@@ -65,7 +41,10 @@ io::Result<std::unique_ptr<StagingPool>> StagingPool::Create(uint64_t staging_by
                              "too many staging slots: " + std::to_string(count));
   }
   const uint64_t total = count * aligned_slot;
-  auto memory = AllocateAligned(total);
+  // O_DIRECT reads need page-aligned buffers. The pool frees them with the allocator that made
+  // them.
+  HostAllocator& allocator = CurrentHostAllocator();
+  auto memory = allocator.Allocate(total, kStagingAlignment, /*huge_pages=*/false);
   if (!memory.ok()) {
     return io::Status::Error(io::StatusCode::kResourceExhausted, "memory",
                              "cannot allocate " + std::to_string(total) +
@@ -74,20 +53,21 @@ io::Result<std::unique_ptr<StagingPool>> StagingPool::Create(uint64_t staging_by
   }
   if (on_allocate) {
     if (io::Status status = on_allocate(*memory, total); !status.ok()) {
-      FreeAligned(*memory, total);
+      allocator.Free(*memory, total);
       return status;
     }
   }
   return std::unique_ptr<StagingPool>(
-      new StagingPool(*memory, total, aligned_slot, std::move(on_free)));
+      new StagingPool(*memory, total, aligned_slot, std::move(on_free), allocator));
 }
 
 StagingPool::StagingPool(std::byte* memory, uint64_t allocated_bytes, uint64_t slot_bytes,
-                         StagingFreeHook on_free)
+                         StagingFreeHook on_free, HostAllocator& allocator)
     : memory_(memory),
       allocated_bytes_(allocated_bytes),
       slot_bytes_(slot_bytes),
-      on_free_(std::move(on_free)) {
+      on_free_(std::move(on_free)),
+      allocator_(allocator) {
   const auto count = static_cast<uint32_t>(allocated_bytes / slot_bytes);
   slots_.reserve(count);
   free_.reserve(count);
@@ -104,7 +84,7 @@ StagingPool::~StagingPool() {
   for (Parked& parked : parked_) (void)parked.fence->Wait();
   parked_.clear();
   if (on_free_) on_free_(memory_, allocated_bytes_);
-  FreeAligned(memory_, allocated_bytes_);
+  allocator_.Free(memory_, allocated_bytes_);
 }
 
 SlotLease& SlotLease::operator=(SlotLease&& other) noexcept {

@@ -14,6 +14,7 @@
 // by concurrent loads, which then take turns for slots.
 #pragma once
 
+#include "engine/host_memory.h"
 #include "io/status.h"
 
 #include <condition_variable>
@@ -30,11 +31,6 @@
 namespace shardstream::engine {
 
 inline constexpr uint64_t kStagingAlignment = 4096;
-// 16 slots of the default 4 MiB chunk: room for 8 reads in flight and the copies behind them. More
-// did not load faster on our 2-core VM (peak slots in use stayed 8–13 at depth 8, cold or warm),
-// and a warm load into the 16 MiB of a smaller pool even ran 2–4× faster than into 256 MiB
-// (slots stay in the CPU cache; fewer first-touch faults). BENCHMARKS.md has the runs.
-inline constexpr uint64_t kDefaultStagingBytes = 64ull << 20;
 
 // The size a slot of `slot_bytes` takes in a pool: rounded up to kStagingAlignment.
 inline uint64_t StagingSlotBytes(uint64_t slot_bytes) {
@@ -144,7 +140,7 @@ class StagingPool {
   };
 
   StagingPool(std::byte* memory, uint64_t allocated_bytes, uint64_t slot_bytes,
-              StagingFreeHook on_free);
+              StagingFreeHook on_free, HostAllocator& allocator);
   void Release(uint32_t index);
   void Park(uint32_t index, std::unique_ptr<SlotFence> fence);
   // Frees the parked slots whose fence completed (or failed: the first error is kept in
@@ -156,6 +152,7 @@ class StagingPool {
   const uint64_t allocated_bytes_;
   const uint64_t slot_bytes_;
   StagingFreeHook on_free_;
+  HostAllocator& allocator_;  // made the memory; frees it
   std::vector<StagingSlot> slots_;
 
   mutable std::mutex mutex_;

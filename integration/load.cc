@@ -1,5 +1,6 @@
 #include "shardstream/load.h"
 
+#include "engine/fill.h"
 #include "engine/host_memory.h"
 #include "integration/detail/errors.h"
 #include "integration/detail/fill_torch.h"
@@ -7,6 +8,7 @@
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
 #include "io/residency.h"
+#include "io/stopwatch.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -19,11 +21,8 @@
 namespace shardstream {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using io::Clock;
+using io::SecondsSince;
 
 io::Status LoadStatus(std::string rule, std::string message) {
   return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
@@ -231,7 +230,7 @@ LoadResult LoadFile(const std::filesystem::path& path, const LoadOptions& option
     }
     detail::ReserveDeviceMemory(device, reservation);
   }
-  std::vector<engine::FillTarget> targets;
+  std::vector<engine::Target> targets;
   targets.reserve(planned.size());
   for (const Planned& p : planned) {
     const io::TensorInfo& t = checkpoint.tensor(p.location);
@@ -246,6 +245,35 @@ LoadResult LoadFile(const std::filesystem::path& path, const LoadOptions& option
   detail::FillOrThrow(checkpoint, targets, options, out);
   out.seconds = SecondsSince(start);
   return result;
+}
+
+LoadReport ReadAndDiscard(const std::filesystem::path& path, const ReadOptions& options) {
+  LoadReport out;
+  const auto start = Clock::now();
+  io::Result<io::Checkpoint> opened = io::OpenCheckpoint(path);
+  ThrowIfError(opened.status());
+  const io::Checkpoint& checkpoint = *opened;
+  out.stages.emplace_back("headers", SecondsSince(start));
+  out.files = checkpoint.files.size();
+  out.tensors = checkpoint.tensor_count();
+  out.bytes = checkpoint.data_bytes();
+  std::vector<engine::Target> targets;
+  targets.reserve(checkpoint.tensor_count());
+  for (uint32_t f = 0; f < checkpoint.files.size(); ++f) {
+    for (uint32_t i = 0; i < checkpoint.files[f].header.tensors.size(); ++i) {
+      targets.emplace_back(io::TensorLocation{f, i}, nullptr);
+    }
+  }
+  engine::FillSetup setup;
+  setup.read = options;
+  setup.discard = true;
+  io::Status status = engine::Fill(checkpoint, targets, setup, &out);
+  if (!status.ok()) {
+    ThrowIfError(status.path().empty() ? std::move(status).WithPath(checkpoint.source.string())
+                                       : status);
+  }
+  out.seconds = SecondsSince(start);
+  return out;
 }
 
 TensorMap LoadFile(const std::filesystem::path& path, const LoadOptions& options,

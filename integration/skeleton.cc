@@ -7,6 +7,7 @@
 #include "integration/detail/torch_cuda.h"
 #include "integration/dtype.h"
 #include "io/checkpoint.h"
+#include "io/stopwatch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -25,11 +26,8 @@
 namespace shardstream {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using io::Clock;
+using io::SecondsSince;
 
 io::Status Error(std::string rule, std::string message) {
   return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
@@ -305,7 +303,7 @@ class ModelLoad {
   void Name();
   void Match();
   void Strict() const;
-  std::vector<engine::FillTarget> Targets();
+  std::vector<engine::Target> Targets();
   void Finalize();
 
  private:
@@ -491,8 +489,8 @@ void ModelLoad::Strict() const {
 
 // Every matched tensor, straight into the module's storage (through its strides when it is a
 // view); a dtype change is a cast, through bounded scratch on the CPU, on the device on a GPU.
-std::vector<engine::FillTarget> ModelLoad::Targets() {
-  std::vector<engine::FillTarget> targets;
+std::vector<engine::Target> ModelLoad::Targets() {
+  std::vector<engine::Target> targets;
   for (const Group& group : groups_) {
     if (!group.source) continue;
     const Entry& entry = entries_[group.source_entry];
@@ -638,7 +636,7 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
 
   // The fill core's own stages become "stream" (reads into place, uploads) and "cast".
   stage_start = Clock::now();
-  const std::vector<engine::FillTarget> targets = load.Targets();
+  const std::vector<engine::Target> targets = load.Targets();
   const size_t before = out.stages.size();
   detail::FillOrThrow(checkpoint, targets, options.load, out);
   double cast_seconds = 0;

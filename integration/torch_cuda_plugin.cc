@@ -1,14 +1,11 @@
 // libshardstream_torch_cuda.so: the parts of the CUDA path that need LibTorch's CUDA libraries.
 // See integration/detail/torch_cuda.h for why this is a plugin.
 #include "integration/detail/torch_cuda.h"
-#include "integration/dtype.h"
 
 #include <ATen/Context.h>
-#include <ATen/ops/from_blob.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <cuda_runtime_api.h>
 
@@ -19,33 +16,6 @@ namespace shardstream::detail {
 namespace {
 
 int DeviceCount() { return static_cast<int>(c10::cuda::device_count()); }
-
-io::Status Cast(int device, cuda::StreamHandle stream, const std::byte* src, io::DType src_dtype,
-                std::byte* dst, io::DType dst_dtype, uint64_t elements) {
-  try {
-    // ATen queues its kernel on the current stream: make the sink's stream current for the call.
-    const c10::cuda::CUDAStream external = c10::cuda::getStreamFromExternal(
-        reinterpret_cast<cudaStream_t>(stream), static_cast<c10::DeviceIndex>(device));
-    const c10::cuda::CUDAStreamGuard guard(external);
-    const auto where = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
-    const auto count = static_cast<int64_t>(elements);
-    const at::Tensor from =
-        at::from_blob(const_cast<std::byte*>(src), {count},
-                      at::TensorOptions().dtype(StorageDType(src_dtype)).device(where));
-    at::Tensor to = at::from_blob(dst, {count},
-                                  at::TensorOptions().dtype(StorageDType(dst_dtype)).device(where));
-    to.copy_(from, /*non_blocking=*/true);
-    return io::Status::Ok();
-  } catch (const c10::Error& e) {
-    return io::Status::Error(
-        io::StatusCode::kInvalidArgument, "cast",
-        std::string("torch cannot cast ") + std::string(io::DTypeName(src_dtype)) + " to " +
-            std::string(io::DTypeName(dst_dtype)) + " on cuda:" + std::to_string(device) + ": " +
-            e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return io::Status::Error(io::StatusCode::kInternal, "cast", e.what());
-  }
-}
 
 uint64_t PeakAllocatedBytes(int device) {
   try {
@@ -80,7 +50,7 @@ io::Status InitDevice(int device) {
                                cudaGetErrorName(error) + ": " + cudaGetErrorString(error));
 }
 
-const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount,  &Cast,      &PeakAllocatedBytes,
+const TorchCudaPlugin kPlugin{kTorchCudaPluginAbi, &DeviceCount,  &PeakAllocatedBytes,
                               &DeviceAllocations,  &TorchHasCuda, &InitDevice};
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <vector>
 
 namespace shardstream::io {
@@ -63,6 +64,18 @@ Status DropCachedPages(int fd) {
     return Status::FromErrno(err, "posix_fadvise(DONTNEED)");
   }
   return Status::Ok();
+}
+
+uint64_t PeakResidentBytes() {
+  std::FILE* status = std::fopen("/proc/self/status", "re");
+  if (status == nullptr) return 0;
+  char line[256];
+  uint64_t kib = 0;
+  while (std::fgets(line, sizeof line, status) != nullptr) {
+    if (std::sscanf(line, "VmHWM: %lu kB", &kib) == 1) break;
+  }
+  std::fclose(status);
+  return kib << 10;
 }
 
 }  // namespace shardstream::io

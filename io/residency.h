@@ -1,5 +1,5 @@
-// How much of a file is in the page cache (the input to `--direct auto`), and dropping it from
-// there (`shardstream bench --cold`).
+// How much of a file is in the page cache (the input to `--direct auto`), dropping it from there
+// (`shardstream bench --cold`), and how much memory the process has held.
 #pragma once
 
 #include "io/checkpoint.h"
@@ -24,5 +24,8 @@ Result<double> CheckpointResidentFraction(const Checkpoint& checkpoint);
 // is advice: pages another process has mapped or locked stay, so check with ResidentFraction.
 // Errors carry errno (rule "io"). Thread-safe.
 Status DropCachedPages(int fd);
+
+// The process's peak resident memory so far (VmHWM in /proc/self/status), 0 if unknown.
+uint64_t PeakResidentBytes();
 
 }  // namespace shardstream::io

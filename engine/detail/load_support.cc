@@ -30,7 +30,7 @@ bool ProgressReporter::Add(uint64_t bytes) {
   if (!fn_) return true;
   std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
   if (!lock.owns_lock()) return !cancelled_.load(std::memory_order_relaxed);
-  const auto now = Clock::now();
+  const auto now = io::Clock::now();
   if (done < total_ && now - last_ < kProgressInterval) return !cancelled_;
   last_ = now;
   if (!fn_(Progress{done, total_})) cancelled_ = true;
@@ -91,15 +91,6 @@ io::Result<std::unique_ptr<io::ReadBackend>> MakeReadBackend(
 void AppendFallback(std::string* report, const std::string& reason) {
   if (reason.empty() || report->find(reason) != std::string::npos) return;
   *report = report->empty() ? reason : *report + "; " + reason;
-}
-
-std::vector<PlanTarget> PlanTargetsOf(std::span<const LoadTarget> targets) {
-  std::vector<PlanTarget> plan_targets;
-  plan_targets.reserve(targets.size());
-  for (const LoadTarget& target : targets) {
-    plan_targets.push_back(PlanTarget{target.source, target.runs, target.element_bytes});
-  }
-  return plan_targets;
 }
 
 }  // namespace shardstream::engine::detail

@@ -1,16 +1,16 @@
-// Pieces shared by the direct loader (engine/loader.cc) and the staged pipeline
-// (engine/pipeline.cc): first-error-wins recording, the rate-limited progress reporter, and
-// naming the tensor at a file offset for error messages. Private to engine/.
+// Pieces of the pipeline (engine/pipeline.cc) that the fill core shares: first-error-wins
+// recording, the rate-limited progress reporter, naming the tensor at a file offset for error
+// messages, making a backend with its fallback. Private to engine/.
 #pragma once
 
-#include "engine/loader.h"
+#include "engine/pipeline.h"
 #include "io/checkpoint.h"
 #include "io/read_backend.h"
 #include "io/status.h"
+#include "io/stopwatch.h"
 #include "io/uring_backend.h"
 
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -19,12 +19,6 @@
 #include <vector>
 
 namespace shardstream::engine::detail {
-
-using Clock = std::chrono::steady_clock;
-
-inline double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // The status a cancelled load returns.
 io::Status Cancelled();
@@ -63,7 +57,7 @@ class ProgressReporter {
   std::atomic<uint64_t> done_{0};
   std::atomic<bool> cancelled_{false};
   std::mutex mutex_;
-  Clock::time_point last_ = Clock::now();
+  io::Clock::time_point last_ = io::Clock::now();
 };
 
 // The name of the tensor whose bytes contain `file_offset` of checkpoint file `file`, or "" (the
@@ -87,8 +81,5 @@ io::Result<std::unique_ptr<io::ReadBackend>> MakeReadBackend(
 
 // The one convention for fallback reports: reasons joined with "; ", each once.
 void AppendFallback(std::string* report, const std::string& reason);
-
-// The plan's view of load targets (borrowing their runs).
-std::vector<PlanTarget> PlanTargetsOf(std::span<const LoadTarget> targets);
 
 }  // namespace shardstream::engine::detail

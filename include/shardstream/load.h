@@ -162,6 +162,13 @@ LoadResult LoadFile(const std::filesystem::path& checkpoint, const LoadOptions& 
 TensorMap LoadFile(const std::filesystem::path& checkpoint, const LoadOptions& options,
                    LoadReport* report);
 
+// Reads every tensor of `checkpoint` through the staged pipeline, as a GPU load reads it, and drops
+// the bytes: the read path alone, free of destination page faults (`shardstream load --sink
+// discard`, the benchmarks). No tensor is allocated; host memory stays within staging_bytes.
+// The report holds bytes, seconds and the read fields (readers, slots, overlap, ...). Throws
+// LoadError as LoadFile does.
+LoadReport ReadAndDiscard(const std::filesystem::path& checkpoint, const ReadOptions& options = {});
+
 // The library's version ("0.1.0"), as shardstreamConfigVersion.cmake gives it.
 std::string_view Version();
 

@@ -45,9 +45,37 @@ struct Progress {
 // cancel the load (rule "cancelled").
 using ProgressFn = std::function<bool(const Progress&)>;
 
+// The defaults, in one place, each named for what it bounds. engine/, cuda/, the CLI and the
+// Python package (through the extension: shardstream._core.defaults()) all take them from here.
+//
+// io_uring reads in flight per reader.
 inline constexpr uint32_t kDefaultQueueDepth = 8;
-// The bound on staging memory (staged reads) and on cast scratch (casts read into it first).
+// Staging memory: the slots staged reads land in, which a host cast converts out of too. 16 slots
+// of the default staged chunk: room for 8 reads in flight and the copies behind them. More did not
+// load faster on our 2-core VM (peak slots in use stayed 8–13 at depth 8, cold or warm), and a
+// warm load into the 16 MiB of a smaller pool even ran 2–4× faster than into 256 MiB (slots stay
+// in the CPU cache; fewer first-touch faults). BENCHMARKS.md has the runs.
 inline constexpr uint64_t kDefaultStagingBytes = 64ull << 20;
+// The largest read straight into destinations.
+inline constexpr uint64_t kDefaultChunkBytes = 16ull << 20;
+// The largest read into a staging slot. Staged reads are copied twice (file → slot →
+// destination), so slots that stay in cache pay: loading a page-cache-hot 2 GB file into host
+// memory on a 2-core VM ran at 8–15 GB/s with 1–4 MiB chunks but 2.5–5.5 GB/s with 16 MiB ones,
+// while cold O_DIRECT reads were the same (~2.6–2.9 GB/s) from 2 to 16 MiB.
+inline constexpr uint64_t kDefaultStagedChunkBytes = 4ull << 20;
+// Unwanted bytes read through between two wanted ranges of a file rather than issuing another
+// read.
+inline constexpr uint64_t kDefaultReadGapBytes = 64ull << 10;
+// CUDA host-to-device copy streams.
+inline constexpr uint32_t kDefaultCopyStreams = 4;
+// Device memory a cast on a GPU converts out of: 8 MiB of raw bytes per stream at the default 4
+// streams, twice the staged chunk, so a chunk's worth of a cast target goes up and is cast in one
+// step.
+inline constexpr uint64_t kDefaultDeviceCastScratchBytes = 32ull << 20;
+// shardstream.iter_tensors: tensor bytes read ahead of what the consumer has taken.
+inline constexpr uint64_t kDefaultReadAheadBytes = 512ull << 20;
+// shardstream.transformers: the sources of transformers' own weight converters held at once.
+inline constexpr uint64_t kDefaultConvertScratchBytes = 512ull << 20;
 
 struct ReadOptions {
   IoMode io = IoMode::kAuto;
@@ -72,13 +100,23 @@ struct ReadReport {
   bool direct = false;          // read with O_DIRECT through staging slots
   double resident_fraction = -1;  // page-cache residency sampled for DirectIo::kAuto (-1: not)
   bool sqpoll = false;            // io_uring's polling thread was used
-  int threads = 0;
+  uint64_t registered_buffer_bytes = 0;  // staging memory registered with io_uring
+  int threads = 0;                       // readers + copy threads of the widest read
+  uint32_t readers = 0;                  // threads that issued reads
+  int copy_threads = 0;  // threads that emptied staging slots besides the readers (0: none)
+  // Bytes of the destinations, and bytes read for them (gaps read through, O_DIRECT alignment).
+  uint64_t payload_bytes = 0;
+  uint64_t read_bytes = 0;
+  // Staged reads: the staging slots (the largest pool used) and the most held at once.
+  uint32_t staging_slots = 0;
+  uint64_t slot_bytes = 0;
+  uint32_t peak_slots_in_use = 0;
   // Staged loads: wall time with a read in flight, with a copy running, and with both; -1 when
   // every read went straight into the destinations (no copies to overlap with).
   double io_busy_seconds = -1;
   double copy_busy_seconds = -1;
   double overlap_seconds = -1;
-  // Casts: bytes of host scratch the core used for them (at most staging_bytes, or one element
+  // Host casts: the staging memory they converted out of (at most staging_bytes, or one chunk
   // when that is larger; never the checkpoint's size).
   uint64_t cast_scratch_bytes = 0;
   // CUDA loads: seconds spent pinning the staging pool (0 when a pool kept from an earlier load

@@ -108,9 +108,8 @@ const TorchCudaPlugin& RequireTorchCuda(c10::Device device) {
                             kPluginName + "; it needs LibTorch with CUDA):" + why);
       return;
     }
-    if (found->abi != kTorchCudaPluginAbi || found->cast == nullptr ||
-        found->device_count == nullptr || found->peak_allocated_bytes == nullptr ||
-        found->torch_has_cuda == nullptr) {
+    if (found->abi != kTorchCudaPluginAbi || found->device_count == nullptr ||
+        found->peak_allocated_bytes == nullptr || found->torch_has_cuda == nullptr) {
       failure = DeviceError(std::string(kPluginName) + " is from another shardstream version");
       return;
     }
@@ -149,13 +148,6 @@ void ReserveDeviceMemory(c10::Device device, uint64_t bytes) {
   } catch (const c10::Error&) {
     // Out of memory as one block (or fragmented): the per-tensor allocations decide.
   }
-}
-
-cuda::DeviceCastFn TorchCudaCast(const TorchCudaPlugin& plugin, int device) {
-  return [&plugin, device](cuda::StreamHandle stream, const std::byte* src, io::DType src_dtype,
-                           std::byte* dst, io::DType dst_dtype, uint64_t elements) {
-    return plugin.cast(device, stream, src, src_dtype, dst, dst_dtype, elements);
-  };
 }
 
 }  // namespace shardstream::detail

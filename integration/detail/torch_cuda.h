@@ -2,15 +2,13 @@
 //
 // libtorch_cuda and its CUDA libraries add ~0.25 s to every process start, so shardstream_torch
 // links only torch_cpu. The few things that need torch's CUDA libraries (allocating CUDA tensors
-// needs them loaded; the device-side cast runs ATen on the sink's stream through c10_cuda) live in
-// a small plugin, libshardstream_torch_cuda.so (integration/torch_cuda_plugin.cc), which
-// RequireTorchCuda finds and dlopens on first use: next to the running executable, at the path
-// the build put it, then on the library search path. A program that links the plugin directly
-// skips the search (its entry point is then already in the process). Private to integration/.
+// needs them loaded, and torch's allocator statistics) live in a small plugin,
+// libshardstream_torch_cuda.so (integration/torch_cuda_plugin.cc), which RequireTorchCuda finds and
+// dlopens on first use: next to the running executable, at the path the build put it, then on the
+// library search path. A program that links the plugin directly skips the search (its entry point
+// is then already in the process). Private to integration/.
 #pragma once
 
-#include "cuda/cuda_sink.h"
-#include "io/dtype.h"
 #include "io/status.h"
 
 #include <c10/core/Device.h>
@@ -19,18 +17,13 @@
 
 namespace shardstream::detail {
 
-inline constexpr int kTorchCudaPluginAbi = 2;
+inline constexpr int kTorchCudaPluginAbi = 3;
 
 // What the plugin exports (extern "C" shardstream_torch_cuda_plugin()).
 struct TorchCudaPlugin {
   int abi = kTorchCudaPluginAbi;
   // CUDA devices torch sees (torch::cuda::device_count()).
   int (*device_count)() = nullptr;
-  // DeviceCastFn (cuda/cuda_sink.h) for `device`: ATen's copy_ between views of the two device
-  // buffers, queued on `stream` (wrapped with c10::cuda::getStreamFromExternal).
-  io::Status (*cast)(int device, cuda::StreamHandle stream, const std::byte* src,
-                     io::DType src_dtype, std::byte* dst, io::DType dst_dtype,
-                     uint64_t elements) = nullptr;
   // The most bytes torch's caching allocator has had allocated on `device` in this process.
   uint64_t (*peak_allocated_bytes)(int device) = nullptr;
   // How many times torch's caching allocator has called cudaMalloc on `device` in this process.
@@ -55,8 +48,5 @@ const TorchCudaPlugin& RequireTorchCuda(c10::Device device);
 // happens and each tensor is allocated (or refused) on its own.
 void AddDeviceReservation(uint64_t tensor_bytes, uint64_t* total);
 void ReserveDeviceMemory(c10::Device device, uint64_t bytes);
-
-// The cast function of the CudaSink for `device`.
-cuda::DeviceCastFn TorchCudaCast(const TorchCudaPlugin& plugin, int device);
 
 }  // namespace shardstream::detail

@@ -12,6 +12,7 @@
 // the cancel flag, so no engine thread ever needs the GIL. A job joins its thread before it is
 // destroyed: a finished load leaves no thread behind.
 #include "cuda/device_upload.h"
+#include "engine/cast.h"
 #include "engine/fill.h"
 #include "engine/runs.h"
 #include "io/checkpoint.h"
@@ -36,7 +37,6 @@
 #include <utility>
 #include <vector>
 
-#include "python/src/host_cast.h"
 #include "shardstream/read.h"
 
 namespace nb = nanobind;
@@ -71,8 +71,8 @@ struct Checkpoint {
   std::shared_ptr<const io::Checkpoint> value;
 };
 
-// CUDA targets: pinned staging kept across loads and cudaMemcpyAsync (cuda/device_upload.h). No
-// device cast is injected (that one is ATen's); the package casts on the device in torch.
+// CUDA targets: pinned staging kept across loads, cudaMemcpyAsync and casts on the device
+// (cuda/device_upload.h), the same path as the C++ library's.
 engine::DeviceUploader& Uploader() {
   static cuda::CudaUploader* uploader = new cuda::CudaUploader(cuda::CudaUploadOptions{});
   return *uploader;
@@ -185,12 +185,47 @@ io::Result<std::vector<engine::Run>> RunsFrom(nb::handle layout) {
                            nb::cast<uint32_t>(l[4]));
 }
 
+// name -> (bits, kind, torch dtype name): the one dtype table, for the package to derive its
+// torch mapping from.
+nb::dict DTypes() {
+  static constexpr const char* kKinds[] = {"bool",   "unsigned", "signed", "float",
+                                           "float8", "complex",  "packed"};
+  nb::dict out;
+  for (io::DType d : io::AllDTypes()) {
+    out[nb::str(std::string(io::DTypeName(d)).c_str())] =
+        nb::make_tuple(io::DTypeBits(d), kKinds[static_cast<int>(io::DTypeKindOf(d))],
+                       std::string(io::TorchDTypeName(d)));
+  }
+  return out;
+}
+
+std::string CastRefusal(const std::string& from, const std::string& to) {
+  std::optional<io::DType> f = io::ParseDType(from);
+  std::optional<io::DType> t = io::ParseDType(to);
+  if (!f || !t) RaiseRule("dtype", "unknown dtype '" + (f ? to : from) + "'");
+  return engine::CastRefusal(*f, *t);
+}
+
+nb::dict Defaults() {
+  nb::dict out;
+  out["queue_depth"] = kDefaultQueueDepth;
+  out["staging_bytes"] = kDefaultStagingBytes;
+  out["chunk_bytes"] = kDefaultChunkBytes;
+  out["staged_chunk_bytes"] = kDefaultStagedChunkBytes;
+  out["read_gap_bytes"] = kDefaultReadGapBytes;
+  out["copy_streams"] = kDefaultCopyStreams;
+  out["device_cast_scratch_bytes"] = kDefaultDeviceCastScratchBytes;
+  out["read_ahead_bytes"] = kDefaultReadAheadBytes;
+  out["convert_scratch_bytes"] = kDefaultConvertScratchBytes;
+  return out;
+}
+
 // One load in flight: engine::Fill on its own thread.
 class FillJob {
  public:
   // `inline_run`: fill on the caller's thread (GIL released) before returning, for small loads
   // where a thread start would dominate and no cancel point is needed.
-  FillJob(Checkpoint checkpoint, std::vector<engine::FillTarget> targets, engine::FillSetup setup,
+  FillJob(Checkpoint checkpoint, std::vector<engine::Target> targets, engine::FillSetup setup,
           bool inline_run)
       : checkpoint_(std::move(checkpoint.value)),
         targets_(std::move(targets)),
@@ -258,6 +293,13 @@ class FillJob {
     out["resident_fraction"] = report_.resident_fraction;
     out["sqpoll"] = report_.sqpoll;
     out["threads"] = report_.threads;
+    out["readers"] = report_.readers;
+    out["copy_threads"] = report_.copy_threads;
+    out["payload_bytes"] = report_.payload_bytes;
+    out["read_bytes"] = report_.read_bytes;
+    out["staging_slots"] = report_.staging_slots;
+    out["slot_bytes"] = report_.slot_bytes;
+    out["peak_slots_in_use"] = report_.peak_slots_in_use;
     out["io_busy_seconds"] = report_.io_busy_seconds;
     out["copy_busy_seconds"] = report_.copy_busy_seconds;
     out["overlap_seconds"] = report_.overlap_seconds;
@@ -278,7 +320,7 @@ class FillJob {
 
  private:
   std::shared_ptr<const io::Checkpoint> checkpoint_;
-  std::vector<engine::FillTarget> targets_;
+  std::vector<engine::Target> targets_;
   engine::FillSetup setup_;
   ReadReport report_;
   io::Status status_;
@@ -299,14 +341,13 @@ std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::seque
   const io::Checkpoint& c = *checkpoint.value;
   engine::FillSetup setup;
   setup.read = ReadOptionsFrom(options);
-  setup.cast = HostCast;
   setup.devices = &Uploader();
-  std::vector<engine::FillTarget> fill_targets;
+  std::vector<engine::Target> fill_targets;
   fill_targets.reserve(nb::len(targets));
   for (nb::handle item : targets) {
     nb::tuple t = nb::cast<nb::tuple>(item);
     if (t.size() != 6) RaiseRule("target", "a fill target has 6 fields");
-    engine::FillTarget target;
+    engine::Target target;
     target.source.file = nb::cast<uint32_t>(t[0]);
     target.source.index = nb::cast<uint32_t>(t[1]);
     if (target.source.file >= c.files.size() ||
@@ -374,23 +415,12 @@ NB_MODULE(_core, m) {
   m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"),
         nb::arg("inline_run") = false);
 
-  m.def("can_host_cast", [](const std::string& from, const std::string& to) {
-    auto f = shardstream::io::ParseDType(from);
-    auto t = shardstream::io::ParseDType(to);
-    return f && t && CanHostCast(*f, *t);
-  });
-  // Tests: the host conversion alone, bytes in, bytes out.
-  m.def("_host_cast", [](nb::bytes src, const std::string& from, const std::string& to) {
-    auto f = shardstream::io::ParseDType(from);
-    auto t = shardstream::io::ParseDType(to);
-    if (!f || !t) RaiseRule("dtype", "unknown dtype");
-    const uint64_t n = src.size() * 8 / shardstream::io::DTypeBits(*f);
-    std::string out(n * shardstream::io::DTypeBits(*t) / 8, '\0');
-    shardstream::io::Status status = HostCast(reinterpret_cast<const std::byte*>(src.c_str()), *f,
-                                              reinterpret_cast<std::byte*>(out.data()), *t, n);
-    if (!status.ok()) Raise(status);
-    return nb::bytes(out.data(), out.size());
-  });
+  m.def("dtypes", &DTypes,
+        "The dtype table (io/dtype.h): name -> (bits, kind, torch dtype name or '').");
+  m.def("cast_refusal", &CastRefusal, nb::arg("source"), nb::arg("destination"),
+        "Why a load does not convert `source` into `destination` (engine/cast.h), '' when it "
+        "does: the one verdict every front end uses.");
+  m.def("defaults", &Defaults, "The defaults of shardstream/read.h, by name.");
   m.def(
       "cuda_built", [] { return kCudaBuilt; }, "Whether this build can fill CUDA targets.");
   m.def("cuda_reason", [] {

@@ -10,6 +10,7 @@
 #include "io/checkpoint.h"
 #include "io/dtype.h"
 #include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/copy_timeline.h"
 #include "tests/support/fake_device.h"
 #include "tests/support/test_files.h"
 
@@ -255,11 +256,12 @@ TEST_P(CudaSinkPipelineTest, TinyPoolAndManyChunksGiveEveryByteWithNoSlotReusedE
   {
     CudaSinkOptions options;
     options.streams = GetParam();
-    auto sink = CudaSink::Create(DeviceTargets(loaded.checkpoint, loaded.targets), options, device);
+    auto sink = CudaSink::Create(engine::DestinationsOf(loaded.checkpoint, loaded.targets), options,
+                                 device);
     ASSERT_TRUE(sink.ok()) << sink.status().ToString();
     engine::PipelineOptions pipeline = TinyPool(2);
     pipeline.pool = pool->get();
-    auto stats = engine::RunStagedPipeline(loaded.checkpoint, loaded.targets, **sink, pipeline);
+    auto stats = engine::RunPipeline(loaded.checkpoint, loaded.targets, sink->get(), pipeline);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     EXPECT_GT(stats->chunks, 25u);
     EXPECT_EQ(stats->peak_slots_in_use, 2u);
@@ -309,14 +311,14 @@ TEST(CudaSinkTest, CastsWithPiecesCutOnElementsEqualAHostCast) {
     }
   };
   std::vector<std::vector<std::byte>> out(tensors.size());
-  std::vector<engine::LoadTarget> targets;
-  std::vector<DeviceTarget> device_targets;
+  std::vector<engine::Target> targets;
+  std::vector<engine::Destination> device_targets;
   for (uint32_t i = 0; i < tensors.size(); ++i) {
     const io::DType to = cast_to(tensors[i].dtype);
     out[i].assign(tensors[i].numel() * Bytes(to), std::byte{0xAA});
     device_targets.push_back({out[i].data(), tensors[i].size_bytes(), tensors[i].dtype, to});
-    targets.push_back(
-        engine::LoadTarget{{0, i}, out[i].data(), {}, WholeElementBytes(device_targets.back())});
+    targets.push_back(engine::Target{{0, i}, out[i].data()});
+    if (to != tensors[i].dtype) targets.back().dtype = to;  // a cast: pieces cut on elements
   }
 
   FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(100)});
@@ -332,7 +334,7 @@ TEST(CudaSinkTest, CastsWithPiecesCutOnElementsEqualAHostCast) {
     engine::PipelineOptions pipeline = TinyPool(3);
     pipeline.chunk_bytes = 4099;  // odd: chunk boundaries split elements of every width
     pipeline.staging_bytes = 3 * 8192;
-    auto stats = engine::RunStagedPipeline(*checkpoint, targets, **sink, pipeline);
+    auto stats = engine::RunPipeline(*checkpoint, targets, sink->get(), pipeline);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     EXPECT_GT((*sink)->stats().cast_calls, stats->chunks);
     EXPECT_GT(stats->read_bytes, stats->payload_bytes);  // cut elements were read twice
@@ -424,13 +426,14 @@ TEST(CudaSinkTest, SeveralCopiesAreInFlightAtOnce) {
   Loaded loaded = Prepare(path);
   FakeDevice device(FakeDeviceOptions{std::chrono::milliseconds(3)});
   {
+    CopyTimeline timeline(device);
     CudaSinkOptions options;
-    options.record_timing = true;
-    auto sink = CudaSink::Create(DeviceTargets(loaded.checkpoint, loaded.targets), options, device);
+    auto sink = CudaSink::Create(engine::DestinationsOf(loaded.checkpoint, loaded.targets), options,
+                                 timeline);
     ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-    auto stats = engine::RunStagedPipeline(loaded.checkpoint, loaded.targets, **sink, TinyPool(8));
+    auto stats = engine::RunPipeline(loaded.checkpoint, loaded.targets, sink->get(), TinyPool(8));
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-    auto intervals = (*sink)->CopyIntervals();
+    auto intervals = timeline.Intervals();
     ASSERT_TRUE(intervals.ok()) << intervals.status().ToString();
     EXPECT_EQ(intervals->size(), stats->chunks);
     EXPECT_GE(MaxConcurrent(*intervals), 2u) << "the event timeline shows one copy at a time";
@@ -515,12 +518,13 @@ TEST_P(CudaSinkFailureTest, FailingCopyMidLoadLeavesNothingPendingAndEverySlotFr
   auto pool = engine::StagingPool::Create(4 * kChunkBytes, kChunkBytes);
   ASSERT_TRUE(pool.ok());
   {
-    auto sink = CudaSink::Create(DeviceTargets(loaded.checkpoint, loaded.targets), {}, device);
+    auto sink =
+        CudaSink::Create(engine::DestinationsOf(loaded.checkpoint, loaded.targets), {}, device);
     ASSERT_TRUE(sink.ok());
     device.FailCopy(7, GetParam().at_enqueue);
     engine::PipelineOptions options = TinyPool(4);
     options.pool = pool->get();
-    auto stats = engine::RunStagedPipeline(loaded.checkpoint, loaded.targets, **sink, options);
+    auto stats = engine::RunPipeline(loaded.checkpoint, loaded.targets, sink->get(), options);
     ASSERT_FALSE(stats.ok());
     EXPECT_EQ(stats.status().rule(), "cuda") << stats.status().ToString();
     EXPECT_NE(stats.status().message().find(GetParam().call), std::string::npos)

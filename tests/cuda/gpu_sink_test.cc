@@ -6,12 +6,12 @@
 #include "cuda/device_ops.h"
 #include "cuda/error.h"
 #include "cuda/pinned_pool.h"
-#include "engine/loader.h"
 #include "engine/pipeline.h"
 #include "io/checkpoint.h"
 #include "io/read_backend.h"
 #include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/copy_timeline.h"
 #include "tests/support/test_files.h"
 
 #include <cuda_runtime_api.h>
@@ -36,7 +36,7 @@ using shardstream::testing::ScratchDir;
 
 // Device memory for every tensor of a checkpoint, one allocation, each target 256-byte aligned.
 struct DeviceLoad {
-  std::vector<engine::LoadTarget> targets;
+  std::vector<engine::Target> targets;
   std::vector<uint64_t> sizes;
   std::byte* base = nullptr;
   uint64_t total = 0;
@@ -48,7 +48,7 @@ struct DeviceLoad {
         const uint64_t size = checkpoint.files[f].header.tensors[i].size_bytes();
         offsets.push_back(total);
         sizes.push_back(size);
-        targets.push_back(engine::LoadTarget{{f, i}, nullptr});
+        targets.push_back(engine::Target{{f, i}, nullptr});
         total += (size + 255) / 256 * 256;
       }
     }
@@ -63,12 +63,14 @@ struct DeviceLoad {
   // Copies every target back and compares it with the CPU loader's bytes.
   void ExpectEqualsCpuLoad(const io::Checkpoint& checkpoint) const {
     std::vector<std::vector<std::byte>> cpu(targets.size());
-    std::vector<engine::LoadTarget> cpu_targets = targets;
+    std::vector<engine::Target> cpu_targets = targets;
     for (size_t k = 0; k < targets.size(); ++k) {
       cpu[k].assign(sizes[k], std::byte{0x55});
       cpu_targets[k].destination = cpu[k].data();
     }
-    auto filled = engine::FillTargets(checkpoint, cpu_targets, engine::FillOptions{});
+    engine::PipelineOptions in_place;
+    in_place.staged = false;
+    auto filled = engine::RunPipeline(checkpoint, cpu_targets, nullptr, in_place);
     ASSERT_TRUE(filled.ok()) << filled.status().ToString();
     for (size_t k = 0; k < targets.size(); ++k) {
       std::vector<std::byte> back(sizes[k]);
@@ -82,7 +84,6 @@ struct DeviceLoad {
 struct LoadResult {
   io::Result<engine::PipelineStats> stats = io::Status::Ok();
   CudaSinkStats sink;
-  std::vector<CopyInterval> intervals;
   bool idle_after = false;
 };
 
@@ -94,7 +95,8 @@ LoadResult Load(const io::Checkpoint& checkpoint, const DeviceLoad& device,
   auto ops = MakeCudaRuntimeOps(0);
   EXPECT_TRUE(ops.ok()) << ops.status().ToString();
   if (!ops.ok()) return result;
-  auto sink = CudaSink::Create(DeviceTargets(checkpoint, device.targets), sink_options, **ops);
+  auto sink =
+      CudaSink::Create(engine::DestinationsOf(checkpoint, device.targets), sink_options, **ops);
   EXPECT_TRUE(sink.ok()) << sink.status().ToString();
   if (!sink.ok()) return result;
   engine::PipelineOptions options;
@@ -102,16 +104,11 @@ LoadResult Load(const io::Checkpoint& checkpoint, const DeviceLoad& device,
   options.chunk_bytes = chunk_bytes;
   options.pool = pool;
   options.make_backend = std::move(make_backend);
-  result.stats = engine::RunStagedPipeline(checkpoint, device.targets, **sink, options);
+  result.stats = engine::RunPipeline(checkpoint, device.targets, sink->get(), options);
   result.sink = (*sink)->stats();
   // Every slot free again means every event recorded after a slot's copies has completed: no
   // copy out of staging is still pending.
   result.idle_after = pool != nullptr && pool->in_use() == 0;
-  if (sink_options.record_timing && result.stats.ok()) {
-    auto intervals = (*sink)->CopyIntervals();
-    EXPECT_TRUE(intervals.ok()) << intervals.status().ToString();
-    if (intervals.ok()) result.intervals = std::move(*intervals);
-  }
   return result;
 }
 
@@ -171,11 +168,11 @@ TEST(GpuSinkTest, EventTimelineShowsCopiesInFlightTogether) {
   ASSERT_EQ(cudaMalloc(&dst, kSlots * kSlotBytes), cudaSuccess);
   auto ops = MakeCudaRuntimeOps(0);
   ASSERT_TRUE(ops.ok());
+  CopyTimeline timeline(**ops);
   CudaSinkOptions options;
-  options.record_timing = true;
   auto sink = CudaSink::Create(
       {{static_cast<std::byte*>(dst), kSlots * kSlotBytes, io::DType::kU8, io::DType::kU8}},
-      options, **ops);
+      options, timeline);
   ASSERT_TRUE(sink.ok()) << sink.status().ToString();
   std::vector<engine::SlotLease> slots;
   for (uint32_t i = 0; i < kSlots; ++i) {
@@ -194,7 +191,7 @@ TEST(GpuSinkTest, EventTimelineShowsCopiesInFlightTogether) {
   ASSERT_TRUE((*sink)->Finish().ok());
   EXPECT_EQ(pool->in_use(), 0u);
   const CudaSinkStats stats = (*sink)->stats();
-  auto intervals = (*sink)->CopyIntervals();
+  auto intervals = timeline.Intervals();
   ASSERT_TRUE(intervals.ok()) << intervals.status().ToString();
   std::printf(
       "copies: %zu, in flight at once: %u queued and unfinished, %u overlapping on the "
@@ -301,11 +298,13 @@ TEST(GpuSinkTest, CastPathOrdersUploadsBeforeCastsOnRealStreams) {
   auto checkpoint = io::OpenCheckpoint(path);
   ASSERT_TRUE(checkpoint.ok());
   DeviceLoad device(*checkpoint);
-  std::vector<DeviceTarget> targets = DeviceTargets(*checkpoint, device.targets);
-  for (DeviceTarget& t : targets) {  // declare U8 bytes as F32 going to I32
-    t.source_dtype = io::DType::kF32;
-    t.destination_dtype = io::DType::kI32;
+  // Declare the U8 bytes as F32 going to I32: a cast, so the plan cuts pieces on 4-byte elements.
+  std::vector<engine::Target> load = device.targets;
+  for (engine::Target& t : load) {
+    checkpoint->files[0].header.tensors[t.source.index].dtype = io::DType::kF32;
+    t.dtype = io::DType::kI32;
   }
+  std::vector<engine::Destination> targets = engine::DestinationsOf(*checkpoint, load);
   auto ops = MakeCudaRuntimeOps(0);
   ASSERT_TRUE(ops.ok());
   std::atomic<uint64_t> elements{0};
@@ -325,9 +324,7 @@ TEST(GpuSinkTest, CastPathOrdersUploadsBeforeCastsOnRealStreams) {
   pipeline.backend = io::BackendKind::kPread;
   pipeline.chunk_bytes = 8191;  // odd: the plan cuts pieces on elements and reads them again
   pipeline.pool = pool.get();
-  std::vector<engine::LoadTarget> load = device.targets;
-  for (engine::LoadTarget& t : load) t.element_bytes = 4;
-  auto stats = engine::RunStagedPipeline(*checkpoint, load, **sink, pipeline);
+  auto stats = engine::RunPipeline(*checkpoint, load, sink->get(), pipeline);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_GT(stats->read_bytes, stats->payload_bytes);
   EXPECT_EQ(elements.load(), 12u * 100003);

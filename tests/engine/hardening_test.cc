@@ -4,7 +4,6 @@
 // cancelled. Each load runs under a deadline, so a hang fails instead of stalling CI. These run in
 // the ASan/LSan and TSan builds too (scripts/sanitize), which catch leaks and races.
 #include "engine/host_memory.h"
-#include "engine/loader.h"
 #include "engine/pipeline.h"
 #include "engine/sink.h"
 #include "engine/staging.h"
@@ -13,6 +12,7 @@
 #include "io/uring_backend.h"
 #include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/host_allocation_fault.h"
 #include "tests/support/test_files.h"
 #include "tests/support/uring_faults.h"
 
@@ -40,6 +40,7 @@ using shardstream::testing::ScratchDir;
 using testing::ExpectPattern;
 using testing::FaultBackend;
 using testing::FaultPlan;
+using testing::InPlace;
 using testing::Loaded;
 using testing::PatternFile;
 using testing::Prepare;
@@ -104,7 +105,7 @@ class HardeningTest : public ::testing::TestWithParam<Route> {
     };
     return WithinDeadline([&]() -> io::Status {
       if (IsPipeline(route)) {
-        CpuSink sink(loaded.targets);
+        CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
         PipelineOptions options;
         options.make_backend = factory;
         options.chunk_bytes = kChunkBytes;
@@ -113,14 +114,14 @@ class HardeningTest : public ::testing::TestWithParam<Route> {
         options.queue_depth = 4;
         options.copy_threads = 2;
         options.progress = progress;
-        return RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options).status();
+        return RunPipeline(loaded.checkpoint, loaded.targets, &sink, options).status();
       }
-      FillOptions options;
+      PipelineOptions options = InPlace();
       options.make_backend = factory;
       options.chunk_bytes = kChunkBytes;
-      options.threads = 2;
+      options.readers = 2;
       options.progress = progress;
-      return FillTargets(loaded.checkpoint, loaded.targets, options).status();
+      return RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options).status();
     });
   }
   void SetUp() override {
@@ -286,11 +287,7 @@ INSTANTIATE_TEST_SUITE_P(Routes, HardeningTest,
 namespace shardstream::engine {
 namespace {
 
-// Disarms the injected allocation failure however the test ends.
-struct AllocationFault {
-  explicit AllocationFault(int64_t skip) { FailHostAllocationForTesting(skip); }
-  ~AllocationFault() { FailHostAllocationForTesting(-1); }
-};
+using AllocationFault = shardstream::testing::HostAllocationFault;
 
 TEST(AllocationFaultTest, HostBufferOutOfMemoryIsRuleMemoryWithErrno) {
   for (uint64_t size : {uint64_t{100}, kHugePageBytes * 2}) {
@@ -342,14 +339,14 @@ TEST(AllocationFaultTest, PipelineWithoutStagingMemoryFailsCleanly) {
   auto path = dir.Write("m.safetensors", PatternFile(20, 3001));
   Loaded loaded = Prepare(path);
   const size_t fds = CountOpenFds();
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options;
   options.backend = io::BackendKind::kPread;
   options.chunk_bytes = kChunkBytes;
   options.staging_bytes = 4 * kChunkBytes;
   AllocationFault fault(0);
   auto stats = WithinDeadline(
-      [&] { return RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options); });
+      [&] { return RunPipeline(loaded.checkpoint, loaded.targets, &sink, options); });
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "memory") << stats.status().ToString();
   EXPECT_EQ(CountOpenFds(), fds);
@@ -379,7 +376,7 @@ TEST(ConcurrentLoadsTest, EightLoadsShareOnePoolWhileOneIsCancelled) {
     std::vector<std::thread> threads;
     for (int i = 0; i < kLoads; ++i) {
       threads.emplace_back([&, i] {
-        CpuSink sink(loads[i].targets);
+        CpuSink sink(DestinationsOf(loads[i].checkpoint, loads[i].targets));
         PipelineOptions options;
         options.backend = i % 2 ? io::BackendKind::kUring : io::BackendKind::kPread;
         options.chunk_bytes = kChunkBytes;
@@ -389,7 +386,7 @@ TEST(ConcurrentLoadsTest, EightLoadsShareOnePoolWhileOneIsCancelled) {
         if (i == kCancelled) {
           options.progress = [](const Progress& p) { return p.done_bytes == 0; };
         }
-        auto result = RunStagedPipeline(loads[i].checkpoint, loads[i].targets, sink, options);
+        auto result = RunPipeline(loads[i].checkpoint, loads[i].targets, &sink, options);
         results[i] = result.status();
         if (result.ok()) stats[i] = *result;
       });

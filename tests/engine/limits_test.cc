@@ -1,7 +1,6 @@
 // Limits: a checkpoint of 200,000 tiny tensors loads byte-exact through every path, and its fixed
 // cost per tensor (validate, plan, read, copy) is printed and bounded, so that per-tensor work
 // that grows faster than linearly (a quadratic lookup, a per-tensor system call) fails here.
-#include "engine/loader.h"
 #include "engine/pipeline.h"
 #include "engine/sink.h"
 #include "io/checkpoint.h"
@@ -17,6 +16,13 @@ namespace shardstream::engine {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The pipeline reading straight into the destinations.
+PipelineOptions InPlace() {
+  PipelineOptions options;
+  options.staged = false;
+  return options;
+}
 
 constexpr int kTensors = 200'000;
 constexpr uint64_t kTensorBytes = 4;
@@ -63,13 +69,13 @@ TEST(LimitsTest, TwoHundredThousandTinyTensorsLoadWithABoundedCostPerTensor) {
   ASSERT_EQ(checkpoint->tensor_count(), static_cast<size_t>(kTensors));
 
   std::vector<std::byte> memory(kTensors * kTensorBytes);
-  std::vector<LoadTarget> targets;
+  std::vector<Target> targets;
   targets.reserve(kTensors);
   const auto& tensors = checkpoint->files[0].header.tensors;
   for (uint32_t i = 0; i < tensors.size(); ++i) {
     // Destination by name, not by file order, so a misplaced tensor shows.
     const int index = std::stoi(tensors[i].name.substr(7));
-    targets.push_back(LoadTarget{{0, i}, memory.data() + index * kTensorBytes});
+    targets.push_back(Target{{0, i}, memory.data() + index * kTensorBytes});
   }
   auto expect_bytes = [&] {
     for (int i = 0; i < kTensors; ++i) {
@@ -80,22 +86,22 @@ TEST(LimitsTest, TwoHundredThousandTinyTensorsLoadWithABoundedCostPerTensor) {
   };
 
   start = Clock::now();
-  auto filled = FillTargets(*checkpoint, targets, {});
+  auto filled = RunPipeline(*checkpoint, targets, nullptr, InPlace());
   const double fill_us = MicrosecondsPerTensor(start);
   ASSERT_TRUE(filled.ok()) << filled.status().ToString();
   expect_bytes();
 
   std::fill(memory.begin(), memory.end(), std::byte{0});
-  CpuSink sink(targets);
+  CpuSink sink(DestinationsOf(*checkpoint, targets));
   start = Clock::now();
-  auto staged = RunStagedPipeline(*checkpoint, targets, sink, {});
+  auto staged = RunPipeline(*checkpoint, targets, &sink, {});
   const double staged_us = MicrosecondsPerTensor(start);
   ASSERT_TRUE(staged.ok()) << staged.status().ToString();
   expect_bytes();
 
   std::printf(
       "[ cost     ] %d tensors of %llu bytes: open+validate %.2f us/tensor, "
-      "FillTargets %.2f us/tensor, staged pipeline %.2f us/tensor\n",
+      "in place %.2f us/tensor, staged pipeline %.2f us/tensor\n",
       kTensors, static_cast<unsigned long long>(kTensorBytes), open_us, fill_us, staged_us);
   if (kTimed) {
     EXPECT_LT(open_us, kMaxMicrosecondsPerTensor);

@@ -2,7 +2,7 @@
 // byte (K * 31 + b * 7) & 0xff at position b, so any misplaced, missing or duplicated byte shows.
 #pragma once
 
-#include "engine/loader.h"
+#include "engine/pipeline.h"
 #include "io/checkpoint.h"
 #include "tests/support/test_files.h"
 
@@ -39,7 +39,7 @@ inline std::string PatternFile(int n, uint64_t size, int first = 0) {
 struct Loaded {
   io::Checkpoint checkpoint;
   std::vector<std::vector<std::byte>> buffers;
-  std::vector<LoadTarget> targets;
+  std::vector<Target> targets;
 };
 
 inline Loaded Prepare(const std::filesystem::path& path) {
@@ -50,9 +50,18 @@ inline Loaded Prepare(const std::filesystem::path& path) {
   loaded.buffers.resize(tensors.size());
   for (uint32_t i = 0; i < tensors.size(); ++i) {
     loaded.buffers[i].assign(tensors[i].size_bytes(), std::byte{0xAA});
-    loaded.targets.push_back(LoadTarget{{0, i}, loaded.buffers[i].data()});
+    loaded.targets.push_back(Target{{0, i}, loaded.buffers[i].data()});
   }
   return loaded;
+}
+
+// The pipeline's in-place route (reads straight into the destinations), with pread unless a test
+// says otherwise.
+inline PipelineOptions InPlace() {
+  PipelineOptions options;
+  options.staged = false;
+  options.backend = io::BackendKind::kPread;
+  return options;
 }
 
 inline void ExpectPattern(const Loaded& loaded) {

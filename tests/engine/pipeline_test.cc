@@ -1,6 +1,5 @@
 #include "engine/pipeline.h"
 
-#include "engine/loader.h"
 #include "engine/sink.h"
 #include "engine/staging.h"
 #include "io/checkpoint.h"
@@ -38,6 +37,7 @@ using shardstream::testing::CountOpenFds;
 using shardstream::testing::ScratchDir;
 
 using testing::ExpectPattern;
+using testing::InPlace;
 using testing::Loaded;
 using testing::PatternFile;
 using testing::Prepare;
@@ -80,9 +80,9 @@ TEST_P(PipelineTest, CpuSinkFillsEveryTargetByteExact) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
   Loaded loaded = Prepare(path);
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   const PipelineOptions options = Options();
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   std::string why;
   if (Unavailable(stats, &why)) GTEST_SKIP() << why;
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -106,7 +106,7 @@ TEST_P(PipelineTest, CpuSinkFillsEveryTargetByteExact) {
 
   // The same bytes as the direct-to-destination loader.
   Loaded reference = Prepare(path);
-  auto filled = FillTargets(reference.checkpoint, reference.targets, FillOptions{});
+  auto filled = RunPipeline(reference.checkpoint, reference.targets, nullptr, InPlace());
   ASSERT_TRUE(filled.ok()) << filled.status().ToString();
   EXPECT_EQ(loaded.buffers, reference.buffers);
 }
@@ -119,7 +119,7 @@ TEST_P(PipelineTest, ShardsWithUnalignedEndsAreReadByteExact) {
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
   ASSERT_EQ(checkpoint->files.size(), 2u);
   std::vector<std::vector<std::byte>> buffers;
-  std::vector<LoadTarget> targets;
+  std::vector<Target> targets;
   for (uint32_t f = 0; f < 2; ++f) {
     for (uint32_t i = 0; i < checkpoint->files[f].header.tensors.size(); ++i) {
       buffers.emplace_back(checkpoint->files[f].header.tensors[i].size_bytes(), std::byte{0xAA});
@@ -127,11 +127,11 @@ TEST_P(PipelineTest, ShardsWithUnalignedEndsAreReadByteExact) {
   }
   for (uint32_t f = 0, k = 0; f < 2; ++f) {
     for (uint32_t i = 0; i < checkpoint->files[f].header.tensors.size(); ++i, ++k) {
-      targets.push_back(LoadTarget{{f, i}, buffers[k].data()});
+      targets.push_back(Target{{f, i}, buffers[k].data()});
     }
   }
-  CpuSink sink(targets);
-  auto stats = RunStagedPipeline(*checkpoint, targets, sink, Options());
+  CpuSink sink(DestinationsOf(*checkpoint, targets));
+  auto stats = RunPipeline(*checkpoint, targets, &sink, Options());
   std::string why;
   if (Unavailable(stats, &why)) GTEST_SKIP() << why;
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -148,10 +148,10 @@ TEST_P(PipelineTest, DiscardSinkSeesEveryPayloadByte) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(25, 5003));
   Loaded loaded = Prepare(path);
-  std::vector<LoadTarget> targets = loaded.targets;
-  for (LoadTarget& t : targets) t.destination = nullptr;  // DiscardSink needs none
+  std::vector<Target> targets = loaded.targets;
+  for (Target& t : targets) t.destination = nullptr;  // DiscardSink needs none
   DiscardSink sink;
-  auto stats = RunStagedPipeline(loaded.checkpoint, targets, sink, Options());
+  auto stats = RunPipeline(loaded.checkpoint, targets, &sink, Options());
   std::string why;
   if (Unavailable(stats, &why)) GTEST_SKIP() << why;
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -170,10 +170,10 @@ TEST_P(PipelineTest, SharedPoolIsBoundedAndEveryLoadGivesItsSlotsBack) {
   ASSERT_EQ((*pool)->slot_count(), slots);
   for (int round = 0; round < 2; ++round) {
     Loaded loaded = Prepare(path);
-    CpuSink sink(loaded.targets);
+    CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
     PipelineOptions options = Options();
     options.pool = pool->get();
-    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
     std::string why;
     if (Unavailable(stats, &why)) GTEST_SKIP() << why;
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -193,7 +193,7 @@ TEST_P(PipelineTest, FailureMidwayReleasesEverySlotAndFileAndNamesTheTensor) {
     auto pool = StagingPool::Create(3 * kTestChunkBytes, kTestChunkBytes);
     ASSERT_TRUE(pool.ok()) << pool.status().ToString();
     const size_t fds_before = CountOpenFds();
-    CpuSink sink(loaded.targets);
+    CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
     PipelineOptions options = Options();
     options.pool = pool->get();
     std::string unavailable;
@@ -213,7 +213,7 @@ TEST_P(PipelineTest, FailureMidwayReleasesEverySlotAndFileAndNamesTheTensor) {
       }
       return std::make_unique<testing::FaultBackend>(std::move(*inner), std::move(plan));
     };
-    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
     if (!unavailable.empty()) GTEST_SKIP() << unavailable;
     ASSERT_FALSE(stats.ok());
     const io::Status& status = stats.status();
@@ -233,7 +233,7 @@ TEST_P(PipelineTest, ProgressCanCancelAndEverySlotComesBack) {
   auto pool = StagingPool::Create(4 * kTestChunkBytes, kTestChunkBytes);
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
   const size_t fds_before = CountOpenFds();
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options = Options();
   options.pool = pool->get();
   std::atomic<int> calls{0};
@@ -241,7 +241,7 @@ TEST_P(PipelineTest, ProgressCanCancelAndEverySlotComesBack) {
     EXPECT_LE(p.done_bytes, p.total_bytes);
     return calls.fetch_add(1) < 0;  // cancel at the first report
   };
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   if (!stats.ok() && stats.status().rule() == "io-uring-unavailable") GTEST_SKIP();
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "cancelled") << stats.status().ToString();
@@ -281,7 +281,7 @@ TEST_P(PipelineTest, SinkErrorStopsTheLoadAndIsReturned) {
   FailingSink sink(3);
   PipelineOptions options = Options();
   options.pool = pool->get();
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   if (!stats.ok() && stats.status().rule() == "io-uring-unavailable") GTEST_SKIP();
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "device");
@@ -331,7 +331,7 @@ class FlagFence : public SlotFence {
 // the next chunk's bytes and the pattern check would fail.
 class AsyncSink : public Sink {
  public:
-  explicit AsyncSink(std::span<const LoadTarget> targets) : cpu_(targets) {
+  explicit AsyncSink(std::vector<Destination> targets) : cpu_(std::move(targets)) {
     device_ = std::thread([this] { Run(); });
   }
   ~AsyncSink() override {
@@ -407,10 +407,10 @@ TEST_P(PipelineTest, SinkKeepingSlotsGetsEveryByteAndReleasesEverySlot) {
   Loaded loaded = Prepare(path);
   auto pool = StagingPool::Create(Options().staging_bytes, kTestChunkBytes);
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
-  AsyncSink sink(loaded.targets);
+  AsyncSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options = Options();
   options.pool = pool->get();
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   std::string why;
   if (Unavailable(stats, &why)) GTEST_SKIP() << why;
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -429,7 +429,7 @@ TEST_P(PipelineTest, ShortReadsAndEagainStormsStillGiveExactBytes) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
   Loaded loaded = Prepare(path);
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options = Options();
   std::string unavailable;
   options.make_backend = [&](const io::FileSet& files) -> std::unique_ptr<io::ReadBackend> {
@@ -444,7 +444,7 @@ TEST_P(PipelineTest, ShortReadsAndEagainStormsStillGiveExactBytes) {
     }
     return std::move(*backend);
   };
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   if (!unavailable.empty()) GTEST_SKIP() << unavailable;
   std::string why;
   if (Unavailable(stats, &why)) GTEST_SKIP() << why;
@@ -460,9 +460,9 @@ TEST_P(PipelineTest, StagingSlotsAreRegisteredAsFixedBuffersForIoUring) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
   Loaded loaded = Prepare(path);
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options = Options();
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   std::string why;
   if (Unavailable(stats, &why)) GTEST_SKIP() << why;
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -477,8 +477,8 @@ TEST_P(PipelineTest, StagingSlotsAreRegisteredAsFixedBuffersForIoUring) {
 
   options.register_buffers = false;
   Loaded again = Prepare(path);
-  CpuSink sink_again(again.targets);
-  auto plain = RunStagedPipeline(again.checkpoint, again.targets, sink_again, options);
+  CpuSink sink_again(DestinationsOf(again.checkpoint, again.targets));
+  auto plain = RunPipeline(again.checkpoint, again.targets, &sink_again, options);
   ASSERT_TRUE(plain.ok()) << plain.status().ToString();
   ExpectPattern(again);
   EXPECT_EQ(plain->registered_buffer_bytes, 0u);
@@ -497,8 +497,8 @@ INSTANTIATE_TEST_SUITE_P(BackendsDirectStaging, PipelineTest,
 // A CpuSink whose copies take at least `delay`: a slow destination (or a busy machine).
 class SlowSink : public Sink {
  public:
-  SlowSink(std::span<const LoadTarget> targets, std::chrono::microseconds delay)
-      : cpu_(targets), delay_(delay) {}
+  SlowSink(std::vector<Destination> targets, std::chrono::microseconds delay)
+      : cpu_(std::move(targets)), delay_(delay) {}
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override {
     std::this_thread::sleep_for(delay_);
     return cpu_.Consume(std::move(slot), pieces);
@@ -525,10 +525,10 @@ TEST(StagedPipelineTest, DefaultsKeepReadsInFlightWhileCopying) {
     ::fdatasync(fd.get());
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
   }
-  SlowSink sink(loaded.targets, std::chrono::milliseconds(3));
+  SlowSink sink(DestinationsOf(loaded.checkpoint, loaded.targets), std::chrono::milliseconds(3));
   PipelineOptions options;
   options.direct = true;
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   ExpectPattern(loaded);
   if (stats->backend != "uring") GTEST_SKIP() << "io_uring unavailable: " << stats->notes.at(0);
@@ -543,7 +543,7 @@ TEST(StagedPipelineTest, DefaultsKeepReadsInFlightWhileCopying) {
 // A CpuSink that records the threads its Consume ran on.
 class ThreadRecordingSink : public Sink {
  public:
-  explicit ThreadRecordingSink(std::span<const LoadTarget> targets) : cpu_(targets) {}
+  explicit ThreadRecordingSink(std::vector<Destination> targets) : cpu_(std::move(targets)) {}
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -604,7 +604,7 @@ TEST(StagedPipelineTest, ManyReadersFillEveryByteAndGiveEverySlotBack) {
       Loaded loaded = Prepare(path);
       auto pool = StagingPool::Create(16 * kTestChunkBytes, kTestChunkBytes);
       ASSERT_TRUE(pool.ok()) << pool.status().ToString();
-      ThreadRecordingSink sink(loaded.targets);
+      ThreadRecordingSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
       ReaderRoll roll(4);
       std::string unavailable;
       PipelineOptions options;
@@ -624,7 +624,7 @@ TEST(StagedPipelineTest, ManyReadersFillEveryByteAndGiveEverySlotBack) {
         roll.Arrive();
         return made.ok() ? std::move(*made) : nullptr;
       };
-      auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+      auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
       if (!unavailable.empty()) GTEST_SKIP() << unavailable;
       ASSERT_TRUE(stats.ok()) << stats.status().ToString();
       ExpectPattern(loaded);
@@ -659,13 +659,13 @@ TEST(StagedPipelineTest, ReadersAreCappedByChunksAndSlots) {
   for (const auto& [slots, readers, want] : std::vector<std::tuple<uint64_t, uint32_t, uint32_t>>{
            {2, 8, 1}, {6, 8, 3}, {64, 8, 8}, {64, 1000, 9}}) {
     SCOPED_TRACE(std::to_string(slots) + " slots, " + std::to_string(readers) + " readers");
-    CpuSink sink(loaded.targets);
+    CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
     PipelineOptions options;
     options.backend = io::BackendKind::kPread;
     options.chunk_bytes = kTestChunkBytes;
     options.staging_bytes = slots * kTestChunkBytes;
     options.readers = readers;
-    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     ExpectPattern(loaded);
     ASSERT_EQ(stats->chunks, 18u);  // 6 tensors of 3 chunks each
@@ -688,7 +688,7 @@ TEST(StagedPipelineTest, AFailingReaderStopsTheOthersAndEverySlotComesBack) {
     auto pool = StagingPool::Create(12 * kTestChunkBytes, kTestChunkBytes);
     ASSERT_TRUE(pool.ok()) << pool.status().ToString();
     const size_t fds_before = CountOpenFds();
-    CpuSink sink(loaded.targets);
+    CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
     PipelineOptions options;
     options.chunk_bytes = kTestChunkBytes;
     options.pool = pool->get();
@@ -721,7 +721,7 @@ TEST(StagedPipelineTest, AFailingReaderStopsTheOthersAndEverySlotComesBack) {
       }
       return std::make_unique<testing::FaultBackend>(std::move(*inner), std::move(plan));
     };
-    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
     ASSERT_FALSE(stats.ok());
     EXPECT_EQ(made.load(), 3);
     EXPECT_EQ(stats.status().rule(), "io") << stats.status().ToString();
@@ -742,7 +742,7 @@ TEST(PipelineOptionsTest, StagingSmallerThanOneChunkIsRejected) {
   PipelineOptions options;
   options.chunk_bytes = 1 << 20;
   options.staging_bytes = 64 << 10;
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "staging") << stats.status().ToString();
 }
@@ -757,7 +757,7 @@ TEST(PipelineOptionsTest, PoolWithSlotsSmallerThanAChunkIsRejected) {
   PipelineOptions options;
   options.chunk_bytes = 1 << 20;
   options.pool = pool->get();
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "staging");
 }
@@ -769,13 +769,13 @@ TEST(StagedPipelineTest, AsyncBufferedReadsGiveExactBytes) {
     ScratchDir dir;
     auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
     Loaded loaded = Prepare(path);
-    CpuSink sink(loaded.targets);
+    CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
     PipelineOptions options;
     options.direct = false;
     options.async_buffered_reads = true;
     options.chunk_bytes = 8192;
     options.staging_bytes = staging;
-    auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+    auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     if (stats->backend != "uring") GTEST_SKIP() << "io_uring unavailable: " << stats->fallback;
     ExpectPattern(loaded);
@@ -786,14 +786,14 @@ TEST(StagedPipelineTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(8, 10000));
   Loaded loaded = Prepare(path);
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options;  // io_uring by default
   options.chunk_bytes = 8192;
   options.readers = 1;  // pread's one read at a time, counted over one reader
   ::setenv("SHARDSTREAM_DISABLE_IO_URING", "1", 1);
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   options.fall_back_to_pread = false;
-  auto refused = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto refused = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   ::unsetenv("SHARDSTREAM_DISABLE_IO_URING");
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_EQ(stats->backend, "pread");
@@ -809,13 +809,13 @@ TEST(StagedPipelineTest, SameTensorTwiceFillsBothDestinations) {
   auto path = dir.Write("m.safetensors", PatternFile(3, 5000));
   Loaded loaded = Prepare(path);
   std::vector<std::byte> copy(5000, std::byte{0});
-  std::vector<LoadTarget> targets = loaded.targets;
-  targets.push_back(LoadTarget{{0, 1}, copy.data()});
-  CpuSink sink(targets);
+  std::vector<Target> targets = loaded.targets;
+  targets.push_back(Target{{0, 1}, copy.data()});
+  CpuSink sink(DestinationsOf(loaded.checkpoint, targets));
   PipelineOptions options;
   options.chunk_bytes = 4096;
   options.staging_bytes = 3 * 4096;
-  auto stats = RunStagedPipeline(loaded.checkpoint, targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, targets, &sink, options);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   ExpectPattern(loaded);
   EXPECT_EQ(copy, loaded.buffers[1]);
@@ -831,11 +831,11 @@ TEST(StagedPipelineTest, DirectIoRefusedFallsBackToBufferedAndSaysSo) {
     std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<long>(bytes.size()));
   }
   Loaded loaded = Prepare(path);
-  CpuSink sink(loaded.targets);
+  CpuSink sink(DestinationsOf(loaded.checkpoint, loaded.targets));
   PipelineOptions options;
   options.direct = true;
   options.chunk_bytes = 4096;
-  auto stats = RunStagedPipeline(loaded.checkpoint, loaded.targets, sink, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, &sink, options);
   std::error_code ignored;
   fs::remove_all(pattern, ignored);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -851,7 +851,7 @@ TEST(StagedPipelineTest, NoTargetsIsAnEmptySuccess) {
   auto path = dir.Write("m.safetensors", PatternFile(3, 100));
   Loaded loaded = Prepare(path);
   DiscardSink sink;
-  auto stats = RunStagedPipeline(loaded.checkpoint, {}, sink, PipelineOptions{});
+  auto stats = RunPipeline(loaded.checkpoint, {}, &sink, PipelineOptions{});
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_EQ(stats->chunks, 0u);
   EXPECT_EQ(sink.bytes(), 0u);

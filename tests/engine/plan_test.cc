@@ -41,8 +41,40 @@ io::Checkpoint MakeCheckpoint(const std::vector<std::vector<uint64_t>>& files,
   return checkpoint;
 }
 
+// A plan target whose pieces must hold whole elements of `element_bytes` (1: any bytes): a cast,
+// so the tensor is declared in a dtype of that element size and converted into another one.
+Target WithElements(io::Checkpoint& checkpoint, TensorLocation location, uint32_t element_bytes,
+                    std::vector<Run> runs = {}) {
+  Target target{location, nullptr, std::move(runs)};
+  io::DType& declared = checkpoint.files[location.file].header.tensors[location.index].dtype;
+  switch (element_bytes) {
+    case 1:
+      declared = io::DType::kU8;
+      break;
+    case 2:
+      declared = io::DType::kF16, target.dtype = io::DType::kF32;
+      break;
+    case 4:
+      declared = io::DType::kF32, target.dtype = io::DType::kF64;
+      break;
+    case 8:
+      declared = io::DType::kF64, target.dtype = io::DType::kF32;
+      break;
+    default:  // no dtype has elements of this size: a sub-byte one, which cannot be cut at all
+      declared = io::DType::kF4, target.dtype = io::DType::kF32;
+  }
+  return target;
+}
+
 uint64_t AlignUpForTest(uint64_t value, uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
+}
+
+// Whole tensors, as they are stored.
+std::vector<Target> Whole(const std::vector<TensorLocation>& locations) {
+  std::vector<Target> targets;
+  for (const TensorLocation& location : locations) targets.emplace_back(location, nullptr);
+  return targets;
 }
 
 std::vector<TensorLocation> All(const io::Checkpoint& checkpoint) {
@@ -119,7 +151,7 @@ TEST(PlanTest, CoalescesAdjacentTensorsIntoOneRead) {
   io::Checkpoint checkpoint = MakeCheckpoint({{10, 20, 30}});
   auto targets = All(checkpoint);
   PlanOptions options;
-  auto plan = BuildReadPlan(checkpoint, targets, options);
+  auto plan = BuildReadPlan(checkpoint, Whole(targets), options);
   ASSERT_TRUE(plan.ok()) << plan.status().ToString();
   ASSERT_EQ(plan->chunks.size(), 1u);
   EXPECT_EQ(plan->chunks[0].file_offset, 108u);  // 8-byte length + 100-byte header
@@ -133,7 +165,7 @@ TEST(PlanTest, SplitsLargeTensorsAcrossChunks) {
   io::Checkpoint checkpoint = MakeCheckpoint({{1000, 5}});
   auto targets = All(checkpoint);
   PlanOptions options{.chunk_bytes = 256, .alignment_bytes = 1, .max_gap_bytes = 0};
-  auto plan = BuildReadPlan(checkpoint, targets, options);
+  auto plan = BuildReadPlan(checkpoint, Whole(targets), options);
   ASSERT_TRUE(plan.ok());
   EXPECT_EQ(plan->chunks.size(), 4u);  // 1005 bytes in 256-byte chunks
   EXPECT_EQ(plan->max_chunk_bytes, 256u);
@@ -144,7 +176,7 @@ TEST(PlanTest, AlignsChunksForDirectIo) {
   io::Checkpoint checkpoint = MakeCheckpoint({{1000, 3000, 7}}, /*header_bytes=*/77);
   auto targets = All(checkpoint);
   PlanOptions options{.chunk_bytes = 1000, .alignment_bytes = 512, .max_gap_bytes = 0};
-  auto plan = BuildReadPlan(checkpoint, targets, options);
+  auto plan = BuildReadPlan(checkpoint, Whole(targets), options);
   ASSERT_TRUE(plan.ok());
   EXPECT_EQ(plan->chunks[0].file_offset, 0u);  // data starts at 85: rounded down
   EXPECT_EQ(plan->max_chunk_bytes, 1024u);     // chunk size rounded up to the block
@@ -156,7 +188,7 @@ TEST(PlanTest, SkipsLargeGapsAndReadsThroughSmallOnes) {
   // Targets 0, 2 and 4: a 10-byte gap (read through) and a 5000-byte gap (skipped).
   std::vector<TensorLocation> targets = {{0, 0}, {0, 2}, {0, 4}};
   PlanOptions options{.chunk_bytes = 1 << 20, .alignment_bytes = 1, .max_gap_bytes = 64};
-  auto plan = BuildReadPlan(checkpoint, targets, options);
+  auto plan = BuildReadPlan(checkpoint, Whole(targets), options);
   ASSERT_TRUE(plan.ok());
   ASSERT_EQ(plan->chunks.size(), 2u);
   EXPECT_EQ(plan->chunks[0].length, 210u);
@@ -166,7 +198,7 @@ TEST(PlanTest, SkipsLargeGapsAndReadsThroughSmallOnes) {
 
 TEST(PlanTest, EmptyTensorsNeedNoRead) {
   io::Checkpoint checkpoint = MakeCheckpoint({{0, 0}});
-  auto plan = BuildReadPlan(checkpoint, All(checkpoint), PlanOptions{});
+  auto plan = BuildReadPlan(checkpoint, Whole(All(checkpoint)), PlanOptions{});
   ASSERT_TRUE(plan.ok());
   EXPECT_TRUE(plan->chunks.empty());
   EXPECT_EQ(plan->payload_bytes, 0u);
@@ -176,7 +208,7 @@ TEST(PlanTest, SameTensorTwiceFillsBothTargets) {
   io::Checkpoint checkpoint = MakeCheckpoint({{64}});
   std::vector<TensorLocation> targets = {{0, 0}, {0, 0}};
   PlanOptions options;
-  auto plan = BuildReadPlan(checkpoint, targets, options);
+  auto plan = BuildReadPlan(checkpoint, Whole(targets), options);
   ASSERT_TRUE(plan.ok());
   EXPECT_EQ(plan->read_bytes, 64u);
   ExpectCoversExactly(checkpoint, targets, *plan, options);
@@ -185,11 +217,12 @@ TEST(PlanTest, SameTensorTwiceFillsBothTargets) {
 TEST(PlanTest, RejectsBadOptionsAndTargets) {
   io::Checkpoint checkpoint = MakeCheckpoint({{8}});
   auto targets = All(checkpoint);
-  EXPECT_EQ(BuildReadPlan(checkpoint, targets, {.chunk_bytes = 0}).status().rule(), "plan-options");
-  EXPECT_EQ(BuildReadPlan(checkpoint, targets, {.alignment_bytes = 3}).status().rule(),
+  EXPECT_EQ(BuildReadPlan(checkpoint, Whole(targets), {.chunk_bytes = 0}).status().rule(),
+            "plan-options");
+  EXPECT_EQ(BuildReadPlan(checkpoint, Whole(targets), {.alignment_bytes = 3}).status().rule(),
             "plan-options");
   std::vector<TensorLocation> bad = {{0, 1}};
-  EXPECT_EQ(BuildReadPlan(checkpoint, bad, {}).status().rule(), "plan-target");
+  EXPECT_EQ(BuildReadPlan(checkpoint, Whole(bad), {}).status().rule(), "plan-target");
 }
 
 TEST(PlanTest, RandomLayoutsAreCoveredExactly) {
@@ -211,7 +244,7 @@ TEST(PlanTest, RandomLayoutsAreCoveredExactly) {
     PlanOptions options{.chunk_bytes = 1 + rng() % 4096,
                         .alignment_bytes = uint64_t{1} << (rng() % 13),
                         .max_gap_bytes = rng() % 2000};
-    auto plan = BuildReadPlan(checkpoint, targets, options);
+    auto plan = BuildReadPlan(checkpoint, Whole(targets), options);
     ASSERT_TRUE(plan.ok()) << plan.status().ToString();
     ExpectCoversExactly(checkpoint, targets, *plan, options);
   }
@@ -222,7 +255,7 @@ TEST(PlanTest, RandomLayoutsAreCoveredExactly) {
 TEST(PlanTest, CastTargetPiecesEndAtTheirLastWholeElement) {
   io::Checkpoint checkpoint = MakeCheckpoint({{40}});
   const uint64_t base = checkpoint.files[0].header.data_offset();
-  std::vector<PlanTarget> targets = {PlanTarget{{0, 0}, {}, 4}};
+  std::vector<Target> targets = {WithElements(checkpoint, {0, 0}, 4)};
   auto plan = BuildReadPlan(checkpoint, targets, PlanOptions{.chunk_bytes = 10});
   ASSERT_TRUE(plan.ok()) << plan.status().ToString();
   ASSERT_EQ(plan->chunks.size(), 5u);
@@ -240,7 +273,7 @@ TEST(PlanTest, CastTargetPiecesEndAtTheirLastWholeElement) {
   // Aligned for O_DIRECT: the next read starts at the block holding the cut element's first
   // byte, so at most one block is read twice; a raw neighbour's bytes still land once.
   io::Checkpoint two = MakeCheckpoint({{1000, 5000}}, 4096 - 8 - 6);  // data starts at 4090
-  std::vector<PlanTarget> mixed = {PlanTarget{{0, 0}, {}, 8}, PlanTarget{{0, 1}, {}, 1}};
+  std::vector<Target> mixed = {WithElements(two, {0, 0}, 8), WithElements(two, {0, 1}, 1)};
   std::vector<TensorLocation> locations = {{0, 0}, {0, 1}};
   const PlanOptions aligned{.chunk_bytes = 4096, .alignment_bytes = 512};
   auto cut = BuildReadPlan(two, mixed, aligned);
@@ -252,19 +285,19 @@ TEST(PlanTest, CastTargetPiecesEndAtTheirLastWholeElement) {
 }
 
 TEST(PlanTest, ElementSizesThatDoNotDivideTheTensorOrItsRunsAreRefused) {
-  io::Checkpoint checkpoint = MakeCheckpoint({{40}});
-  std::vector<PlanTarget> ragged = {PlanTarget{{0, 0}, {}, 3}};
+  io::Checkpoint checkpoint = MakeCheckpoint({{42}});  // not whole 4-byte elements
+  std::vector<Target> ragged = {WithElements(checkpoint, {0, 0}, 4)};
   auto plan = BuildReadPlan(checkpoint, ragged, PlanOptions{});
   ASSERT_FALSE(plan.ok());
   EXPECT_EQ(plan.status().rule(), "plan-target");
   EXPECT_EQ(plan.status().tensor(), "t0");
-  const engine::Run run{2, 0, 8};
-  std::vector<PlanTarget> split_run = {PlanTarget{{0, 0}, std::span(&run, 1), 4}};
-  auto runs = BuildReadPlan(checkpoint, split_run, PlanOptions{});
+  io::Checkpoint whole = MakeCheckpoint({{40}});
+  std::vector<Target> split_run = {WithElements(whole, {0, 0}, 4, {engine::Run{2, 0, 8}})};
+  auto runs = BuildReadPlan(whole, split_run, PlanOptions{});
   ASSERT_FALSE(runs.ok());
   EXPECT_EQ(runs.status().rule(), "plan-target");
-  std::vector<PlanTarget> zero = {PlanTarget{{0, 0}, {}, 0}};
-  EXPECT_FALSE(BuildReadPlan(checkpoint, zero, PlanOptions{}).ok());
+  std::vector<Target> zero = {WithElements(whole, {0, 0}, 0)};
+  EXPECT_FALSE(BuildReadPlan(whole, zero, PlanOptions{}).ok());
 }
 
 TEST(PlanTest, RandomLayoutsWithWholeElementTargetsAreCoveredExactly) {
@@ -291,11 +324,11 @@ TEST(PlanTest, RandomLayoutsWithWholeElementTargetsAreCoveredExactly) {
       if (rng() % 3 != 0) targets.push_back(loc);
     }
     std::shuffle(targets.begin(), targets.end(), rng);
-    std::vector<PlanTarget> plan_targets;
+    std::vector<Target> plan_targets;
     std::vector<uint32_t> element_bytes;
     for (const TensorLocation& loc : targets) {
       element_bytes.push_back(file_widths[loc.file][loc.index]);
-      plan_targets.push_back(PlanTarget{loc, {}, element_bytes.back()});
+      plan_targets.push_back(WithElements(checkpoint, loc, element_bytes.back()));
     }
     PlanOptions options{.chunk_bytes = 1 + rng() % 4096,
                         .alignment_bytes = uint64_t{1} << (rng() % 13),

@@ -4,6 +4,7 @@
 
 #include "engine/host_memory.h"
 #include "io/file.h"
+#include "tests/support/host_allocation_fault.h"
 #include "tests/support/test_files.h"
 
 #include <ATen/ops/zeros.h>
@@ -16,6 +17,7 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <map>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -318,13 +320,13 @@ TEST(LoadFileTest, UnreadableFileThrowsPermissionDenied) {
 // suites run the same path under LeakSanitizer) and no descriptor stays open.
 TEST(LoadFileTest, TensorAllocationFailureThrowsMemoryAndLeavesNothingOpen) {
   const size_t fds = shardstream::testing::CountOpenFds();
-  engine::FailHostAllocationForTesting(3);
+  std::optional<shardstream::testing::HostAllocationFault> fault(std::in_place, 3);
   try {
     LoadFile(Fixture("mixed.safetensors"));
-    engine::FailHostAllocationForTesting(-1);
+    fault.reset();
     FAIL() << "loaded without memory for a tensor";
   } catch (const LoadError& e) {
-    engine::FailHostAllocationForTesting(-1);
+    fault.reset();
     EXPECT_EQ(e.rule(), "memory") << e.what();
     EXPECT_EQ(e.code(), ErrorCode::kResourceExhausted);
     EXPECT_EQ(e.file(), Fixture("mixed.safetensors").string());

@@ -69,25 +69,43 @@ def test_bad_extra_config_is_refused(extra: dict, message: str) -> None:
     assert message in str(error.value)
 
 
-def test_reading_options_reach_iter_tensors_or_are_refused() -> None:
-    import inspect
+# Every key the loader documents, with a value that is not its default, so that each can be seen
+# to take effect in what the core reports for the reads.
+DOCUMENTED_OPTIONS = {"staging_mb": 1, "threads": 1, "io": "pread", "direct": False}
 
-    from vllm.config.load import LoadConfig
-    from vllm.model_executor import model_loader
-    from vllm.plugins import load_general_plugins
 
+def test_every_documented_option_reaches_the_reads(llama_dir: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import shardstream
 
-    load_general_plugins()
-    accepted = inspect.signature(shardstream.iter_tensors).parameters
-    for key, value in (("staging_mb", 64), ("threads", 2), ("io", "pread"), ("direct", False)):
-        config = LoadConfig(load_format="shardstream", model_loader_extra_config={key: value})
-        if key in accepted:
-            assert model_loader.get_model_loader(config)._options == {key: value}
-        else:  # an older package: a clear refusal, never an option dropped silently
-            with pytest.raises(ValueError, match=f"iter_tensors does not take '{key}'"):
-                model_loader.get_model_loader(config)
-    assert "staging_mb" in accepted
+    real = shardstream.iter_tensors
+    made = []
+
+    def recording(*args, **kwargs):
+        iterator = real(*args, **kwargs)
+        made.append((kwargs, iterator))
+        return iterator
+
+    monkeypatch.setattr(shardstream, "iter_tensors", recording)
+    llm = make_llm(llama_dir, "shardstream", model_loader_extra_config=DOCUMENTED_OPTIONS)
+    shutdown(llm)
+    assert made, "the loader never called shardstream.iter_tensors"
+    from safetensors import safe_open
+
+    largest = 0
+    for shard in _shards(llama_dir):
+        with safe_open(os.path.join(llama_dir, shard), "pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                largest = max(largest, t.numel() * t.element_size())
+    for kwargs, iterator in made:
+        for key, value in DOCUMENTED_OPTIONS.items():
+            assert kwargs[key] == value, key
+        # What the reads did: the asked-for backend, buffered, one thread, the staging bound.
+        assert iterator.read["io"] == "pread"
+        assert iterator.read["direct"] is False
+        assert iterator.read["threads"] == 1
+        assert 0 < iterator.peak_ahead_bytes <= max(1 << 20, largest)
 
 
 @pytest.mark.parametrize("arch, extra", [

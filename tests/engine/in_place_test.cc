@@ -1,5 +1,4 @@
-#include "engine/loader.h"
-
+#include "engine/pipeline.h"
 #include "io/checkpoint.h"
 #include "tests/engine/fault_backend.h"
 #include "tests/engine/pattern_checkpoint.h"
@@ -21,22 +20,23 @@ namespace fs = std::filesystem;
 using shardstream::testing::ScratchDir;
 
 using testing::ExpectPattern;
+using testing::InPlace;
 using testing::Loaded;
 using testing::PatternFile;
 using testing::Prepare;
 
-class LoaderBackendTest : public ::testing::TestWithParam<io::BackendKind> {};
+class InPlaceBackendTest : public ::testing::TestWithParam<io::BackendKind> {};
 
-TEST_P(LoaderBackendTest, FillsEveryTargetAcrossChunksAndThreads) {
+TEST_P(InPlaceBackendTest, FillsEveryTargetAcrossChunksAndThreads) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
   for (int threads : {1, 2, 4}) {
     Loaded loaded = Prepare(path);
-    FillOptions options;
+    PipelineOptions options = InPlace();
     options.backend = GetParam();
-    options.threads = threads;
+    options.readers = threads;
     options.chunk_bytes = 4096;  // many chunks, tensors split across them
-    auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+    auto stats = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options);
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     EXPECT_EQ(stats->payload_bytes, 40u * 3001);
     EXPECT_GT(stats->chunks, 20u);
@@ -44,21 +44,21 @@ TEST_P(LoaderBackendTest, FillsEveryTargetAcrossChunksAndThreads) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, LoaderBackendTest,
+INSTANTIATE_TEST_SUITE_P(Backends, InPlaceBackendTest,
                          ::testing::Values(io::BackendKind::kPread, io::BackendKind::kMmap,
                                            io::BackendKind::kUring),
                          [](const auto& p) { return std::string(io::BackendName(p.param)); });
 
-TEST(LoaderTest, UringKeepsSeveralReadsInFlight) {
+TEST(InPlaceTest, UringKeepsSeveralReadsInFlight) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(64, 5000));
   Loaded loaded = Prepare(path);
-  FillOptions options;
+  PipelineOptions options = InPlace();
   options.backend = io::BackendKind::kUring;
-  options.threads = 1;
+  options.readers = 1;
   options.queue_depth = 4;
   options.chunk_bytes = 4096;
-  auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   if (!stats->fallback.empty()) GTEST_SKIP() << "io_uring unavailable: " << stats->fallback;
   EXPECT_GT(stats->peak_in_flight, 1u);
@@ -66,16 +66,16 @@ TEST(LoaderTest, UringKeepsSeveralReadsInFlight) {
   ExpectPattern(loaded);
 }
 
-TEST(LoaderTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
+TEST(InPlaceTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(8, 1000));
   Loaded loaded = Prepare(path);
-  FillOptions options;
+  PipelineOptions options = InPlace();
   options.backend = io::BackendKind::kUring;
   ::setenv("SHARDSTREAM_DISABLE_IO_URING", "1", 1);
-  auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options);
   options.fall_back_to_pread = false;
-  auto refused = FillTargets(loaded.checkpoint, loaded.targets, options);
+  auto refused = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options);
   ::unsetenv("SHARDSTREAM_DISABLE_IO_URING");
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_NE(stats->fallback.find("io-uring-unavailable"), std::string::npos) << stats->fallback;
@@ -84,44 +84,44 @@ TEST(LoaderTest, UnavailableUringFallsBackToPreadAndSaysWhy) {
   EXPECT_EQ(refused.status().rule(), "io-uring-unavailable");
 }
 
-TEST(LoaderTest, SameTensorTwiceFillsBothDestinations) {
+TEST(InPlaceTest, SameTensorTwiceFillsBothDestinations) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(3, 100));
   Loaded loaded = Prepare(path);
   std::vector<std::byte> extra(100, std::byte{0});
-  loaded.targets.push_back(LoadTarget{{0, 1}, extra.data()});
-  ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());
+  loaded.targets.push_back(Target{{0, 1}, extra.data()});
+  ASSERT_TRUE(RunPipeline(loaded.checkpoint, loaded.targets, nullptr, InPlace()).ok());
   ExpectPattern(loaded);
   EXPECT_EQ(extra, loaded.buffers[1]);
 }
 
-TEST(LoaderTest, SubsetLeavesOtherTensorsUntouched) {
+TEST(InPlaceTest, SubsetLeavesOtherTensorsUntouched) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(5, 64));
   Loaded loaded = Prepare(path);
-  std::vector<LoadTarget> some = {loaded.targets[1], loaded.targets[3]};
-  ASSERT_TRUE(FillTargets(loaded.checkpoint, some, {}).ok());
+  std::vector<Target> some = {loaded.targets[1], loaded.targets[3]};
+  ASSERT_TRUE(RunPipeline(loaded.checkpoint, some, nullptr, InPlace()).ok());
   EXPECT_EQ(loaded.buffers[0][0], std::byte{0xAA});  // not asked for: still the fill value
   EXPECT_EQ(loaded.buffers[1][1], std::byte((31 + 7) & 0xff));
 }
 
-TEST(LoaderTest, FileReplacedAfterValidationIsDetectedAtOpen) {
+TEST(InPlaceTest, FileReplacedAfterValidationIsDetectedAtOpen) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(4, 100));
   Loaded loaded = Prepare(path);
   shardstream::testing::Truncate(path, 300);
-  auto stats = FillTargets(loaded.checkpoint, loaded.targets, {});
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, InPlace());
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "file-changed");
   EXPECT_EQ(stats.status().path(), path.string());
 }
 
-TEST(LoaderTest, FileShrinkingWhileReadingIsAClearError) {
+TEST(InPlaceTest, FileShrinkingWhileReadingIsAClearError) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(8, 1000));
   Loaded loaded = Prepare(path);
-  FillOptions options;
-  options.threads = 1;  // one backend, so "the second Submit" is the load's second read
+  PipelineOptions options = InPlace();
+  options.readers = 1;  // one backend, so "the second Submit" is the load's second read
   options.chunk_bytes = 1024;
   options.make_backend = [&](const io::FileSet& files) {
     testing::FaultPlan plan;
@@ -131,7 +131,7 @@ TEST(LoaderTest, FileShrinkingWhileReadingIsAClearError) {
     return std::make_unique<testing::FaultBackend>(io::MakeBackend(io::BackendKind::kPread, files),
                                                    std::move(plan));
   };
-  auto stats = FillTargets(loaded.checkpoint, loaded.targets, options);
+  auto stats = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options);
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().rule(), "file-changed") << stats.status().ToString();
   EXPECT_EQ(stats.status().path(), path.string());
@@ -139,61 +139,61 @@ TEST(LoaderTest, FileShrinkingWhileReadingIsAClearError) {
   EXPECT_TRUE(stats.status().offset().has_value());
 }
 
-TEST(LoaderTest, ProgressReachesTheTotalAndCanCancel) {
+TEST(InPlaceTest, ProgressReachesTheTotalAndCanCancel) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(10, 5000));
   Loaded loaded = Prepare(path);
   uint64_t last_done = 0, total = 0;
-  FillOptions options;
+  PipelineOptions options = InPlace();
   options.progress = [&](const Progress& p) {
     EXPECT_GE(p.done_bytes, last_done);
     last_done = p.done_bytes;
     total = p.total_bytes;
     return true;
   };
-  ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, options).ok());
+  ASSERT_TRUE(RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options).ok());
   EXPECT_EQ(last_done, 50000u);
   EXPECT_EQ(total, 50000u);
 
   options.progress = [](const Progress&) { return false; };
-  auto cancelled = FillTargets(loaded.checkpoint, loaded.targets, options);
+  auto cancelled = RunPipeline(loaded.checkpoint, loaded.targets, nullptr, options);
   ASSERT_FALSE(cancelled.ok());
   EXPECT_EQ(cancelled.status().rule(), "cancelled");
 }
 
 // Every other tensor: the chunks read through the gaps between them, but progress counts only
 // the targets' bytes, so it ends on the total and never passes it.
-TEST(LoaderTest, ProgressCountsTargetBytesNotTheGapsReadThrough) {
+TEST(InPlaceTest, ProgressCountsTargetBytesNotTheGapsReadThrough) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(10, 5000));
   Loaded loaded = Prepare(path);
-  std::vector<LoadTarget> half;
+  std::vector<Target> half;
   for (size_t i = 0; i < loaded.targets.size(); i += 2) half.push_back(loaded.targets[i]);
   uint64_t last_done = 0, total = 0;
-  FillOptions options;
-  options.threads = 1;
+  PipelineOptions options = InPlace();
+  options.readers = 1;
   options.progress = [&](const Progress& p) {
     EXPECT_LE(p.done_bytes, p.total_bytes);
     last_done = p.done_bytes;
     total = p.total_bytes;
     return true;
   };
-  auto stats = FillTargets(loaded.checkpoint, half, options);
+  auto stats = RunPipeline(loaded.checkpoint, half, nullptr, options);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_GT(stats->read_bytes, stats->payload_bytes);  // the gaps were read through
   EXPECT_EQ(total, 25000u);
   EXPECT_EQ(last_done, 25000u);
 }
 
-TEST(LoaderTest, OpensNoFileDescriptorsThatOutliveTheLoad) {
+TEST(InPlaceTest, OpensNoFileDescriptorsThatOutliveTheLoad) {
   ScratchDir dir;
   auto path = dir.Write("m.safetensors", PatternFile(4, 100));
   const auto count_fds = shardstream::testing::CountOpenFds;
   Loaded loaded = Prepare(path);
   const size_t before = count_fds();
-  ASSERT_TRUE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());
+  ASSERT_TRUE(RunPipeline(loaded.checkpoint, loaded.targets, nullptr, InPlace()).ok());
   shardstream::testing::Truncate(path, 10);
-  ASSERT_FALSE(FillTargets(loaded.checkpoint, loaded.targets, {}).ok());
+  ASSERT_FALSE(RunPipeline(loaded.checkpoint, loaded.targets, nullptr, InPlace()).ok());
   EXPECT_EQ(count_fds(), before);
 }
 
