@@ -25,8 +25,18 @@ transformers' loader). The replacement:
 Checkpoints this does not handle itself are loaded by transformers' own loader, and the report
 says so (`info["shardstream"]["loader"] == "transformers"`, with the reason): quantized checkpoints
 (`quantization_config`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
-tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3. A transformers version outside
-`SUPPORTED_TRANSFORMERS` is loaded by transformers itself, with a warning.
+tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3.
+
+Which transformers releases get this loader is decided by the internals it uses, not by a version
+number: every function it calls (with the parameters it passes, by name and position), class and
+attribute it reads, the staticmethod it replaces, and the finalisation transformers runs after it
+are checked once per transformers module (`_unsupported_reason`). When one is missing or has
+another shape, the load is transformers' own, with a warning and `info["shardstream"]["reason"]`
+naming it (e.g. `transformers 5.30.0: core_model_loading.set_param_for_module lacks parameter
+'loading_info'`). `TESTED_TRANSFORMERS` is the range the tests pass on (5.16 to 5.25): a newer
+release with every internal as expected is loaded here, with one warning per process that it is
+untested; a release older than the oldest tested is loaded by transformers (see
+`_unsupported_reason`). `scripts/check-upstream` runs the tests against the newest releases.
 """
 from __future__ import annotations
 
@@ -44,11 +54,16 @@ from typing import Any
 
 import shardstream
 
-__all__ = ["from_pretrained", "CheckpointMismatchError", "SUPPORTED_TRANSFORMERS"]
+__all__ = ["from_pretrained", "CheckpointMismatchError", "TESTED_TRANSFORMERS",
+           "SUPPORTED_TRANSFORMERS"]
 
-# The transformers releases this module was tested against (oldest, newest), inclusive by minor
-# version. It touches private transformers API (`_load_pretrained_model`, core_model_loading).
-SUPPORTED_TRANSFORMERS = ((5, 16), (5, 24))
+# The transformers releases tests/python/test_transformers.py passes on (oldest, newest), by minor
+# version: tests/python/run_transformers_matrix.sh runs both. Not the gate (the internals are, see
+# `_unsupported_reason`): a newer release runs shardstream's loader with a warning, an older one
+# transformers' own.
+TESTED_TRANSFORMERS = ((5, 16), (5, 25))
+# The range's name while it was the gate; kept for code that imports it.
+SUPPORTED_TRANSFORMERS = TESTED_TRANSFORMERS
 
 # Upper bound on the scratch that generic converters' sources occupy at once (one converter's
 # sources are always read together, even when they alone exceed it).
@@ -95,7 +110,8 @@ class CheckpointMismatchError(_base_error()):
 
 
 # ---------------------------------------------------------------------------------------------
-# Version gate and the hook on PreTrainedModel._load_pretrained_model
+# The gate: the transformers internals used here, checked by presence and shape; and the hook on
+# PreTrainedModel._load_pretrained_model
 
 
 def _version(text):
@@ -103,27 +119,280 @@ def _version(text):
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def _unsupported_reason():
-    """None when the installed transformers is in the tested range and has the internals used
-    here; otherwise why not."""
-    import transformers
-    version = _version(transformers.__version__)
-    low, high = SUPPORTED_TRANSFORMERS
-    if not low <= version <= high:
-        return (f"transformers {transformers.__version__} is outside the range shardstream was "
-                f"tested with ({low[0]}.{low[1]} to {high[0]}.{high[1]})")
+def _dotted(version):
+    return f"{version[0]}.{version[1]}"
+
+
+# Every call into transformers made here, with the shape it relies on:
+# (module, name, positional parameters, keyword parameters). Positional parameters are named in
+# order, since a position means what its name says ("*" where one argument is passed, or for
+# `self`); keyword parameters must be accepted; no other parameter may be required.
+_CALLS = (
+    ("core_model_loading", "rename_source_key",
+     ("source_key", "weight_renamings", "weight_converters", "base_model_prefix",
+      "meta_state_dict"), ("base_model_prefix", "meta_state_dict")),
+    ("core_model_loading", "set_param_for_module",
+     ("model", "target_name", "param_value", "loading_info", "hf_quantizer"), ()),
+    ("core_model_loading", "dot_natural_key", ("*",), ()),
+    ("core_model_loading", "build_glob_alternation", ("*",), ()),
+    ("core_model_loading", "WeightConverter.add_tensor",
+     ("*", "target_key", "source_key", "source_pattern", "future"), ()),
+    ("core_model_loading", "WeightConverter.convert",
+     ("*", "layer_name"), ("model", "config", "hf_quantizer", "loading_info")),
+    ("core_model_loading", "WeightConverter.was_used", ("*",), ()),
+    ("integrations.accelerate", "get_device", ("device_map", "param_name"),
+     ("valid_torch_device",)),
+    ("integrations.deepspeed", "is_deepspeed_zero3_enabled", (), ()),
+    ("modeling_utils", "PreTrainedModel._adjust_missing_and_unexpected_keys", ("*", "*"), ()),
+    ("utils.loading_report", "LoadStateDictInfo", (),
+     ("missing_keys", "unexpected_keys", "mismatched_keys", "conversion_errors", "error_msgs",
+      "skipped_pp_keys")),
+)
+
+# The hook's own target, a staticmethod on PreTrainedModel itself, called by transformers as
+# (model, state_dict, checkpoint_files, load_config) and returning (LoadStateDictInfo, offload
+# index); `_dispatch` passes any further arguments on, and they send the load to transformers.
+_LOADER_PARAMETERS = ("model", "state_dict", "checkpoint_files", "load_config")
+
+# Classes used by identity (`isinstance`, `type(op) is`, `except`): (module, name, base).
+_CLASSES = (
+    ("core_model_loading", "WeightConverter", object),
+    ("core_model_loading", "WeightRenaming", object),
+    ("core_model_loading", "MergeModulelist", object),
+    ("core_model_loading", "Concatenate", object),
+    ("core_model_loading", "SkipParameters", Exception),
+)
+
+# Attributes read or set on instances: (module, class, names). `WeightConverter`'s
+# `quantization_operation` and `distributed_operation`, and the model's `_pp_stage`, are read
+# with a default and may be absent.
+_ATTRIBUTES = (
+    ("core_model_loading", "WeightConverter",
+     ("source_patterns", "target_patterns", "operations", "collected_tensors", "layer_targets",
+      "force_cpu")),
+    ("core_model_loading", "MergeModulelist", ("dim",)),
+    ("core_model_loading", "Concatenate", ("dim",)),
+    ("modeling_utils", "LoadStateDictConfig",
+     ("pretrained_model_name_or_path", "device_map", "dtype", "dtype_plan", "weight_mapping",
+      "hf_quantizer", "device_mesh")),
+    ("modeling_utils", "PreTrainedModel", ("base_model_prefix",)),
+)
+
+# Run by transformers' from_pretrained after the replaced step, on the LoadStateDictInfo that step
+# returns: ties, moves what was not loaded off the meta device, initialises it, adjusts the keys.
+_FINALISATION = ("modeling_utils", "PreTrainedModel._finalize_model_loading",
+                 ("model", "load_config", "loading_info"))
+
+# What transformers' code does that the replacement relies on: (module, function, attribute or
+# method name, what it means). A name the function's own code no longer mentions means the
+# contract moved (a false alarm only sends loads to transformers' loader, with this reason).
+_CONTRACTS = (
+    ("core_model_loading", "set_param_for_module", "_is_hf_initialized",
+     "no longer sets _is_hf_initialized (what finalisation leaves alone)"),
+    ("core_model_loading", "convert_and_load_state_dict_in_model", "_weight_conversions",
+     "no longer sets model._weight_conversions (what save_pretrained reverts)"),
+    ("modeling_utils", "PreTrainedModel.from_pretrained", "_load_pretrained_model",
+     "no longer calls _load_pretrained_model"),
+    ("modeling_utils", "PreTrainedModel.from_pretrained", "_finalize_model_loading",
+     "no longer calls _finalize_model_loading after _load_pretrained_model (ties, "
+     "initialisation of what was not loaded)"),
+)
+
+
+def _resolve(transformers, module, name):
+    """(object, None), or (None, what is missing)."""
+    import importlib
     try:
-        from transformers import core_model_loading as cml
-        from transformers.modeling_utils import PreTrainedModel
-        needed = ("rename_source_key", "set_param_for_module", "dot_natural_key",
-                  "build_glob_alternation", "SkipParameters", "WeightConverter",
-                  "WeightRenaming", "MergeModulelist", "Concatenate")
-        absent = [n for n in needed if not hasattr(cml, n)]
-        if absent or "_load_pretrained_model" not in PreTrainedModel.__dict__:
-            missing = absent or "_load_pretrained_model"
-            return f"transformers {transformers.__version__} lacks {missing}"
+        found = importlib.import_module(f"{transformers.__name__}.{module}")
     except ImportError as e:
-        return f"transformers internals not importable ({e})"
+        return None, f"{module} is not importable ({e})"
+    path = module
+    for part in name.split("."):
+        path = f"{path}.{part}"
+        if not hasattr(found, part):
+            return None, f"{path} is missing"
+        found = getattr(found, part)
+    return found, None
+
+
+def _call_problem(where, func, positional, keywords):
+    """None when `func` accepts the call (positional by these names, keywords) and needs nothing
+    else; otherwise what differs."""
+    import inspect
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return f"{where} has no readable signature"
+    kind = inspect.Parameter
+    by_name = {p.name: p for p in params}
+    ordered = [p for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind is kind.VAR_POSITIONAL for p in params)
+    varkw = any(p.kind is kind.VAR_KEYWORD for p in params)
+    for i, want in enumerate(positional):
+        if i < len(ordered) and want in ("*", ordered[i].name):
+            continue
+        if want == "*":
+            if varargs:
+                continue
+            return f"{where} takes {len(ordered)} positional parameters, not {len(positional)}"
+        if want not in by_name:
+            return f"{where} lacks parameter '{want}'"
+        if by_name[want] in ordered:
+            return (f"{where} takes '{want}' as parameter {ordered.index(by_name[want]) + 1}, "
+                    f"not {i + 1}")
+        return f"{where} takes '{want}' by keyword only"
+    for want in keywords:
+        param = by_name.get(want)
+        if param is None and not varkw:
+            return f"{where} lacks parameter '{want}'"
+        if param is not None and param.kind is kind.POSITIONAL_ONLY:
+            return f"{where} takes '{want}' by position only"
+    passed = {p.name for p in ordered[:len(positional)]} | set(keywords)
+    for param in params:
+        if (param.default is kind.empty and param.name not in passed
+                and param.kind not in (kind.VAR_POSITIONAL, kind.VAR_KEYWORD)):
+            return f"{where} requires parameter '{param.name}'"
+    return None
+
+
+def _has_attribute(cls, name):
+    """Whether instances of `cls` have `name`: a dataclass field, a class attribute, slot or
+    property, or set by an `__init__` along the class's MRO."""
+    import dataclasses
+    if dataclasses.is_dataclass(cls) and name in {f.name for f in dataclasses.fields(cls)}:
+        return True
+    if hasattr(cls, name):
+        return True
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        code = getattr(init, "__code__", None)
+        if code is not None and name in code.co_names:
+            return True
+    return False
+
+
+def _internal_problems(transformers):
+    """Every internal of `transformers` used here that is missing or has another shape, in
+    words that name it; empty when all are as expected."""
+    import inspect
+    problems = []
+    for module, name, positional, keywords in _CALLS:
+        found, missing = _resolve(transformers, module, name)
+        if missing is None:
+            missing = _call_problem(f"{module}.{name}", found, positional, keywords)
+        if missing is not None:
+            problems.append(missing)
+    for module, name, base in _CLASSES:
+        cls, missing = _resolve(transformers, module, name)
+        if missing is None and not (isinstance(cls, type) and issubclass(cls, base)):
+            missing = f"{module}.{name} is not a {'class' if base is object else base.__name__}"
+        if missing is not None:
+            problems.append(missing)
+    for module, name, attributes in _ATTRIBUTES:
+        cls, missing = _resolve(transformers, module, name)
+        if missing is None and not isinstance(cls, type):
+            missing = f"{module}.{name} is not a class"
+        if missing is None:
+            absent = [a for a in attributes if not _has_attribute(cls, a)]
+            if absent:
+                missing = f"{module}.{name} lacks attribute '{absent[0]}'"
+        if missing is not None:
+            problems.append(missing)
+    dtypes, missing = _resolve(transformers, "modeling_utils", "str_to_torch_dtype")
+    if missing is None and not isinstance(dtypes, dict):
+        missing = "modeling_utils.str_to_torch_dtype is not a dict"
+    if missing is not None:
+        problems.append(missing)
+    model_class, missing = _resolve(transformers, "modeling_utils", "PreTrainedModel")
+    if missing is None:
+        # The hook replaces a staticmethod found in the class's own __dict__ (while a hook is
+        # installed, the original it keeps).
+        with _hook_lock:
+            loader = (_hook_original if _hook_users else
+                      vars(model_class).get("_load_pretrained_model"))
+        if not isinstance(loader, staticmethod):
+            problems.append("modeling_utils.PreTrainedModel._load_pretrained_model is not a "
+                            "staticmethod of PreTrainedModel itself")
+        else:
+            missing = _call_problem("modeling_utils.PreTrainedModel._load_pretrained_model",
+                                    loader.__func__, _LOADER_PARAMETERS, ())
+            if missing is not None:
+                problems.append(missing)
+    module, name, positional = _FINALISATION
+    found, missing = _resolve(transformers, module, name)
+    if missing is None:
+        missing = _call_problem(f"{module}.{name}", found, positional, ())
+    if missing is not None:
+        problems.append(missing)
+    for module, name, mentioned, meaning in _CONTRACTS:
+        func, missing = _resolve(transformers, module, name)
+        if missing is None:
+            code = getattr(inspect.unwrap(getattr(func, "__func__", func)), "__code__", None)
+            if code is None or mentioned not in code.co_names:
+                missing = f"{module}.{name} {meaning}"
+        if missing is not None:
+            problems.append(missing)
+    return list(dict.fromkeys(problems))  # one line per internal that several checks name
+
+
+# The verdict per transformers module (identity and version): the check costs under a millisecond
+# once transformers' modules are imported, but from_pretrained may run often.
+_verdicts = {}
+_untested_warned = set()
+_gate_lock = threading.Lock()
+
+
+def _unsupported_reason():
+    """None when shardstream's loader may run under the installed transformers; otherwise why
+    not, naming the version and each internal that is missing or has another shape.
+
+    A release newer than TESTED_TRANSFORMERS runs shardstream's loader when every internal is
+    present as expected (`_warn_if_untested` says so once). A release older than the oldest tested
+    one is loaded by transformers: releases before it are never tested again (nothing but this
+    check would vouch for them, and a same-named internal there may behave differently), while
+    `pip install shardstream[transformers]` requires the oldest tested one anyway."""
+    import transformers
+    key = (id(transformers), transformers.__version__)
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        text = transformers.__version__
+        low, high = TESTED_TRANSFORMERS
+        if _version(text) < low:
+            reason = (f"transformers {text} is outside the range shardstream was tested with "
+                      f"({_dotted(low)} to {_dotted(high)}), below its oldest release; "
+                      f"shardstream's loader needs transformers>={_dotted(low)}")
+        else:
+            problems = _internal_problems(transformers)
+            reason = f"transformers {text}: " + "; ".join(problems) if problems else None
+        verdict = _verdicts[key] = (reason,)
+    return verdict[0]
+
+
+def _warn_if_untested(stacklevel):
+    """Warns once per process and version when transformers is newer than the newest tested
+    release (and `_unsupported_reason()` found every internal as expected)."""
+    import transformers
+    text = transformers.__version__
+    low, high = TESTED_TRANSFORMERS
+    if _version(text) <= high:
+        return
+    with _gate_lock:
+        if text in _untested_warned:
+            return
+        _untested_warned.add(text)
+    warnings.warn(f"shardstream.transformers: transformers {text} is newer than the releases "
+                  f"shardstream was tested with ({_dotted(low)} to {_dotted(high)}); every "
+                  "transformers internal shardstream uses is present with the expected "
+                  "signatures, so shardstream reads the weights", stacklevel=stacklevel + 1)
+
+
+def _model_reason(model):
+    """Why shardstream's loader cannot load into this model instance (an internal set per
+    instance is missing), or None."""
+    if not isinstance(getattr(model, "all_tied_weights_keys", None), dict):
+        import transformers
+        return (f"transformers {transformers.__version__}: the model lacks "
+                "PreTrainedModel.all_tied_weights_keys (a dict)")
     return None
 
 
@@ -294,7 +563,13 @@ class _Session:
                        "stages": [], "tensors": {"direct": 0, "sliced": 0, "converted": 0}}
 
     def load(self, original, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
-        reason = self._unhandled(model, state_dict, checkpoint_files, load_config, args, kwargs)
+        reason = _model_reason(model)
+        if reason is not None:
+            warnings.warn(f"shardstream.transformers: {reason}; loading with transformers' own "
+                          "loader", stacklevel=2)
+        else:
+            reason = self._unhandled(model, state_dict, checkpoint_files, load_config, args,
+                                     kwargs)
         if reason is not None:
             self.report["reason"] = reason
             start = time.perf_counter()
@@ -678,6 +953,8 @@ def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device:
                                        ("staging_mb", staging_mb)) if v not in (None, "auto")}
     session = _Session(folder, strict, fill_options)
     reason = _unsupported_reason()
+    if reason is None:
+        _warn_if_untested(stacklevel=2)
     call_kwargs = dict(kwargs, dtype=dtype, output_loading_info=True)
     if device_map is not None:
         call_kwargs["device_map"] = device_map

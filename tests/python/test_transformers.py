@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -277,9 +278,31 @@ def test_other_threads_keep_transformers_loader(checkpoints, monkeypatch):
     assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER
 
 
-def test_unsupported_transformers_falls_back_with_a_warning(checkpoints, monkeypatch):
-    monkeypatch.setattr(sst, "SUPPORTED_TRANSFORMERS", ((4, 0), (4, 1)))
+@pytest.fixture
+def fresh_gate(monkeypatch):
+    """The gate's cached verdicts and warned-about versions, empty for one test."""
+    monkeypatch.setattr(sst, "_verdicts", {})
+    monkeypatch.setattr(sst, "_untested_warned", set())
+
+
+def set_transformers_version(monkeypatch, version):
+    # transformers re-executes its __init__ into a new module object when processing_utils is
+    # first imported (direct_transformers_import), so the one imported above may be stale: patch
+    # what `import transformers` gives now, as shardstream.transformers reads it.
+    import transformers as current
+    monkeypatch.setattr(current, "__version__", version)
+
+
+def range_tested():
+    (low_major, low_minor), (high_major, high_minor) = sst.TESTED_TRANSFORMERS
+    return f"{low_major}.{low_minor} to {high_major}.{high_minor}"
+
+
+def test_unsupported_transformers_falls_back_with_a_warning(checkpoints, monkeypatch, fresh_gate):
+    # Older than the oldest tested release: transformers' own loader.
     folder = checkpoints("llama")
+    low_major, low_minor = sst.TESTED_TRANSFORMERS[0]
+    set_transformers_version(monkeypatch, f"{low_major}.{low_minor - 1}.0")
     with pytest.warns(UserWarning, match="outside the range"):
         got, info = sst.from_pretrained(folder, output_loading_info=True)
     assert info["shardstream"]["loader"] == "transformers"
@@ -288,6 +311,88 @@ def test_unsupported_transformers_falls_back_with_a_warning(checkpoints, monkeyp
 
 def test_tested_range_covers_this_transformers():
     assert sst._unsupported_reason() is None, sst._unsupported_reason()
+
+
+def test_newer_untested_transformers_with_the_same_internals_loads_and_warns_once(
+        checkpoints, monkeypatch, fresh_gate):
+    folder = checkpoints("mixtral")  # renames and fused experts: most internals in use
+    ref, ref_info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    set_transformers_version(monkeypatch, "5.99.0")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got, info = sst.from_pretrained(folder, output_loading_info=True)
+        again, again_info = sst.from_pretrained(folder, output_loading_info=True)
+    ours = [str(w.message) for w in record if "shardstream" in str(w.message)]
+    assert len(ours) == 1, ours
+    assert "transformers 5.99.0 is newer" in ours[0] and range_tested() in ours[0], ours[0]
+    for model, model_info in ((got, info), (again, again_info)):
+        report = model_info.pop("shardstream")
+        assert report["loader"] == "shardstream", report["reason"]
+        assert report["tensors"]["sliced"] > 0, report["tensors"]
+        assert model_info == ref_info
+        assert_same_model(ref, model)
+    assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER
+
+
+def renamed_set_param_for_module(monkeypatch):
+    # transformers itself passes these arguments by position, so its own loader still works;
+    # shardstream's check goes by the names.
+    from transformers import core_model_loading
+    original = core_model_loading.set_param_for_module
+
+    def set_param_for_module(model, target_name, param_value, info, hf_quantizer):
+        return original(model, target_name, param_value, info, hf_quantizer)
+    monkeypatch.setattr(core_model_loading, "set_param_for_module", set_param_for_module)
+    return "core_model_loading.set_param_for_module lacks parameter 'loading_info'"
+
+
+def removed_get_device(monkeypatch):
+    # transformers' loader holds its own reference (imported by name); shardstream looks it up.
+    from transformers.integrations import accelerate
+    monkeypatch.delattr(accelerate, "get_device")
+    return "integrations.accelerate.get_device is missing"
+
+
+@pytest.mark.parametrize("change", [renamed_set_param_for_module, removed_get_device])
+def test_changed_internal_falls_back_naming_it(checkpoints, monkeypatch, fresh_gate, change):
+    folder = checkpoints("mixtral")
+    ref, ref_info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    internal = change(monkeypatch)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("shardstream's loader ran although an internal changed")
+    monkeypatch.setattr(shardstream, "fill", no_read)
+    with pytest.warns(UserWarning) as record:
+        got, info = sst.from_pretrained(folder, output_loading_info=True)
+    ours = [str(w.message) for w in record if "shardstream" in str(w.message)]
+    want = f"transformers {transformers.__version__}: "
+    assert any(want in m and internal in m and "own loader" in m for m in ours), ours
+    report = info.pop("shardstream")
+    assert report["loader"] == "transformers"
+    assert report["reason"].startswith(want) and internal in report["reason"], report["reason"]
+    assert info == ref_info
+    assert_same_model(ref, got)
+    assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER
+
+
+def test_the_verdict_is_checked_once_per_transformers(monkeypatch, fresh_gate):
+    calls = []
+    real = sst._internal_problems
+    monkeypatch.setattr(sst, "_internal_problems", lambda t: calls.append(t) or real(t))
+    assert sst._unsupported_reason() is None
+    assert sst._unsupported_reason() is None
+    assert len(calls) == 1
+    set_transformers_version(monkeypatch, "5.99.0")  # another version: checked again
+    assert sst._unsupported_reason() is None
+    assert len(calls) == 2
+
+
+def test_a_model_without_tied_weight_keys_is_left_to_transformers():
+    class Model:
+        pass
+    reason = sst._model_reason(Model())
+    assert reason.startswith(f"transformers {transformers.__version__}: ")
+    assert "all_tied_weights_keys" in reason
 
 
 def test_not_a_model_folder(tmp_path):
