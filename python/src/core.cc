@@ -374,6 +374,14 @@ NB_MODULE(_core, m) {
   m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"),
         nb::arg("inline_run") = false);
 
+  m.def(
+      "dtype_bits",
+      [](const std::string& name) -> std::optional<uint32_t> {
+        std::optional<shardstream::io::DType> dtype = shardstream::io::ParseDType(name);
+        if (!dtype) return std::nullopt;
+        return shardstream::io::DTypeBits(*dtype);
+      },
+      nb::arg("dtype"), "Bits per element of a safetensors dtype (io/'s table), None if unknown.");
   m.def("can_host_cast", [](const std::string& from, const std::string& to) {
     auto f = shardstream::io::ParseDType(from);
     auto t = shardstream::io::ParseDType(to);
