@@ -1,10 +1,14 @@
-"""safetensors dtype names ↔ torch dtypes, as safetensors.torch maps them."""
+"""safetensors dtype names ↔ torch dtypes, as safetensors.torch maps them, and ↔ numpy dtypes, as
+safe_open(framework="np") maps them."""
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Any, Optional
 
 import torch
+
+from . import _core
 
 _NAMES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
@@ -19,6 +23,9 @@ NAME: dict = {dtype: name for name, dtype in TORCH.items()}
 # Host casts the core does itself (python/src/host_cast.h): floating point, as LoadFile's dtype.
 CASTABLE = ("F64", "F32", "F16", "BF16")
 SUB_BYTE = ("F4", "F6_E2M3", "F6_E3M2")
+# Refusals that safetensors makes in the same words (its torch and numpy dtype lookups): safe_open
+# and load_file raise them with safetensors' text.
+SAFETENSORS_WORDED = ("f4-shape", "torch-dtype")
 
 
 _INT64_MAX = (1 << 63) - 1
@@ -33,13 +40,36 @@ def torch_layout(dtype: str, shape: tuple, nbytes: int) -> tuple:
         return None, None, ("torch-shape", f"shape {list(shape)} does not fit torch's int64 sizes")
     if dtype == "F4":
         if not shape or shape[-1] % 2:
-            return None, None, ("f4-shape", f"F4 needs an even last dimension for torch's "
-                                f"float4_e2m1fn_x2, got {list(shape)}")
+            return None, None, ("f4-shape", "f4_x2 dtype requires that the last dim be divisible "
+                                f"by 2 in torch: got {list(shape)}")
         return TORCH["F4"], tuple(shape[:-1]) + (shape[-1] // 2,), None
     if dtype not in TORCH:
-        return None, None, ("torch-dtype", f"{dtype} has no torch dtype")
+        return None, None, ("torch-dtype", f"Dtype not understood: {dtype}")
     return TORCH[dtype], tuple(shape), None
 
 
 def name_of(dtype: torch.dtype) -> Optional[str]:
     return NAME.get(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def bits(dtype: str) -> int:
+    """Bits per element of a checkpoint dtype, from io/'s table (through the extension)."""
+    return _core.dtype_bits(dtype)
+
+
+def numpy_dtype(dtype: str) -> Any:
+    """The numpy dtype safe_open(framework="np") gives a checkpoint dtype, looked up as
+    safetensors 0.8 looks it up, so with its verdicts: "BF16" is ``numpy.dtype("bfloat16")``
+    (TypeError unless a package such as ml_dtypes has registered it), the F8 and F4 names are
+    numpy attributes (AttributeError where numpy lacks them, as it does today), "BOOL" is
+    `bool`; a dtype with no numpy name at all (F6) is None (the caller refuses it)."""
+    import numpy
+
+    if dtype == "BOOL":
+        return numpy.dtype(bool)
+    if dtype == "BF16":
+        return numpy.dtype("bfloat16")
+    if dtype not in _NAMES:
+        return None
+    return numpy.dtype(getattr(numpy, _NAMES[dtype]))
