@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import errno as _errno
+import operator
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 
 from . import _core, _dtypes, _layout, _progress
-from ._errors import _from_core, error
+from ._errors import _from_core, error, safetensors_error
 
 _core._set_error_factory(_from_core)
 
@@ -73,8 +73,7 @@ class Checkpoint:
 
     def __init__(self, path: PathLike) -> None:
         text = os.fspath(path)
-        if not os.path.exists(text):
-            raise FileNotFoundError(_errno.ENOENT, "No such file or directory", text)
+        require_path(text)
         self.core = _core.open_checkpoint(text)
         self.path = text
         self.files: list = self.core.files
@@ -82,7 +81,10 @@ class Checkpoint:
         for t in self.core.tensors():
             e = Entry(*t)
             self.entries[e.name] = e
-        self.offset_order: list = sorted(self.entries.values(), key=lambda e: (e.file, e.begin))
+        # safetensors' offset_keys() order: by (begin, end), so an empty tensor comes before the
+        # tensor that starts where it sits.
+        self.offset_order: list = sorted(self.entries.values(),
+                                         key=lambda e: (e.file, e.begin, e.begin + e.nbytes))
 
     def entry(self, name: str) -> Entry:
         """The tensor called `name`; LoadError when absent or not representable in torch."""
@@ -96,6 +98,12 @@ class Checkpoint:
 
     def file_of(self, e: Entry) -> str:
         return self.files[e.file]
+
+
+def require_path(path: str) -> None:
+    """FileNotFoundError, worded as safetensors words it, unless `path` exists."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file or directory: {path}")
 
 
 def open_checkpoint(checkpoint: Union[PathLike, Checkpoint]) -> Checkpoint:
@@ -127,6 +135,59 @@ def parse_device(device: Any) -> torch.device:
     elif d.type != "cpu":
         raise error("device", f"device {d} is not supported (cpu or cuda:N)")
     return d
+
+
+# What safetensors 0.8 accepts as a device name, alone ("cuda" is index 0) or as "name:N".
+_ACCELERATORS = ("cuda", "musa", "mps", "npu", "xpu", "xla", "mlu", "hpu")
+_USIZE_MAX = (1 << 64) - 1
+
+
+def _parse_index(text: str) -> int:
+    # Rust's usize parse, whose ValueError safetensors passes on: "+" allowed, ASCII digits only.
+    if not text:
+        raise ValueError("cannot parse integer from empty string")
+    digits = text[1:] if text[0] == "+" else text
+    if not digits or any(c not in "0123456789" for c in digits):
+        raise ValueError("invalid digit found in string")
+    if int(digits) > _USIZE_MAX:
+        raise ValueError("number too large to fit in target type")
+    return int(digits)
+
+
+def safetensors_device(device: Any) -> str:
+    """`device` as safetensors 0.8 spells it after parsing: "cpu", "cuda:0" (for "cuda" too),
+    "mps", "npu:1", ..., or "N" for a bare index N (torch picks the accelerator); None is "cpu".
+    Raises what safetensors raises for what it cannot parse (LoadError rule "device" with its
+    text, ValueError for a bad index). A torch.device, which safetensors refuses, is taken too.
+    Whether shardstream can fill that device is parse_device's question."""
+    if device is None:
+        return "cpu"
+    if isinstance(device, torch.device):
+        return str(device)
+    if isinstance(device, str):
+        if device == "cpu":
+            return device
+        if device in _ACCELERATORS:
+            return "mps" if device == "mps" else f"{device}:0"
+        kind, colon, rest = device.partition(":")
+        if colon and kind in _ACCELERATORS:
+            if ":" in rest:
+                raise safetensors_error(f"device {device} is invalid", rule="device")
+            index = _parse_index(rest)
+            if kind != "mps":
+                return f"{kind}:{index}"
+            if index == 0:
+                return "mps"
+            raise safetensors_error(f"device {device} is invalid: only mps or mps:0 is supported",
+                                    rule="device")
+        raise safetensors_error(f"device {device} is invalid", rule="device")
+    try:
+        index = operator.index(device)
+    except TypeError:
+        index = -1
+    if not 0 <= index <= _USIZE_MAX:
+        raise safetensors_error(f"device {device!r} is invalid", rule="device")
+    return str(index)
 
 
 def check_cuda(d: torch.device) -> None:
