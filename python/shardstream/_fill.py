@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import errno as _errno
+import operator
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 
 from . import _core, _dtypes, _layout, _progress
-from ._errors import _from_core, error
+from ._errors import _from_core, error, safetensors_error
 
 _core._set_error_factory(_from_core)
 
@@ -73,8 +73,7 @@ class Checkpoint:
 
     def __init__(self, path: PathLike) -> None:
         text = os.fspath(path)
-        if not os.path.exists(text):
-            raise FileNotFoundError(_errno.ENOENT, "No such file or directory", text)
+        require_path(text)
         self.core = _core.open_checkpoint(text)
         self.path = text
         self.files: list = self.core.files
@@ -82,7 +81,10 @@ class Checkpoint:
         for t in self.core.tensors():
             e = Entry(*t)
             self.entries[e.name] = e
-        self.offset_order: list = sorted(self.entries.values(), key=lambda e: (e.file, e.begin))
+        # safetensors' offset_keys() order: by (begin, end), so an empty tensor comes before the
+        # tensor that starts where it sits.
+        self.offset_order: list = sorted(self.entries.values(),
+                                         key=lambda e: (e.file, e.begin, e.begin + e.nbytes))
 
     def entry(self, name: str) -> Entry:
         """The tensor called `name`; LoadError when absent or not representable in torch."""
@@ -98,6 +100,12 @@ class Checkpoint:
         return self.files[e.file]
 
 
+def require_path(path: str) -> None:
+    """FileNotFoundError, worded as safetensors words it, unless `path` exists."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file or directory: {path}")
+
+
 def open_checkpoint(checkpoint: Union[PathLike, Checkpoint]) -> Checkpoint:
     return checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
 
@@ -109,7 +117,7 @@ def allocate(ck: "Checkpoint", names: Sequence[str], device: torch.device,
     out = {}
     for name in names:
         e = ck.entry(name)
-        tdtype = dtype if dtype is not None and e.dtype in _dtypes.CASTABLE else e.tdtype
+        tdtype = dtype if dtype is not None and e.dtype in _dtypes.FLOATING else e.tdtype
         out[name] = torch.empty(e.tshape, dtype=tdtype, device=device)
     return out
 
@@ -127,6 +135,59 @@ def parse_device(device: Any) -> torch.device:
     elif d.type != "cpu":
         raise error("device", f"device {d} is not supported (cpu or cuda:N)")
     return d
+
+
+# What safetensors 0.8 accepts as a device name, alone ("cuda" is index 0) or as "name:N".
+_ACCELERATORS = ("cuda", "musa", "mps", "npu", "xpu", "xla", "mlu", "hpu")
+_USIZE_MAX = (1 << 64) - 1
+
+
+def _parse_index(text: str) -> int:
+    # Rust's usize parse, whose ValueError safetensors passes on: "+" allowed, ASCII digits only.
+    if not text:
+        raise ValueError("cannot parse integer from empty string")
+    digits = text[1:] if text[0] == "+" else text
+    if not digits or any(c not in "0123456789" for c in digits):
+        raise ValueError("invalid digit found in string")
+    if int(digits) > _USIZE_MAX:
+        raise ValueError("number too large to fit in target type")
+    return int(digits)
+
+
+def safetensors_device(device: Any) -> str:
+    """`device` as safetensors 0.8 spells it after parsing: "cpu", "cuda:0" (for "cuda" too),
+    "mps", "npu:1", ..., or "N" for a bare index N (torch picks the accelerator); None is "cpu".
+    Raises what safetensors raises for what it cannot parse (LoadError rule "device" with its
+    text, ValueError for a bad index). A torch.device, which safetensors refuses, is taken too.
+    Whether shardstream can fill that device is parse_device's question."""
+    if device is None:
+        return "cpu"
+    if isinstance(device, torch.device):
+        return str(device)
+    if isinstance(device, str):
+        if device == "cpu":
+            return device
+        if device in _ACCELERATORS:
+            return "mps" if device == "mps" else f"{device}:0"
+        kind, colon, rest = device.partition(":")
+        if colon and kind in _ACCELERATORS:
+            if ":" in rest:
+                raise safetensors_error(f"device {device} is invalid", rule="device")
+            index = _parse_index(rest)
+            if kind != "mps":
+                return f"{kind}:{index}"
+            if index == 0:
+                return "mps"
+            raise safetensors_error(f"device {device} is invalid: only mps or mps:0 is supported",
+                                    rule="device")
+        raise safetensors_error(f"device {device} is invalid", rule="device")
+    try:
+        index = operator.index(device)
+    except TypeError:
+        index = -1
+    if not 0 <= index <= _USIZE_MAX:
+        raise safetensors_error(f"device {device!r} is invalid", rule="device")
+    return str(index)
 
 
 def check_cuda(d: torch.device) -> None:
@@ -199,9 +260,10 @@ def target(ck: Checkpoint, name: str, index: Any, dst: torch.Tensor) -> Optional
         dst_name = e.dtype
     else:
         dst_name = _dtypes.name_of(dst.dtype)
-        if dst_name is None or not _core.can_host_cast(e.dtype, dst_name):
-            raise error("cast", f"cannot cast {e.dtype} to {dst.dtype} while loading "
-                        f"(floating point F64/F32/F16/BF16 only)", file=path, tensor=name)
+        refusal = (f"cannot convert {e.dtype} to {dst.dtype}: safetensors has no such dtype"
+                   if dst_name is None else _dtypes.cast_refusal(e.dtype, dst_name))
+        if refusal:
+            raise error("cast", refusal, file=path, tensor=name)
     if dst.numel() == 0:
         return None
     slice_dims = [(d.start, d.step, d.count) for d in dims]
@@ -266,58 +328,20 @@ def fill(checkpoint: Union[PathLike, Checkpoint], targets, *, threads: Optional[
     {name: tensor} or an iterable of (name, tensor) or (name, source_index, tensor); a tensor may
     be a strided view (filled through its strides, bytes outside it untouched) on the CPU (or a
     GPU); `source_index` selects part of the checkpoint tensor with get_slice semantics and only
-    those bytes are read. Shapes must match (rule "shape"); another floating-point dtype is a cast
-    on the way. A name may appear in several targets. Raises LoadError; on error the destinations
+    those bytes are read. Shapes must match (rule "shape"); another dtype is a cast on the way
+    (the core's one cast table: bool, integer and floating sources into F64/F32/F16/BF16, integers
+    into integers; on a GPU it runs on the device). A name may appear in several targets. Raises LoadError; on error the destinations
     hold unspecified bytes. The GIL is released while reading."""
     ck = open_checkpoint(checkpoint)
     opts = options(threads, io, direct, staging_mb)
     core_targets = []
     tensors = []
-    device_casts = []
     nbytes = 0
     for name, index, dst in _normalize_targets(targets):
-        if isinstance(dst, torch.Tensor) and dst.device.type == "cuda" and \
-                dst.dtype != ck.entry(name).tdtype:
-            device_casts.append((name, index, dst))
-            continue
         t = target(ck, name, index, dst)
         if t is None:
             continue
         core_targets.append(t)
         tensors.append(dst)
         nbytes += dst.numel() * dst.element_size()
-    report = run(ck, core_targets, opts, nbytes, progress, tensors)
-    if device_casts:
-        _cast_on_device(ck, device_casts, opts, report)
-    return report
-
-
-def _cast_on_device(ck: Checkpoint, items: list, opts: dict, report: LoadReport) -> None:
-    """CUDA destinations in another dtype: the checkpoint's bytes go up into scratch tensors of
-    the source dtype (batches of at most the staging bound, or one tensor), then torch casts them
-    on the device into the destinations. Never on the CPU."""
-    bound = opts.get("staging_bytes") or (256 << 20)
-    batch: list = []
-    size = 0
-
-    def flush() -> None:
-        scratch = [(torch.empty(dst.shape, dtype=ck.entry(name).tdtype, device=dst.device), dst,
-                    name, index) for name, index, dst in batch]
-        core_targets = [t for t in (target(ck, name, index, tmp) for tmp, _, name, index in scratch)
-                        if t is not None]
-        sub = run(ck, core_targets, opts, sum(t.numel() * t.element_size()
-                                              for t, *_ in scratch), None, scratch)
-        for tmp, dst, _, _ in scratch:
-            dst.copy_(tmp)
-        report.bytes += sub.bytes
-        report.stages += [("device cast " + s, v) for s, v in sub.stages]
-
-    for item in items:
-        need = item[2].numel() * ck.entry(item[0]).tdtype.itemsize
-        if batch and size + need > bound:
-            flush()
-            batch, size = [], 0
-        batch.append(item)
-        size += need
-    if batch:
-        flush()
+    return run(ck, core_targets, opts, nbytes, progress, tensors)

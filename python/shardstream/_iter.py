@@ -24,7 +24,7 @@ class TensorIterator:
     `bytes_read`: tensor bytes read so far; `tensors_read`: how many."""
 
     def __init__(self, ck: Checkpoint, device: torch.device, entries: Sequence,
-                 staging_bytes: int) -> None:
+                 staging_bytes: int, opts: dict) -> None:
         self._ck = ck
         self._device = device
         self._batches: deque = deque()
@@ -39,13 +39,14 @@ class TensorIterator:
             size += e.nbytes
         if batch:
             self._batches.append(batch)
-        self._opts = options(None, "auto", "auto", None)
+        self._opts = opts
         self._ready: deque = deque()  # landed, not yet taken
         self._job = None               # (core job, [(name, tensor)]) reading now
         self._closed = False
         self.bytes_read = 0
         self.tensors_read = 0
         self.peak_ahead_bytes = 0
+        self.read: dict = {}  # the core's report of the last batch (io, direct, threads, ...)
         self._start_next()
 
     def _start_next(self) -> None:
@@ -69,7 +70,7 @@ class TensorIterator:
         try:
             while not job.wait(_POLL_S):
                 pass
-            job.result()
+            self.read = job.result()
         except BaseException:
             self.close()
             raise
@@ -120,10 +121,13 @@ class TensorIterator:
 def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
                  device: Union[str, int, torch.device] = "cpu", *,
                  names: Union[None, Sequence[str], Callable[[str], bool]] = None,
+                 threads: Optional[int] = None, io: str = "auto",
+                 direct: Union[str, bool] = "auto",
                  staging_mb: Optional[float] = None) -> Iterator[Tuple[str, torch.Tensor]]:
     """Streams a checkpoint's tensors as they land (see TensorIterator). `names`: a list (only
     those are read; an unknown name: LoadError rule "missing-tensor") or a predicate on the
-    name. `staging_mb` (default 512) bounds what is read ahead of the consumer."""
+    name. `staging_mb` (default 512) bounds what is read ahead of the consumer; `threads`, `io`
+    and `direct` are load_file's read options."""
     d = parse_device(device)
     ck = open_checkpoint(checkpoint)
     if names is None:
@@ -140,4 +144,5 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
     mb = DEFAULT_STAGING_MB if staging_mb is None else staging_mb
     if mb <= 0:
         raise error("option", f"staging_mb must be positive, not {staging_mb}")
-    return TensorIterator(ck, d, entries, int(mb * (1 << 20)))
+    return TensorIterator(ck, d, entries, int(mb * (1 << 20)),
+                          options(threads, io, direct, None))

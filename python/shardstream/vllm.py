@@ -99,24 +99,6 @@ def validate_extra_config(extra_config: Any) -> dict[str, Any]:
     return options
 
 
-def _check_supported(options: dict[str, Any], iter_tensors: Callable[..., Any]) -> None:
-    """Refuses an option this shardstream's iter_tensors does not take, naming the ones it does,
-    rather than dropping it silently."""
-    import inspect
-
-    accepted = {name for name, p in inspect.signature(iter_tensors).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    for key in options:
-        if key not in accepted:
-            import shardstream
-
-            raise ValueError(
-                f"model_loader_extra_config[{key!r}]: shardstream "
-                f"{getattr(shardstream, '__version__', '?')} iter_tensors does not take {key!r}; "
-                f"it takes {', '.join(sorted(accepted - {'names'}))}"
-            )
-
-
 def _natural_key(path: str) -> list[Any]:
     # vLLM sorts shards naturally (model-2 before model-10); so do we, so logs and order match.
     import re
@@ -247,7 +229,6 @@ def _loader_class() -> type:
         def __init__(self, load_config: Any) -> None:
             super().__init__(load_config)
             self._options = validate_extra_config(load_config.model_loader_extra_config)
-            _check_supported(self._options, shardstream.iter_tensors)
 
         def _sources(self, model: Any, model_config: Any) -> list[tuple[Any, ...]]:
             # (model_or_path, revision, subfolder, prefix): the primary weights and any
