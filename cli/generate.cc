@@ -13,6 +13,7 @@
 #include "io/file.h"
 #include "io/json_writer.h"
 #include "io/safetensors_writer.h"
+#include "io/stopwatch.h"
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -366,9 +367,7 @@ io::Status PrepareOutputDir(const fs::path& dir, bool force) {
   return io::Status::Ok();
 }
 
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+using io::SecondsSince;
 
 std::string FormatSeconds(double seconds) {
   char text[32];

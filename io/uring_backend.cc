@@ -381,8 +381,7 @@ class UringBackendImpl final : public UringBackend {
     uint32_t request = 0;
     uint64_t offset = 0;  // where the unread rest starts
     uint64_t remaining_bytes = 0;
-    size_t first = 0;          // first buffer not completely filled
-    bool fake_eagain = false;  // the interposer had a NOP go out instead of the read
+    size_t first = 0;  // first buffer not completely filled
     // Our own copy of the request's (non-empty) buffers, advanced past what short reads filled.
     // The kernel reads it when the SQE is submitted (or, under SQPOLL, consumed); it lives until
     // the part is finished. Moving a Part (parts_ growing) keeps this heap array where it is.
@@ -407,8 +406,6 @@ class UringBackendImpl final : public UringBackend {
   // Handles every CQE that is ready, without blocking.
   void HarvestCompletions();
   void HandleCompletion(uint32_t part_index, int res);
-  // What the interposer makes of a completion (tests only; the kernel's `res` otherwise).
-  int ApplyFaults(Part& part, int res);
   void RecordEndOfFile(Request& request, uint64_t at);
 
   const FileSet& files_;
@@ -528,11 +525,10 @@ void UringBackendImpl::PrepareRead(io_uring_sqe* sqe, uint32_t part_index) {
   Part& part = parts_[part_index];
   const uint32_t file = requests_[part.request].file;
   const int fd = fixed_files_ ? static_cast<int>(file) : files_.fd(file);
-  if (hooks_.ReplaceReadWithEagain()) {
-    // A test's interposer: a NOP stands in for the read and its completion counts as -EAGAIN. No
-    // byte is read, so only a real resubmission fills the buffers.
+  if (hooks_.ReplaceRead(part.offset, part.remaining_bytes)) {
+    // A test's interposer stands in for the read: a no-op goes out, and its completion is what the
+    // interposer makes of it (-EAGAIN: nothing was read, so only a resubmission fills the buffers).
     io_uring_prep_nop(sqe);
-    part.fake_eagain = true;
     io_uring_sqe_set_data64(sqe, part_index);
     return;
   }
@@ -613,14 +609,6 @@ void UringBackendImpl::HarvestCompletions() {
   }
 }
 
-int UringBackendImpl::ApplyFaults(Part& part, int res) {
-  if (part.fake_eagain) {
-    part.fake_eagain = false;
-    return -EAGAIN;
-  }
-  return hooks_.Completion(part.offset, part.remaining_bytes, res);
-}
-
 void UringBackendImpl::RecordEndOfFile(Request& request, uint64_t at) {
   // Parts of a request end at different places when the file is short; the lowest is where the
   // file really ends (a part straddling the end reads up to it, then reads 0 there).
@@ -635,7 +623,8 @@ void UringBackendImpl::HandleCompletion(uint32_t part_index, int res) {
   --in_flight_;
   Part& part = parts_[part_index];
   Request& request = requests_[part.request];
-  res = ApplyFaults(part, res);
+  // The interposer's view of the result (tests; production's passes it through).
+  res = hooks_.Completion(part.offset, part.remaining_bytes, res);
 
   if (res == -EAGAIN || res == -EINTR) {
     // EAGAIN: the kernel could not do it now and did not queue it for later; EINTR: a signal

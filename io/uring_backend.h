@@ -62,11 +62,16 @@ class UringInterposer {
   // Before io_uring_register_files / io_uring_register_buffers: -errno instead of the call, or 0.
   virtual int RegisterFiles() { return 0; }
   virtual int RegisterBuffers() { return 0; }
-  // Before a read goes out: true submits a no-op instead, whose completion counts as -EAGAIN, so
-  // nothing is read until the backend resubmits.
-  virtual bool ReplaceReadWithEagain() { return false; }
-  // A read of `length` bytes at `offset` completed with `res`: the result the backend acts on
-  // (a shorter count makes it read the rest again; -errno fails the read).
+  // Before a read of `length` bytes at `offset` goes out: true submits a no-op instead (nothing is
+  // read), whose completion then comes to Completion() with res 0 for the same offset and length.
+  virtual bool ReplaceRead(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+    return false;
+  }
+  // A read (or its stand-in) of `length` bytes at `offset` completed with `res`: the result the
+  // backend acts on (a shorter count makes it read the rest again, -EAGAIN the same read again;
+  // -errno fails the read).
   virtual int Completion(uint64_t offset, uint64_t length, int res) {
     (void)offset;
     (void)length;

@@ -16,6 +16,9 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <utility>
 
 namespace shardstream::testing {
 
@@ -33,11 +36,13 @@ struct UringFaults final : io::UringInterposer {
   int Setup(unsigned flags) override;
   int RegisterFiles() override { return -register_files_errno; }
   int RegisterBuffers() override { return -register_buffers_errno; }
-  bool ReplaceReadWithEagain() override;
+  bool ReplaceRead(uint64_t offset, uint64_t length) override;
   int Completion(uint64_t offset, uint64_t length, int res) override;
 
  private:
   std::atomic<uint64_t> reads_prepared_{0};
+  std::mutex mutex_;
+  std::multiset<std::pair<uint64_t, uint64_t>> replaced_;  // (offset, length); guarded by mutex_
 };
 
 // The UringFaults of `options`, made (and plugged in) on first use.
