@@ -86,6 +86,9 @@ class Checkpoint:
         self.offset_order: list = sorted(self.entries.values(),
                                          key=lambda e: (e.file, e.begin, e.begin + e.nbytes))
 
+    def __deepcopy__(self, memo: dict) -> "Checkpoint":
+        return self  # immutable after opening: copies share it
+
     def entry(self, name: str) -> Entry:
         """The tensor called `name`; LoadError when absent or not representable in torch."""
         e = self.entries.get(name)

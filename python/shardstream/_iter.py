@@ -11,7 +11,8 @@ from . import _core
 from ._errors import error
 from ._fill import Checkpoint, PathLike, allocate, open_checkpoint, options, parse_device, target
 
-DEFAULT_STAGING_MB = 512
+# The bound on what is read ahead of the consumer, in MiB: the core's default.
+DEFAULT_STAGING_MB = _core.defaults()["read_ahead_bytes"] / (1 << 20)
 _POLL_S = 0.05
 
 

@@ -43,16 +43,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 import os
 import re
-import struct
 import threading
 import time
 import warnings
 from typing import Any
 
 import shardstream
+from shardstream import _core
 
 __all__ = ["from_pretrained", "CheckpointMismatchError", "TESTED_TRANSFORMERS",
            "SUPPORTED_TRANSFORMERS"]
@@ -66,10 +65,8 @@ TESTED_TRANSFORMERS = ((5, 16), (5, 25))
 SUPPORTED_TRANSFORMERS = TESTED_TRANSFORMERS
 
 # Upper bound on the scratch that generic converters' sources occupy at once (one converter's
-# sources are always read together, even when they alone exceed it).
-_CONVERT_SCRATCH_BYTES = 512 << 20
-
-_SAFETENSORS_HEADER_LIMIT_BYTES = 100 << 20
+# sources are always read together, even when they alone exceed it): the core's default.
+_CONVERT_SCRATCH_BYTES = _core.defaults()["convert_scratch_bytes"]
 
 
 def _base_error():
@@ -444,18 +441,23 @@ def _hooked(session):
 # Headers
 
 
-def _read_header(path):
-    """{name: (dtype string, shape list)} of one .safetensors file, from its header alone."""
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) != 8:
-            raise ValueError(f"{path}: file shorter than the 8-byte header length")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > _SAFETENSORS_HEADER_LIMIT_BYTES:
-            raise ValueError(f"{path}: header length {length} exceeds the limit")
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return {name: (entry["dtype"], list(entry["shape"])) for name, entry in header.items()}
+def _open_checkpoints(checkpoint_files):
+    """The checkpoint files, opened through shardstream's validator (headers only): the folder's
+    index when it names exactly these files (one fill for them all), else one per file."""
+    from shardstream._fill import open_checkpoint
+    files = [os.path.abspath(f) for f in checkpoint_files]
+    folder = os.path.dirname(files[0])
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if (len(files) > 1 and all(os.path.dirname(f) == folder for f in files)
+            and os.path.isfile(index)
+            and not os.path.isfile(os.path.join(folder, "model.safetensors"))):
+        try:
+            indexed = open_checkpoint(index)
+        except shardstream.LoadError:
+            indexed = None  # transformers chose these files itself: validate them one by one
+        if indexed is not None and sorted(os.path.abspath(f) for f in indexed.files) == sorted(files):
+            return [indexed]
+    return [open_checkpoint(f) for f in files]
 
 
 def _nbytes(shape, dtype):
@@ -631,12 +633,12 @@ class _Session:
                                  mismatched_keys=set(), conversion_errors={}, error_msgs=[],
                                  skipped_pp_keys=set())
 
-        # 1. Headers: every checkpoint key with its file, shape and dtype (later files win, as
-        #    in transformers' merged state dict).
+        # 1. Headers, through shardstream's validator: every checkpoint key with its checkpoint,
+        #    shape and dtype (later files win, as in transformers' merged state dict).
         sources = {}
-        for file in checkpoint_files:
-            for key, (dtype_name, shape) in _read_header(file).items():
-                sources[key] = (file, shape, dtype_name)
+        for checkpoint in _open_checkpoints(checkpoint_files):
+            for e in checkpoint.offset_order:
+                sources[e.name] = (checkpoint, list(e.shape), e.dtype)
 
         renamings = [e for e in weight_mapping if isinstance(e, cml.WeightRenaming)]
         converters = [e for e in weight_mapping if isinstance(e, cml.WeightConverter)]
@@ -739,7 +741,7 @@ class _Session:
             loaded.append((target, dest))
         stages.append(("allocate", time.perf_counter() - mark))
         mark = time.perf_counter()
-        self._fill(checkpoint_files, targets)
+        self._fill(targets)
         stages.append(("fill", time.perf_counter() - mark))
         self.report["tensors"]["direct"] = len(direct)
         self.report["tensors"]["sliced"] = len(fused)
@@ -755,13 +757,12 @@ class _Session:
             size = sum(_nbytes(s.shape, s.dtype) for ss in mapping.collected_tensors.values()
                        for s in ss)
             if batch and batch_bytes + size > _CONVERT_SCRATCH_BYTES:
-                self._convert_batch(batch, model, info, device_map, checkpoint_files, cml,
-                                    get_device)
+                self._convert_batch(batch, model, info, device_map, cml, get_device)
                 batch, batch_bytes = [], 0
             batch.append((target, mapping))
             batch_bytes += size
         if batch:
-            self._convert_batch(batch, model, info, device_map, checkpoint_files, cml, get_device)
+            self._convert_batch(batch, model, info, device_map, cml, get_device)
         self.report["tensors"]["converted"] = len(converted)
         stages.append(("set+convert", time.perf_counter() - mark))
 
@@ -808,26 +809,20 @@ class _Session:
             raise CheckpointMismatchError(self.path, final.missing_keys, final.unexpected_keys,
                                           final.mismatched_keys)
 
-    def _fill(self, checkpoint_files, targets):
-        """One shardstream.fill per checkpoint (the whole folder when the files are exactly the
-        folder's checkpoint, else file by file)."""
-        if not targets:
-            return
-        by_file = {}
+    def _fill(self, targets):
+        """One shardstream.fill per checkpoint the sources come from (the whole folder when its
+        index names exactly transformers' files)."""
+        by_checkpoint = {}
         for source, dest in targets:
-            by_file.setdefault(source.file, []).append((source.key, dest))
-        spec = _checkpoint_spec(checkpoint_files)
-        if spec is not None:
-            calls = [(spec, [t for ts in by_file.values() for t in ts])]
-        else:
-            calls = list(by_file.items())
-        for checkpoint, items in calls:
+            by_checkpoint.setdefault(id(source.file), (source.file, []))[1].append(
+                (source.key, dest))
+        for checkpoint, items in by_checkpoint.values():
             report = shardstream.fill(checkpoint, items, **self.fill_options)
             self.report["bytes"] += int(getattr(report, "bytes", 0) or 0)
             for name, seconds in getattr(report, "stages", None) or []:
                 self.report["stages"].append((f"fill.{name}", seconds))
 
-    def _convert_batch(self, batch, model, info, device_map, checkpoint_files, cml, get_device):
+    def _convert_batch(self, batch, model, info, device_map, cml, get_device):
         import torch
         targets, scratch = [], []
         for target, mapping in batch:
@@ -839,7 +834,7 @@ class _Session:
                     targets.append((s, dest))
                     tensors[pattern].append(dest)
             scratch.append(tensors)
-        self._fill(checkpoint_files, targets)
+        self._fill(targets)
         del targets
         for (target, mapping), tensors in zip(batch, scratch):
             mapping.collected_tensors = tensors
@@ -853,26 +848,6 @@ class _Session:
                 if getattr(mapping, "force_cpu", False):
                     value = value.to(get_device(device_map, name))
                 cml.set_param_for_module(model, name, value, info, None)
-
-
-def _checkpoint_spec(checkpoint_files):
-    """A single path `shardstream.fill` resolves to exactly `checkpoint_files`, or None."""
-    files = [os.path.abspath(f) for f in checkpoint_files]
-    if len(files) == 1:
-        return files[0]
-    folder = os.path.dirname(files[0])
-    if any(os.path.dirname(f) != folder for f in files):
-        return None
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index) and not os.path.isfile(os.path.join(folder, "model.safetensors")):
-        try:
-            with open(index) as f:
-                names = set(json.load(f)["weight_map"].values())
-        except (OSError, ValueError, KeyError):
-            return None
-        if {os.path.join(folder, n) for n in names} == set(files):
-            return index
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

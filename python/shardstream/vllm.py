@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -124,13 +123,9 @@ def _checkpoints(folder: str, allow_patterns: list[str] | None) -> list[str]:
     index = os.path.join(folder, _INDEX_FILE)
     if allow_patterns is None and os.path.isfile(index):
         # The index names the shards; a folder may also hold a consolidated copy of the same
-        # weights (Mistral's repos do), and reading both would load every weight twice.
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map", {})
-        indexed = {os.path.join(folder, name) for name in weight_map.values()}
-        missing = sorted(indexed - set(files))
-        if missing:
-            raise FileNotFoundError(f"{index} names shard(s) that do not exist: {missing}")
+        # weights (Mistral's repos do), and reading both would load every weight twice. The
+        # index is read by shardstream's validator when iter_tensors opens it (a shard it names
+        # that is missing: LoadError rule "index-shard-missing").
         return [index]
     return files
 
