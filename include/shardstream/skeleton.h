@@ -13,7 +13,7 @@
 // change wanted here. Autograd metadata (requires_grad) and the version counter are kept.
 //
 // LoadInto matches checkpoint names to named_parameters() and named_buffers() (after renames),
-// plans reads for the matched tensors through the engine (engine/loader.h, engine/pipeline.h) with
+// plans reads for the matched tensors through the engine (engine/fill.h, engine/pipeline.h) with
 // the tensors' own storage as destinations: same-dtype tensors are read straight into place, with
 // no intermediate map and no second copy. A tensor whose checkpoint dtype differs from the
 // module's (the module's dtype wins) is read into a bounded scratch buffer and cast into place by

@@ -234,6 +234,18 @@ def target(ck: Checkpoint, name: str, index: Any, dst: torch.Tensor) -> Optional
     or whole when None); None when there is nothing to read (an empty selection). A source slice
     or a strided destination goes to the core as its layout, which engine::SliceRuns turns into
     runs of contiguous bytes."""
+    e = ck.entries.get(name)
+    if e is not None and e.tdtype is None and isinstance(dst, torch.Tensor):
+        # No torch dtype (F6): the bytes as they are stored, as the C++ LoadFile holds them, into
+        # a byte tensor; anything else is a cast the core's table refuses.
+        if index is None and dst.dtype == torch.uint8 and dst.is_contiguous() and \
+                dst.numel() == e.nbytes:
+            device = _device_index(dst, name, ck.file_of(e))
+            return (e.file, e.index, dst.data_ptr(), device, e.dtype, None) if e.nbytes else None
+        dst_name = _dtypes.name_of(dst.dtype)
+        refusal = _dtypes.cast_refusal(e.dtype, dst_name) if dst_name is not None else ""
+        if refusal:
+            raise error("cast", refusal, file=ck.file_of(e), tensor=name)
     e = ck.entry(name)
     path = ck.file_of(e)
     if not isinstance(dst, torch.Tensor):
