@@ -78,6 +78,87 @@ bool Casts(const io::Checkpoint& checkpoint, const Target& target) {
   return DestinationDType(checkpoint, target) != checkpoint.tensor(target.source).dtype;
 }
 
+namespace {
+
+// The extents of target `i` (its whole tensor, or its runs) into `per_file`, and its payload into
+// the plan. `element` > 1: a cast target, its pieces cut on whole elements of that many bytes.
+io::Status AddExtents(const io::Checkpoint& checkpoint, const Target& target, uint32_t i,
+                      uint32_t element, std::vector<std::vector<Extent>>& per_file,
+                      ReadPlan& plan) {
+  const io::TensorLocation& loc = target.source;
+  if (loc.file >= checkpoint.files.size() ||
+      loc.index >= checkpoint.files[loc.file].header.tensors.size()) {
+    return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
+                             "target " + std::to_string(i) + " points outside the checkpoint");
+  }
+  const io::Header& header = checkpoint.files[loc.file].header;
+  const io::TensorInfo& t = header.tensors[loc.index];
+  const uint64_t base = header.data_offset() + t.begin;
+  auto whole = [element](uint64_t bytes) { return bytes % element == 0; };
+  // A cast's destination offsets count destination bytes; its pieces count source bytes.
+  const uint64_t to_element =
+      element > 1 ? io::DTypeBits(DestinationDType(checkpoint, target)) / 8 : 1;
+  if (element == 0 || element > kMaxElementBytes || !whole(t.size_bytes())) {
+    return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
+                             "target " + std::to_string(i) + ": " + std::to_string(t.size_bytes()) +
+                                 " bytes are not whole elements of " + std::to_string(element) +
+                                 " bytes")
+        .WithTensor(t.name);
+  }
+  if (target.runs.empty()) {
+    plan.payload_bytes += t.size_bytes();
+    if (t.size_bytes() > 0) {
+      per_file[loc.file].push_back(Extent{base, base + t.size_bytes(), i, 0, base, element, base});
+    }
+    return io::Status::Ok();
+  }
+  for (const Run& run : target.runs) {
+    if (run.source_offset > t.size_bytes() || run.length > t.size_bytes() - run.source_offset ||
+        !whole(run.source_offset) || !whole(run.length) ||
+        run.destination_offset % to_element != 0) {
+      return io::Status::Error(
+                 io::StatusCode::kInvalidArgument, "plan-target",
+                 "target " + std::to_string(i) + " has a run outside its tensor or its elements")
+          .WithTensor(t.name);
+    }
+    plan.payload_bytes += run.length;
+    if (run.length == 0) continue;
+    const uint64_t begin = base + run.source_offset;
+    const uint64_t destination = run.destination_offset / to_element * element;
+    per_file[loc.file].push_back(
+        Extent{begin, begin + run.length, i, destination, base, element, begin});
+  }
+  return io::Status::Ok();
+}
+
+// Sorts one file's extents, coalesces those closer than `max_gap` into runs, and emits each run's
+// chunks.
+void EmitFile(uint32_t file, std::vector<Extent>& extents, uint64_t max_gap,
+              const PlanOptions& options, uint64_t chunk_bytes, ReadPlan* plan) {
+  if (extents.empty()) return;
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.target < b.target;
+  });
+  size_t run_first = 0;
+  uint64_t run_begin = extents[0].begin;
+  uint64_t run_end = extents[0].end;
+  for (size_t i = 1; i <= extents.size(); ++i) {
+    if (i < extents.size() && extents[i].begin <= run_end + max_gap) {
+      run_end = std::max(run_end, extents[i].end);
+      continue;
+    }
+    EmitRun(file, run_begin, run_end, std::span(extents).subspan(run_first, i - run_first), options,
+            chunk_bytes, plan);
+    if (i < extents.size()) {
+      run_first = i;
+      run_begin = extents[i].begin;
+      run_end = extents[i].end;
+    }
+  }
+}
+
+}  // namespace
+
 io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
                                    std::span<const Target> targets, const PlanOptions& options) {
   const uint64_t alignment = options.alignment_bytes;
@@ -104,81 +185,16 @@ io::Result<ReadPlan> BuildReadPlan(const io::Checkpoint& checkpoint,
   const uint64_t min_chunk_bytes = max_element_bytes > 1 ? 2 * alignment + max_element_bytes : 1;
   const uint64_t chunk_bytes = AlignUp(std::max(options.chunk_bytes, min_chunk_bytes), alignment);
 
-  // Runs further apart than one alignment block never share a block, so chunks never overlap.
-  const uint64_t max_gap = std::max(options.max_gap_bytes, alignment);
   std::vector<std::vector<Extent>> per_file(checkpoint.files.size());
   ReadPlan plan;
   for (uint32_t i = 0; i < targets.size(); ++i) {
-    const io::TensorLocation& loc = targets[i].source;
-    if (loc.file >= checkpoint.files.size() ||
-        loc.index >= checkpoint.files[loc.file].header.tensors.size()) {
-      return io::Status::Error(io::StatusCode::kInvalidArgument, "plan-target",
-                               "target " + std::to_string(i) + " points outside the checkpoint");
-    }
-    const io::Header& header = checkpoint.files[loc.file].header;
-    const io::TensorInfo& t = header.tensors[loc.index];
-    const uint64_t base = header.data_offset() + t.begin;
-    const uint32_t element = element_bytes[i];
-    auto whole = [element](uint64_t bytes) { return bytes % element == 0; };
-    // A cast's destination offsets count destination bytes; its pieces count source bytes.
-    const uint64_t to_element =
-        element > 1 ? io::DTypeBits(DestinationDType(checkpoint, targets[i])) / 8 : 1;
-    if (element == 0 || element > kMaxElementBytes || !whole(t.size_bytes())) {
-      return io::Status::Error(
-                 io::StatusCode::kInvalidArgument, "plan-target",
-                 "target " + std::to_string(i) + ": " + std::to_string(t.size_bytes()) +
-                     " bytes are not whole elements of " + std::to_string(element) + " bytes")
-          .WithTensor(t.name);
-    }
-    if (targets[i].runs.empty()) {
-      plan.payload_bytes += t.size_bytes();
-      if (t.size_bytes() > 0) {
-        per_file[loc.file].push_back(
-            Extent{base, base + t.size_bytes(), i, 0, base, element, base});
-      }
-      continue;
-    }
-    for (const Run& run : targets[i].runs) {
-      if (run.source_offset > t.size_bytes() || run.length > t.size_bytes() - run.source_offset ||
-          !whole(run.source_offset) || !whole(run.length) ||
-          run.destination_offset % to_element != 0) {
-        return io::Status::Error(
-                   io::StatusCode::kInvalidArgument, "plan-target",
-                   "target " + std::to_string(i) + " has a run outside its tensor or its elements")
-            .WithTensor(t.name);
-      }
-      plan.payload_bytes += run.length;
-      if (run.length == 0) continue;
-      const uint64_t begin = base + run.source_offset;
-      const uint64_t destination = run.destination_offset / to_element * element;
-      per_file[loc.file].push_back(
-          Extent{begin, begin + run.length, i, destination, base, element, begin});
-    }
+    SHARDSTREAM_RETURN_IF_ERROR(
+        AddExtents(checkpoint, targets[i], i, element_bytes[i], per_file, plan));
   }
-
+  // Runs further apart than one alignment block never share a block, so chunks never overlap.
+  const uint64_t max_gap = std::max(options.max_gap_bytes, alignment);
   for (uint32_t file = 0; file < per_file.size(); ++file) {
-    std::vector<Extent>& extents = per_file[file];
-    if (extents.empty()) continue;
-    std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
-      return a.begin != b.begin ? a.begin < b.begin : a.target < b.target;
-    });
-    size_t run_first = 0;
-    uint64_t run_begin = extents[0].begin;
-    uint64_t run_end = extents[0].end;
-    for (size_t i = 1; i <= extents.size(); ++i) {
-      const bool extend = i < extents.size() && extents[i].begin <= run_end + max_gap;
-      if (extend) {
-        run_end = std::max(run_end, extents[i].end);
-        continue;
-      }
-      EmitRun(file, run_begin, run_end, std::span(extents).subspan(run_first, i - run_first),
-              options, chunk_bytes, &plan);
-      if (i < extents.size()) {
-        run_first = i;
-        run_begin = extents[i].begin;
-        run_end = extents[i].end;
-      }
-    }
+    EmitFile(file, per_file[file], max_gap, options, chunk_bytes, &plan);
   }
   return plan;
 }
