@@ -24,10 +24,6 @@ namespace {
 using io::Clock;
 using io::SecondsSince;
 
-io::Status LoadStatus(std::string rule, std::string message) {
-  return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
-}
-
 }  // namespace
 
 c10::Device ParseLoadDevice(const std::string& name) {
@@ -37,7 +33,8 @@ c10::Device ParseLoadDevice(const std::string& name) {
   } catch (const std::exception&) {
   }
   if (!device || !(device->is_cpu() || device->is_cuda())) {
-    ThrowIfError(LoadStatus("device", "'" + name + "' is not a device (expected cpu or cuda:N)"));
+    ThrowIfError(io::Status::InvalidArgument(
+        "device", "'" + name + "' is not a device (expected cpu or cuda:N)"));
   }
   if (device->is_cuda() && !device->has_index()) device->set_index(0);
   return *device;
@@ -107,11 +104,12 @@ std::vector<Planned> PlanTensors(const io::Checkpoint& checkpoint, const LoadOpt
       if (!TorchDType(t.dtype)) out.raw_dtypes.emplace(t.name, dtype_name);
       // Packed sub-byte types have no conversion kernel in torch: refuse before reading anything.
       if (options.dtype && io::DTypeBits(t.dtype) < 8) {
-        ThrowIfError(LoadStatus("cast", std::string(io::DTypeName(t.dtype)) +
-                                            " values are packed sub-byte data that torch cannot "
-                                            "convert to " +
-                                            c10::toString(*options.dtype) +
-                                            "; load without a dtype to get them as stored")
+        ThrowIfError(io::Status::InvalidArgument(
+                         "cast", std::string(io::DTypeName(t.dtype)) +
+                                     " values are packed sub-byte data that torch cannot "
+                                     "convert to " +
+                                     c10::toString(*options.dtype) +
+                                     "; load without a dtype to get them as stored")
                          .WithTensor(t.name)
                          .WithPath(file));
       }
@@ -192,10 +190,11 @@ LoadResult LoadFile(const std::filesystem::path& path, const LoadOptions& option
   const detail::TorchCudaPlugin* torch_cuda = nullptr;
   if (device.is_cuda()) {
     if (options.zero_copy) {
-      ThrowIfError(LoadStatus("device",
-                              "zero-copy tensors view file mappings in host memory; "
-                              "they cannot live on " +
-                                  device.str()));
+      ThrowIfError(
+          io::Status::InvalidArgument("device",
+                                      "zero-copy tensors view file mappings in host memory; "
+                                      "they cannot live on " +
+                                          device.str()));
     }
     // The process's one-time CUDA start-up, before the clock starts (see RequireTorchCuda).
     torch_cuda = &detail::RequireTorchCuda(device);

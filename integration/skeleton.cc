@@ -29,10 +29,6 @@ namespace {
 using io::Clock;
 using io::SecondsSince;
 
-io::Status Error(std::string rule, std::string message) {
-  return io::Status::Error(io::StatusCode::kInvalidArgument, std::move(rule), std::move(message));
-}
-
 std::string FormatSizes(c10::IntArrayRef sizes) {
   std::string text = "[";
   for (size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
@@ -43,8 +39,9 @@ std::regex CompilePattern(const std::string& pattern, std::string_view what) {
   try {
     return std::regex(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
-    ThrowIfError(Error("rename", std::string(what) + " '" + pattern +
-                                     "' is not a valid regular expression: " + e.what()));
+    ThrowIfError(io::Status::InvalidArgument(
+        "rename",
+        std::string(what) + " '" + pattern + "' is not a valid regular expression: " + e.what()));
   }
   return {};
 }
@@ -402,8 +399,9 @@ void ModelLoad::Claim(const io::TensorLocation& location, const std::string& nam
     return;
   }
   if (!claimed.insert(name).second) {
-    ThrowIfError(Error("rename-collision",
-                       "two checkpoint tensors map to module name '" + name + "' after renames")
+    ThrowIfError(io::Status::InvalidArgument(
+                     "rename-collision",
+                     "two checkpoint tensors map to module name '" + name + "' after renames")
                      .WithTensor(t.name)
                      .WithPath(file));
   }
@@ -424,10 +422,11 @@ void ModelLoad::Claim(const io::TensorLocation& location, const std::string& nam
   }
   const c10::ScalarType from = StorageDType(t.dtype);
   if (from != entry.tensor.scalar_type() && io::DTypeBits(t.dtype) < 8) {
-    ThrowIfError(Error("cast", std::string(io::DTypeName(t.dtype)) +
-                                   " values are packed sub-byte data that torch cannot convert "
-                                   "to the module's " +
-                                   c10::toString(entry.tensor.scalar_type()))
+    ThrowIfError(io::Status::InvalidArgument(
+                     "cast", std::string(io::DTypeName(t.dtype)) +
+                                 " values are packed sub-byte data that torch cannot convert "
+                                 "to the module's " +
+                                 c10::toString(entry.tensor.scalar_type()))
                      .WithTensor(t.name)
                      .WithPath(file));
   }
@@ -483,8 +482,8 @@ void ModelLoad::Strict() const {
     message +=
         sep + std::to_string(out_.mismatched.size()) + " mismatched (" + ListNames(described) + ")";
   }
-  ThrowIfError(
-      Error("keys", message + "; load non-strict to accept").WithPath(checkpoint_.source.string()));
+  ThrowIfError(io::Status::InvalidArgument("keys", message + "; load non-strict to accept")
+                   .WithPath(checkpoint_.source.string()));
 }
 
 // Every matched tensor, straight into the module's storage (through its strides when it is a
@@ -497,10 +496,11 @@ std::vector<engine::Target> ModelLoad::Targets() {
     const io::TensorInfo& t = checkpoint_.tensor(*group.source);
     const c10::Device where = entry.tensor.device();
     if (!where.is_cpu() && !where.is_cuda()) {
-      ThrowIfError(Error("device", "the module holds it on " + where.str() +
-                                       "; shardstream loads into CPU and CUDA tensors")
-                       .WithTensor(entry.name)
-                       .WithPath(checkpoint_.source.string()));
+      ThrowIfError(
+          io::Status::InvalidArgument("device", "the module holds it on " + where.str() +
+                                                    "; shardstream loads into CPU and CUDA tensors")
+              .WithTensor(entry.name)
+              .WithPath(checkpoint_.source.string()));
     }
     out_.bytes += t.size_bytes();
     ++out_.tensors;
@@ -567,10 +567,11 @@ void MoveRealTensors(torch::nn::Module& module, const DeviceMap& devices,
   if (moves.empty()) return;
   if (!options.move_real_tensors) {
     const detail::DeviceMove& first = moves.front();
-    ThrowIfError(Error("device", "the module holds it on " + first.from.str() +
-                                     " and the load asks for " + first.to.str() +
-                                     " (move_real_tensors is off; " + std::to_string(moves.size()) +
-                                     " tensor(s) differ)")
+    ThrowIfError(io::Status::InvalidArgument(
+                     "device", "the module holds it on " + first.from.str() +
+                                   " and the load asks for " + first.to.str() +
+                                   " (move_real_tensors is off; " + std::to_string(moves.size()) +
+                                   " tensor(s) differ)")
                      .WithTensor(first.name)
                      .WithPath(checkpoint.source.string()));
   }
@@ -600,14 +601,16 @@ ModelLoadReport LoadInto(torch::nn::Module& module, const std::filesystem::path&
                          const ModelLoadOptions& options) {
   ModelLoadReport out;
   if (options.load.zero_copy) {
-    ThrowIfError(Error("zero-copy",
-                       "LoadInto fills the module's own storage; zero_copy does "
-                       "not apply"));
+    ThrowIfError(
+        io::Status::InvalidArgument("zero-copy",
+                                    "LoadInto fills the module's own storage; zero_copy does "
+                                    "not apply"));
   }
   if (options.load.dtype) {
-    ThrowIfError(Error("dtype",
-                       "LoadInto keeps the module's dtypes (checkpoint tensors are cast "
-                       "to them); build the skeleton in the dtype wanted instead"));
+    ThrowIfError(io::Status::InvalidArgument(
+        "dtype",
+        "LoadInto keeps the module's dtypes (checkpoint tensors are cast "
+        "to them); build the skeleton in the dtype wanted instead"));
   }
   const DeviceMap devices = LoadDevices(options);
   const auto start = Clock::now();  // after the process's one-time CUDA start-up, as LoadFile

@@ -49,6 +49,10 @@ class [[nodiscard]] Status {
   // An error. `rule` must be a stable identifier (lowercase, dashes); `message` says what is wrong
   // in plain words, without the path or tensor (those go in With*()).
   static Status Error(StatusCode code, std::string rule, std::string message);
+  // Error(kInvalidArgument, ...): the caller asked for something impossible.
+  static Status InvalidArgument(std::string rule, std::string message) {
+    return Error(StatusCode::kInvalidArgument, std::move(rule), std::move(message));
+  }
   // An error from a failed system call: the rule is "io", the message names the call and
   // strerror(err), and the code follows errno (ENOENT → kNotFound, EACCES → kPermissionDenied).
   static Status FromErrno(int err, std::string_view call);

@@ -92,15 +92,23 @@ SHARDSTREAM_HOST_DEVICE inline uint16_t FloatToBF16(float value) {
   return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
-// The 8-bit floats, decoded exactly.
+// The 8-bit floats, decoded exactly. A sign bit, kExponentBits of exponent biased by kBias and
+// kMantissaBits of mantissa, subnormal below exponent 1; NaN and infinity encodings differ per
+// type and are decoded by the callers.
+template <int kExponentBits, int kMantissaBits, int kBias>
+SHARDSTREAM_HOST_DEVICE inline float MiniFloatToFloat(uint8_t b) {
+  const bool negative = (b & 0x80u) != 0;
+  const uint32_t exponent = (b >> kMantissaBits) & ((1u << kExponentBits) - 1);
+  const uint32_t mantissa = b & ((1u << kMantissaBits) - 1);
+  if (exponent == 0) return Signed(negative, Scaled(mantissa, 1 - kBias - kMantissaBits));
+  return BitsFloat((negative ? 0x80000000u : 0u) | ((exponent + 127 - kBias) << 23) |
+                   (mantissa << (23 - kMantissaBits)));
+}
+
 // F8_E4M3 (torch float8_e4m3fn): bias 7, no infinities, S.1111.111 is NaN.
 SHARDSTREAM_HOST_DEVICE inline float E4M3ToFloat(uint8_t b) {
-  const bool negative = (b & 0x80u) != 0;
-  const uint32_t exponent = (b >> 3) & 0xfu;
-  const uint32_t mantissa = b & 0x7u;
-  if (exponent == 0xf && mantissa == 0x7) return BitsFloat(kFloatQuietNan);
-  if (exponent == 0) return Signed(negative, Scaled(mantissa, -9));
-  return BitsFloat((negative ? 0x80000000u : 0u) | ((exponent + 120) << 23) | (mantissa << 20));
+  if ((b & 0x7fu) == 0x7fu) return BitsFloat(kFloatQuietNan);
+  return MiniFloatToFloat<4, 3, 7>(b);
 }
 
 // F8_E5M2 (torch float8_e5m2): the upper byte of an IEEE half.
@@ -108,24 +116,15 @@ SHARDSTREAM_HOST_DEVICE inline float E5M2ToFloat(uint8_t b) {
   return HalfToFloat(static_cast<uint16_t>(b << 8));
 }
 
-// F8_E4M3FNUZ: bias 8, no infinities, no negative zero: 0x80 is the only NaN.
+// The FNUZ forms: bias one higher, no infinities, no negative zero: 0x80 is the only NaN.
 SHARDSTREAM_HOST_DEVICE inline float E4M3FnuzToFloat(uint8_t b) {
   if (b == 0x80u) return BitsFloat(kFloatQuietNan);
-  const bool negative = (b & 0x80u) != 0;
-  const uint32_t exponent = (b >> 3) & 0xfu;
-  const uint32_t mantissa = b & 0x7u;
-  if (exponent == 0) return Signed(negative, Scaled(mantissa, -10));
-  return BitsFloat((negative ? 0x80000000u : 0u) | ((exponent + 119) << 23) | (mantissa << 20));
+  return MiniFloatToFloat<4, 3, 8>(b);
 }
 
-// F8_E5M2FNUZ: bias 16, no infinities, no negative zero: 0x80 is the only NaN.
 SHARDSTREAM_HOST_DEVICE inline float E5M2FnuzToFloat(uint8_t b) {
   if (b == 0x80u) return BitsFloat(kFloatQuietNan);
-  const bool negative = (b & 0x80u) != 0;
-  const uint32_t exponent = (b >> 2) & 0x1fu;
-  const uint32_t mantissa = b & 0x3u;
-  if (exponent == 0) return Signed(negative, Scaled(mantissa, -17));
-  return BitsFloat((negative ? 0x80000000u : 0u) | ((exponent + 111) << 23) | (mantissa << 21));
+  return MiniFloatToFloat<5, 2, 16>(b);
 }
 
 // F8_E8M0 (torch float8_e8m0fnu): a bare exponent, 2^(b - 127); 0xff is NaN.
