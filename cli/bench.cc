@@ -7,11 +7,11 @@
 // $SHARDSTREAM_PYTHON, else the one CMake was configured with, else python3). The children's
 // own reports give the times (measured inside each process: start-up left out of every row);
 // wait4's rusage gives each child's peak RSS. The pure parts (parsing, order, statistics, table,
-// JSON) are in cli/bench_core.h. This file keeps to POSIX calls: the binary links libtorch, which
+// JSON) are in bench/harness.h. This file keeps to POSIX calls: the binary links libtorch, which
 // interposes std::filesystem.
 
+#include "bench/harness.h"
 #include "cli/args.h"
-#include "cli/bench_core.h"
 #include "cli/commands.h"
 #include "cli/format.h"
 #include "io/checkpoint.h"

@@ -1,4 +1,4 @@
-#include "cli/bench_core.h"
+#include "bench/harness.h"
 
 #include <simdjson.h>
 
@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <utility>
 
-namespace shardstream::cli::bench {
+namespace shardstream::bench {
 namespace {
 
 using io::Result;
@@ -866,4 +866,4 @@ std::string BenchReportJson(const BenchReport& report) {
   return out.str() + "\n";
 }
 
-}  // namespace shardstream::cli::bench
+}  // namespace shardstream::bench
