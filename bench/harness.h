@@ -264,6 +264,10 @@ bool CeilingExceeded(const BenchReport& report, size_t row);
 // count); "" for other rows.
 std::string MedianRunDetail(const RowResult& row);
 
+// "checkpoint  PATH: 4,194,304 bytes (4.0 MiB) in 1 file, warm, cpu, sink tensors, 3 interleaved
+// rounds" and a newline: what the table below it measured.
+std::string FormatCheckpointLine(const BenchReport& report);
+
 // The table: one line per row (median, min, max seconds; GB/s; % of the row's own ceiling, named,
 // with "(!)" when CeilingExceeded; peak RSS; or the row's status and reason), a sweep's winning
 // fio settings after its name. Markdown when `markdown`.
