@@ -662,7 +662,8 @@ std::vector<TableCells> Cells(const BenchReport& report) {
     c.median = Fixed(s->median, 3);
     c.min = Fixed(s->min, 3);
     c.max = Fixed(s->max, 3);
-    c.gbps = s->median > 0 ? Fixed(report.data_bytes / s->median / 1e9, 2) : "-";
+    c.gbps =
+        s->median > 0 ? Fixed(static_cast<double>(report.data_bytes) / s->median / 1e9, 2) : "-";
     c.percent = "-";
     c.ceiling = "-";
     if (const auto percent = PercentOfCeiling(report, i)) {
@@ -866,7 +867,8 @@ std::string BenchReportJson(const BenchReport& report) {
     for (const RunRecord& run : r.runs) rss = std::max(rss, run.peak_rss_bytes);
     if (s) {
       out.Field("median_s", s->median).Field("min_s", s->min).Field("max_s", s->max);
-      out.Field("gbps", s->median > 0 ? report.data_bytes / s->median / 1e9 : 0.0);
+      out.Field("gbps",
+                s->median > 0 ? static_cast<double>(report.data_bytes) / s->median / 1e9 : 0.0);
       const auto percent = PercentOfCeiling(report, i);
       out.Key("ceiling_row");
       if (percent) {

@@ -34,6 +34,7 @@
 #include <spawn.h>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -48,7 +49,7 @@ constexpr const char* kDropCaches = "/proc/sys/vm/drop_caches";
 
 std::string Env(const char* name, std::string fallback) {
   const char* value = std::getenv(name);
-  return value && *value ? std::string(value) : fallback;
+  return value && *value ? std::string(value) : std::move(fallback);
 }
 
 bool IsExecutable(const std::string& path) { return ::access(path.c_str(), X_OK) == 0; }
@@ -72,7 +73,7 @@ std::string FindOnPath(const std::string& program) {
   while (begin <= path.size()) {
     size_t end = path.find(':', begin);
     if (end == std::string::npos) end = path.size();
-    const std::string candidate = path.substr(begin, end - begin) + "/" + program;
+    std::string candidate = path.substr(begin, end - begin) + "/" + program;
     if (end > begin && IsExecutable(candidate)) return candidate;
     begin = end + 1;
   }
@@ -110,6 +111,7 @@ ChildResult RunChild(const std::vector<std::string>& argv, double timeout_s) {
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
   std::vector<char*> c_argv;
+  c_argv.reserve(argv.size() + 1);
   for (const std::string& a : argv) c_argv.push_back(const_cast<char*>(a.c_str()));
   c_argv.push_back(nullptr);
   pid_t pid = 0;
@@ -364,8 +366,8 @@ RunRecord RunLoader(const Context& ctx, const BenchRow& row) {
 // The checkpoint's residency, weighted by file size; -1 when it cannot be sampled.
 double Residency(const Context& ctx) {
   double resident = 0, total = 0;
-  for (size_t f = 0; f < ctx.files.size(); ++f) {
-    io::Result<io::OpenFile> file = io::OpenForRead(ctx.files[f]);
+  for (const std::string& path : ctx.files) {
+    io::Result<io::OpenFile> file = io::OpenForRead(path);
     if (!file.ok()) return -1;
     io::Result<double> fraction = io::ResidentFraction(file->fd.get(), file->size_bytes);
     if (!fraction.ok()) return -1;
@@ -469,7 +471,7 @@ std::vector<std::string> PeerDrivers(const std::string& dir) {
   while (dirent* entry = ::readdir(d)) {
     const std::string name = entry->d_name;
     if (name.size() > 3 && name.ends_with(".py") && !name.starts_with("_")) {
-      drivers.push_back(dir + "/" + name);
+      drivers.push_back(std::string(dir).append("/").append(name));
     }
   }
   ::closedir(d);

@@ -38,7 +38,7 @@ std::string Sha256Hex(std::span<const std::byte> data) {
   }
   constexpr std::string_view kHexDigits = "0123456789abcdef";
   std::string hex;
-  hex.reserve(2 * digest_bytes);
+  hex.reserve(size_t{2} * digest_bytes);
   for (unsigned int i = 0; i < digest_bytes; ++i) {
     hex += kHexDigits[digest[i] >> 4];
     hex += kHexDigits[digest[i] & 0xf];
