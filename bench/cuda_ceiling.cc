@@ -88,6 +88,7 @@ double CopyRate(const char* src, char* dst, uint64_t bytes, int threads) {
   for (int r = 0; r < kRepeats; ++r) {
     const auto start = Clock::now();
     std::vector<std::thread> workers;
+    workers.reserve(threads);
     for (int t = 0; t < threads; ++t) {
       workers.emplace_back([=] {
         constexpr uint64_t kStep = 4ull << 20;

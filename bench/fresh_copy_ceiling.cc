@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
     if (huge) ::madvise(dst, size, MADV_HUGEPAGE);
     const auto start = std::chrono::steady_clock::now();
     std::vector<std::thread> workers;
+    workers.reserve(threads);
     for (int t = 0; t < threads; ++t) {
       workers.emplace_back([=] {
         const size_t begin = size * t / threads, end = size * (t + 1) / threads;

@@ -7,7 +7,7 @@
 
 namespace shardstream::bench {
 
-inline constexpr uint64_t kLlamaHeaderTensorBytes = 64 * 64 * 2;
+inline constexpr uint64_t kLlamaHeaderTensorBytes = uint64_t{64} * 64 * 2;
 
 inline std::string LlamaHeader(int tensors) {
   std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";

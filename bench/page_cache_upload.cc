@@ -173,8 +173,9 @@ class Upload {
         }
         copies_.fetch_add(1);
       }
-      if (!queued.ok()) Record(std::move(queued));
-      SetState(i, queued.ok() ? WindowState::kQueued : WindowState::kPinnedNotQueued);
+      const bool all_queued = queued.ok();  // before the move: a moved-from Status reads as OK
+      if (!all_queued) Record(std::move(queued));
+      SetState(i, all_queued ? WindowState::kQueued : WindowState::kPinnedNotQueued);
     }
     if (previous.ok()) ops_.LeaveDevice(*previous);
   }
@@ -195,12 +196,13 @@ class Upload {
         // Every copy out of the window is on this stream, and nothing of a later window is yet
         // (window i + K waits for this one to be unpinned).
         io::Status finished = ops_.SynchronizeStream(streams_[i % streams_.size()]);
-        if (!finished.ok()) Record(std::move(finished));
+        const bool copied = finished.ok();  // before the move: a moved-from Status reads as OK
+        if (!copied) Record(std::move(finished));
         const auto start = Clock::now();
         // After a device error the context is gone and this may fail; nothing is left to undo.
         (void)pin_.UnregisterHost(windows_[i].begin);
         unpin_seconds_ += Seconds(start);
-        if (state == WindowState::kQueued && finished.ok()) done_bytes += windows_[i].payload_bytes;
+        if (state == WindowState::kQueued && copied) done_bytes += windows_[i].payload_bytes;
       }
       bool failed = false;
       {

@@ -95,12 +95,14 @@ int Run(int argc, char** argv) {
   void* buffer = nullptr;
   SHARDSTREAM_CUDA_TRY(cudaMalloc(&buffer, std::max<uint64_t>(total, 1)));
   std::vector<engine::Target> targets;
+  targets.reserve(layout.size());
   for (const auto& [location, offset] : layout) {
     targets.emplace_back(location, static_cast<std::byte*>(buffer) + offset);
   }
   std::vector<std::byte> expected(total);
   {
     std::vector<engine::Target> host;
+    host.reserve(layout.size());
     for (const auto& [location, offset] : layout)
       host.emplace_back(location, expected.data() + offset);
     engine::PipelineOptions in_place;

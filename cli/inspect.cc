@@ -7,6 +7,7 @@
 #include "io/json_writer.h"
 
 #include <array>
+#include <cinttypes>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -144,10 +145,10 @@ void WriteText(const io::Checkpoint& checkpoint, bool list_tensors) {
   std::cout << "\n";
   for (const io::CheckpointFile& file : checkpoint.files) {
     for (const io::TensorInfo& t : file.header.tensors) {
-      std::printf("%-48s %-12s %-20s %12s  %s@%llu\n", t.name.c_str(),
+      std::printf("%-48s %-12s %-20s %12s  %s@%" PRIu64 "\n", t.name.c_str(),
                   std::string(io::DTypeName(t.dtype)).c_str(), io::FormatShape(t.shape).c_str(),
                   FormatBytes(t.size_bytes()).c_str(), file.path.filename().c_str(),
-                  static_cast<unsigned long long>(file.header.data_offset() + t.begin));
+                  file.header.data_offset() + t.begin);
     }
   }
   std::fflush(stdout);

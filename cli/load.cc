@@ -5,9 +5,9 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/digest.h"
 #include "cli/format.h"
 #include "cli/load_common.h"
-#include "cli/sha256.h"
 #include "io/json_writer.h"
 #include "io/residency.h"
 

@@ -44,7 +44,8 @@ class ProgressBar {
     bar.resize(kWidth, '.');
     std::fprintf(stderr, "\r[%s] %3d%%  %s / %s  %.2f GB/s ", bar.c_str(),
                  static_cast<int>(fraction * 100), FormatBytes(p.done_bytes).c_str(),
-                 FormatBytes(p.total_bytes).c_str(), p.done_bytes / elapsed / 1e9);
+                 FormatBytes(p.total_bytes).c_str(),
+                 static_cast<double>(p.done_bytes) / elapsed / 1e9);
     std::fflush(stderr);
     drawn_ = true;
     return true;

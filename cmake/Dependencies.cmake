@@ -94,6 +94,20 @@ if(SHARDSTREAM_HAVE_CUDA)
   endif()
 endif()
 
+# OpenSSL's libcrypto: the SHA-256 of `shardstream load --digest` (cli/digest.h). Required where
+# the command is built, that is with LibTorch; the Python package's build does not look for it.
+# OPENSSL_ROOT_DIR points at another copy (scripts/gpu-check: the one scripts/fetch-gpu-deps
+# unpacked).
+if(SHARDSTREAM_HAVE_TORCH)
+  find_package(OpenSSL COMPONENTS Crypto)
+  if(NOT TARGET OpenSSL::Crypto)
+    message(FATAL_ERROR "OpenSSL's libcrypto was not found: the shardstream command needs it for "
+                        "SHA-256. Run scripts/install-deps (Debian: libssl-dev), or set "
+                        "OPENSSL_ROOT_DIR, or SHARDSTREAM_WITH_TORCH=OFF to build without the "
+                        "command.")
+  endif()
+endif()
+
 if(SHARDSTREAM_BUILD_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)

@@ -1,4 +1,4 @@
-#include "cli/bench_core.h"
+#include "bench/harness.h"
 
 #include <simdjson.h>
 
@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <utility>
 
-namespace shardstream::cli::bench {
+namespace shardstream::bench {
 namespace {
 
 using io::Result;
@@ -662,7 +662,8 @@ std::vector<TableCells> Cells(const BenchReport& report) {
     c.median = Fixed(s->median, 3);
     c.min = Fixed(s->min, 3);
     c.max = Fixed(s->max, 3);
-    c.gbps = s->median > 0 ? Fixed(report.data_bytes / s->median / 1e9, 2) : "-";
+    c.gbps =
+        s->median > 0 ? Fixed(static_cast<double>(report.data_bytes) / s->median / 1e9, 2) : "-";
     c.percent = "-";
     c.ceiling = "-";
     if (const auto percent = PercentOfCeiling(report, i)) {
@@ -706,7 +707,40 @@ std::string Legend(const BenchReport& report) {
   return out;
 }
 
+// 1536 → "1.5 KiB", exact below 1 KiB ("12 B"); 11277311 → "11,277,311". The same as the CLI's
+// cli/format.h, which bench/ cannot include (the CLI links this library): one copy each until
+// both move into io/.
+std::string HumanBytes(uint64_t bytes) {
+  constexpr std::array<const char*, 6> kUnits = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double value = static_cast<double>(bytes);
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < kUnits.size()) {
+    value /= 1024;
+    ++unit;
+  }
+  return Fixed(value, 1) + " " + kUnits[unit];
+}
+std::string GroupedCount(uint64_t value) {
+  const std::string digits = std::to_string(value);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string FormatCheckpointLine(const BenchReport& report) {
+  const size_t files = report.files.size();
+  return "checkpoint  " + report.checkpoint + ": " + GroupedCount(report.data_bytes) + " bytes (" +
+         HumanBytes(report.data_bytes) + ") in " + std::to_string(files) + " file" +
+         (files == 1 ? "" : "s") + ", " + (report.cold ? "cold" : "warm") + ", " + report.device +
+         ", sink " + report.sink + ", " + std::to_string(report.repeat) + " interleaved round" +
+         (report.repeat == 1 ? "" : "s") + "\n";
+}
 
 std::string FormatTable(const BenchReport& report, bool markdown) {
   const std::vector<TableCells> cells = Cells(report);
@@ -833,7 +867,8 @@ std::string BenchReportJson(const BenchReport& report) {
     for (const RunRecord& run : r.runs) rss = std::max(rss, run.peak_rss_bytes);
     if (s) {
       out.Field("median_s", s->median).Field("min_s", s->min).Field("max_s", s->max);
-      out.Field("gbps", s->median > 0 ? report.data_bytes / s->median / 1e9 : 0.0);
+      out.Field("gbps",
+                s->median > 0 ? static_cast<double>(report.data_bytes) / s->median / 1e9 : 0.0);
       const auto percent = PercentOfCeiling(report, i);
       out.Key("ceiling_row");
       if (percent) {
@@ -866,4 +901,4 @@ std::string BenchReportJson(const BenchReport& report) {
   return out.str() + "\n";
 }
 
-}  // namespace shardstream::cli::bench
+}  // namespace shardstream::bench

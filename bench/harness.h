@@ -1,7 +1,7 @@
-// The pure pieces of `shardstream bench` (cli/bench.cc runs the processes): which rows a command
-// line asks for, the interleaved order they run in, what a child printed, the summary statistics,
-// the table and the JSON report. No IO, no processes, no torch: unit-tested in
-// tests/cli/bench_core_test.cc.
+// The IO-strategy harness behind `shardstream bench`, its pure pieces (bench/harness_runner.h
+// runs the processes): which rows a command line asks for, the interleaved order they run in, what
+// a child printed, the summary statistics, the table and the JSON report. No IO, no processes, no
+// torch: unit-tested in tests/bench/harness_test.cc.
 //
 // A row is one thing timed once per round in a fresh process: a shardstream strategy with its
 // parameters (`load CKPT --json --quiet ARGS`), a ceiling (fio, memcpy into fresh memory, pinned
@@ -20,7 +20,7 @@
 #include <string_view>
 #include <vector>
 
-namespace shardstream::cli::bench {
+namespace shardstream::bench {
 
 // A cold run whose files were still more than this fraction in the page cache after the drop is
 // flagged: its time is not a cold time.
@@ -264,6 +264,10 @@ bool CeilingExceeded(const BenchReport& report, size_t row);
 // count); "" for other rows.
 std::string MedianRunDetail(const RowResult& row);
 
+// "checkpoint  PATH: 4,194,304 bytes (4.0 MiB) in 1 file, warm, cpu, sink tensors, 3 interleaved
+// rounds" and a newline: what the table below it measured.
+std::string FormatCheckpointLine(const BenchReport& report);
+
 // The table: one line per row (median, min, max seconds; GB/s; % of the row's own ceiling, named,
 // with "(!)" when CeilingExceeded; peak RSS; or the row's status and reason), a sweep's winning
 // fio settings after its name. Markdown when `markdown`.
@@ -276,4 +280,4 @@ std::string FormatTable(const BenchReport& report, bool markdown);
 // and winner, and every run.
 std::string BenchReportJson(const BenchReport& report);
 
-}  // namespace shardstream::cli::bench
+}  // namespace shardstream::bench

@@ -1,4 +1,4 @@
-#include "cli/bench_core.h"
+#include "bench/harness.h"
 
 #include <simdjson.h>
 
@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace shardstream::cli::bench {
+namespace shardstream::bench {
 namespace {
 
 std::vector<std::string> Names(const std::vector<const Strategy*>& strategies) {
@@ -622,4 +622,4 @@ TEST(BenchRowsTest, DirectAndLazyRowsAreKnown) {
 }
 
 }  // namespace
-}  // namespace shardstream::cli::bench
+}  // namespace shardstream::bench
