@@ -1,5 +1,7 @@
 #include "bench/harness.h"
 
+#include "io/format.h"
+
 #include <simdjson.h>
 
 #include <algorithm>
@@ -707,39 +709,15 @@ std::string Legend(const BenchReport& report) {
   return out;
 }
 
-// 1536 → "1.5 KiB", exact below 1 KiB ("12 B"); 11277311 → "11,277,311". The same as the CLI's
-// cli/format.h, which bench/ cannot include (the CLI links this library): one copy each until
-// both move into io/.
-std::string HumanBytes(uint64_t bytes) {
-  constexpr std::array<const char*, 6> kUnits = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  if (bytes < 1024) return std::to_string(bytes) + " B";
-  double value = static_cast<double>(bytes);
-  size_t unit = 0;
-  while (value >= 1024 && unit + 1 < kUnits.size()) {
-    value /= 1024;
-    ++unit;
-  }
-  return Fixed(value, 1) + " " + kUnits[unit];
-}
-std::string GroupedCount(uint64_t value) {
-  const std::string digits = std::to_string(value);
-  std::string out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string FormatCheckpointLine(const BenchReport& report) {
   const size_t files = report.files.size();
-  return "checkpoint  " + report.checkpoint + ": " + GroupedCount(report.data_bytes) + " bytes (" +
-         HumanBytes(report.data_bytes) + ") in " + std::to_string(files) + " file" +
-         (files == 1 ? "" : "s") + ", " + (report.cold ? "cold" : "warm") + ", " + report.device +
-         ", sink " + report.sink + ", " + std::to_string(report.repeat) + " interleaved round" +
-         (report.repeat == 1 ? "" : "s") + "\n";
+  return "checkpoint  " + report.checkpoint + ": " + io::FormatCount(report.data_bytes) +
+         " bytes (" + io::FormatBytes(report.data_bytes) + ") in " + std::to_string(files) +
+         " file" + (files == 1 ? "" : "s") + ", " + (report.cold ? "cold" : "warm") + ", " +
+         report.device + ", sink " + report.sink + ", " + std::to_string(report.repeat) +
+         " interleaved round" + (report.repeat == 1 ? "" : "s") + "\n";
 }
 
 std::string FormatTable(const BenchReport& report, bool markdown) {

@@ -9,8 +9,8 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "cli/format.h"
 #include "io/file.h"
+#include "io/format.h"
 #include "io/json_writer.h"
 #include "io/safetensors_writer.h"
 #include "io/stopwatch.h"
@@ -44,6 +44,9 @@
 #include <vector>
 
 namespace shardstream::cli {
+
+using io::FormatBytes;
+using io::FormatCount;
 namespace {
 
 namespace fs = std::filesystem;

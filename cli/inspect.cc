@@ -2,8 +2,8 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "cli/format.h"
 #include "io/checkpoint.h"
+#include "io/format.h"
 #include "io/json_writer.h"
 
 #include <array>
@@ -13,6 +13,9 @@
 #include <map>
 
 namespace shardstream::cli {
+
+using io::FormatBytes;
+using io::FormatCount;
 namespace {
 
 constexpr std::array<FlagSpec, 2> kFlags = {{

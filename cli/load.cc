@@ -6,8 +6,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/digest.h"
-#include "cli/format.h"
 #include "cli/load_common.h"
+#include "io/format.h"
 #include "io/json_writer.h"
 #include "io/residency.h"
 
@@ -26,6 +26,9 @@
 #include <vector>
 
 namespace shardstream::cli {
+
+using io::FormatBytes;
+using io::FormatCount;
 namespace {
 
 constexpr std::array<FlagSpec, 18> kFlags = {{

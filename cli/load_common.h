@@ -3,7 +3,7 @@
 #pragma once
 
 #include "cli/args.h"
-#include "cli/format.h"
+#include "io/format.h"
 #include "io/json_writer.h"
 
 #include <ATen/core/Tensor.h>
@@ -23,6 +23,9 @@
 #include "shardstream/load.h"
 
 namespace shardstream::cli {
+
+using io::FormatBytes;
+using io::FormatCount;
 
 // A one-line progress bar on stderr, shown only on a terminal and only once a load has taken more
 // than a second (short loads stay quiet).

@@ -4,10 +4,10 @@
 // step and the keys that did not fit (shardstream/skeleton.h).
 
 #include "cli/args.h"
-#include "cli/format.h"
 #include "cli/load_common.h"
 #include "integration/detail/llama_config.h"
 #include "integration/dtype.h"
+#include "io/format.h"
 #include "io/json_writer.h"
 
 #include <ATen/ATen.h>
@@ -29,6 +29,9 @@
 #include "shardstream/skeleton.h"
 
 namespace shardstream::cli {
+
+using io::FormatBytes;
+using io::FormatCount;
 namespace {
 
 constexpr std::array<FlagSpec, 5> kModelFlags = {{

@@ -1,9 +1,9 @@
-#include "cli/format.h"
+#include "io/format.h"
 
 #include <array>
 #include <cstdio>
 
-namespace shardstream::cli {
+namespace shardstream::io {
 
 std::string FormatBytes(uint64_t bytes) {
   constexpr std::array<const char*, 6> kUnits = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -29,4 +29,4 @@ std::string FormatCount(uint64_t value) {
   return out;
 }
 
-}  // namespace shardstream::cli
+}  // namespace shardstream::io
