@@ -52,33 +52,36 @@ SHARDSTREAM_HOST_DEVICE inline float Signed(bool negative, float magnitude) {
   return negative ? -magnitude : magnitude;
 }
 
-// IEEE half (F16).
+// IEEE half (F16), without branches, so that element loops vectorise. With the half's exponent
+// and mantissa shifted into a float's places, adding 224 to the exponent field and scaling by
+// 2^-112 rebiases a normal value exactly (15 → 127) and keeps exponent 31 at 255, infinity or NaN;
+// a subnormal half is its mantissa times 2^-24, which a float with exponent -1 (0.5) and that
+// mantissa in its low bits gives after subtracting 0.5.
 SHARDSTREAM_HOST_DEVICE inline float HalfToFloat(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return BitsFloat(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
-  if (exponent != 0) return BitsFloat(sign | ((exponent + 112) << 23) | (mantissa << 13));
-  return Signed(sign != 0, Scaled(mantissa, -24));  // zero or subnormal: mantissa × 2^-24
+  const uint32_t magnitude = static_cast<uint32_t>(h & 0x7fffu) << 17;  // exponent at bit 27
+  const float normal = BitsFloat((magnitude >> 4) + (224u << 23)) * BitsFloat(0x07800000u);
+  const float subnormal = BitsFloat((magnitude >> 17) | (126u << 23)) - 0.5f;
+  return BitsFloat(sign | FloatBits(magnitude < (1u << 27) ? subnormal : normal));
 }
 
+// Rounds to nearest even, without branches: every case is computed and one is selected.
 SHARDSTREAM_HOST_DEVICE inline uint16_t FloatToHalf(float value) {
   const uint32_t bits = FloatBits(value);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
-  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
-  if (abs < 0x38800000u) {
-    // A half subnormal (or zero): |value| × 2^24 rounded to an integer, ties to even. The scale
-    // is exact; adding and subtracting 2^23 rounds to an integer in the float unit's RNE.
-    const float scaled = BitsFloat(abs) * 16777216.0f;
-    const float rounded = (scaled + 8388608.0f) - 8388608.0f;
-    return static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded));
-  }
   // Normal: rebias the exponent, round the 13 dropped mantissa bits to nearest even.
   const uint32_t rebased = abs - (112u << 23);
-  const uint32_t rounded = rebased + 0xfffu + ((rebased >> 13) & 1u);
-  return static_cast<uint16_t>(sign | (rounded >> 13));
+  const uint32_t normal = (rebased + 0xfffu + ((rebased >> 13) & 1u)) >> 13;
+  // Subnormal (below 2^-14): |value| × 2^24 rounded to an integer by the float unit (round to
+  // nearest even), read off the low bits of 2^23 + it, where floats are spaced by exactly 1.
+  const float small = abs < 0x38800000u ? BitsFloat(abs) : 0.0f;
+  const uint32_t subnormal = FloatBits(small * 16777216.0f + 8388608.0f) - 0x4b000000u;
+  const uint32_t magnitude = abs > 0x7f800000u    ? 0x7e00u  // NaN
+                             : abs >= 0x477ff000u ? 0x7c00u  // rounds to infinity
+                             : abs < 0x38800000u  ? subnormal
+                                                  : normal;
+  return static_cast<uint16_t>(sign | magnitude);
 }
 
 // bfloat16 (BF16): the upper half of a float.
@@ -88,8 +91,9 @@ SHARDSTREAM_HOST_DEVICE inline float BF16ToFloat(uint16_t b) {
 
 SHARDSTREAM_HOST_DEVICE inline uint16_t FloatToBF16(float value) {
   const uint32_t bits = FloatBits(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // The 8-bit floats, decoded exactly. A sign bit, kExponentBits of exponent biased by kBias and
