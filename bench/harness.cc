@@ -314,6 +314,18 @@ std::string_view RowStatusName(RowStatus status) {
   return "?";
 }
 
+std::vector<BenchRow> BaselineRows(std::span<const BenchRow> rows, const std::string& binary) {
+  std::vector<BenchRow> out;
+  for (const BenchRow& row : rows) {
+    if (row.kind != RowKind::kShardstream) continue;
+    BenchRow baseline = row;
+    baseline.name = "baseline " + row.name;
+    baseline.binary = binary;
+    out.push_back(std::move(baseline));
+  }
+  return out;
+}
+
 Result<std::vector<BenchRow>> BuildShardstreamRows(std::span<const Strategy* const> strategies,
                                                    const RowOptions& options) {
   const bool discard = options.sink == "discard";

@@ -117,6 +117,9 @@ struct BenchRow {
   CeilingKind ceiling = CeilingKind::kNone;  // kCeiling rows: which ceiling this is
   // kShardstream: the `load` flags after CKPT. kPeer: the driver's path. kCeiling: unused.
   std::vector<std::string> args;
+  // kShardstream: the shardstream command that runs the row; empty: this one. Another build's
+  // (`shardstream bench --baseline BINARY`) measures a change against it in the same rounds.
+  std::string binary;
   bool add_touch_seconds = false;  // zero-copy: the time includes touching every page
   bool lazy = false;               // zero-copy: views, not bytes in place: held to no ceiling
   bool direct = false;             // O_DIRECT reads: warm or cold, bounded by the disk
@@ -140,6 +143,9 @@ struct RowOptions {
 // The shardstream rows: strategies × chunk sizes × (queue depths, for rows that use io_uring).
 // Names carry the parameters that were given. Errors (rule "strategy"): a strategy that cannot
 // run with the sink or device (e.g. mmap with --sink discard).
+// The same shardstream rows run by `binary` (another build of shardstream), named "baseline NAME".
+std::vector<BenchRow> BaselineRows(std::span<const BenchRow> rows, const std::string& binary);
+
 io::Result<std::vector<BenchRow>> BuildShardstreamRows(std::span<const Strategy* const> strategies,
                                                        const RowOptions& options);
 

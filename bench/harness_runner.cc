@@ -333,7 +333,8 @@ RunRecord RunCeiling(const Context& ctx, const BenchRow& row) {
 RunRecord RunLoader(const Context& ctx, const BenchRow& row) {
   std::vector<std::string> argv;
   if (row.kind == RowKind::kShardstream) {
-    argv = {ctx.self, "load", ctx.checkpoint, "--json", "--quiet"};
+    argv = {row.binary.empty() ? ctx.self : row.binary, "load", ctx.checkpoint, "--json",
+            "--quiet"};
   } else {
     argv = {ctx.python, row.args.at(0), ctx.checkpoint, "--device", ctx.device};
   }

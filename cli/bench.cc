@@ -20,7 +20,7 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 18> kFlags = {{
+constexpr std::array<FlagSpec, 19> kFlags = {{
     {"device", "DEV", "cpu (default) or cuda:N"},
     {"strategies", "LIST",
      "comma-separated, from: auto, pread, pread-direct, mmap, uring, "
@@ -50,6 +50,8 @@ constexpr std::array<FlagSpec, 18> kFlags = {{
     {"markdown", "", "print the table as Markdown"},
     {"timeout-s", "N", "a child running longer is killed and its row failed (default 600)"},
     {"no-ceilings", "", "leave out fio, memcpy and H2D ceilings"},
+    {"baseline", "BINARY",
+     "also run every strategy row with another shardstream build, in the same rounds"},
     {"quiet", "", "no line per run on stderr"},
     {"python", "PY",
      "the Python for peers and the plot (default $SHARDSTREAM_PYTHON, else the one the build was "
@@ -135,6 +137,14 @@ int RunBench(std::span<char* const> argv) {
     return kExitUsage;
   }
   options.shardstream_rows = std::move(*shardstream_rows);
+  if (auto baseline = args->Get("baseline")) {
+    if (::access(baseline->c_str(), X_OK) != 0) {
+      PrintError("--baseline " + *baseline + " is not an executable shardstream command");
+      return kExitUsage;
+    }
+    std::vector<bench::BenchRow> rows = bench::BaselineRows(options.shardstream_rows, *baseline);
+    options.shardstream_rows.insert(options.shardstream_rows.end(), rows.begin(), rows.end());
+  }
   options.shardstream = SelfExe();
   options.command.assign(argv.begin(), argv.end());
   options.command.insert(options.command.begin(), {options.shardstream, "bench"});

@@ -93,6 +93,27 @@ TEST(BenchRowsTest, SinkDeviceAndStagingAreForwarded) {
                                       "--sink", "discard", "--staging-mb", "128"}));
 }
 
+// --baseline: every shardstream row again, run by another build, with the same flags.
+TEST(BenchRowsTest, BaselineRowsRepeatTheShardstreamRowsWithTheOtherBinary) {
+  auto strategies = ParseStrategies("auto,uring-direct");
+  ASSERT_TRUE(strategies.ok());
+  auto rows = BuildShardstreamRows(*strategies, RowOptions{});
+  ASSERT_TRUE(rows.ok());
+  std::vector<BenchRow> all = *rows;
+  BenchRow ceiling;
+  ceiling.name = "ceiling";
+  ceiling.kind = RowKind::kCeiling;
+  all.push_back(ceiling);
+  const std::vector<BenchRow> baseline = BaselineRows(all, "/old/shardstream");
+  ASSERT_EQ(baseline.size(), rows->size());
+  for (size_t i = 0; i < baseline.size(); ++i) {
+    EXPECT_EQ(baseline[i].name, "baseline " + (*rows)[i].name);
+    EXPECT_EQ(baseline[i].args, (*rows)[i].args);
+    EXPECT_EQ(baseline[i].binary, "/old/shardstream");
+    EXPECT_TRUE((*rows)[i].binary.empty());
+  }
+}
+
 TEST(BenchRowsTest, StrategiesThatCannotRunWithTheSinkOrDeviceAreRejected) {
   RowOptions discard;
   discard.sink = "discard";
