@@ -96,17 +96,17 @@ SHARDSTREAM_HOST_DEVICE inline uint16_t FloatToBF16(float value) {
   return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
-// The 8-bit floats, decoded exactly. A sign bit, kExponentBits of exponent biased by kBias and
-// kMantissaBits of mantissa, subnormal below exponent 1; NaN and infinity encodings differ per
+// The 8-bit floats, decoded exactly. A sign bit, ExponentBits of exponent biased by Bias and
+// MantissaBits of mantissa, subnormal below exponent 1; NaN and infinity encodings differ per
 // type and are decoded by the callers.
-template <int kExponentBits, int kMantissaBits, int kBias>
+template <int ExponentBits, int MantissaBits, int Bias>
 SHARDSTREAM_HOST_DEVICE inline float MiniFloatToFloat(uint8_t b) {
   const bool negative = (b & 0x80u) != 0;
-  const uint32_t exponent = (b >> kMantissaBits) & ((1u << kExponentBits) - 1);
-  const uint32_t mantissa = b & ((1u << kMantissaBits) - 1);
-  if (exponent == 0) return Signed(negative, Scaled(mantissa, 1 - kBias - kMantissaBits));
-  return BitsFloat((negative ? 0x80000000u : 0u) | ((exponent + 127 - kBias) << 23) |
-                   (mantissa << (23 - kMantissaBits)));
+  const uint32_t exponent = (b >> MantissaBits) & ((1u << ExponentBits) - 1);
+  const uint32_t mantissa = b & ((1u << MantissaBits) - 1);
+  if (exponent == 0) return Signed(negative, Scaled(mantissa, 1 - Bias - MantissaBits));
+  return BitsFloat((negative ? 0x80000000u : 0u) | ((exponent + 127 - Bias) << 23) |
+                   (mantissa << (23 - MantissaBits)));
 }
 
 // F8_E4M3 (torch float8_e4m3fn): bias 7, no infinities, S.1111.111 is NaN.
