@@ -177,16 +177,28 @@ class QuantizedLoad:
         self.hf_quantizer = hf_quantizer
         self.rule = _dtype_rule()
         self.native = 0
+        # checkpoint key -> the dtype transformers reads it in, for F8 weights that a dequantize
+        # converter reads as stored (the native op takes F8): cast before transformers' op runs.
+        self.deferred = {}
         known = _METHODS[_method(hf_quantizer)][2]
         self.ops = {n: _resolve(known[0], n) for n in known[1]}
 
     def source_dtype(self, mapping, original_key, renamed_key, header_dtype, planned):
-        """The dtype transformers reads this checkpoint tensor in; None for its own dtype."""
+        """The dtype this checkpoint tensor is read in; None for its own dtype. transformers'
+        rule, except that an F8 weight a dequantize converter would cast first (older releases)
+        is read as stored and cast only where transformers' op runs (`convert`)."""
         if self.rule == "get_new_dtype":
-            return self.hf_quantizer.get_new_dtype(mapping, _Header(header_dtype), planned)
-        if original_key != renamed_key or not header_dtype.startswith(("F", "BF")):
+            dtype = self.hf_quantizer.get_new_dtype(mapping, _Header(header_dtype), planned)
+        elif original_key != renamed_key or not header_dtype.startswith(("F", "BF")):
+            dtype = None
+        else:
+            dtype = planned
+        ops = getattr(mapping, "operations", ())
+        if (dtype is not None and header_dtype == "F8_E4M3" and ops
+                and type(ops[0]) is self.ops.get("Fp8Dequantize")):
+            self.deferred[original_key] = dtype
             return None
-        return planned
+        return dtype
 
     @staticmethod
     def has_load_op(mapping):
@@ -208,13 +220,26 @@ class QuantizedLoad:
 
     def convert(self, target, mapping, tensors, model):
         """The native dequantize of one converter whose sources are read (`tensors`: source
-        pattern -> [tensor]): {parameter name: tensor}, or None where transformers' op runs."""
+        pattern -> [tensor], `mapping.collected_tensors` still the planned sources):
+        {parameter name: tensor}, or None where transformers' op is to run (on `tensors`, cast as
+        transformers would have read them)."""
+        out = self._native(target, mapping, tensors, model)
+        if out is None and self.deferred:
+            for pattern, sources in mapping.collected_tensors.items():
+                tensors[pattern] = [t.to(self.deferred[s.key]) if s.key in self.deferred else t
+                                    for s, t in zip(sources, tensors[pattern])]
+        return out
+
+    def _native(self, target, mapping, tensors, model):
         import torch
         ops = list(mapping.operations)
-        if len(ops) != 1 or not all(t.device.type == "cpu" for ts in tensors.values()
-                                    for t in ts):
+        if not ops or not all(t.device.type == "cpu" for ts in tensors.values() for t in ts):
             return None
         op = ops[0]
+        if len(ops) > 1:
+            if type(op) is self.ops.get("Fp8Dequantize"):
+                return self._native_fp8_fused(target, mapping, tensors, model)
+            return None
         if type(op) is self.ops.get("Mxfp4Dequantize"):
             proj = "gate_up_proj" if "gate_up_proj" in target else "down_proj"
             blocks = tensors.get(f"{proj}_blocks")
@@ -257,6 +282,48 @@ class QuantizedLoad:
             self.native += 1
             return {target: out}
         return None
+
+    def _native_fp8_fused(self, target, mapping, tensors, model):
+        """FP8 experts dequantized straight into the fused parameter (`Fp8Dequantize` then
+        `MergeModulelist` / `Concatenate`): each expert's weight into its slice."""
+        import types
+        import torch
+        from transformers import core_model_loading as cml
+        from shardstream.transformers import _slice_plan
+        weights = {p: ts for p, ts in tensors.items() if not p.endswith("scale_inv")
+                   and "activation_scale" not in p}
+        pairs = {}
+        for pattern, ts in weights.items():
+            scales = tensors.get(f"{pattern}_scale_inv")
+            if not scales or len(scales) != len(ts):
+                return None
+            pairs.update({id(w): s for w, s in zip(ts, scales)})
+        shaped = types.SimpleNamespace(
+            operations=list(mapping.operations)[1:], target_patterns=mapping.target_patterns,
+            source_patterns=[p for p in mapping.source_patterns if p in weights],
+            collected_tensors=weights)
+        plan = _slice_plan(shaped, cml)
+        if plan is None:
+            return None
+        shape, pieces = plan
+        first_scale = next(iter(pairs.values()))
+        dtype = self._proven_dtype(mapping.operations[0], target, model, "fp8", first_scale.dtype)
+        if dtype is None:
+            return None
+        out = torch.empty(shape, dtype=dtype)
+        for weight, view in pieces:
+            scales = pairs[id(weight)]
+            dest = view(out)
+            if (weight.dtype != torch.float8_e4m3fn or scales.dtype != first_scale.dtype
+                    or not dest.is_contiguous() or tuple(dest.shape) != tuple(weight.shape)
+                    or weight.dim() != 2 or scales.dim() != 2
+                    or weight.shape[0] % max(1, scales.shape[0])
+                    or weight.shape[1] % max(1, scales.shape[1])):
+                return None
+            if native_fp8(weight.contiguous(), scales.contiguous(), dest):
+                return None
+        self.native += 1
+        return {target: out}
 
     def _proven_dtype(self, op, target, model, kind, scale_dtype):
         """The dtype transformers' op gives for this target, when the native op has been shown to

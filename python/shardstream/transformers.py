@@ -24,7 +24,7 @@ transformers' loader). The replacement:
 
 Checkpoints this does not handle itself are loaded by transformers' own loader, and the report
 says so (`info["shardstream"]["loader"] == "transformers"`, with the reason): quantized checkpoints
-(`quantization_config`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
+other than pre-quantized MXFP4 and fine-grained FP8 (`_quantized.py`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
 tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3.
 
 Which transformers releases get this loader is decided by the internals it uses, not by a version

@@ -155,6 +155,29 @@ def load_both(folder, **kwargs):
     return ref, ref_info, got, info, report
 
 
+def fp8_tp_plan_bug(folder, monkeypatch):
+    """transformers 5.16's FineGrainedFP8HfQuantizer.update_tp_plan raises for every model with a
+    tensor-parallel plan, before any weight is read. Where it does, shardstream.transformers (which
+    runs inside transformers' from_pretrained) must fail the same way; the quantizer's method is
+    then stubbed to return the config unchanged, for both loaders, so that the load itself is
+    still compared."""
+    from transformers import AutoConfig
+    from transformers.quantizers.quantizer_finegrained_fp8 import FineGrainedFP8HfQuantizer
+    if not hasattr(FineGrainedFP8HfQuantizer, "update_tp_plan"):
+        return  # newer releases plan parallelism elsewhere
+    config = AutoConfig.from_pretrained(folder)
+    quantizer = FineGrainedFP8HfQuantizer(config.quantization_config, pre_quantized=True)
+    try:
+        quantizer.update_tp_plan(config)
+        return
+    except Exception as e:  # noqa: BLE001
+        want = e
+    with pytest.raises(type(want)) as got:
+        sst.from_pretrained(folder)
+    assert str(got.value) == str(want)
+    monkeypatch.setattr(FineGrainedFP8HfQuantizer, "update_tp_plan", lambda self, config: config)
+
+
 def assert_same_model(ref, got):
     ref_state, got_state = ref.state_dict(), got.state_dict()
     assert list(got_state) == list(ref_state)
@@ -240,7 +263,7 @@ def test_mxfp4_gpt_oss_dequantized(checkpoints, explicit, dtype):
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", ["qwen3", "qwen3_moe"])
 @pytest.mark.parametrize("mode", ["default", "dequantize", "dequantize-float32"])
-def test_fp8_dequantized(checkpoints, name, scale_dtype, mode):
+def test_fp8_dequantized(checkpoints, name, scale_dtype, mode, monkeypatch):
     folder = checkpoints("fp8", name, scale_dtype)
     kwargs = {}
     if mode != "default":
@@ -248,6 +271,7 @@ def test_fp8_dequantized(checkpoints, name, scale_dtype, mode):
             dequantize=True, weight_block_size=[FP8_BLOCK, FP8_BLOCK])
     if mode.endswith("float32"):
         kwargs["dtype"] = torch.float32
+    fp8_tp_plan_bug(folder, monkeypatch)
     ref, ref_info, got, info, report = load_both(folder, **kwargs)
     assert info == ref_info
     assert_same_model(ref, got)
@@ -262,6 +286,7 @@ def test_fp8_kept_quantized(checkpoints, name, monkeypatch):
     monkeypatch.setattr(FineGrainedFP8HfQuantizer, "validate_environment",
                         lambda self, *a, **k: None)
     folder = checkpoints("fp8", name, torch.float32)
+    fp8_tp_plan_bug(folder, monkeypatch)
     ref, ref_info, got, info, report = load_both(folder)
     assert info == ref_info
     assert_same_model(ref, got)
@@ -338,7 +363,7 @@ def _drop(folder, suffix):
 
 
 @pytest.mark.parametrize("kind", ["mxfp4", "fp8"])
-def test_missing_scale_gives_what_transformers_gives(tmp_path, kind):
+def test_missing_scale_gives_what_transformers_gives(tmp_path, kind, monkeypatch):
     folder = str(tmp_path)
     if kind == "mxfp4":
         build_mxfp4(folder)
@@ -346,6 +371,7 @@ def test_missing_scale_gives_what_transformers_gives(tmp_path, kind):
     else:
         build_fp8("qwen3", folder, torch.float32)
         _drop(folder, "mlp.down_proj.weight_scale_inv")
+        fp8_tp_plan_bug(folder, monkeypatch)
     torch.manual_seed(1)
     try:
         ref, ref_info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
