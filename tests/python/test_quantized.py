@@ -328,6 +328,10 @@ def test_mxfp4_deserialized_through_a_stub_kernel_hub(checkpoints, monkeypatch):
     from transformers.quantizers.quantizer_mxfp4 import Mxfp4HfQuantizer
     monkeypatch.setattr(Mxfp4HfQuantizer, "validate_environment", lambda self, *a, **k: None)
     monkeypatch.setattr(hub_kernels, "get_kernel", lambda *a, **k: _stub_hub())
+    # A CUDA build of torch without a GPU: the swizzle stays on the CPU.
+    import transformers.integrations.mxfp4 as mxfp4
+    if hasattr(mxfp4, "get_current_accelerator"):
+        monkeypatch.setattr(mxfp4, "get_current_accelerator", lambda: None)
     folder = checkpoints("mxfp4")
     ref, ref_info, got, info, report = load_both(folder)
     assert info == ref_info
@@ -405,5 +409,5 @@ def test_on_the_fly_quantization_stays_with_transformers(tmp_path):
     tiny_models.build("qwen3", folder)
     from transformers.quantizers.quantizer_finegrained_fp8 import FineGrainedFP8HfQuantizer
     reason = _quantized.unhandled_reason(
-        FineGrainedFP8HfQuantizer(transformers.FineGrainedFP8Config()), [])
+        FineGrainedFP8HfQuantizer(transformers.FineGrainedFP8Config(), pre_quantized=False), [])
     assert "on-the-fly" in reason
