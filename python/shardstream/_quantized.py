@@ -124,6 +124,37 @@ def _bits(tensor):
     return tensor.contiguous().view(width)
 
 
+def _fp8_pairs(tensors):
+    """[(weight pattern, its scale pattern)] among a converter's source patterns, the scale named
+    as the weight plus `_scale_inv` (with or without the `$` anchor some releases add); None when
+    a weight pattern has no scale (transformers' op then passes it through or casts it)."""
+    plain = {p.rstrip("$"): p for p in tensors}
+    pairs = []
+    for pattern in tensors:
+        bare = pattern.rstrip("$")
+        if "scale" in bare:
+            continue
+        scale = plain.get(bare + "_scale_inv")
+        if scale is None or not tensors[pattern] or not tensors[scale]:
+            return None
+        pairs.append((pattern, scale))
+    return pairs or None
+
+
+def _fp8_native_input(weight, scales):
+    """Whether the native FP8 op takes this pair: an E4M3 weight, an F32/BF16 scale grid that
+    divides it, batch dimensions alike."""
+    import torch
+    if (weight.dtype != torch.float8_e4m3fn or scales.dtype not in (torch.float32, torch.bfloat16)
+            or weight.dim() < 2 or scales.dim() < 2):
+        return False
+    rows, cols = weight.shape[-2:]
+    srows, scols = scales.shape[-2:]
+    batch = weight.numel() // max(1, rows * cols)
+    return (srows > 0 and scols > 0 and rows % srows == 0 and cols % scols == 0
+            and scales.numel() == batch * srows * scols)
+
+
 def _mxfp4_probe_input():
     """Every byte with every scale but the NaN one (0xFF), as one [1, 255 * 16, 1, 16] tensor."""
     import torch
@@ -213,7 +244,7 @@ class QuantizedLoad:
         if not ops or type(ops[0]) not in (self.ops.get("Mxfp4Dequantize"),
                                            self.ops.get("Fp8Dequantize")):
             return False
-        return any(pattern.endswith(("_scales", "scale_inv")) and sources
+        return any(pattern.rstrip("$").endswith(("_scales", "scale_inv")) and sources
                    for pattern, sources in mapping.collected_tensors.items())
 
     # Native conversion -------------------------------------------------------------------------
@@ -260,20 +291,16 @@ class QuantizedLoad:
             self.native += 1
             return {target: out}
         if type(op) is self.ops.get("Fp8Dequantize"):
-            weight, scales = tensors.get("weight"), tensors.get("weight_scale_inv")
-            if not weight or not scales or len(weight) != 1 or len(scales) != 1:
+            pairs = _fp8_pairs(tensors)
+            if pairs is None or len(pairs) != 1:
                 return None
-            weight, scales = weight[0], scales[0]
-            if (weight.dtype != torch.float8_e4m3fn or weight.dim() < 2 or scales.dim() < 2
-                    or scales.dtype not in (torch.float32, torch.bfloat16)):
+            (wkey, skey), = pairs
+            if len(tensors[wkey]) != 1 or len(tensors[skey]) != 1:
                 return None
-            rows, cols = weight.shape[-2:]
-            srows, scols = scales.shape[-2:]
-            batch = weight.numel() // max(1, rows * cols)
-            if (srows == 0 or scols == 0 or rows % srows or cols % scols
-                    or scales.numel() != batch * srows * scols):
+            weight, scales = tensors[wkey][0], tensors[skey][0]
+            if not _fp8_native_input(weight, scales):
                 return None
-            dtype = self._proven_dtype(op, target, model, "fp8", scales.dtype)
+            dtype = self._proven_dtype(op, target, model, "fp8", scales.dtype, (wkey, skey))
             if dtype is None:
                 return None
             out = torch.empty(weight.shape, dtype=dtype)
@@ -290,14 +317,15 @@ class QuantizedLoad:
         import torch
         from transformers import core_model_loading as cml
         from shardstream.transformers import _slice_plan
-        weights = {p: ts for p, ts in tensors.items() if not p.endswith("scale_inv")
-                   and "activation_scale" not in p}
+        patterns = _fp8_pairs(tensors)
+        if patterns is None:
+            return None
+        weights = {w: tensors[w] for w, _ in patterns}
         pairs = {}
-        for pattern, ts in weights.items():
-            scales = tensors.get(f"{pattern}_scale_inv")
-            if not scales or len(scales) != len(ts):
+        for wkey, skey in patterns:
+            if len(tensors[skey]) != len(tensors[wkey]):
                 return None
-            pairs.update({id(w): s for w, s in zip(ts, scales)})
+            pairs.update({id(w): s for w, s in zip(tensors[wkey], tensors[skey])})
         shaped = types.SimpleNamespace(
             operations=list(mapping.operations)[1:], target_patterns=mapping.target_patterns,
             source_patterns=[p for p in mapping.source_patterns if p in weights],
@@ -307,25 +335,23 @@ class QuantizedLoad:
             return None
         shape, pieces = plan
         first_scale = next(iter(pairs.values()))
-        dtype = self._proven_dtype(mapping.operations[0], target, model, "fp8", first_scale.dtype)
+        dtype = self._proven_dtype(mapping.operations[0], target, model, "fp8", first_scale.dtype,
+                                   patterns[0])
         if dtype is None:
             return None
         out = torch.empty(shape, dtype=dtype)
         for weight, view in pieces:
             scales = pairs[id(weight)]
             dest = view(out)
-            if (weight.dtype != torch.float8_e4m3fn or scales.dtype != first_scale.dtype
-                    or not dest.is_contiguous() or tuple(dest.shape) != tuple(weight.shape)
-                    or weight.dim() != 2 or scales.dim() != 2
-                    or weight.shape[0] % max(1, scales.shape[0])
-                    or weight.shape[1] % max(1, scales.shape[1])):
+            if (not _fp8_native_input(weight, scales) or scales.dtype != first_scale.dtype
+                    or not dest.is_contiguous() or tuple(dest.shape) != tuple(weight.shape)):
                 return None
             if native_fp8(weight.contiguous(), scales.contiguous(), dest):
                 return None
         self.native += 1
         return {target: out}
 
-    def _proven_dtype(self, op, target, model, kind, scale_dtype):
+    def _proven_dtype(self, op, target, model, kind, scale_dtype, keys=None):
         """The dtype transformers' op gives for this target, when the native op has been shown to
         give its bits for that dtype (once per process); else None."""
         import torch
@@ -335,22 +361,21 @@ class QuantizedLoad:
             inputs = {f"{proj}_blocks": [blocks], f"{proj}_scales": [scales]}
         else:
             weight, scales = _fp8_probe_input(scale_dtype)
-            inputs = {"weight": [weight], "weight_scale_inv": [scales]}
+            inputs = {keys[0]: [weight], keys[1]: [scales]}
         # transformers' op on a small input for this very target: the dtype it picks (the
         # parameter's, or the op's own default, depending on the release).
         try:
             if kind == "mxfp4":
                 small = {k: [v[0][:, :1]] for k, v in inputs.items()}
             else:
-                small = {"weight": [inputs["weight"][0][:1, :8, :]],
-                         "weight_scale_inv": [inputs["weight_scale_inv"][0][:1, :1, :]]}
+                small = {keys[0]: [weight[:1, :8, :]], keys[1]: [scales[:1, :1, :]]}
             dtype = next(iter(op.convert(small, model=model, full_layer_name=target).values()))
             dtype = (dtype[0] if isinstance(dtype, list) else dtype).dtype
         except Exception:  # noqa: BLE001 - transformers' op then runs, and reports its error
             return None
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return None
-        key = (type(op), kind, dtype, scale_dtype)
+        key = (type(op), kind, dtype, scale_dtype, keys)
         with _proven_lock:
             verdict = _proven.get(key)
         if verdict is None:
@@ -377,7 +402,7 @@ def _prove(op, target, model, kind, inputs, dtype):
         got = torch.empty((e, g * b * 2, r), dtype=dtype)
         declined = native_mxfp4(blocks, scales, got)
     else:
-        weight, scales = inputs["weight"][0], inputs["weight_scale_inv"][0]
+        (weight,), (scales,) = inputs.values()
         got = torch.empty(weight.shape, dtype=dtype)
         declined = native_fp8(weight, scales, got)
     return (not declined and tuple(want.shape) == tuple(got.shape)
