@@ -41,7 +41,9 @@ Status Declined(std::string message) {
   return Status::Error(StatusCode::kUnsupported, "dequantize", std::move(message));
 }
 
-bool IsOutputDType(DType to) { return to == DType::kF32 || to == DType::kBF16 || to == DType::kF16; }
+bool IsOutputDType(DType to) {
+  return to == DType::kF32 || to == DType::kBF16 || to == DType::kF16;
+}
 
 // a * b (or fails), for sizes computed from caller-given dimensions.
 bool Multiply(uint64_t a, uint64_t b, uint64_t* out) {
@@ -90,36 +92,36 @@ void RunMxfp4(const uint8_t* blocks, const uint8_t* scales, const Mxfp4Layout& l
 }
 
 template <typename T, typename EncodeFn>
-bool RunFp8(const uint8_t* weight, const float* scales, const BlockScaleLayout& l,
-            EncodeFn encode, T* out) {
+bool RunFp8(const uint8_t* weight, const float* scales, const BlockScaleLayout& l, EncodeFn encode,
+            T* out) {
   std::array<float, 256> decoded{};
   for (int b = 0; b < 256; ++b) decoded[b] = detail::E4M3ToFloat(static_cast<uint8_t>(b));
   const uint64_t block_rows = l.rows / l.scale_rows;
   const uint64_t block_cols = l.cols / l.scale_cols;
-  const uint64_t rows_per_task = std::max<uint64_t>(1, kFp8GrainElements / std::max<uint64_t>(1, l.cols));
+  const uint64_t rows_per_task =
+      std::max<uint64_t>(1, kFp8GrainElements / std::max<uint64_t>(1, l.cols));
   std::atomic<bool> nan_code{false};
-  tbb::parallel_for(
-      tbb::blocked_range<uint64_t>(0, l.batch * l.rows, rows_per_task),
-      [&](const tbb::blocked_range<uint64_t>& range) {
-        uint8_t any_nan = 0;
-        for (uint64_t row = range.begin(); row != range.end(); ++row) {
-          const uint64_t batch = row / l.rows;
-          const uint64_t i = row % l.rows;
-          const float* scale_row =
-              scales + (batch * l.scale_rows + i / block_rows) * l.scale_cols;
-          const uint8_t* in = weight + row * l.cols;
-          T* o = out + row * l.cols;
-          for (uint64_t sj = 0; sj < l.scale_cols; ++sj) {
-            const float scale = scale_row[sj];
-            for (uint64_t j = sj * block_cols; j < (sj + 1) * block_cols; ++j) {
-              const uint8_t code = in[j];
-              any_nan |= static_cast<uint8_t>((code & 0x7fu) == 0x7fu);
-              o[j] = encode(decoded[code] * scale);
-            }
-          }
-        }
-        if (any_nan) nan_code.store(true, std::memory_order_relaxed);
-      });
+  tbb::parallel_for(tbb::blocked_range<uint64_t>(0, l.batch * l.rows, rows_per_task),
+                    [&](const tbb::blocked_range<uint64_t>& range) {
+                      uint8_t any_nan = 0;
+                      for (uint64_t row = range.begin(); row != range.end(); ++row) {
+                        const uint64_t batch = row / l.rows;
+                        const uint64_t i = row % l.rows;
+                        const float* scale_row =
+                            scales + (batch * l.scale_rows + i / block_rows) * l.scale_cols;
+                        const uint8_t* in = weight + row * l.cols;
+                        T* o = out + row * l.cols;
+                        for (uint64_t sj = 0; sj < l.scale_cols; ++sj) {
+                          const float scale = scale_row[sj];
+                          for (uint64_t j = sj * block_cols; j < (sj + 1) * block_cols; ++j) {
+                            const uint8_t code = in[j];
+                            any_nan |= static_cast<uint8_t>((code & 0x7fu) == 0x7fu);
+                            o[j] = encode(decoded[code] * scale);
+                          }
+                        }
+                      }
+                      if (any_nan) nan_code.store(true, std::memory_order_relaxed);
+                    });
   return !nan_code.load(std::memory_order_relaxed);
 }
 
@@ -146,8 +148,8 @@ Status DequantizeMxfp4(const uint8_t* blocks, const uint8_t* scales, const Mxfp4
   }
   switch (to) {
     case DType::kF32:
-      RunMxfp4<float>(blocks, scales, layout, [](float v) { return v; },
-                      reinterpret_cast<float*>(out));
+      RunMxfp4<float>(
+          blocks, scales, layout, [](float v) { return v; }, reinterpret_cast<float*>(out));
       break;
     case DType::kBF16:
       RunMxfp4<uint16_t>(blocks, scales, layout, detail::FloatToBF16,
@@ -164,8 +166,7 @@ Status DequantizeMxfp4(const uint8_t* blocks, const uint8_t* scales, const Mxfp4
 Status DequantizeFp8BlockScale(const uint8_t* weight, const std::byte* scales, DType scale_dtype,
                                const BlockScaleLayout& layout, DType to, std::byte* out) {
   if (!IsOutputDType(to)) {
-    return Invalid("FP8 dequantizes into F32, BF16 or F16, not " +
-                   std::string(io::DTypeName(to)));
+    return Invalid("FP8 dequantizes into F32, BF16 or F16, not " + std::string(io::DTypeName(to)));
   }
   if (scale_dtype != DType::kF32 && scale_dtype != DType::kBF16) {
     return Invalid("FP8 block scales are F32 or BF16 here, not " +
@@ -205,8 +206,9 @@ Status DequantizeFp8BlockScale(const uint8_t* weight, const std::byte* scales, D
   bool finite = false;
   switch (to) {
     case DType::kF32:
-      finite = RunFp8<float>(weight, scale_values.data(), layout, [](float v) { return v; },
-                             reinterpret_cast<float*>(out));
+      finite = RunFp8<float>(
+          weight, scale_values.data(), layout, [](float v) { return v; },
+          reinterpret_cast<float*>(out));
       break;
     case DType::kBF16:
       finite = RunFp8<uint16_t>(weight, scale_values.data(), layout, detail::FloatToBF16,

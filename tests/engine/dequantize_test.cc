@@ -142,9 +142,9 @@ TEST(DequantizeTest, Fp8DeclinesNanCodesAndBadGrids) {
   std::vector<uint8_t> weight = {0x38, 0x7f, 0x00, 0x01};
   float scale = 2.0f;
   std::vector<uint16_t> out(4);
-  io::Status status = DequantizeFp8BlockScale(weight.data(), reinterpret_cast<std::byte*>(&scale),
-                                              DType::kF32, layout, DType::kBF16,
-                                              reinterpret_cast<std::byte*>(out.data()));
+  io::Status status =
+      DequantizeFp8BlockScale(weight.data(), reinterpret_cast<std::byte*>(&scale), DType::kF32,
+                              layout, DType::kBF16, reinterpret_cast<std::byte*>(out.data()));
   EXPECT_EQ(status.code(), io::StatusCode::kUnsupported);
   weight[1] = 0x38;
   ASSERT_TRUE(DequantizeFp8BlockScale(weight.data(), reinterpret_cast<std::byte*>(&scale),
@@ -153,9 +153,8 @@ TEST(DequantizeTest, Fp8DeclinesNanCodesAndBadGrids) {
                   .ok());
   EXPECT_EQ(out[0], 0x4000);  // 1.0 * 2 in BF16
   layout.scale_cols = 3;
-  status = DequantizeFp8BlockScale(weight.data(), reinterpret_cast<std::byte*>(&scale),
-                                   DType::kF32, layout, DType::kBF16,
-                                   reinterpret_cast<std::byte*>(out.data()));
+  status = DequantizeFp8BlockScale(weight.data(), reinterpret_cast<std::byte*>(&scale), DType::kF32,
+                                   layout, DType::kBF16, reinterpret_cast<std::byte*>(out.data()));
   EXPECT_EQ(status.code(), io::StatusCode::kInvalidArgument);
 }
 
