@@ -9,9 +9,10 @@ interleaved (tests/python/time_from_pretrained.py: medians, min and max, the spe
 every page of every tensor read inside the clock so that a file-mapped tensor counts as read).
 
     python bench/quantized_load.py FOLDER [--layers 2] [--vocab 201088] [--runs 5]
-                                   [--device cpu|cuda:0] [--generate-only]
+                                   [--device cpu|cuda:0] [--experts 32] [--generate-only]
 
-`--vocab` shrinks the embedding and the LM head (2 x 1.1 GB at the real 201088) for a smoke run.
+`--vocab` shrinks the embedding and the LM head (2 x 1.1 GB at the real 201088) and `--experts`
+the experts per layer (32 real) for a smoke run; every other shape stays gpt-oss-20b's.
 """
 import argparse
 import json
@@ -78,15 +79,19 @@ def layer_tensors(i, config, torch, generator):
     return out
 
 
-def generate(folder, layers, vocab):
+def generate(folder, layers, vocab, experts):
     """Writes config.json, the shards and the index; skips when the same shape is there."""
     import torch
     from safetensors.torch import save_file
     config = dict(GPT_OSS_20B, num_hidden_layers=layers, vocab_size=vocab,
+                  num_local_experts=experts, experts_per_token=min(4, experts),
+                  num_experts_per_tok=min(4, experts),
+                  pad_token_id=min(GPT_OSS_20B["pad_token_id"], vocab - 1),
+                  eos_token_id=min(GPT_OSS_20B["eos_token_id"], vocab - 1),
                   layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
                                for i in range(layers)])
     stamp = os.path.join(folder, ".generated")
-    want = json.dumps({"layers": layers, "vocab": vocab})
+    want = json.dumps({"layers": layers, "vocab": vocab, "experts": experts})
     if os.path.isfile(stamp) and open(stamp).read() == want:
         return
     os.makedirs(folder, exist_ok=True)
@@ -124,7 +129,7 @@ def generate(folder, layers, vocab):
         json.dump(config, f, indent=1)
     with open(stamp, "w") as f:
         f.write(want)
-    print(json.dumps({"generated": folder, "layers": layers, "vocab": vocab,
+    print(json.dumps({"generated": folder, "layers": layers, "vocab": vocab, "experts": experts,
                       "bytes": total, "shards": len(shards)}), flush=True)
 
 
@@ -135,9 +140,10 @@ def main():
     parser.add_argument("--vocab", type=int, default=GPT_OSS_20B["vocab_size"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--experts", type=int, default=GPT_OSS_20B["num_local_experts"])
     parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args()
-    generate(args.folder, args.layers, args.vocab)
+    generate(args.folder, args.layers, args.vocab, args.experts)
     if args.generate_only:
         return
     command = [sys.executable, os.path.join(ROOT, "tests", "python", "time_from_pretrained.py"),
