@@ -769,17 +769,22 @@ class _Session:
         del loaded, targets
 
         # 5. Other converters: sources into scratch (bounded per batch), transformers' convert.
-        batch, batch_bytes = [], 0
+        #    A quantized load reads the next batch while this one converts (dequantizing is its
+        #    cost on a CPU), in half the batch bound, so that both batches stay within it.
+        overlap = quantized is not None
+        limit = _CONVERT_SCRATCH_BYTES // 2 if overlap else _CONVERT_SCRATCH_BYTES
+        batches, batch, batch_bytes = [], [], 0
         for target, mapping in converted:
             size = sum(_nbytes(s.shape, s.dtype) for ss in mapping.collected_tensors.values()
                        for s in ss)
-            if batch and batch_bytes + size > _CONVERT_SCRATCH_BYTES:
-                self._convert_batch(batch, model, info, device_map, cml, get_device)
+            if batch and batch_bytes + size > limit:
+                batches.append(batch)
                 batch, batch_bytes = [], 0
             batch.append((target, mapping))
             batch_bytes += size
         if batch:
-            self._convert_batch(batch, model, info, device_map, cml, get_device)
+            batches.append(batch)
+        self._convert_batches(batches, overlap, model, info, device_map, cml, get_device)
         dequantized = sum(1 for _, m in converted if quantized and quantized.is_dequantize(m))
         self.report["tensors"]["converted"] = len(converted) - dequantized
         self.report["tensors"]["dequantized"] = dequantized
@@ -842,7 +847,29 @@ class _Session:
             for name, seconds in getattr(report, "stages", None) or []:
                 self.report["stages"].append((f"fill.{name}", seconds))
 
-    def _convert_batch(self, batch, model, info, device_map, cml, get_device):
+    def _convert_batches(self, batches, overlap, model, info, device_map, cml, get_device):
+        """Reads each batch's sources into scratch and converts them, in order; with `overlap`,
+        a reader thread reads batch i + 1 while batch i converts."""
+        if not overlap or len(batches) < 2:
+            for batch in batches:
+                self._convert_batch(batch, self._read_batch(batch), model, info, device_map, cml,
+                                    get_device)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        # Leaving the block (an error included) waits for a read in flight: no fill outlives
+        # the load.
+        with ThreadPoolExecutor(1, thread_name_prefix="shardstream-convert-read") as reader:
+            pending = reader.submit(self._read_batch, batches[0])
+            for i, batch in enumerate(batches):
+                scratch = pending.result()
+                pending = (reader.submit(self._read_batch, batches[i + 1])
+                           if i + 1 < len(batches) else None)
+                self._convert_batch(batch, scratch, model, info, device_map, cml, get_device)
+                del scratch
+
+    def _read_batch(self, batch):
+        """One batch's converter sources, read into fresh scratch: per converter, source pattern
+        -> [tensor]."""
         import torch
         targets, scratch = [], []
         for target, mapping in batch:
@@ -855,7 +882,9 @@ class _Session:
                     tensors[pattern].append(dest)
             scratch.append(tensors)
         self._fill(targets)
-        del targets
+        return scratch
+
+    def _convert_batch(self, batch, scratch, model, info, device_map, cml, get_device):
         hf_quantizer = self.quantized.hf_quantizer if self.quantized else None
         for (target, mapping), tensors in zip(batch, scratch):
             out = self.quantized.convert(target, mapping, tensors, model) if hf_quantizer else None

@@ -425,3 +425,29 @@ def test_on_the_fly_quantization_stays_with_transformers(tmp_path):
     reason = _quantized.unhandled_reason(
         FineGrainedFP8HfQuantizer(transformers.FineGrainedFP8Config(), pre_quantized=False), [])
     assert "on-the-fly" in reason
+
+
+@pytest.mark.parametrize("kind", ["mxfp4", "fp8"])
+def test_batches_read_while_the_previous_converts(checkpoints, kind, monkeypatch):
+    """With a scratch bound below one converter, every converter is a batch of its own: each is
+    read on the reader thread while the one before converts, and the result is still
+    transformers'."""
+    monkeypatch.setattr(sst, "_CONVERT_SCRATCH_BYTES", 1)
+    folder = checkpoints("mxfp4") if kind == "mxfp4" else checkpoints("fp8", "qwen3_moe",
+                                                                        torch.bfloat16)
+    if kind == "fp8":
+        fp8_tp_plan_bug(folder, monkeypatch)
+    threads = set()
+    read = sst._Session._read_batch
+
+    def spy(self, batch):
+        import threading
+        threads.add(threading.current_thread().name)
+        return read(self, batch)
+    monkeypatch.setattr(sst._Session, "_read_batch", spy)
+    ref, ref_info, got, info, report = load_both(folder)
+    assert info == ref_info
+    assert_same_model(ref, got)
+    assert_same_logits(ref, got)
+    assert any(name.startswith("shardstream-convert-read") for name in threads), threads
+    assert report["tensors"]["native_dequantized"] > 0, report["tensors"]
