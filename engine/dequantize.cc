@@ -26,6 +26,8 @@ constexpr std::array<float, 16> kE2M1Values = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,
                                                -2.0f, -3.0f, -4.0f, -6.0f};
 constexpr int kScaleCodes = 256;
 constexpr uint8_t kE8M0Nan = 0xff;
+// Output bytes per input byte at most: two values, F32.
+constexpr uint64_t kMxfp4WidestBytesPerByte = 2 * sizeof(float);
 // Rows of an MXFP4 tile: the output is transposed (a row's values go down the middle dimension),
 // so a tile writes runs of this many adjacent output elements per code while its rows' input
 // lines stay in cache.
@@ -136,7 +138,8 @@ Status DequantizeMxfp4(const uint8_t* blocks, const uint8_t* scales, const Mxfp4
   uint64_t rows = 0, scale_count = 0, bytes = 0;
   if (!Multiply(layout.experts, layout.rows, &rows) ||
       !Multiply(rows, layout.groups, &scale_count) ||
-      !Multiply(scale_count, layout.group_bytes, &bytes) || !Multiply(bytes, 2 * 4, &bytes)) {
+      !Multiply(scale_count, layout.group_bytes, &bytes) ||
+      !Multiply(bytes, kMxfp4WidestBytesPerByte, &bytes)) {
     return Invalid("MXFP4 tensor size overflows");
   }
   if (scale_count == 0 || layout.group_bytes == 0) return Status::Ok();
