@@ -18,7 +18,8 @@ checkpoint tensor is read in. So shardstream's loader keeps its plan and only ch
   straight into the parameter, where the native op gives the same bits as transformers' op: that
   is checked once per process for each op, output dtype and scale dtype, on every byte code and a
   spread of scales, by running transformers' op beside it. Inputs the native op declines (NaN
-  codes or scales) and any mismatch run transformers' op.
+  codes or scales) and any mismatch run transformers' op. The loader reads the next batch of
+  converter sources while one batch converts (transformers.py `_convert_batches`).
 
 On-the-fly quantization, other quantization methods and ops not listed here go to transformers'
 loader, with the reason named (`unhandled_reason`).
