@@ -5,7 +5,8 @@ default without a GPU, and `dequantize=True`, in bf16 and float32), kept quantiz
 transformers' environment check stubbed; MXFP4 deserialized through a stub kernel hub), and with
 a scale missing. Every state_dict tensor byte-equal, equal logits, the same loading info, and the
 loader that ran is shardstream's. The native dequantize (engine/dequantize.h) is held against
-transformers' own ops, bit for bit, over every byte x scale pair.
+transformers' own ops, bit for bit, over every byte x scale pair. `test_on_a_gpu` runs where a
+CUDA device is (the quantizer's ops on the device, on uploaded bytes).
 
 tests/python/run_transformers_matrix.sh runs this file on the newest and the oldest transformers
 shardstream is tested with."""
@@ -451,3 +452,36 @@ def test_batches_read_while_the_previous_converts(checkpoints, kind, monkeypatch
     assert_same_logits(ref, got)
     assert any(name.startswith("shardstream-convert-read") for name in threads), threads
     assert report["tensors"]["native_dequantized"] > 0, report["tensors"]
+
+
+@pytest.mark.parametrize("kind", ["mxfp4", "fp8"])
+def test_on_a_gpu(checkpoints, kind, monkeypatch):
+    """On a GPU the quantizer's ops run on the device, on the bytes the pipeline uploaded (MXFP4
+    dequantized; FP8 kept quantized where transformers keeps it, straight into its
+    parameters)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if not shardstream._core.cuda_built():
+        pytest.skip("this shardstream build has no CUDA")
+    kwargs = {"device_map": "cuda:0"}
+    if kind == "mxfp4":
+        folder = checkpoints("mxfp4")
+        kwargs["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
+    else:
+        folder = checkpoints("fp8", "qwen3_moe", torch.float32)
+        fp8_tp_plan_bug(folder, monkeypatch)
+    torch.manual_seed(1)
+    ref, ref_info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
+                                                         **kwargs)
+    torch.manual_seed(1)
+    got, info = sst.from_pretrained(folder, output_loading_info=True, **kwargs)
+    report = info.pop("shardstream")
+    assert report["loader"] == "shardstream", report["reason"]
+    assert info == ref_info
+    assert_same_model(ref, got)
+    assert all(t.device.type == "cuda" for t in got.state_dict().values())
+    assert report["tensors"]["native_dequantized"] == 0  # the native op is the CPU's
+    if kind == "mxfp4":
+        ids = torch.tensor(tiny_models.TOKEN_IDS, device="cuda:0")
+        with torch.no_grad():
+            assert torch.equal(got(ids).logits, ref(ids).logits)
