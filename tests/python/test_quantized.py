@@ -485,3 +485,10 @@ def test_on_a_gpu(checkpoints, kind, monkeypatch):
         ids = torch.tensor(tiny_models.TOKEN_IDS, device="cuda:0")
         with torch.no_grad():
             assert torch.equal(got(ids).logits, ref(ids).logits)
+
+
+def test_other_quantization_methods_stay_with_transformers():
+    quantizer = types.SimpleNamespace(
+        pre_quantized=True, quantization_config=types.SimpleNamespace(quant_method="awq"))
+    assert _quantized.unhandled_reason(quantizer, []) == (
+        "quantization method 'awq' is loaded by transformers' own loader")
