@@ -24,7 +24,7 @@ transformers' loader). The replacement:
 
 Checkpoints this does not handle itself are loaded by transformers' own loader, and the report
 says so (`info["shardstream"]["loader"] == "transformers"`, with the reason): quantized checkpoints
-(`quantization_config`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
+other than pre-quantized MXFP4 and fine-grained FP8 (`_quantized.py`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
 tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3.
 
 Which transformers releases get this loader is decided by the internals it uses, not by a version
@@ -561,8 +561,10 @@ class _Session:
         self.strict = strict
         self.fill_options = fill_options
         self.used = False
+        self.quantized = None  # a _quantized.QuantizedLoad for a pre-quantized checkpoint
         self.report = {"loader": "transformers", "reason": None, "bytes": 0, "seconds": 0.0,
-                       "stages": [], "tensors": {"direct": 0, "sliced": 0, "converted": 0}}
+                       "stages": [], "tensors": {"direct": 0, "sliced": 0, "converted": 0,
+                                                 "dequantized": 0, "native_dequantized": 0}}
 
     def load(self, original, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
         reason = _model_reason(model)
@@ -601,7 +603,10 @@ class _Session:
                                            for f in checkpoint_files):
             return "the checkpoint is not safetensors"
         if load_config.hf_quantizer is not None:
-            return "quantized checkpoint (quantization_config)"
+            from shardstream._quantized import unhandled_reason
+            reason = unhandled_reason(load_config.hf_quantizer, load_config.weight_mapping or [])
+            if reason is not None:
+                return reason
         if getattr(load_config, "device_mesh", None) is not None:
             return "tensor parallelism (device_mesh)"
         if load_config.device_map is not None and "disk" in load_config.device_map.values():
@@ -628,6 +633,11 @@ class _Session:
         weight_mapping = load_config.weight_mapping or []
         base_model_prefix = model.base_model_prefix
         meta_state_dict = model.state_dict()
+        hf_quantizer = load_config.hf_quantizer
+        if hf_quantizer is not None:
+            from shardstream._quantized import QuantizedLoad
+            self.quantized = QuantizedLoad(hf_quantizer)
+        quantized = self.quantized
 
         info = LoadStateDictInfo(missing_keys=set(meta_state_dict.keys()), unexpected_keys=set(),
                                  mismatched_keys=set(), conversion_errors={}, error_msgs=[],
@@ -675,6 +685,9 @@ class _Session:
                     target_dtype = dtype_plan[dtype_by_group[match.lastgroup]]
                 elif empty_param is not None and empty_param.dtype != target_dtype:
                     target_dtype = empty_param.dtype
+                if quantized is not None:
+                    target_dtype = quantized.source_dtype(mapping, original_key, renamed_key,
+                                                          dtype_name, target_dtype)
                 if target_dtype is None:
                     target_dtype = str_to_torch_dtype.get(dtype_name, empty_param.dtype)
                 device = get_device(device_map, renamed_key, valid_torch_device=True)
@@ -711,6 +724,10 @@ class _Session:
             plan = _slice_plan(mapping, cml)
             if plan is None:
                 converted.append((target, mapping))
+                if quantized is not None and quantized.has_load_op(mapping):
+                    # A load op may act on the module (deserialize): no trial run on meta tensors.
+                    expected_loaded.add(target)
+                    continue
                 expected_loaded.update(self._converter_targets(mapping, target, model, cml,
                                                                  meta_state_dict))
                 continue
@@ -748,22 +765,30 @@ class _Session:
 
         mark = time.perf_counter()
         for target, dest in loaded:
-            cml.set_param_for_module(model, target, dest, info, None)
+            cml.set_param_for_module(model, target, dest, info, hf_quantizer)
         del loaded, targets
 
         # 5. Other converters: sources into scratch (bounded per batch), transformers' convert.
-        batch, batch_bytes = [], 0
+        #    A quantized load reads the next batch while this one converts (dequantizing is its
+        #    cost on a CPU), in half the batch bound, so that both batches stay within it.
+        overlap = quantized is not None
+        limit = _CONVERT_SCRATCH_BYTES // 2 if overlap else _CONVERT_SCRATCH_BYTES
+        batches, batch, batch_bytes = [], [], 0
         for target, mapping in converted:
             size = sum(_nbytes(s.shape, s.dtype) for ss in mapping.collected_tensors.values()
                        for s in ss)
-            if batch and batch_bytes + size > _CONVERT_SCRATCH_BYTES:
-                self._convert_batch(batch, model, info, device_map, cml, get_device)
+            if batch and batch_bytes + size > limit:
+                batches.append(batch)
                 batch, batch_bytes = [], 0
             batch.append((target, mapping))
             batch_bytes += size
         if batch:
-            self._convert_batch(batch, model, info, device_map, cml, get_device)
-        self.report["tensors"]["converted"] = len(converted)
+            batches.append(batch)
+        self._convert_batches(batches, overlap, model, info, device_map, cml, get_device)
+        dequantized = sum(1 for _, m in converted if quantized and quantized.is_dequantize(m))
+        self.report["tensors"]["converted"] = len(converted) - dequantized
+        self.report["tensors"]["dequantized"] = dequantized
+        self.report["tensors"]["native_dequantized"] = quantized.native if quantized else 0
         stages.append(("set+convert", time.perf_counter() - mark))
 
         model._weight_conversions = [c for c in weight_mapping if c.was_used()]
@@ -822,7 +847,29 @@ class _Session:
             for name, seconds in getattr(report, "stages", None) or []:
                 self.report["stages"].append((f"fill.{name}", seconds))
 
-    def _convert_batch(self, batch, model, info, device_map, cml, get_device):
+    def _convert_batches(self, batches, overlap, model, info, device_map, cml, get_device):
+        """Reads each batch's sources into scratch and converts them, in order; with `overlap`,
+        a reader thread reads batch i + 1 while batch i converts."""
+        if not overlap or len(batches) < 2:
+            for batch in batches:
+                self._convert_batch(batch, self._read_batch(batch), model, info, device_map, cml,
+                                    get_device)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        # Leaving the block (an error included) waits for a read in flight: no fill outlives
+        # the load.
+        with ThreadPoolExecutor(1, thread_name_prefix="shardstream-convert-read") as reader:
+            pending = reader.submit(self._read_batch, batches[0])
+            for i, batch in enumerate(batches):
+                scratch = pending.result()
+                pending = (reader.submit(self._read_batch, batches[i + 1])
+                           if i + 1 < len(batches) else None)
+                self._convert_batch(batch, scratch, model, info, device_map, cml, get_device)
+                del scratch
+
+    def _read_batch(self, batch):
+        """One batch's converter sources, read into fresh scratch: per converter, source pattern
+        -> [tensor]."""
         import torch
         targets, scratch = [], []
         for target, mapping in batch:
@@ -835,19 +882,24 @@ class _Session:
                     tensors[pattern].append(dest)
             scratch.append(tensors)
         self._fill(targets)
-        del targets
+        return scratch
+
+    def _convert_batch(self, batch, scratch, model, info, device_map, cml, get_device):
+        hf_quantizer = self.quantized.hf_quantizer if self.quantized else None
         for (target, mapping), tensors in zip(batch, scratch):
-            mapping.collected_tensors = tensors
-            try:
-                out = mapping.convert(target, model=model, config=model.config, hf_quantizer=None,
-                                      loading_info=info)
-            except cml.SkipParameters:
-                continue
+            out = self.quantized.convert(target, mapping, tensors, model) if hf_quantizer else None
+            if out is None:
+                mapping.collected_tensors = tensors
+                try:
+                    out = mapping.convert(target, model=model, config=model.config,
+                                          hf_quantizer=hf_quantizer, loading_info=info)
+                except cml.SkipParameters:
+                    continue
             for name, value in out.items():
                 value = value[0] if isinstance(value, list) else value
                 if getattr(mapping, "force_cpu", False):
                     value = value.to(get_device(device_map, name))
-                cml.set_param_for_module(model, name, value, info, None)
+                cml.set_param_for_module(model, name, value, info, hf_quantizer)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 // destroyed: a finished load leaves no thread behind.
 #include "cuda/device_upload.h"
 #include "engine/cast.h"
+#include "engine/dequantize.h"
 #include "engine/fill.h"
 #include "engine/runs.h"
 #include "io/checkpoint.h"
@@ -204,6 +205,55 @@ std::string CastRefusal(const std::string& from, const std::string& to) {
   std::optional<io::DType> t = io::ParseDType(to);
   if (!f || !t) RaiseRule("dtype", "unknown dtype '" + (f ? to : from) + "'");
   return engine::CastRefusal(*f, *t);
+}
+
+io::DType DequantizeDType(const std::string& name) {
+  std::optional<io::DType> parsed = io::ParseDType(name);
+  if (!parsed) RaiseRule("dtype", "unknown dtype '" + name + "'");
+  return *parsed;
+}
+
+// The native dequantize (engine/dequantize.h) on host addresses the caller owns for the call
+// (torch tensors' data_ptr, kept alive by the caller). "" when done; the reason when the engine
+// declined the input (a NaN code or scale: the caller runs the framework's op); raises for a bad
+// argument.
+std::string DequantizeResult(const io::Status& status) {
+  if (status.ok()) return {};
+  if (status.code() == io::StatusCode::kUnsupported) return status.message();
+  Raise(status);
+}
+
+std::string DequantizeMxfp4(uintptr_t blocks, uintptr_t scales, std::vector<uint64_t> shape,
+                            const std::string& to, uintptr_t out) {
+  if (shape.size() != 4) RaiseRule("dequantize", "MXFP4 blocks are 4-dimensional");
+  const io::DType out_dtype = DequantizeDType(to);
+  const engine::Mxfp4Layout layout{shape[0], shape[1], shape[2], shape[3]};
+  io::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = engine::DequantizeMxfp4(reinterpret_cast<const uint8_t*>(blocks),
+                                     reinterpret_cast<const uint8_t*>(scales), layout, out_dtype,
+                                     reinterpret_cast<std::byte*>(out));
+  }
+  return DequantizeResult(status);
+}
+
+std::string DequantizeFp8(uintptr_t weight, uintptr_t scales, const std::string& scale_dtype,
+                          std::vector<uint64_t> shape, const std::string& to, uintptr_t out) {
+  if (shape.size() != 5) {
+    RaiseRule("dequantize", "FP8 layout is (batch, rows, cols, scale_rows, scale_cols)");
+  }
+  const io::DType scale = DequantizeDType(scale_dtype);
+  const io::DType out_dtype = DequantizeDType(to);
+  const engine::BlockScaleLayout layout{shape[0], shape[1], shape[2], shape[3], shape[4]};
+  io::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = engine::DequantizeFp8BlockScale(reinterpret_cast<const uint8_t*>(weight),
+                                             reinterpret_cast<const std::byte*>(scales), scale,
+                                             layout, out_dtype, reinterpret_cast<std::byte*>(out));
+  }
+  return DequantizeResult(status);
 }
 
 nb::dict Defaults() {
@@ -420,6 +470,14 @@ NB_MODULE(_core, m) {
   m.def("cast_refusal", &CastRefusal, nb::arg("source"), nb::arg("destination"),
         "Why a load does not convert `source` into `destination` (engine/cast.h), '' when it "
         "does: the one verdict every front end uses.");
+  m.def("dequantize_mxfp4", &DequantizeMxfp4, nb::arg("blocks"), nb::arg("scales"),
+        nb::arg("shape"), nb::arg("to"), nb::arg("out"),
+        "MXFP4 blocks (U8 [E, R, G, B]) and E8M0 scales (U8 [E, R, G]) at host addresses into "
+        "`out` ([E, G*B*2, R] in `to`): '' when done, else why declined.");
+  m.def("dequantize_fp8", &DequantizeFp8, nb::arg("weight"), nb::arg("scales"),
+        nb::arg("scale_dtype"), nb::arg("shape"), nb::arg("to"), nb::arg("out"),
+        "F8_E4M3 weight times its block scale at host addresses into `out` in `to`; shape is "
+        "(batch, rows, cols, scale_rows, scale_cols): '' when done, else why declined.");
   m.def("defaults", &Defaults, "The defaults of shardstream/read.h, by name.");
   m.def(
       "cuda_built", [] { return kCudaBuilt; }, "Whether this build can fill CUDA targets.");

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs tests/python/test_transformers.py against the newest and the oldest transformers that
+# Runs tests/python/test_transformers.py and test_quantized.py against the newest and the oldest transformers that
 # shardstream.transformers is tested on: the project venv's own transformers (the newest, locked
 # in scripts/requirements.txt), then the oldest, at the exact versions of
 # scripts/transformers-oldest-requirements.txt, installed once under $SHARDSTREAM_CACHE and put
@@ -11,7 +11,8 @@ lock="$SHARDSTREAM_ROOT/scripts/transformers-oldest-requirements.txt"
 OLDEST="$(sed -n 's/^transformers==//p' "$lock")"
 # The folder is named after the lock's contents, so a changed lock installs afresh.
 prefix="$SHARDSTREAM_CACHE/transformers-$OLDEST-$(grep -v '^#' "$lock" | sha256sum | cut -c1-12)"
-test_file="$SHARDSTREAM_ROOT/tests/python/test_transformers.py"
+test_files=("$SHARDSTREAM_ROOT/tests/python/test_transformers.py"
+            "$SHARDSTREAM_ROOT/tests/python/test_quantized.py")
 
 if [ ! -f "$prefix/.complete" ]; then
   echo "transformers matrix: installing transformers $OLDEST into $prefix"
@@ -29,7 +30,7 @@ export SHARDSTREAM_REQUIRE_PACKAGE="${SHARDSTREAM_REQUIRE_PACKAGE:-1}"
 status=0
 newest="$("$SHARDSTREAM_PYTHON" -c 'import transformers; print(transformers.__version__)')"
 echo "==> transformers $newest (venv)"
-"$SHARDSTREAM_PYTHON" -m pytest -q -p no:cacheprovider "$test_file" "$@" || status=$?
+"$SHARDSTREAM_PYTHON" -m pytest -q -p no:cacheprovider "${test_files[@]}" "$@" || status=$?
 
 got="$(PYTHONPATH="$prefix${PYTHONPATH:+:$PYTHONPATH}" "$SHARDSTREAM_PYTHON" -c \
   'import transformers; print(transformers.__version__)')"
@@ -39,5 +40,5 @@ if [ "$got" != "$OLDEST" ]; then
 fi
 echo "==> transformers $got ($prefix)"
 PYTHONPATH="$prefix${PYTHONPATH:+:$PYTHONPATH}" \
-  "$SHARDSTREAM_PYTHON" -m pytest -q -p no:cacheprovider "$test_file" "$@" || status=$?
+  "$SHARDSTREAM_PYTHON" -m pytest -q -p no:cacheprovider "${test_files[@]}" "$@" || status=$?
 exit $status
