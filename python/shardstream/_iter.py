@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _core
+from . import _core, _mapped
 from ._errors import error
 from ._fill import Checkpoint, PathLike, allocate, open_checkpoint, options, parse_device, target
 
@@ -124,11 +124,14 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
                  names: Union[None, Sequence[str], Callable[[str], bool]] = None,
                  threads: Optional[int] = None, io: str = "auto",
                  direct: Union[str, bool] = "auto",
-                 staging_mb: Optional[float] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+                 staging_mb: Optional[float] = None,
+                 copy: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
     """Streams a checkpoint's tensors as they land (see TensorIterator). `names`: a list (only
     those are read; an unknown name: LoadError rule "missing-tensor") or a predicate on the
     name. `staging_mb` (default 512) bounds what is read ahead of the consumer; `threads`, `io`
-    and `direct` are load_file's read options."""
+    and `direct` are load_file's read options. On the CPU the tensors are views of a private,
+    copy-on-write mapping of the files, made resident ahead by parallel populate workers
+    (`threads`; see shardstream._mapped.MappedTensorIterator); `copy=True` gives owned tensors."""
     d = parse_device(device)
     ck = open_checkpoint(checkpoint)
     if names is None:
@@ -145,5 +148,7 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
     mb = DEFAULT_STAGING_MB if staging_mb is None else staging_mb
     if mb <= 0:
         raise error("option", f"staging_mb must be positive, not {staging_mb}")
+    if d.type == "cpu" and not copy:
+        return _mapped.MappedTensorIterator(ck, entries, threads)
     return TensorIterator(ck, d, entries, int(mb * (1 << 20)),
                           options(threads, io, direct, None))
