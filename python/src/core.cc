@@ -14,6 +14,7 @@
 #include "cuda/device_upload.h"
 #include "engine/cast.h"
 #include "engine/fill.h"
+#include "engine/host_pool.h"
 #include "engine/mapped.h"
 #include "engine/runs.h"
 #include "io/checkpoint.h"
@@ -521,6 +522,51 @@ std::unique_ptr<PopulateJob> StartPopulate(const Mapping& mapping, const nb::seq
   return std::make_unique<PopulateJob>(mapping, std::move(out), options, inline_run);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pooled host destinations (engine/host_pool.h) for owned CPU tensors that a stream hands out:
+// a PooledBuffer is a writable buffer whose lease returns to the pool when the Python object
+// dies, which torch.frombuffer delays until the last tensor made from it is gone.
+
+struct HostPool {
+  std::shared_ptr<engine::HostBufferPool> value;
+};
+
+struct PooledBuffer {
+  engine::HostLease lease;
+};
+
+int PooledBufferGetBuffer(PyObject* self, Py_buffer* view, int flags) {
+  PooledBuffer* b = nb::inst_ptr<PooledBuffer>(self);
+  return PyBuffer_FillInfo(view, self, b->lease.data(),
+                           static_cast<Py_ssize_t>(b->lease.size_bytes()), /*readonly=*/0, flags);
+}
+
+PyType_Slot kPooledBufferSlots[] = {
+    {Py_bf_getbuffer, reinterpret_cast<void*>(&PooledBufferGetBuffer)},
+    {0, nullptr},
+};
+
+PooledBuffer PoolAcquire(const HostPool& pool, uint64_t size_bytes) {
+  std::optional<io::Result<engine::HostLease>> lease;
+  {
+    nb::gil_scoped_release release;  // a fresh large buffer is an mmap
+    lease.emplace(pool.value->Acquire(size_bytes));
+  }
+  if (!lease->ok()) Raise(lease->status());
+  return PooledBuffer{std::move(*lease).value()};
+}
+
+nb::dict PoolStats(const HostPool& pool) {
+  const engine::HostPoolStats s = pool.value->stats();
+  nb::dict out;
+  out["allocated"] = s.allocated;
+  out["reused"] = s.reused;
+  out["cached_bytes"] = s.cached_bytes;
+  out["leased_bytes"] = s.leased_bytes;
+  out["peak_leased_bytes"] = s.peak_leased_bytes;
+  return out;
+}
+
 }  // namespace
 }  // namespace shardstream::python
 
@@ -579,6 +625,22 @@ NB_MODULE(_core, m) {
   m.def("start_populate", &StartPopulate, nb::arg("mapping"), nb::arg("ranges"),
         nb::arg("threads") = 0, nb::arg("chunk_bytes") = 0, nb::arg("inline_run") = false,
         "Makes the mapped pages under `ranges` resident on worker threads (MADV_POPULATE_READ).");
+
+  nb::class_<PooledBuffer>(m, "PooledBuffer", nb::type_slots(kPooledBufferSlots))
+      .def_prop_ro("nbytes", [](const PooledBuffer& b) { return b.lease.size_bytes(); });
+  nb::class_<HostPool>(m, "HostPool")
+      .def(
+          "__init__",
+          [](HostPool* self, uint64_t max_cached_bytes) {
+            new (self)
+                HostPool{std::make_shared<shardstream::engine::HostBufferPool>(max_cached_bytes)};
+          },
+          nb::arg("max_cached_bytes"))
+      .def("acquire", &PoolAcquire, nb::arg("nbytes"),
+           "A writable buffer of `nbytes` (a released one of that size when there is one); it "
+           "returns to the pool when the buffer object, and so every tensor made from it, is "
+           "gone.")
+      .def("stats", &PoolStats);
 
   m.def("dtypes", &DTypes,
         "The dtype table (io/dtype.h): name -> (bits, kind, torch dtype name or '').");

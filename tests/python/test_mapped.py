@@ -278,3 +278,36 @@ def test_mmap_needs_the_cpu(sample):
         with pytest.raises(shardstream.LoadError) as info:
             shardstream.load_file(path, "cuda", mmap=True)
         assert info.value.rule == "device"
+
+
+def test_pooled_copies_never_overwrite_a_tensor_the_consumer_kept(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    tensors = {f"layers.{i}.w": torch.randn(64, 64, generator=g) for i in range(40)}  # 16 KiB
+    path = tmp_path / "layers.safetensors"
+    safetensors.torch.save_file(tensors, str(path))
+    reference = owned_reference(path)
+    budget_mb = 0.1  # ~100 KiB: 6 tensors ahead at most
+    it = shardstream.iter_tensors(path, copy=True, staging_mb=budget_mb)
+    kept, kept_ranges, taken = {}, [], 0
+    for i, (name, t) in enumerate(it):
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        # Memory the consumer still holds is never handed out again.
+        assert not any(s < end and start < e for s, e in kept_ranges), name
+        assert torch.equal(t, reference[name]), name
+        taken += t.numel() * t.element_size()
+        assert it.bytes_read - taken <= int(budget_mb * (1 << 20)), "read too far ahead"
+        if i % 3 == 0:
+            kept[name] = t
+            kept_ranges.append((start, end))
+        elif i % 3 == 1:
+            kept[name] = t[5:9]  # a view keeps the whole buffer
+            kept_ranges.append((start, end))
+        del t
+    stats = it.pool_stats()
+    assert stats["reused"] > 0, stats  # dropped tensors' memory came back
+    assert stats["allocated"] + stats["reused"] == 40
+    assert it.peak_ahead_bytes <= int(budget_mb * (1 << 20))
+    for name, t in kept.items():
+        want = reference[name] if t.shape[0] == 64 else reference[name][5:9]
+        assert torch.equal(t, want), f"{name} changed after it was taken"
