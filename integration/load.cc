@@ -157,7 +157,6 @@ TensorMap MapTensors(const io::Checkpoint& checkpoint, const std::vector<Planned
   engine::PopulateReport populated;
   ThrowIfError(engine::Populate(*mapped, ranges, populate, &populated));
   out.stages.emplace_back("populate", populated.seconds);
-  out.threads = populated.threads;
   out.notes.push_back("populated " + std::to_string(populated.populated_bytes) + " bytes in " +
                       std::to_string(populated.chunks) + " chunks on " +
                       std::to_string(populated.threads) + " threads (" + populated.method + ")");
