@@ -201,7 +201,11 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
       thread_ids.insert(std::this_thread::get_id());
     }
   };
-  if (!chunks.empty()) {
+  if (threads == 1) {
+    // One chunk (a small load) or one thread asked for: on the calling thread, without the
+    // task group's start-up (oneTBB's arena costs milliseconds the first time).
+    worker();
+  } else {
     std::unique_ptr<TaskGroup> group = MakeTaskGroup(threads, options.executor);
     for (int t = 0; t < threads; ++t) group->Run(worker);
     group->Wait();
