@@ -405,7 +405,7 @@ int MappedDataGetBuffer(PyObject* self, Py_buffer* view, int flags) {
                            /*readonly=*/0, flags);
 }
 
-PyType_Slot kMappedDataSlots[] = {
+const PyType_Slot kMappedDataSlots[] = {
     {Py_bf_getbuffer, reinterpret_cast<void*>(&MappedDataGetBuffer)},
     {0, nullptr},
 };
@@ -541,7 +541,7 @@ int PooledBufferGetBuffer(PyObject* self, Py_buffer* view, int flags) {
                            static_cast<Py_ssize_t>(b->lease.size_bytes()), /*readonly=*/0, flags);
 }
 
-PyType_Slot kPooledBufferSlots[] = {
+const PyType_Slot kPooledBufferSlots[] = {
     {Py_bf_getbuffer, reinterpret_cast<void*>(&PooledBufferGetBuffer)},
     {0, nullptr},
 };
