@@ -181,18 +181,25 @@ def test_populate_runs_on_several_threads(big):
     # 32 MiB ends in about a millisecond, before a second thread has started on a busy machine.
     if on_tmpfs(big):
         pytest.skip("the checkpoint is on tmpfs: its pages cannot be dropped")
-    gc.collect()
-    drop_cached_pages(big)
     ck = shardstream._fill.open_checkpoint(big)
     ranges = [(e.file, e.begin, e.nbytes) for e in ck.offset_order if e.nbytes]
-    # 128 chunks of 256 KiB: every worker has started long before they run out.
-    job = _core.start_populate(_core.map_checkpoint(ck.core), ranges, 4, 256 << 10)
-    while not job.wait(0.05):
-        pass
-    report = job.result()
-    assert report["populated_bytes"] == sum(r[2] for r in ranges)
-    assert report["populate_chunks"] >= 128
-    assert 2 <= report["populate_threads"] <= 4
+    # 128 chunks of 256 KiB. On a machine loaded by other work the disk may still outrun the
+    # scheduler once; parallelism must show in one of three cold runs.
+    threads = []
+    for _ in range(3):
+        gc.collect()
+        drop_cached_pages(big)
+        job = _core.start_populate(_core.map_checkpoint(ck.core), ranges, 4, 256 << 10)
+        while not job.wait(0.05):
+            pass
+        report = job.result()
+        assert report["populated_bytes"] == sum(r[2] for r in ranges)
+        assert report["populate_chunks"] >= 128
+        assert 1 <= report["populate_threads"] <= 4
+        threads.append(report["populate_threads"])
+        if report["populate_threads"] >= 2:
+            break
+    assert max(threads) >= 2, threads
 
 
 def test_iter_yields_tensor_by_tensor_in_index_then_offset_order(tmp_path):
@@ -236,17 +243,18 @@ def test_copy_true_gives_owned_tensors(big):
 
 
 def test_early_close_cancels_populate(big):
-    list(shardstream.iter_tensors(big))  # warm-up: oneTBB's workers start once
+    # threads=1: populate runs on the job's own thread alone (no oneTBB workers, which start and
+    # retire on their own schedule), so the thread count must come back exactly.
     tasks = len(os.listdir("/proc/self/task"))
     fds = len(os.listdir("/proc/self/fd"))
-    it = shardstream.iter_tensors(big)
+    it = shardstream.iter_tensors(big, threads=1)
     name, view = next(it)
     it.close()
     assert list(it) == []
     assert torch.equal(view, safetensors.torch.load_file(str(big))[name])
     del it
     gc.collect()
-    assert len(os.listdir("/proc/self/task")) <= tasks
+    assert len(os.listdir("/proc/self/task")) == tasks
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
