@@ -140,8 +140,9 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
     those are read; an unknown name: LoadError rule "missing-tensor") or a predicate on the
     name. `staging_mb` (default 512) bounds what is read ahead of the consumer; `threads`, `io`
     and `direct` are load_file's read options. On the CPU the tensors are views of a private,
-    copy-on-write mapping of the files, made resident ahead by parallel populate workers
-    (`threads`; see shardstream._mapped.MappedTensorIterator); `copy=True` gives owned tensors."""
+    copy-on-write mapping of the files, made resident at most `staging_mb` ahead of the consumer
+    by parallel populate workers (`threads`; see shardstream._mapped.MappedTensorIterator);
+    `copy=True` gives owned tensors."""
     d = parse_device(device)
     ck = open_checkpoint(checkpoint)
     if names is None:
@@ -159,6 +160,6 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
     if mb <= 0:
         raise error("option", f"staging_mb must be positive, not {staging_mb}")
     if d.type == "cpu" and not copy:
-        return _mapped.MappedTensorIterator(ck, entries, threads)
+        return _mapped.MappedTensorIterator(ck, entries, threads, int(mb * (1 << 20)))
     return TensorIterator(ck, d, entries, int(mb * (1 << 20)),
                           options(threads, io, direct, None))

@@ -14,6 +14,7 @@ SIGBUS, as with every mmap-based loader (populate itself reports it as LoadError
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -87,24 +88,74 @@ def load_views(ck: Checkpoint, entries: Sequence[Entry], threads: Optional[int] 
 
 class MappedTensorIterator:
     """iter_tensors on the CPU without copies: yields (name, view) in offset order (files in
-    index order), each a view of its file's private mapping, while a populate job makes the
-    pages resident ahead of the consumer on the core's worker threads. Nothing is allocated, so
-    the read-ahead bound holds trivially (`peak_ahead_bytes` stays 0): the pages are the page
-    cache's. `read` holds the populate report once iteration has ended (populated_bytes,
-    populate_seconds, ...); a populate error (the file truncated under the mapping) is raised
-    there. `close()` (or leaving a `with` block, or dropping the iterator) cancels the populate;
-    views already yielded stay valid."""
+    index order), each a view of its file's private mapping, while populate jobs make the pages
+    resident ahead of the consumer on the core's worker threads. The tensors are cut into
+    windows of about half of `ahead_bytes` (one tensor when it is larger): the window after the
+    consumer's is populated while it takes its own, so at most `ahead_bytes` is made resident
+    ahead of it (`peak_ahead_bytes`) and a checkpoint larger than memory is not populated only to
+    be evicted before it is used. Nothing is allocated: the pages are the page cache's. `read`
+    holds the populate report, the windows' summed, once iteration has ended (populated_bytes,
+    populate_seconds, populate_threads, ...); a populate error (the file truncated under the
+    mapping) is raised there. `close()` (or leaving a `with` block, or dropping the iterator)
+    cancels the populates in flight; views already yielded stay valid."""
 
-    def __init__(self, ck: Checkpoint, entries: Sequence[Entry], threads: Optional[int]) -> None:
+    def __init__(self, ck: Checkpoint, entries: Sequence[Entry], threads: Optional[int],
+                 ahead_bytes: int) -> None:
         self._mapped = MappedCheckpoint(ck)
         self._entries = list(entries)
+        self._threads = threads
+        # Windows as [first, end) entry indexes, and each entry's window.
+        self._windows: list = []
+        self._window_of: list = []
+        half = max(ahead_bytes // 2, 1)
+        first, size = 0, 0
+        for i, e in enumerate(self._entries):
+            if i > first and size + e.nbytes > half:
+                self._windows.append((first, i))
+                first, size = i, 0
+            size += e.nbytes
+            self._window_of.append(len(self._windows))
+        if first < len(self._entries):
+            self._windows.append((first, len(self._entries)))
+        self._jobs: deque = deque()  # populate jobs started and not yet collected, oldest first
+        self._started = 0            # windows whose populate has started
+        self._started_bytes = 0
         self._next = 0
-        self._job = self._mapped.start_populate(self._entries, threads, inline=False)
         self._closed = False
         self.bytes_read = 0
         self.tensors_read = 0
         self.peak_ahead_bytes = 0
-        self.read: dict = {}
+        self.read: dict = {"populated_bytes": 0, "populate_seconds": 0.0, "populate_threads": 0,
+                           "populate_chunks": 0, "populate_method": "", "populate_windows": 0}
+        self._populate_through(0)
+
+    def _populate_through(self, window: int) -> None:
+        """Starts the populates of every window up to `window` + 1; at most two run at once."""
+        last = min(window + 1, len(self._windows) - 1)
+        while self._started <= last:
+            while len(self._jobs) >= 2:
+                self._collect(self._jobs.popleft())  # the consumer is past it already
+            first, end = self._windows[self._started]
+            entries = self._entries[first:end]
+            self._jobs.append(self._mapped.start_populate(entries, self._threads, inline=False))
+            self._started += 1
+            self._started_bytes += sum(e.nbytes for e in entries)
+            self.peak_ahead_bytes = max(self.peak_ahead_bytes,
+                                        self._started_bytes - self.bytes_read)
+
+    def _collect(self, job) -> None:
+        try:
+            report = wait(job)
+        except BaseException:
+            self.close()
+            raise
+        r = self.read
+        r["populated_bytes"] += report["populated_bytes"]
+        r["populate_seconds"] += report["populate_seconds"]
+        r["populate_chunks"] += report["populate_chunks"]
+        r["populate_threads"] = max(r["populate_threads"], report["populate_threads"])
+        r["populate_method"] = report["populate_method"]
+        r["populate_windows"] += 1
 
     def __iter__(self) -> "MappedTensorIterator":
         return self
@@ -113,12 +164,12 @@ class MappedTensorIterator:
         if self._closed:
             raise StopIteration
         if self._next == len(self._entries):
+            while self._jobs:
+                self._collect(self._jobs.popleft())
             self._closed = True
-            job, self._job = self._job, None
-            if job is not None:
-                self.read = wait(job)
             raise StopIteration
         e = self._entries[self._next]
+        self._populate_through(self._window_of[self._next])
         self._next += 1
         view = self._mapped.view(e)
         self.bytes_read += e.nbytes
@@ -126,11 +177,12 @@ class MappedTensorIterator:
         return e.name, view
 
     def close(self) -> None:
-        """Cancels the populate in flight; views already yielded stay valid."""
+        """Cancels the populates in flight; views already yielded stay valid."""
         self._closed = True
-        job, self._job = self._job, None
-        if job is not None:
+        jobs, self._jobs = self._jobs, deque()
+        for job in jobs:
             job.cancel()
+        for job in jobs:
             job.wait(-1.0)
 
     def __enter__(self) -> "MappedTensorIterator":

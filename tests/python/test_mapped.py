@@ -152,7 +152,25 @@ def test_populate_is_counted(big):
     assert it.read["populate_seconds"] > 0
     assert 1 <= it.read["populate_threads"] <= 4
     assert it.read["populate_method"] in ("madvise", "touch")
-    assert it.peak_ahead_bytes == 0 and it.bytes_read == entries_bytes
+    assert it.bytes_read == entries_bytes
+    assert it.read["populate_windows"] == 1  # 32 MiB: one window of the default 512 MiB bound
+    assert it.peak_ahead_bytes == entries_bytes
+
+
+def test_populate_stays_within_the_read_ahead_bound(big):
+    reference = owned_reference(big)
+    budget_mb = 5  # windows of 2.5 MiB: one 2 MiB tensor each
+    it = shardstream.iter_tensors(big, staging_mb=budget_mb, threads=2)
+    names = []
+    for name, view in it:
+        names.append(name)
+        assert torch.equal(view, reference[name]), name
+        assert it.peak_ahead_bytes <= budget_mb << 20
+    assert names == offset_order(big)
+    total = sum(t.numel() * t.element_size() for t in reference.values())
+    assert it.read["populated_bytes"] == total
+    assert it.read["populate_windows"] >= 16
+    assert it.peak_ahead_bytes >= 2 << 20  # the next window was populated ahead
 
 
 def on_tmpfs(path) -> bool:
