@@ -32,7 +32,10 @@ import sys
 import tempfile
 import time
 
-FORMATS = ("shardstream", "safetensors")
+# "shardstream-copy": load format shardstream with owned CPU tensors (model_loader_extra_config
+# {"copy": true}) instead of its default mapped views; in --formats only when asked for.
+FORMATS = ("shardstream", "safetensors", "shardstream-copy")
+DEFAULT_FORMATS = "shardstream,safetensors"
 
 
 def _child(load_format: str, model: str, mode: str) -> None:
@@ -49,8 +52,9 @@ def _child(load_format: str, model: str, mode: str) -> None:
     from vllm.utils.torch_utils import set_default_torch_dtype
 
     load_general_plugins()  # as every vLLM process does: registers `shardstream`
-    config = EngineArgs(model=model, load_format=load_format, dtype="bfloat16",
-                        enforce_eager=True, max_model_len=256, skip_tokenizer_init=True,
+    extra = {"copy": True} if load_format == "shardstream-copy" else {}
+    config = EngineArgs(model=model, load_format=load_format.removesuffix("-copy"),
+                        model_loader_extra_config=extra, dtype="bfloat16", enforce_eager=True, max_model_len=256, skip_tokenizer_init=True,
                         distributed_executor_backend="uni").create_engine_config()
     with tempfile.TemporaryDirectory() as tmp, set_current_vllm_config(config):
         init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
@@ -144,9 +148,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per loader and mode")
     parser.add_argument("--modes", default="warm,cold")
     parser.add_argument("--json", help="write every run here")
+    parser.add_argument("--formats", default=DEFAULT_FORMATS,
+                        help="load formats, interleaved: shardstream (mapped views on the CPU), "
+                        "safetensors, shardstream-copy (owned tensors)")
     parser.add_argument("--child", choices=FORMATS, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("warm", "cold"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    formats = args.formats.split(",")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        parser.error(f"unknown load format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
     if args.child:
         _child(args.child, args.model, args.mode)
         return
@@ -156,7 +167,7 @@ def main() -> None:
     runs = []
     for mode in args.modes.split(","):
         for round_ in range(args.repeat):
-            for load_format in FORMATS:
+            for load_format in formats:
                 out = subprocess.run([sys.executable, __file__, args.model, "--child",
                                       load_format, "--mode", mode],
                                      capture_output=True, text=True)
@@ -165,7 +176,7 @@ def main() -> None:
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 run.update(mode=mode, round=round_, load_format=load_format)
                 runs.append(run)
-                print(f"{mode} {round_} {load_format:11s} {run['seconds']:.3f} s "
+                print(f"{mode} {round_} {load_format:16s} {run['seconds']:.3f} s "
                       f"(resident before: {run['resident']:.3f}, peak RSS {run['peak_rss_mib']:.0f} MiB)",
                       file=sys.stderr, flush=True)
 
@@ -183,7 +194,7 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     medians = {}
     for mode in args.modes.split(","):
-        for load_format in FORMATS:
+        for load_format in formats:
             rows = [r for r in runs if r["mode"] == mode and r["load_format"] == load_format]
             secs = [r["seconds"] for r in rows]
             median = statistics.median(secs)
@@ -192,8 +203,10 @@ def main() -> None:
                   f"{checkpoint_bytes / 1e9 / median:.2f} | "
                   f"{max(r['peak_rss_mib'] for r in rows):.0f} |")
     for mode in args.modes.split(","):
-        print(f"\n{mode}: safetensors / shardstream = "
-              f"{medians[mode, 'safetensors'] / medians[mode, 'shardstream']:.2f}x", end="")
+        for ours in ("shardstream", "shardstream-copy"):
+            if (mode, "safetensors") in medians and (mode, ours) in medians:
+                print(f"\n{mode}: safetensors / {ours} = "
+                      f"{medians[mode, 'safetensors'] / medians[mode, ours]:.2f}x", end="")
     print()
     if args.json:
         with open(args.json, "w") as f:

@@ -2,6 +2,7 @@
 
 #include "engine/fill.h"
 #include "engine/host_memory.h"
+#include "engine/mapped.h"
 #include "integration/detail/errors.h"
 #include "integration/detail/fill_torch.h"
 #include "integration/detail/torch_cuda.h"
@@ -122,39 +123,43 @@ std::vector<Planned> PlanTensors(const io::Checkpoint& checkpoint, const LoadOpt
   return planned;
 }
 
-// zero_copy: views into private (copy-on-write) mappings of the files, kept alive by the tensors.
+// zero_copy: views into private (copy-on-write) mappings of the files (engine/mapped.h), each
+// holding its file's mapping, made resident by the engine's populate workers before the load
+// returns (stage "populate", its bytes in a note).
 TensorMap MapTensors(const io::Checkpoint& checkpoint, const std::vector<Planned>& planned,
-                     LoadReport& out) {
+                     const LoadOptions& options, LoadReport& out) {
   auto stage_start = Clock::now();
   out.io = "zero-copy";
-  io::Result<io::FileSet> files = io::FileSet::Open(checkpoint);
-  ThrowIfError(files.status());
-  std::vector<std::shared_ptr<io::MappedFile>> maps;
-  for (size_t f = 0; f < files->size(); ++f) {
-    auto map = io::MappedFile::Map(files->fd(f), files->size_bytes(f), files->path(f),
-                                   /*writable=*/true);
-    ThrowIfError(map.status());
-    maps.push_back(std::move(*map));
-  }
+  io::Result<engine::MappedCheckpoint> mapped = engine::MappedCheckpoint::Map(checkpoint);
+  ThrowIfError(mapped.status());
   out.stages.emplace_back("map", SecondsSince(stage_start));
   stage_start = Clock::now();
   TensorMap tensors;
+  std::vector<engine::PopulateRange> ranges;
   for (const Planned& p : planned) {
-    const io::CheckpointFile& file = checkpoint.files[p.location.file];
     const io::TensorInfo& t = checkpoint.tensor(p.location);
     at::TensorOptions tensor_options = at::TensorOptions().dtype(p.dtype);
     at::Tensor tensor;
     if (t.size_bytes() == 0) {
       tensor = at::empty(p.shape, tensor_options);
     } else {
-      std::shared_ptr<io::MappedFile> keep = maps[p.location.file];
-      std::byte* data = keep->data() + file.header.data_offset() + t.begin;
+      std::shared_ptr<io::MappedFile> keep = mapped->file(p.location.file);
+      std::byte* data = mapped->Data(p.location.file).data() + t.begin;
       tensor = at::from_blob(
           data, p.shape, [keep](void*) mutable { keep.reset(); }, tensor_options);
+      ranges.push_back({p.location.file, t.begin, t.size_bytes()});
     }
     tensors.emplace(t.name, std::move(tensor));
   }
   out.stages.emplace_back("views", SecondsSince(stage_start));
+  engine::PopulateOptions populate;
+  populate.threads = options.threads;
+  engine::PopulateReport populated;
+  ThrowIfError(engine::Populate(*mapped, ranges, populate, &populated));
+  out.stages.emplace_back("populate", populated.seconds);
+  out.notes.push_back("populated " + std::to_string(populated.populated_bytes) + " bytes in " +
+                      std::to_string(populated.chunks) + " chunks on " +
+                      std::to_string(populated.threads) + " threads (" + populated.method + ")");
   return tensors;
 }
 
@@ -215,7 +220,7 @@ LoadResult LoadFile(const std::filesystem::path& path, const LoadOptions& option
   // Every failure below throws, which frees whatever the map holds: a failed load never hands
   // out half-filled tensors.
   if (options.zero_copy) {
-    result.tensors = MapTensors(checkpoint, planned, out);
+    result.tensors = MapTensors(checkpoint, planned, options, out);
     out.seconds = SecondsSince(start);
     return result;
   }

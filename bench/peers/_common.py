@@ -104,11 +104,12 @@ def touch_mapped(tensors):
     return touched
 
 
-def main(peer, package, load, name=None, applicable=None, cuda_only=False):
+def main(peer, package, load, name=None, applicable=None, cuda_only=False, cpu_only=False):
     """Runs a driver: `load(checkpoint, files, device)` returns the loaded tensors (kept alive
     until the clock stops). `name(device)` names the row; `applicable(checkpoint)` returns a
     reason when the peer cannot load this checkpoint; `cuda_only`: the peer loads onto a GPU only
-    (not applicable to `--device cpu`, whether installed or not)."""
+    (not applicable to `--device cpu`, whether installed or not); `cpu_only`: a CPU-only row
+    (mapped views), not applicable to a GPU device."""
     parser = argparse.ArgumentParser(description=f"shardstream bench peer: {peer}")
     parser.add_argument("checkpoint")
     parser.add_argument("--device", default="cpu")
@@ -118,6 +119,9 @@ def main(peer, package, load, name=None, applicable=None, cuda_only=False):
     if args.probe:
         if cuda_only and not args.device.startswith("cuda"):
             print(json.dumps({"peer": label, "reason": f"{package} loads onto CUDA devices only"}))
+            sys.exit(NOT_APPLICABLE)
+        if cpu_only and args.device != "cpu":
+            print(json.dumps({"peer": label, "reason": "a CPU row (views of the file mapping)"}))
             sys.exit(NOT_APPLICABLE)
         module = package.replace("-", "_")
         try:

@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _core
+from . import _core, _host_pool, _mapped
 from ._errors import error
 from ._fill import Checkpoint, PathLike, allocate, open_checkpoint, options, parse_device, target
 
@@ -22,7 +22,9 @@ class TensorIterator:
     batch reading while the consumer takes the current one, so at most `staging_mb` of tensors
     are read ahead of what the consumer has taken (or one tensor, when a single one is larger).
     `close()` (or leaving a `with` block, or dropping the iterator) cancels the reads in flight.
-    `bytes_read`: tensor bytes read so far; `tensors_read`: how many."""
+    `bytes_read`: tensor bytes read so far; `tensors_read`: how many. On the CPU the tensors'
+    memory is reused from tensors the consumer has dropped (never from one it still holds, or a
+    view of it), up to `staging_mb` of released buffers kept: `pool_stats()` says how often."""
 
     def __init__(self, ck: Checkpoint, device: torch.device, entries: Sequence,
                  staging_bytes: int, opts: dict) -> None:
@@ -41,6 +43,8 @@ class TensorIterator:
         if batch:
             self._batches.append(batch)
         self._opts = opts
+        # CPU destinations reuse the buffers of tensors the consumer dropped (_host_pool).
+        self._pool = _host_pool.HostTensorPool(staging_bytes) if device.type == "cpu" else None
         self._ready: deque = deque()  # landed, not yet taken
         self._job = None               # (core job, [(name, tensor)]) reading now
         self._closed = False
@@ -55,7 +59,9 @@ class TensorIterator:
             self._job = None
             return
         batch = self._batches.popleft()
-        tensors = list(allocate(self._ck, [e.name for e in batch], self._device).items())
+        names = [e.name for e in batch]
+        tensors = list((allocate(self._ck, names, self._device) if self._pool is None
+                        else self._pool.allocate(self._ck, names)).items())
         core_targets = []
         for name, t in tensors:
             tt = target(self._ck, name, None, t)
@@ -80,6 +86,10 @@ class TensorIterator:
         self.tensors_read += len(tensors)
         self._ready.extend(tensors)
         self._start_next()
+
+    def pool_stats(self) -> dict:
+        """The CPU pool's counts (allocated, reused, cached_bytes, ...); {} on a GPU."""
+        return self._pool.stats() if self._pool is not None else {}
 
     def __iter__(self) -> "TensorIterator":
         return self
@@ -124,11 +134,15 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
                  names: Union[None, Sequence[str], Callable[[str], bool]] = None,
                  threads: Optional[int] = None, io: str = "auto",
                  direct: Union[str, bool] = "auto",
-                 staging_mb: Optional[float] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+                 staging_mb: Optional[float] = None,
+                 copy: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
     """Streams a checkpoint's tensors as they land (see TensorIterator). `names`: a list (only
     those are read; an unknown name: LoadError rule "missing-tensor") or a predicate on the
     name. `staging_mb` (default 512) bounds what is read ahead of the consumer; `threads`, `io`
-    and `direct` are load_file's read options."""
+    and `direct` are load_file's read options. On the CPU the tensors are views of a private,
+    copy-on-write mapping of the files, made resident at most `staging_mb` ahead of the consumer
+    by parallel populate workers (`threads`; see shardstream._mapped.MappedTensorIterator);
+    `copy=True` gives owned tensors."""
     d = parse_device(device)
     ck = open_checkpoint(checkpoint)
     if names is None:
@@ -145,5 +159,7 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
     mb = DEFAULT_STAGING_MB if staging_mb is None else staging_mb
     if mb <= 0:
         raise error("option", f"staging_mb must be positive, not {staging_mb}")
+    if d.type == "cpu" and not copy:
+        return _mapped.MappedTensorIterator(ck, entries, threads, int(mb * (1 << 20)))
     return TensorIterator(ck, d, entries, int(mb * (1 << 20)),
                           options(threads, io, direct, None))

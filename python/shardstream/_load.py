@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from . import _dtypes, _layout, _progress
+from . import _dtypes, _layout, _mapped, _progress
 from ._errors import error, safetensors_error
 from ._fill import (Checkpoint, Entry, PathLike, allocate, fill, open_checkpoint, parse_device,
                     require_path, safetensors_device)
@@ -74,7 +74,8 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
               dtype: Optional[torch.dtype] = None, threads: Optional[int] = None,
               io: str = "auto", direct: Union[str, bool] = "auto",
               staging_mb: Optional[float] = None,
-              progress: _progress.ProgressArg = None) -> Dict[str, torch.Tensor]:
+              progress: _progress.ProgressArg = None,
+              mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a checkpoint into new tensors on `device`.
 
     `filename`: a .safetensors file, a folder of shards or an index JSON. Returns name → tensor
@@ -88,7 +89,13 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
     safetensors raises for a missing file (FileNotFoundError) and for a bad device or backend
     or a tensor torch cannot hold (LoadError, a SafetensorError, with its text), and LoadError
     for anything else shardstream refuses (rule "device" without a usable GPU). The GIL is
-    released while reading; Ctrl-C cancels."""
+    released while reading; Ctrl-C cancels.
+
+    `mmap=True` (device "cpu" only; rule "option" otherwise): each tensor that `dtype` leaves as
+    stored is a view of a private, copy-on-write mapping of its file instead of a copy, made
+    resident by parallel populate workers (`threads`) before this returns. Writing to a view never
+    changes the file; the mapping lives while any view does. Truncating the file while a view
+    lives raises SIGBUS on the next access, as with every mmap loader."""
     path = _path_argument(filename)
     spelled = safetensors_device(device)
     _check_backend(backend)
@@ -98,10 +105,30 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
     for e in ck.offset_order:
         if e.refusal is not None:
             _refuse(ck, e)
+    if mmap:
+        if d.type != "cpu":
+            raise error("option", f"mmap=True maps the file into CPU memory: device {d} needs "
+                        "mmap=False")
+        return _load_mapped(ck, dtype, threads, io, direct, staging_mb, progress)
     tensors = allocate(ck, [e.name for e in ck.offset_order], d, dtype)
     fill(ck, tensors, threads=threads, io=io, direct=direct, staging_mb=staging_mb,
          progress=progress)
     return tensors
+
+
+def _load_mapped(ck: Checkpoint, dtype: Optional[torch.dtype], threads: Optional[int], io: str,
+                 direct: Union[str, bool], staging_mb: Optional[float],
+                 progress: _progress.ProgressArg) -> Dict[str, torch.Tensor]:
+    """load_file(mmap=True): views where `dtype` leaves a tensor as stored, owned casts for the
+    rest, in offset order."""
+    mapped = [e for e in ck.offset_order if _mapped.mappable(e, dtype)]
+    views, _ = _mapped.load_views(ck, mapped, threads)
+    cast = [e.name for e in ck.offset_order if e.name not in views]
+    owned = allocate(ck, cast, torch.device("cpu"), dtype) if cast else {}
+    if owned:
+        fill(ck, owned, threads=threads, io=io, direct=direct, staging_mb=staging_mb,
+             progress=progress)
+    return {e.name: views[e.name] if e.name in views else owned[e.name] for e in ck.offset_order}
 
 
 class _Reader:

@@ -51,7 +51,7 @@ import warnings
 from typing import Any
 
 import shardstream
-from shardstream import _core
+from shardstream import _core, _mapped
 
 __all__ = ["from_pretrained", "CheckpointMismatchError", "TESTED_TRANSFORMERS",
            "SUPPORTED_TRANSFORMERS"]
@@ -556,15 +556,18 @@ def _view(select, narrow):
 class _Session:
     """One `from_pretrained` call: its options, and what the loader did."""
 
-    def __init__(self, path, strict, fill_options):
+    def __init__(self, path, strict, fill_options, copy=False):
         self.path = path
         self.strict = strict
         self.fill_options = fill_options
+        self.copy = copy  # False: CPU tensors in their stored dtype are views of the mapping
         self.used = False
         self.quantized = None  # a _quantized.QuantizedLoad for a pre-quantized checkpoint
         self.report = {"loader": "transformers", "reason": None, "bytes": 0, "seconds": 0.0,
                        "stages": [], "tensors": {"direct": 0, "sliced": 0, "converted": 0,
-                                                 "dequantized": 0, "native_dequantized": 0}}
+                                                 "dequantized": 0, "native_dequantized": 0,
+                                                 "mapped": 0},
+                       "populated_bytes": 0, "populate_seconds": 0.0}
 
     def load(self, original, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
         reason = _model_reason(model)
@@ -746,9 +749,14 @@ class _Session:
         # 4. Allocate uninitialised destinations and fill them in one pass.
         mark = time.perf_counter()
         targets, loaded = [], []
+        # Mapped views where they serve (shardstream._mapped), owned tensors for the rest.
+        views = None if self.copy else _mapped.ViewPlanner(self.fill_options.get("threads"))
         for target, source in direct:
-            dest = torch.empty(source.shape, dtype=source.dtype, device=source.device)
-            targets.append((source, dest))
+            dest = None if views is None else views.view(source.file, source.key, source.dtype,
+                                                          source.device)
+            if dest is None:
+                dest = torch.empty(source.shape, dtype=source.dtype, device=source.device)
+                targets.append((source, dest))
             loaded.append((target, dest))
         for target, pieces in fused:
             first = pieces[0][0]
@@ -760,6 +768,11 @@ class _Session:
         mark = time.perf_counter()
         self._fill(targets)
         stages.append(("fill", time.perf_counter() - mark))
+        if views is not None and views.tensors:
+            mark = time.perf_counter()
+            self.report.update(views.populate())
+            self.report["tensors"]["mapped"] = views.tensors
+            stages.append(("populate", time.perf_counter() - mark))
         self.report["tensors"]["direct"] = len(direct)
         self.report["tensors"]["sliced"] = len(fused)
 
@@ -949,7 +962,7 @@ def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device:
                     device_map: Any = None, dtype: Any = "auto", strict: bool = True,
                     output_loading_info: bool = False, threads: int | None = None,
                     io: str = "auto", direct: str = "auto", staging_mb: int | None = None,
-                    **kwargs):
+                    copy: bool = False, **kwargs):
     """Loads a transformers model from a local folder (its `config.json` and a `.safetensors`
     checkpoint, sharded or not) with the tensors read by `shardstream.fill`.
 
@@ -959,6 +972,12 @@ def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device:
     every tensor there; `device_map` (not with `device`) is transformers', and several devices
     need accelerate. `threads`, `io`, `direct`, `staging_mb` are `shardstream.fill`'s.
 
+    On the CPU, a parameter or buffer that takes the checkpoint tensor as stored (same dtype, no
+    converter) is a view of a private, copy-on-write mapping of the file, as transformers' own
+    loader gives, made resident by parallel populate workers before this returns (`threads`);
+    writes never reach the file, and truncating the file under a live model raises SIGBUS.
+    `copy=True` gives every tensor its own memory instead.
+
     `strict=True` raises CheckpointMismatchError, before any tensor data is read, when
     transformers' loading info would name missing, unexpected or mismatched keys; `strict=False`
     behaves as transformers does (initialises missing weights, warns, raises on mismatched shapes
@@ -967,7 +986,8 @@ def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device:
     Returns the model (in eval mode), or with `output_loading_info=True` `(model, info)`: the dict
     transformers returns plus `info["shardstream"]`: loader ("shardstream", or "transformers" with
     its `reason` when the checkpoint needs transformers' own loader), bytes read, seconds in the
-    weight-loading step, stage times and how many tensors went each way.
+    weight-loading step, stage times, how many tensors went each way (`mapped`: views) and
+    `populated_bytes` / `populate_seconds` of the mapped views.
     """
     import transformers
     if model_class is None:
@@ -978,7 +998,7 @@ def from_pretrained(path: str | os.PathLike, *, model_class: Any = None, device:
     device_map = _device_map(device, device_map)
     fill_options = {k: v for k, v in (("threads", threads), ("io", io), ("direct", direct),
                                        ("staging_mb", staging_mb)) if v not in (None, "auto")}
-    session = _Session(folder, strict, fill_options)
+    session = _Session(folder, strict, fill_options, copy)
     reason = _unsupported_reason()
     if reason is None:
         _warn_if_untested(stacklevel=2)

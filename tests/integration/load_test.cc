@@ -379,6 +379,22 @@ TEST(LoadFileTest, ZeroCopyTensorsOutliveTheMapAndNeverWriteTheFile) {
   EXPECT_EQ(bytes.substr(bytes.size() - 4), "wxyz");
 }
 
+TEST(LoadFileTest, ZeroCopyLoadIsMadeResidentByPopulate) {
+  LoadOptions options;
+  options.zero_copy = true;
+  options.threads = 2;
+  LoadResult result = LoadFile(Fixture("mixed.safetensors"), options);
+  bool populated = false;
+  for (const auto& [stage, seconds] : result.report.stages) populated |= stage == "populate";
+  EXPECT_TRUE(populated);
+  uint64_t bytes = 0;
+  for (const auto& [name, tensor] : result.tensors) bytes += tensor.nbytes();
+  const std::string want = "populated " + std::to_string(bytes) + " bytes";
+  bool noted = false;
+  for (const std::string& note : result.report.notes) noted |= note.starts_with(want);
+  EXPECT_TRUE(noted) << "no note starting '" << want << "'";
+}
+
 TEST(LoadFileTest, OwnedTensorsAreIndependentAndWritable) {
   TensorMap t = LoadFile(Fixture("mixed.safetensors"));
   for (auto& [name, tensor] : t) {

@@ -111,7 +111,9 @@ def test_loads_what_transformers_loads(checkpoints, name):
     # What landed: every tensor of the model once (ties share), in its loaded dtype; the
     # checkpoint holds the same elements (bytes differ only where a dtype plan casts).
     landed = {t.data_ptr(): t for t in got.state_dict().values()}.values()
-    assert report["bytes"] == sum(t.numel() * t.element_size() for t in landed)
+    # Read (owned) or populated (views of the mapping): each landed tensor once.
+    assert report["bytes"] + report["populated_bytes"] == sum(t.numel() * t.element_size()
+                                                              for t in landed)
     assert sum(t.numel() for t in landed) == checkpoint_elements(folder)
     counts = report["tensors"]
     if name in MOE:
@@ -121,6 +123,40 @@ def test_loads_what_transformers_loads(checkpoints, name):
     else:
         assert counts["sliced"] == 0 and counts["converted"] == 0, counts
     assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER
+
+
+@pytest.mark.parametrize("name", ["llama", "mixtral"])
+def test_cpu_tensors_are_mapped_views_unless_copy(checkpoints, name):
+    import hashlib
+    folder = checkpoints(name)
+    shards = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                    if f.endswith(".safetensors"))
+
+    def digests():
+        return [hashlib.sha256(open(f, "rb").read()).hexdigest() for f in shards]
+
+    before = digests()
+    ref = AutoModelForCausalLM.from_pretrained(folder)
+    got, info = sst.from_pretrained(folder, output_loading_info=True, threads=2)
+    report = info["shardstream"]
+    counts = report["tensors"]
+    assert counts["mapped"] > 0, counts
+    assert counts["mapped"] <= counts["direct"]
+    assert report["populated_bytes"] > 0 and report["populate_seconds"] > 0
+    assert any(stage == "populate" for stage, _ in report["stages"])
+    assert_same_model(ref, got)
+    assert_same_logits(ref, got)
+    mapped = {line.split(maxsplit=5)[5].strip() for line in open("/proc/self/maps")
+              if len(line.split(maxsplit=5)) == 6}
+    assert any(f in mapped for f in shards)
+    with torch.no_grad():  # copy on write: the file never changes
+        for p in got.parameters():
+            p.zero_()
+    assert digests() == before
+    owned, info = sst.from_pretrained(folder, output_loading_info=True, copy=True)
+    assert info["shardstream"]["tensors"]["mapped"] == 0
+    assert info["shardstream"]["populated_bytes"] == 0
+    assert_same_model(ref, owned)
 
 
 def test_loaded_fp32_router_bias_survives_finalisation(checkpoints):
@@ -272,7 +308,7 @@ def test_other_threads_keep_transformers_loader(checkpoints, monkeypatch):
             thread.join()
         return real_fill(*args, **kwargs)
     monkeypatch.setattr(shardstream, "fill", fill)
-    got = sst.from_pretrained(folder)
+    got = sst.from_pretrained(folder, copy=True)  # owned tensors: the load goes through fill
     assert seen["fills_off_main"] == 0
     assert_same_model(other["model"], got)
     assert PreTrainedModel.__dict__["_load_pretrained_model"] is ORIGINAL_LOADER

@@ -50,12 +50,13 @@ def test_entry_point_registers_the_loader_once(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize("extra, message", [
     ({"staging_mib": 64},
-     "unknown key(s) 'staging_mib'; accepted keys: staging_mb, threads, io, direct"),
+     "unknown key(s) 'staging_mib'; accepted keys: staging_mb, threads, io, direct, copy"),
     ({"staging_mb": 0},
      "model_loader_extra_config['staging_mb'] must be a positive integer, got 0"),
     ({"threads": "4"}, "model_loader_extra_config['threads'] must be a positive integer, got '4'"),
     ({"io": 1}, "model_loader_extra_config['io'] must be a string"),
     ({"direct": 1}, "model_loader_extra_config['direct'] must be true, false or \"auto\", got 1"),
+    ({"copy": 1}, "model_loader_extra_config['copy'] must be true or false, got 1"),
 ])
 def test_bad_extra_config_is_refused(extra: dict, message: str) -> None:
     from vllm.config.load import LoadConfig
