@@ -17,8 +17,8 @@ import torch
 
 from . import _dtypes, _layout, _progress
 from ._errors import error, safetensors_error
-from ._fill import (Checkpoint, Entry, PathLike, allocate, fill, open_checkpoint, parse_device,
-                    require_path, safetensors_device)
+from ._fill import (Checkpoint, Entry, PathLike, allocate, fill, open_checkpoint, options,
+                    parse_device, require_path, safetensors_device)
 
 _BACKENDS = ("mmap", "pread")
 _TORCH = ("pt", "torch", "pytorch")
@@ -74,7 +74,8 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
               dtype: Optional[torch.dtype] = None, threads: Optional[int] = None,
               io: str = "auto", direct: Union[str, bool] = "auto",
               staging_mb: Optional[float] = None,
-              progress: _progress.ProgressArg = None) -> Dict[str, torch.Tensor]:
+              progress: _progress.ProgressArg = None, process_group: Any = None,
+              shard: Any = None, names: Any = None) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a checkpoint into new tensors on `device`.
 
     `filename`: a .safetensors file, a folder of shards or an index JSON. Returns name → tensor
@@ -88,10 +89,22 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
     safetensors raises for a missing file (FileNotFoundError) and for a bad device or backend
     or a tensor torch cannot hold (LoadError, a SafetensorError, with its text), and LoadError
     for anything else shardstream refuses (rule "device" without a usable GPU). The GIL is
-    released while reading; Ctrl-C cancels."""
+    released while reading; Ctrl-C cancels.
+
+    `process_group`, `shard`: as in fill(); each rank gets the replicated tensors whole and its
+    own part of the sharded ones. `names`: a list or a predicate; only those tensors are loaded
+    (with process_group only)."""
     path = _path_argument(filename)
     spelled = safetensors_device(device)
     _check_backend(backend)
+    if process_group is not None:
+        from . import _distributed
+
+        opts = options(threads, io, direct, staging_mb)
+        return _distributed.load_file(path, _torch_device(spelled), dtype, names, opts,
+                                      process_group, shard, progress)[0]
+    if shard is not None or names is not None:
+        raise error("option", "shard= and names= need process_group=")
     require_path(path)
     ck = open_checkpoint(path)
     d = _torch_device(spelled)
