@@ -38,8 +38,8 @@ import torch
 
 from . import _core, _dtypes, _progress
 from ._errors import LoadError, error
-from ._fill import (Checkpoint, LoadReport, allocate, open_checkpoint, options, parse_device,
-                    require_path, target)
+from ._fill import (Checkpoint, LoadReport, allocate, open_checkpoint, parse_device, require_path,
+                    target)
 
 # The bound on one rank's bucket of one broadcast round. Packed buffers in flight: at most two
 # rounds of one bucket per rank.
@@ -98,7 +98,7 @@ def preparing(group: Any) -> Iterator[None]:
 
 def _vote_failure(session: _Session, exc: BaseException) -> None:
     session.voted = True
-    rank, world = _rank_world(session.group)
+    rank, _ = _rank_world(session.group)
     infos = _gather(session.group, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     raise _disagreement(infos, rank) from exc
 
@@ -307,8 +307,7 @@ def _split(units: List[_Unit], world: int) -> List[_Piece]:
         while lo < u.nbytes:
             while owner + 1 < world and bound[owner + 1] <= cursor + lo:
                 owner += 1
-            end = min(u.nbytes, bound[owner + 1] - cursor) if owner + 1 <= world else u.nbytes
-            end = end // u.itemsize * u.itemsize
+            end = min(u.nbytes, bound[owner + 1] - cursor) // u.itemsize * u.itemsize
             if end <= lo:
                 end = lo + u.itemsize
             step = BUCKET_BYTES // u.itemsize * u.itemsize or u.itemsize

@@ -219,3 +219,53 @@ def test_a_rank_that_dies_or_stalls_fails_the_others_within_the_timeout(checkpoi
         assert codes[1] == 3
     else:  # the stalled rank wakes to a group that has gone: it fails too
         assert results[1][how].get("error") == "distributed", results[1]
+
+
+# In-process checks: no group needed.
+
+
+def test_shard_parts_are_tensor_splits_parts():
+    from shardstream import _distributed
+
+    for shape in [(7,), (10, 3), (3, 10, 4), (0, 5), (2, 1)]:
+        t = torch.arange(int(torch.tensor(shape).prod())).reshape(shape)
+        for dim in range(len(shape)):
+            for world in (1, 2, 3, 4, 8):
+                parts = torch.tensor_split(t, world, dim)
+                for rank in range(world):
+                    index = _distributed.shard_index((dim, rank, world), shape, "t", "f")
+                    assert torch.equal(t[index], parts[rank]), (shape, dim, world, rank)
+                    assert _distributed.shard_shape((dim, rank, world), shape) == \
+                        tuple(parts[rank].shape)
+
+
+def test_shard_refuses_what_tensor_split_cannot_cut():
+    from shardstream import LoadError, _distributed
+
+    for spec, shape in [((0, 0, 2), ()), ((2, 0, 2), (4, 4)), ((0, 2, 2), (4,)),
+                        ((0, 0, 0), (4,))]:
+        with pytest.raises(LoadError) as info:
+            _distributed.shard_index(spec, shape, "t", "f")
+        assert info.value.rule == "shard" and info.value.tensor == "t"
+
+
+def test_shard_and_names_need_a_process_group(checkpoint):
+    import shardstream
+
+    with pytest.raises(shardstream.LoadError) as info:
+        shardstream.fill(checkpoint, {}, shard={"row": 0})
+    assert info.value.rule == "option"
+    with pytest.raises(shardstream.LoadError) as info:
+        shardstream.load_file(checkpoint, names=["norm"])
+    assert info.value.rule == "option"
+
+
+def test_a_group_without_torch_distributed_initialised_is_refused(checkpoint):
+    import shardstream
+
+    if dist.is_initialized():
+        pytest.skip("this process already has a default group")
+    with pytest.raises(shardstream.LoadError) as info:
+        shardstream.load_file(checkpoint, process_group=object())
+    assert info.value.rule == "distributed"
+    assert "init_process_group" in str(info.value)
