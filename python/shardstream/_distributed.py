@@ -708,3 +708,60 @@ def iter_tensors(checkpoint: Any, device: Any, names: NamesArg, staging_bytes: i
         for e in entries:
             ck.entry(e.name)
     return DistributedIterator(ck, d, entries, staging_bytes, opts, group, shard)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers tensor parallelism: the slices its shard_tensor reads, read through fill instead.
+
+
+class _SliceRecorder:
+    """Stands where transformers' loader puts a safetensors get_slice: answers the checkpoint
+    tensor's shape, records every index asked for and returns meta tensors of the selected shape,
+    so transformers' own sharding code says which bytes this rank needs without reading any."""
+
+    def __init__(self, shape: Sequence[int], dtype: torch.dtype) -> None:
+        self._meta = torch.empty(tuple(shape), dtype=dtype, device="meta")
+        self.indices: list = []
+
+    def get_shape(self) -> List[int]:
+        return list(self._meta.shape)
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        self.indices.append(index)
+        return self._meta[index]
+
+
+def dtensor_slices(shard_operation: Any, shape: Sequence[int],
+                   dtype: torch.dtype) -> Tuple[tuple, List[tuple]]:
+    """(local shape, [(source index, narrow or None)]) of this rank's part of a checkpoint tensor
+    of `shape`, as transformers' `shard_operation.shard_tensor` (DtensorShardOperation, from the
+    parameter's DTensor placements) selects it: one index, or several concatenated along one
+    dimension (_StridedShard, fused gate/up), each landing in `narrow` = (dim, start, length) of
+    the local tensor."""
+    recorder = _SliceRecorder(shape, dtype)
+    local = shard_operation.shard_tensor(recorder, tensor_idx=None, device="meta", dtype=dtype)
+    local_shape = tuple(local.shape)
+    if len(recorder.indices) == 1:
+        return local_shape, [(recorder.indices[0], None)]
+    parts = [recorder._meta[i] for i in recorder.indices]
+    dims = [d for d in range(len(local_shape))
+            if any(p.shape[d] != local_shape[d] for p in parts)]
+    if len(dims) != 1:
+        raise error("shard", f"transformers' shard_tensor concatenated {len(parts)} slices in a "
+                    "way shardstream cannot map onto one dimension")
+    dim, start, out = dims[0], 0, []
+    for index, part in zip(recorder.indices, parts):
+        out.append((index, (dim, start, part.shape[dim])))
+        start += part.shape[dim]
+    return local_shape, out
+
+
+def mesh_group(device_mesh: Any) -> Any:
+    """The process group replicated tensors are broadcast over: the group of the mesh's one
+    dimension with more than one rank (transformers builds its mesh with the others of size 1);
+    None when several dimensions have more than one rank (each rank then reads what it holds
+    itself) or none has."""
+    if device_mesh is None:
+        return None
+    wide = [d for d, n in enumerate(device_mesh.shape) if n > 1]
+    return device_mesh.get_group(wide[0]) if len(wide) == 1 else None

@@ -51,6 +51,7 @@ import warnings
 from typing import Any
 
 import shardstream
+import shardstream._distributed
 from shardstream import _core
 
 __all__ = ["from_pretrained", "CheckpointMismatchError", "TESTED_TRANSFORMERS",
@@ -560,6 +561,7 @@ class _Session:
         self.path = path
         self.strict = strict
         self.fill_options = fill_options
+        self.process_group = None  # tensor parallelism on a 1-D mesh: its group
         self.used = False
         self.report = {"loader": "transformers", "reason": None, "bytes": 0, "seconds": 0.0,
                        "stages": [], "tensors": {"direct": 0, "sliced": 0, "converted": 0}}
@@ -585,10 +587,17 @@ class _Session:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._load(model, checkpoint_files, load_config)
+            result = self._load(model, checkpoint_files, load_config)
         finally:
             if collecting:
                 gc.enable()
+        if isinstance(result, str):  # found while planning, before any read
+            self.report["loader"] = "transformers"
+            self.report["reason"] = result
+            start = time.perf_counter()
+            result = original(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+            self.report["seconds"] = time.perf_counter() - start
+        return result
 
     @staticmethod
     def _unhandled(model, state_dict, checkpoint_files, load_config, args, kwargs):
@@ -602,8 +611,6 @@ class _Session:
             return "the checkpoint is not safetensors"
         if load_config.hf_quantizer is not None:
             return "quantized checkpoint (quantization_config)"
-        if getattr(load_config, "device_mesh", None) is not None:
-            return "tensor parallelism (device_mesh)"
         if load_config.device_map is not None and "disk" in load_config.device_map.values():
             return "disk offload"
         if is_deepspeed_zero3_enabled():
@@ -722,6 +729,14 @@ class _Session:
             else:
                 fused.append((target, pieces))
         stages.append(("plan", time.perf_counter() - start))
+        mesh = getattr(load_config, "device_mesh", None)
+        if mesh is not None and (fused or converted):
+            return "tensor parallelism (device_mesh) with weight converters"
+        if mesh is not None and not (hasattr(cml, "DtensorShardOperation")
+                                     and hasattr(cml, "is_dtensor")):
+            return ("tensor parallelism (device_mesh): core_model_loading lacks "
+                    "DtensorShardOperation or is_dtensor")
+        self.process_group = shardstream._distributed.mesh_group(mesh)
 
         if self.strict:
             self._check_strict(model, info, expected_loaded)
@@ -730,8 +745,17 @@ class _Session:
         mark = time.perf_counter()
         targets, loaded = [], []
         for target, source in direct:
-            dest = torch.empty(source.shape, dtype=source.dtype, device=source.device)
-            targets.append((source, dest))
+            empty = meta_state_dict[target]
+            if mesh is not None and cml.is_dtensor(empty):
+                # This rank's part, at the offsets transformers' own shard_tensor reads.
+                shape, parts = shardstream._distributed.dtensor_slices(
+                    cml.DtensorShardOperation(empty), source.shape, source.dtype)
+                dest = torch.empty(shape, dtype=source.dtype, device=source.device)
+                targets.extend((source, index, dest if narrow is None else dest.narrow(*narrow))
+                               for index, narrow in parts)
+            else:
+                dest = torch.empty(source.shape, dtype=source.dtype, device=source.device)
+                targets.append((source, dest))
             loaded.append((target, dest))
         for target, pieces in fused:
             first = pieces[0][0]
@@ -813,12 +837,17 @@ class _Session:
         """One shardstream.fill per checkpoint the sources come from (the whole folder when its
         index names exactly transformers' files)."""
         by_checkpoint = {}
-        for source, dest in targets:
+        for source, *index, dest in targets:  # (source, dest) or (source, index, dest)
             by_checkpoint.setdefault(id(source.file), (source.file, []))[1].append(
-                (source.key, dest))
+                (source.key, index[0] if index else None, dest))
         for checkpoint, items in by_checkpoint.values():
-            report = shardstream.fill(checkpoint, items, **self.fill_options)
+            report = shardstream.fill(checkpoint, items, process_group=self.process_group,
+                                      **self.fill_options)
             self.report["bytes"] += int(getattr(report, "bytes", 0) or 0)
+            for key, value in (getattr(report, "distributed", None) or {}).items():
+                if key.endswith("_bytes"):
+                    counts = self.report.setdefault("distributed", {})
+                    counts[key] = counts.get(key, 0) + value
             for name, seconds in getattr(report, "stages", None) or []:
                 self.report["stages"].append((f"fill.{name}", seconds))
 
