@@ -25,7 +25,10 @@ transformers' loader). The replacement:
 Checkpoints this does not handle itself are loaded by transformers' own loader, and the report
 says so (`info["shardstream"]["loader"] == "transformers"`, with the reason): quantized checkpoints
 (`quantization_config`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
-tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3.
+tensor parallelism (`device_mesh`/`tp_plan`) with weight converters, DeepSpeed ZeRO-3. Tensor
+parallelism without converters is loaded here: each rank's slices as transformers' own
+`shard_tensor` selects them (shardstream._distributed.dtensor_slices), replicated parameters read
+once over the mesh's group.
 
 Which transformers releases get this loader is decided by the internals it uses, not by a version
 number: every function it calls (with the parameters it passes, by name and position), class and
