@@ -152,6 +152,10 @@ def test_ranks_read_each_byte_once_and_match_safetensors(checkpoint, tmp_path, w
     header = _header_bytes(checkpoint)
     for scenario in ("fill", "load_file"):
         _check_replicated(results, scenario, world, tensor_bytes, header)
+    for res in results:  # progress counts this rank's bytes, read or received, up to all of them
+        calls = res["fill"]["progress"]
+        assert calls and calls[-1] == [tensor_bytes, tensor_bytes], calls[-3:]
+        assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
 
     sharded = _tensor_bytes(checkpoint, lambda n: n.endswith((".row", ".col")))
     needed_sum = 0
