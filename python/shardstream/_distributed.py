@@ -690,11 +690,14 @@ class DistributedIterator:
         return self._ready.pop(0)
 
     def totals(self) -> dict:
-        """The per-rank byte counts of the batches so far, summed."""
+        """The per-rank byte counts of the batches so far, summed (`header_bytes`: the
+        checkpoint's headers, once: every batch reports the same ones)."""
         out: Dict[str, int] = {}
         for r in self.reports:
             for k, v in r.distributed.items():
-                if k.endswith("_bytes"):
+                if k == "header_bytes":
+                    out[k] = v
+                elif k.endswith("_bytes"):
                     out[k] = out.get(k, 0) + v
         return out
 
