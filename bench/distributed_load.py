@@ -14,6 +14,7 @@ on a barrier; its wall time is the slowest rank's. Per rank: bytes read from sto
 (/proc/<pid>/io read_bytes, headers included) and, distributed, bytes received.
 
     bench/distributed_load.py CHECKPOINT [--ranks 2] [--repeat 3] [--json OUT.json]
+    shardstream bench CHECKPOINT --ranks 2 [--repeat 3] [--json OUT.json]   (runs this script)
 
 Prints a markdown table (median, min and max of the rounds).
 """
@@ -42,7 +43,20 @@ def _read_bytes() -> int:
     raise RuntimeError("/proc/self/io has no read_bytes")
 
 
+def _die_with_parent() -> None:
+    # A killed driver (`shardstream bench --timeout-s`) takes its ranks with it instead of
+    # leaving them waiting on a barrier.
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker(args: argparse.Namespace) -> None:
+    _die_with_parent()
     import torch
     import torch.distributed as dist
 
@@ -122,6 +136,14 @@ def main() -> None:
                                    "--ranks", str(args.ranks), "--repeat", str(args.repeat),
                                    "--rank", str(r), "--port", str(port), "--out", out],
                                   env=env) for r in range(args.ranks)]
+        # A rank that fails ends the run at once: the others would wait on it until the group's
+        # timeout.
+        while any(q.poll() is None for q in procs):
+            if any(q.returncode for q in procs):
+                for q in procs:
+                    if q.poll() is None:
+                        q.kill()
+            time.sleep(0.1)
         codes = [q.wait() for q in procs]
         if any(codes):
             sys.exit(f"distributed_load: ranks exited with {codes}")
