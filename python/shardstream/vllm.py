@@ -54,10 +54,11 @@ _INDEX_FILE = "model.safetensors.index.json"
 
 #: This process's last load by the loader: ``tensors``, ``bytes`` (what the model was fed),
 #: ``seconds``, ``device``, ``storage_read_bytes`` (this process's /proc/self/io while loading,
-#: headers included; the page cache hides buffered reads, O_DIRECT does not), and with a tensor-parallel group ``rank``, ``world`` and the byte
-#: counts of ``LoadReport.distributed`` summed over the load (``needed_bytes``, ``read_bytes``
-#: from storage, ``header_bytes``, ``received_bytes``, ``sent_bytes``). Each vLLM worker has its
-#: own; ``LLM.collective_rpc``/``apply_model`` reaches them.
+#: headers included; the page cache hides buffered reads, O_DIRECT does not), and with a
+#: tensor-parallel group ``rank``, ``world`` and the byte counts of ``LoadReport.distributed``
+#: summed over the load (``needed_bytes``, ``read_bytes`` from storage, ``header_bytes``,
+#: ``received_bytes``, ``sent_bytes``). Each vLLM worker has its own;
+#: ``LLM.apply_model``/``collective_rpc`` reaches them.
 last_load: dict[str, Any] = {}
 
 

@@ -1,10 +1,12 @@
 """`load_format="shardstream"` at `tensor_parallel_size=2` (issue 27): the two workers read the
 checkpoint together over vLLM's own TP group (each about half, the group broadcasts the rest),
-and the engine answers exactly as with vLLM's own safetensors loader at TP=2.
+the engine answers exactly as with vLLM's own safetensors loader at TP=2, and a bad file fails
+the start on both workers with shardstream's agreed error.
 
 The workers are vLLM's (`distributed_executor_backend="mp"`: spawned processes, gloo on the CPU;
-loaded_state_extension.py keeps each one's parameters as the loader left them); `VLLM_CPU_OMP_THREADS_BIND="0|1"` gives each one core (without it, vLLM's NUMA binding
-asserts on this machine). Reads use O_DIRECT (`direct: true`), so each worker's storage bytes
+loaded_state_extension.py keeps each one's parameters as the loader left them).
+`VLLM_CPU_OMP_THREADS_BIND="0|1"` gives each one core (without it, vLLM's NUMA binding asserts on
+this machine). Reads use O_DIRECT (`direct: true`), so each worker's storage bytes
 (/proc/self/io, kept by the loader in `shardstream.vllm.last_load`) are real reads that the page
 cache cannot hide.
 """
@@ -103,3 +105,32 @@ def test_tp2_same_tokens_and_parameters_and_each_byte_read_once(
     storage_total = sum(c["storage_read_bytes"] for c in counts)
     assert tensor_bytes <= storage_total, counts  # O_DIRECT: the reads reached storage
     assert storage_total <= tensor_bytes + TP * (header_bytes + 2 * files * BLOCK), counts
+
+
+def test_tp2_truncated_shard_fails_on_every_rank(llama_dir: str, tmp_path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capfd: pytest.CaptureFixture) -> None:
+    """A bad file ends the load on both workers with shardstream's agreed error (rule
+    "distributed", naming the file), and the engine start fails instead of hanging."""
+    import shutil
+
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    folder = str(tmp_path / "truncated")
+    shutil.copytree(llama_dir, folder)
+    with open(os.path.join(folder, "model.safetensors.index.json"), encoding="utf-8") as f:
+        shard = sorted(set(json.load(f)["weight_map"].values()))[1]
+    os.truncate(os.path.join(folder, shard), os.path.getsize(os.path.join(folder, shard)) - 100)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - vLLM's own words for a failed start
+            make_llm(folder, "shardstream", tensor_parallel_size=TP,
+                     distributed_executor_backend="mp")
+    finally:
+        cleanup_dist_env_and_memory()
+    # The workers' own logs (their output is this process's): both ranks raised the agreed error.
+    captured = capfd.readouterr()
+    text = captured.out + captured.err
+    for rank in range(TP):
+        assert any("LoadError" in line and f"rank {rank}: the load failed on" in line
+                   and shard in line for line in text.splitlines()), text[-4000:]
