@@ -703,4 +703,36 @@ io::Status RunHarness(const HarnessOptions& options) {
   return status;
 }
 
+io::Status RunDistributedBench(const DistributedBenchOptions& options) {
+  // A checkpoint that does not open says so here, not as N ranks' tracebacks.
+  if (io::Result<io::Checkpoint> checkpoint = io::OpenCheckpoint(options.checkpoint);
+      !checkpoint.ok()) {
+    return checkpoint.status();
+  }
+  const std::string python = options.python.value_or(Env("SHARDSTREAM_PYTHON", ConfiguredPython()));
+  const std::string script =
+      Env("SHARDSTREAM_BENCH_DIR", SHARDSTREAM_BENCH_SOURCE_DIR) + "/distributed_load.py";
+  std::vector<std::string> argv = {python,
+                                   script,
+                                   options.checkpoint,
+                                   "--ranks",
+                                   std::to_string(options.ranks),
+                                   "--repeat",
+                                   std::to_string(options.repeat)};
+  if (options.json_path) {
+    argv.push_back("--json");
+    argv.push_back(*options.json_path);
+  }
+  const ChildResult child = RunChild(argv, options.timeout_s);
+  std::fwrite(child.out.data(), 1, child.out.size(), stdout);
+  std::fflush(stdout);
+  const std::string why = ChildFailure(child, options.timeout_s);
+  if (!why.empty()) {
+    return io::Status::Error(io::StatusCode::kIoError, "distributed-bench",
+                             python + " " + script + ": " + why)
+        .WithPath(options.checkpoint);
+  }
+  return io::Status::Ok();
+}
+
 }  // namespace shardstream::bench

@@ -63,4 +63,23 @@ struct HarnessOptions {
 // (rule "plot"; the table and the JSON are out by then).
 io::Status RunHarness(const HarnessOptions& options);
 
+// `shardstream bench CKPT --ranks N`: many ranks, one read (issue 27), measured by
+// bench/distributed_load.py in the Python (N processes on a gloo group over 127.0.0.1, the
+// distributed load against every rank reading everything, both with O_DIRECT).
+struct DistributedBenchOptions {
+  std::string checkpoint;
+  uint32_t ranks = 2;
+  uint32_t repeat = kDefaultRepeat;
+  double timeout_s = kDefaultTimeoutS;  // the whole run; past it the script is killed
+  // Unset: $SHARDSTREAM_PYTHON, else the Python the build was configured with, else python3. Its
+  // shardstream package must have process_group= (this build's Python package).
+  std::optional<std::string> python;
+  std::optional<std::string> json_path;  // the script's per-rank rows
+};
+
+// Runs the script and prints its table on stdout. An error: the checkpoint's own when it does not
+// open; rule "distributed-bench" when the script could not start, failed or timed out, with its
+// stderr tail.
+io::Status RunDistributedBench(const DistributedBenchOptions& options);
+
 }  // namespace shardstream::bench

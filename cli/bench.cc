@@ -20,7 +20,7 @@
 namespace shardstream::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 19> kFlags = {{
+constexpr std::array<FlagSpec, 20> kFlags = {{
     {"device", "DEV", "cpu (default) or cuda:N"},
     {"strategies", "LIST",
      "comma-separated, from: auto, pread, pread-direct, mmap, uring, "
@@ -53,16 +53,62 @@ constexpr std::array<FlagSpec, 19> kFlags = {{
     {"baseline", "BINARY",
      "also run every strategy row with another shardstream build, in the same rounds"},
     {"quiet", "", "no line per run on stderr"},
+    {"ranks", "N",
+     "many ranks, one read: N processes on a gloo group (127.0.0.1) load CKPT with "
+     "process_group= against N each reading it all, both O_DIRECT (bench/distributed_load.py in "
+     "the Python; takes --repeat, --json, --timeout-s, --python only)"},
     {"python", "PY",
      "the Python for peers and the plot (default $SHARDSTREAM_PYTHON, else the one the build was "
      "configured with, else python3)"},
 }};
+
+// Processes on one machine, each a rank of the --ranks group.
+constexpr uint64_t kMaxRanks = 64;
 
 // This binary, which the harness runs as `shardstream load` for the strategy rows.
 std::string SelfExe() {
   char path[4096];
   const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
   return n > 0 ? std::string(path, static_cast<size_t>(n)) : "/proc/self/exe";
+}
+
+// `bench CKPT --ranks N`: bench/distributed_load.py, which has its own rows (every rank's wall
+// time and storage bytes); the strategy harness's flags mean nothing there and are refused.
+int RunDistributed(const Args& args) {
+  for (const FlagSpec& flag : kFlags) {
+    const std::string_view name = flag.name;
+    if (name == "ranks" || name == "repeat" || name == "json" || name == "timeout-s" ||
+        name == "python" || name == "quiet" || !args.Has(name)) {
+      continue;
+    }
+    PrintError("--" + std::string(name) +
+               " does not apply with --ranks (it takes --repeat, --json, --timeout-s, --python)");
+    return kExitUsage;
+  }
+  std::optional<uint64_t> ranks = args.GetUint("ranks", 2);
+  std::optional<uint64_t> repeat = args.GetUint("repeat", bench::kDefaultRepeat);
+  std::optional<uint64_t> timeout = args.GetUint("timeout-s", bench::kDefaultTimeoutS);
+  if (!ranks || !repeat || !timeout) return kExitUsage;
+  if (*ranks < 2 || *ranks > kMaxRanks) {
+    PrintError("--ranks must be 2.." + std::to_string(kMaxRanks));
+    return kExitUsage;
+  }
+  if (*repeat == 0 || *repeat > bench::kMaxRepeat || *timeout == 0) {
+    PrintError("--repeat must be 1..1000 and --timeout-s at least 1");
+    return kExitUsage;
+  }
+  bench::DistributedBenchOptions options;
+  options.checkpoint = args.positional()[0];
+  options.ranks = static_cast<uint32_t>(*ranks);
+  options.repeat = static_cast<uint32_t>(*repeat);
+  options.timeout_s = static_cast<double>(*timeout);
+  options.python = args.Get("python");
+  options.json_path = args.Get("json");
+  if (io::Status status = bench::RunDistributedBench(options); !status.ok()) {
+    PrintError(status.ToString());
+    return kExitFailure;
+  }
+  return kExitOk;
 }
 
 }  // namespace
@@ -80,6 +126,9 @@ int RunBench(std::span<char* const> argv) {
               "the Python. Prints median, min and max seconds, GB/s, % of the row's own ceiling\n"
               "(marked (!) when more than 10% above it) and peak RSS per row; a run that fails,\n"
               "times out or prints garbage fails its row (shown with the reason, never a time).\n"
+              "With --ranks N it instead runs bench/distributed_load.py: N ranks loading CKPT\n"
+              "with process_group= against N processes each reading it all (wall time, storage\n"
+              "bytes per rank).\n"
               "Exit status: 0 measured (rows may have failed), 1 could not run, 2 usage.",
               kFlags);
     return kExitOk;
@@ -88,6 +137,7 @@ int RunBench(std::span<char* const> argv) {
     PrintError("bench takes exactly one checkpoint path (see --help)");
     return kExitUsage;
   }
+  if (args->Has("ranks")) return RunDistributed(*args);
   bench::HarnessOptions options;
   bench::RowOptions& row_options = options.row_options;
   row_options.device = args->Get("device").value_or("cpu");

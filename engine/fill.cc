@@ -316,6 +316,7 @@ PipelineOptions PipelineOptionsFor(const ReadOptions& read, bool staged, bool di
   pipeline.chunk_bytes = read.chunk_bytes;
   pipeline.staging_bytes = read.staging_bytes;
   pipeline.queue_depth = read.queue_depth;
+  pipeline.read_gap_bytes = read.read_gap_bytes;
   pipeline.sqpoll = read.sqpoll;
   pipeline.copy_threads = read.threads;
   // Buffered reads are copies made by the reading threads: one reader per worker thread. O_DIRECT

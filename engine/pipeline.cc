@@ -261,6 +261,8 @@ io::Status PipelineRun::Plan() {
       options_.chunk_bytes != 0 ? options_.chunk_bytes
                                 : (options_.staged ? kDefaultStagedChunkBytes : kDefaultChunkBytes);
   plan_options.alignment_bytes = alignment_;
+  // Clamped: in-place reads drop the gaps they take through into a scratch of the default size.
+  plan_options.max_gap_bytes = std::min(options_.read_gap_bytes, kDefaultReadGapBytes);
   SHARDSTREAM_ASSIGN_OR_RETURN(plan_, BuildReadPlan(checkpoint_, planned_, plan_options));
   stats_.payload_bytes = plan_.payload_bytes;
   stats_.read_bytes = plan_.read_bytes;

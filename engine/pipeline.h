@@ -77,6 +77,9 @@ struct PipelineOptions {
   StagingPool* pool = nullptr;
   // Reads in flight per reader (io_uring; pread does one at a time), staged: at most one per slot.
   uint32_t queue_depth = kDefaultQueueDepth;
+  // Gaps between wanted extents read through (PlanOptions::max_gap_bytes); at most
+  // kDefaultReadGapBytes, the size of the in-place gap scratch.
+  uint64_t read_gap_bytes = kDefaultReadGapBytes;
   // Threads issuing reads, each with a backend of its own (0: DefaultReaders). A buffered read of
   // a cached file is a copy done by the thread that asks for it, so warm loads need one reader
   // per core; cold O_DIRECT reads need only depth.

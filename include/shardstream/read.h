@@ -88,7 +88,12 @@ struct ReadOptions {
   int threads = 0;          // 0: one per core
   bool sqpoll = false;      // io_uring: a kernel thread polls for submissions (falls back)
   bool huge_pages = false;  // host memory the load allocates: transparent huge pages
-  ProgressFn progress;      // may cancel
+  // Unwanted bytes between two wanted extents that one read takes through rather than splitting
+  // it in two; at most kDefaultReadGapBytes (larger values are clamped). O_DIRECT reads always
+  // take gaps under one alignment block. 0: never read through a gap (sliced loads that count
+  // what they read, e.g. one rank's columns of a tensor-parallel shard).
+  uint64_t read_gap_bytes = kDefaultReadGapBytes;
+  ProgressFn progress;  // may cancel
 };
 
 // What a read did. Written by the fill core; front ends extend it (LoadReport).

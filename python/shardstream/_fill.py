@@ -31,7 +31,10 @@ class LoadReport:
     `direct`: O_DIRECT through staging. load_into adds the key lists: `missing` (module keys the
     checkpoint lacks), `unexpected` (checkpoint keys the module lacks), `mismatched` (same key,
     another shape), `tied` (groups of module keys sharing one tensor, filled once) and
-    `non_persistent` (buffers computed by `reinit`). `read` holds the core's whole report."""
+    `non_persistent` (buffers computed by `reinit`). `read` holds the core's whole report.
+    With `process_group=`, `distributed` holds this rank's counts: `needed_bytes` (its
+    destinations), `read_bytes` (read from storage, alignment included, headers apart),
+    `header_bytes`, `received_bytes`, `sent_bytes`, and `rank`, `world`, `rounds`."""
 
     bytes: int = 0
     seconds: float = 0.0
@@ -46,6 +49,7 @@ class LoadReport:
     tied: list = field(default_factory=list)
     non_persistent: list = field(default_factory=list)
     read: dict = field(default_factory=dict)
+    distributed: dict = field(default_factory=dict)
 
     @property
     def gb_per_s(self) -> float:
@@ -336,7 +340,8 @@ def _normalize_targets(targets) -> Iterable[tuple]:
 
 def fill(checkpoint: Union[PathLike, Checkpoint], targets, *, threads: Optional[int] = None,
          io: str = "auto", direct: Union[str, bool] = "auto", staging_mb: Optional[float] = None,
-         progress: _progress.ProgressArg = None) -> LoadReport:
+         progress: _progress.ProgressArg = None, process_group: Any = None,
+         shard: Any = None) -> LoadReport:
     """Fills caller-allocated tensors with checkpoint bytes; nothing else is read.
 
     `checkpoint`: a .safetensors file, a folder of shards or an index JSON. `targets`: a dict
@@ -346,7 +351,22 @@ def fill(checkpoint: Union[PathLike, Checkpoint], targets, *, threads: Optional[
     those bytes are read. Shapes must match (rule "shape"); another dtype is a cast on the way
     (the core's one cast table: bool, integer and floating sources into F64/F32/F16/BF16, integers
     into integers; on a GPU it runs on the device). A name may appear in several targets. Raises LoadError; on error the destinations
-    hold unspecified bytes. The GIL is released while reading."""
+    hold unspecified bytes. The GIL is released while reading.
+
+    `process_group` (a torch.distributed group; every rank calls fill with the same checkpoint):
+    each byte is read from storage once across the group. Whole-tensor targets that every rank
+    has (same dtype and shape) are read 1/N per rank and broadcast; targets with a source index,
+    `shard=` parts (a callable name -> (dim, rank, world) or None, or {regex: dim} for this rank
+    of the group, split as torch.tensor_split) and tensors only some ranks ask for are read by
+    their rank alone. Any failure ends the load on every rank (rule "distributed");
+    `report.distributed` counts this rank's bytes. See the README's distributed section."""
+    if process_group is not None:
+        from . import _distributed
+
+        opts = options(threads, io, direct, staging_mb)
+        return _distributed.fill(checkpoint, targets, opts, process_group, shard, progress)
+    if shard is not None:
+        raise error("option", "shard= needs process_group=")
     ck = open_checkpoint(checkpoint)
     opts = options(threads, io, direct, staging_mb)
     core_targets = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -134,15 +134,23 @@ def iter_tensors(checkpoint: Union[PathLike, Checkpoint],
                  names: Union[None, Sequence[str], Callable[[str], bool]] = None,
                  threads: Optional[int] = None, io: str = "auto",
                  direct: Union[str, bool] = "auto",
-                 staging_mb: Optional[float] = None,
-                 copy: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
+                 staging_mb: Optional[float] = None, copy: bool = False,
+                 process_group: Any = None,
+                 shard: Any = None) -> Iterator[Tuple[str, torch.Tensor]]:
     """Streams a checkpoint's tensors as they land (see TensorIterator). `names`: a list (only
     those are read; an unknown name: LoadError rule "missing-tensor") or a predicate on the
     name. `staging_mb` (default 512) bounds what is read ahead of the consumer; `threads`, `io`
     and `direct` are load_file's read options. On the CPU the tensors are views of a private,
     copy-on-write mapping of the files, made resident at most `staging_mb` ahead of the consumer
     by parallel populate workers (`threads`; see shardstream._mapped.MappedTensorIterator);
-    `copy=True` gives owned tensors."""
+    `copy=True` gives owned tensors. `process_group`, `shard`: as in fill(), batch by batch
+    (shardstream._distributed.DistributedIterator), always owned tensors."""
+    if process_group is not None:
+        from . import _distributed
+
+        mb = DEFAULT_STAGING_MB if staging_mb is None else staging_mb
+        return _distributed.iter_tensors(checkpoint, device, names, int(mb * (1 << 20)),
+                                         options(threads, io, direct, None), process_group, shard)
     d = parse_device(device)
     ck = open_checkpoint(checkpoint)
     if names is None:

@@ -17,8 +17,8 @@ import torch
 
 from . import _dtypes, _layout, _mapped, _progress
 from ._errors import error, safetensors_error
-from ._fill import (Checkpoint, Entry, PathLike, allocate, fill, open_checkpoint, parse_device,
-                    require_path, safetensors_device)
+from ._fill import (Checkpoint, Entry, PathLike, allocate, fill, open_checkpoint, options,
+                    parse_device, require_path, safetensors_device)
 
 _BACKENDS = ("mmap", "pread")
 _TORCH = ("pt", "torch", "pytorch")
@@ -74,8 +74,9 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
               dtype: Optional[torch.dtype] = None, threads: Optional[int] = None,
               io: str = "auto", direct: Union[str, bool] = "auto",
               staging_mb: Optional[float] = None,
-              progress: _progress.ProgressArg = None,
-              mmap: bool = False) -> Dict[str, torch.Tensor]:
+              progress: _progress.ProgressArg = None, mmap: bool = False,
+              process_group: Any = None, shard: Any = None,
+              names: Any = None) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a checkpoint into new tensors on `device`.
 
     `filename`: a .safetensors file, a folder of shards or an index JSON. Returns name → tensor
@@ -95,10 +96,25 @@ def load_file(filename: PathLike, device: DeviceArg = "cpu", *, backend: Optiona
     stored is a view of a private, copy-on-write mapping of its file instead of a copy, made
     resident by parallel populate workers (`threads`) before this returns. Writing to a view never
     changes the file; the mapping lives while any view does. Truncating the file while a view
-    lives raises SIGBUS on the next access, as with every mmap loader."""
+    lives raises SIGBUS on the next access, as with every mmap loader.
+
+    `process_group`, `shard`: as in fill(); each rank gets the replicated tensors whole and its
+    own part of the sharded ones (owned tensors: not with `mmap=True`). `names`: a list or a
+    predicate; only those tensors are loaded (with process_group only)."""
     path = _path_argument(filename)
     spelled = safetensors_device(device)
     _check_backend(backend)
+    if process_group is not None:
+        from . import _distributed
+
+        if mmap:
+            raise error("option", "mmap=True maps this process's own file: with process_group= "
+                        "the ranks share the reads into owned tensors (mmap=False)")
+        opts = options(threads, io, direct, staging_mb)
+        return _distributed.load_file(path, _torch_device(spelled), dtype, names, opts,
+                                      process_group, shard, progress)[0]
+    if shard is not None or names is not None:
+        raise error("option", "shard= and names= need process_group=")
     require_path(path)
     ck = open_checkpoint(path)
     d = _torch_device(spelled)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -74,7 +74,8 @@ def load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint], 
               device: Union[None, str, int, torch.device] = None, strict: bool = True,
               key_mapping: Optional[Dict[str, str]] = None,
               reinit: Optional[Callable[[torch.nn.Module], object]] = None,
-              progress: _progress.ProgressArg = None) -> LoadReport:
+              progress: _progress.ProgressArg = None, process_group: Any = None,
+              shard: Any = None) -> LoadReport:
     """Fills `module`'s parameters and persistent buffers from a checkpoint, in place: no
     intermediate dict, no second copy.
 
@@ -85,7 +86,27 @@ def load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint], 
     non-persistent buffers and no `reinit`: rule "reinit"). `key_mapping`: regex → replacement
     applied to checkpoint keys, as in transformers. `strict` refuses missing, unexpected and
     mismatched keys (rule "strict") before any data is read; otherwise what fits is loaded and the
-    rest listed in the report. Dtypes that differ are cast (floating point)."""
+    rest listed in the report. Dtypes that differ are cast (floating point).
+
+    `process_group`, `shard`: as in fill(); a sharded key's parameter has this rank's part's
+    shape. A refusal on any rank ends the load on every rank (rule "distributed")."""
+    if process_group is None:
+        if shard is not None:
+            raise error("option", "shard= needs process_group=")
+        return _load_into(module, checkpoint, device, strict, key_mapping, reinit, progress,
+                          None, None)
+    from . import _distributed
+
+    with _distributed.preparing(process_group):
+        return _load_into(module, checkpoint, device, strict, key_mapping, reinit, progress,
+                          process_group, shard)
+
+
+def _load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint],
+               device: Union[None, str, int, torch.device], strict: bool,
+               key_mapping: Optional[Dict[str, str]],
+               reinit: Optional[Callable[[torch.nn.Module], object]],
+               progress: _progress.ProgressArg, process_group: Any, shard: Any) -> LoadReport:
     t0 = time.perf_counter()
     ck = open_checkpoint(checkpoint)
     target_device = parse_device(device) if device is not None else None
@@ -112,6 +133,11 @@ def load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint], 
             continue
         e = ck.entry(mapped[present[0]])
         shape = e.torch_layout()[1]
+        if shard is not None:
+            from . import _distributed
+
+            spec = _distributed.shard_of(shard, e.name, process_group)
+            shape = _distributed.shard_shape(spec, shape, e.name, ck.file_of(e))
         if tuple(slot.tensor.shape) != shape:
             mismatched.append(present[0])
             continue
@@ -155,7 +181,7 @@ def load_into(module: torch.nn.Module, checkpoint: Union[PathLike, Checkpoint], 
     t_mat = time.perf_counter()
 
     fill_targets = [(ck_key, None, slot.tensor.detach()) for slot, ck_key in plan]
-    report = fill(ck, fill_targets, progress=progress)
+    report = fill(ck, fill_targets, progress=progress, process_group=process_group, shard=shard)
     t_read = time.perf_counter()
     if reinit is not None:
         reinit(module)

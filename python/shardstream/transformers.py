@@ -25,7 +25,10 @@ transformers' loader). The replacement:
 Checkpoints this does not handle itself are loaded by transformers' own loader, and the report
 says so (`info["shardstream"]["loader"] == "transformers"`, with the reason): quantized checkpoints
 other than pre-quantized MXFP4 and fine-grained FP8 (`_quantized.py`), a `state_dict=` argument, non-safetensors checkpoints, disk offload,
-tensor parallelism (`device_mesh`/`tp_plan`), DeepSpeed ZeRO-3.
+tensor parallelism (`device_mesh`/`tp_plan`) with weight converters, DeepSpeed ZeRO-3. Tensor
+parallelism without converters is loaded here: each rank's slices as transformers' own
+`shard_tensor` selects them (shardstream._distributed.dtensor_slices), replicated parameters read
+once over the mesh's group.
 
 Which transformers releases get this loader is decided by the internals it uses, not by a version
 number: every function it calls (with the parameters it passes, by name and position), class and
@@ -51,6 +54,7 @@ import warnings
 from typing import Any
 
 import shardstream
+import shardstream._distributed
 from shardstream import _core, _mapped
 
 __all__ = ["from_pretrained", "CheckpointMismatchError", "TESTED_TRANSFORMERS",
@@ -561,6 +565,7 @@ class _Session:
         self.strict = strict
         self.fill_options = fill_options
         self.copy = copy  # False: CPU tensors in their stored dtype are views of the mapping
+        self.process_group = None  # tensor parallelism on a 1-D mesh: its group
         self.used = False
         self.quantized = None  # a _quantized.QuantizedLoad for a pre-quantized checkpoint
         self.report = {"loader": "transformers", "reason": None, "bytes": 0, "seconds": 0.0,
@@ -590,10 +595,17 @@ class _Session:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._load(model, checkpoint_files, load_config)
+            result = self._load(model, checkpoint_files, load_config)
         finally:
             if collecting:
                 gc.enable()
+        if isinstance(result, str):  # found while planning, before any read
+            self.report["loader"] = "transformers"
+            self.report["reason"] = result
+            start = time.perf_counter()
+            result = original(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+            self.report["seconds"] = time.perf_counter() - start
+        return result
 
     @staticmethod
     def _unhandled(model, state_dict, checkpoint_files, load_config, args, kwargs):
@@ -610,8 +622,6 @@ class _Session:
             reason = unhandled_reason(load_config.hf_quantizer, load_config.weight_mapping or [])
             if reason is not None:
                 return reason
-        if getattr(load_config, "device_mesh", None) is not None:
-            return "tensor parallelism (device_mesh)"
         if load_config.device_map is not None and "disk" in load_config.device_map.values():
             return "disk offload"
         if is_deepspeed_zero3_enabled():
@@ -742,6 +752,14 @@ class _Session:
             else:
                 fused.append((target, pieces))
         stages.append(("plan", time.perf_counter() - start))
+        mesh = getattr(load_config, "device_mesh", None)
+        if mesh is not None and (fused or converted):
+            return "tensor parallelism (device_mesh) with weight converters"
+        if mesh is not None and not (hasattr(cml, "DtensorShardOperation")
+                                     and hasattr(cml, "is_dtensor")):
+            return ("tensor parallelism (device_mesh): core_model_loading lacks "
+                    "DtensorShardOperation or is_dtensor")
+        self.process_group = shardstream._distributed.mesh_group(mesh)
 
         if self.strict:
             self._check_strict(model, info, expected_loaded)
@@ -750,8 +768,20 @@ class _Session:
         mark = time.perf_counter()
         targets, loaded = [], []
         # Mapped views where they serve (shardstream._mapped), owned tensors for the rest.
-        views = None if self.copy else _mapped.ViewPlanner(self.fill_options.get("threads"))
+        # Under tensor parallelism the ranks share the reads (fill with the mesh's group) instead.
+        views = (None if self.copy or mesh is not None
+                 else _mapped.ViewPlanner(self.fill_options.get("threads")))
         for target, source in direct:
+            empty = meta_state_dict[target]
+            if mesh is not None and cml.is_dtensor(empty):
+                # This rank's part, at the offsets transformers' own shard_tensor reads.
+                shape, parts = shardstream._distributed.dtensor_slices(
+                    cml.DtensorShardOperation(empty), source.shape, source.dtype)
+                dest = torch.empty(shape, dtype=source.dtype, device=source.device)
+                targets.extend((source, index, dest if narrow is None else dest.narrow(*narrow))
+                               for index, narrow in parts)
+                loaded.append((target, dest))
+                continue
             dest = None if views is None else views.view(source.file, source.key, source.dtype,
                                                           source.device)
             if dest is None:
@@ -851,12 +881,17 @@ class _Session:
         """One shardstream.fill per checkpoint the sources come from (the whole folder when its
         index names exactly transformers' files)."""
         by_checkpoint = {}
-        for source, dest in targets:
+        for source, *index, dest in targets:  # (source, dest) or (source, index, dest)
             by_checkpoint.setdefault(id(source.file), (source.file, []))[1].append(
-                (source.key, dest))
+                (source.key, index[0] if index else None, dest))
         for checkpoint, items in by_checkpoint.values():
-            report = shardstream.fill(checkpoint, items, **self.fill_options)
+            report = shardstream.fill(checkpoint, items, process_group=self.process_group,
+                                      **self.fill_options)
             self.report["bytes"] += int(getattr(report, "bytes", 0) or 0)
+            for key, value in (getattr(report, "distributed", None) or {}).items():
+                if key.endswith("_bytes"):
+                    counts = self.report.setdefault("distributed", {})
+                    counts[key] = counts.get(key, 0) + value
             for name, seconds in getattr(report, "stages", None) or []:
                 self.report["stages"].append((f"fill.{name}", seconds))
 

@@ -16,6 +16,14 @@ the files, made resident ahead in parallel, as vLLM's own safetensors loader map
 their mapping alive, so a model may keep them; elsewhere owned tensors), feeds the model's own ``load_weights``, fails when a parameter was left unfilled and logs one
 line with bytes, seconds and GB/s.
 
+With ``tensor_parallel_size > 1`` the ranks of vLLM's tensor-parallel group (``get_tp_group()``,
+its ``device_group``: gloo on CPUs, NCCL on GPUs) read the checkpoint together: every tensor the
+model takes is replicated to every rank, each rank reads about 1/N of the bytes from storage and
+the group broadcasts the rest (``iter_tensors(process_group=)``), then ``load_weights`` narrows
+them as it does for vLLM's own loader. Each rank keeps its byte counts in :data:`last_load` and
+logs them. Every rank of the group must load the same files (vLLM's workers do); a rank that fails
+makes the others fail within the group's timeout (``LoadError`` rule ``distributed``).
+
 ``model_loader_extra_config`` (``--model-loader-extra-config '{"staging_mb": 256}'``) accepts
 ``staging_mb``, ``threads``, ``io``, ``direct`` and ``copy`` (``true``: owned CPU tensors instead of
 mapped views), passed to :func:`shardstream.iter_tensors`; any other key is an error.
@@ -37,12 +45,22 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["LOAD_FORMAT", "ShardstreamModelLoader", "register", "validate_extra_config"]
+__all__ = ["LOAD_FORMAT", "ShardstreamModelLoader", "last_load", "register",
+           "validate_extra_config"]
 
 #: The name vLLM knows this loader by (``load_format``, ``--load-format``).
 LOAD_FORMAT = "shardstream"
 
 _INDEX_FILE = "model.safetensors.index.json"
+
+#: This process's last load by the loader: ``tensors``, ``bytes`` (what the model was fed),
+#: ``seconds``, ``device``, ``storage_read_bytes`` (this process's /proc/self/io while loading,
+#: headers included; the page cache hides buffered reads, O_DIRECT does not), and with a
+#: tensor-parallel group ``rank``, ``world`` and the byte counts of ``LoadReport.distributed``
+#: summed over the load (``needed_bytes``, ``read_bytes`` from storage, ``header_bytes``,
+#: ``received_bytes``, ``sent_bytes``). Each vLLM worker has its own;
+#: ``LLM.apply_model``/``collective_rpc`` reaches them.
+last_load: dict[str, Any] = {}
 
 
 def validate_extra_config(extra_config: Any) -> dict[str, Any]:
@@ -183,10 +201,26 @@ class _Counted:
         finally:
             self.close()
 
+    def totals(self) -> dict[str, int]:
+        totals = getattr(self._source, "totals", None)  # a distributed iterator's byte counts
+        return totals() if totals is not None else {}
+
     def close(self) -> None:
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
+
+
+def _storage_read_bytes() -> int | None:
+    """This process's bytes read from storage so far (/proc/self/io), None where unreadable."""
+    try:
+        with open("/proc/self/io", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _exempt_parameters(model: Any) -> set[str]:
@@ -254,12 +288,28 @@ def _loader_class() -> type:
                     return parameter.device
             return torch.device("cpu")
 
+        @staticmethod
+        def _tp_group() -> tuple[Any, int, int]:
+            """vLLM's tensor-parallel group as (torch process group, rank, world); the group is
+            None with one rank (or when no group was set up, as in a bare loader test)."""
+            from vllm.distributed import parallel_state
+
+            try:
+                tp = parallel_state.get_tp_group()
+            except AssertionError:  # "tensor model parallel group is not initialized"
+                return None, 0, 1
+            if tp is None or tp.world_size <= 1:
+                return None, 0, 1
+            return tp.device_group, tp.rank_in_group, tp.world_size
+
         def load_weights(self, model: Any, model_config: Any) -> None:
             device = self._device(model)
             allow_patterns = getattr(model, "allow_patterns_overrides", None)
             is_unused: Callable[[str], bool] | None = getattr(
                 model, "is_unused_checkpoint_weight", None)
             names = (lambda name: not is_unused(name)) if is_unused is not None else None
+            group, rank, world = self._tp_group()
+            storage_before = _storage_read_bytes()
             start = time.perf_counter()
             streams: list[_Counted] = []
 
@@ -269,9 +319,12 @@ def _loader_class() -> type:
                     folder = _weights_folder(self.load_config, model_or_path, revision,
                                              subfolder, allow_patterns)
                     for checkpoint in _checkpoints(folder, allow_patterns):
+                        # With a TP group: every rank the same files and names, so the same
+                        # batches; each reads ~1/N of them and the group broadcasts the rest.
                         stream = _Counted(
                             shardstream.iter_tensors(checkpoint, device, names=names,
-                                                     **self._options), prefix)
+                                                     process_group=group, **self._options),
+                            prefix)
                         streams.append(stream)
                         yield from stream
 
@@ -281,6 +334,7 @@ def _loader_class() -> type:
             finally:
                 generator.close()  # cancels a stream the model stopped reading early
             seconds = time.perf_counter() - start
+            storage_after = _storage_read_bytes()
             total_bytes = sum(s.bytes for s in streams)
             total_tensors = sum(s.tensors for s in streams)
 
@@ -293,10 +347,32 @@ def _loader_class() -> type:
                         f"shardstream: {len(unfilled)} parameter(s) of {type(model).__name__} "
                         f"were not filled from the checkpoint {model_config.model}: {shown}")
 
+            last_load.clear()
+            last_load.update(tensors=total_tensors, bytes=total_bytes, seconds=seconds,
+                             device=str(device))
+            if storage_before is not None and storage_after is not None:
+                # Everything this process read from storage while loading (headers included):
+                # the page cache hides buffered re-reads, O_DIRECT ("direct": true) does not.
+                last_load["storage_read_bytes"] = storage_after - storage_before
+            if group is not None:
+                counts: dict[str, int] = {}
+                for stream in streams:
+                    for key, value in stream.totals().items():
+                        counts[key] = counts.get(key, 0) + value
+                last_load.update(rank=rank, world=world, **counts)
             logger.info(
                 "shardstream: loaded %d tensors, %.3f GB in %.3f s (%.2f GB/s) onto %s",
                 total_tensors, total_bytes / 1e9, seconds,
                 total_bytes / 1e9 / seconds if seconds > 0 else 0.0, device)
+            if group is not None:
+                logger.info(
+                    "shardstream: TP rank %d of %d: read %.3f GB of the %.3f GB it needed from "
+                    "storage (headers %.1f KB apart), received %.3f GB, sent %.3f GB", rank,
+                    world, last_load.get("read_bytes", 0) / 1e9,
+                    last_load.get("needed_bytes", 0) / 1e9,
+                    last_load.get("header_bytes", 0) / 1e3,
+                    last_load.get("received_bytes", 0) / 1e9,
+                    last_load.get("sent_bytes", 0) / 1e9)
 
     ShardstreamModelLoader.__module__ = __name__
     ShardstreamModelLoader.__qualname__ = "ShardstreamModelLoader"

@@ -156,6 +156,8 @@ ReadOptions ReadOptionsFrom(const nb::dict& options) {
       read.queue_depth = nb::cast<uint32_t>(value);
     } else if (key == "sqpoll") {
       read.sqpoll = nb::cast<bool>(value);
+    } else if (key == "read_gap_bytes") {
+      read.read_gap_bytes = nb::cast<uint64_t>(value);
     } else if (key == "huge_pages") {
       read.huge_pages = nb::cast<bool>(value);
     } else {

@@ -143,6 +143,34 @@ TEST_P(FillTest, RunsOutsideTheTensorOrOverlappingAreRuleSlice) {
   EXPECT_EQ(Fill(checkpoint_, targets, setup_, nullptr).rule(), "slice");
 }
 
+// A gap between two wanted tensors is read through by default (one read instead of two) and
+// skipped with read_gap_bytes = 0, which sliced loads use to count what they read.
+TEST(FillGapTest, ReadGapBytesZeroSkipsTheGapThatTheDefaultReadsThrough) {
+  constexpr uint64_t kSize = 4096 + 13;
+  shardstream::testing::ScratchDir dir;
+  auto checkpoint = io::OpenCheckpoint(dir.Write("gap.safetensors", PatternFile(3, kSize)));
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
+  std::vector<std::byte> first(kSize), last(kSize);
+  std::vector<Target> targets(2);
+  targets[0].source = {0, 0};
+  targets[0].destination = first.data();
+  targets[1].source = {0, 2};  // t1, between them, is not wanted
+  targets[1].destination = last.data();
+  FillSetup setup;
+  setup.read.direct = DirectIo::kOff;
+  for (uint64_t gap : {kDefaultReadGapBytes, uint64_t{0}}) {
+    setup.read.read_gap_bytes = gap;
+    ReadReport report;
+    ASSERT_TRUE(Fill(*checkpoint, targets, setup, &report).ok());
+    EXPECT_EQ(report.payload_bytes, 2 * kSize);
+    EXPECT_EQ(report.read_bytes, gap == 0 ? 2 * kSize : 3 * kSize) << "read_gap_bytes " << gap;
+    for (uint64_t b = 0; b < kSize; ++b) {
+      ASSERT_EQ(first[b], PatternByte(0, b)) << b;
+      ASSERT_EQ(last[b], PatternByte(2, b)) << b;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Routes, FillTest, ::testing::Values(DirectIo::kOff, DirectIo::kOn),
                          [](const auto& param_info) {
                            return param_info.param == DirectIo::kOn ? "Staged" : "Scattered";

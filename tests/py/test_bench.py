@@ -2,7 +2,7 @@
 peers that crash, print garbage, report the wrong byte count, hang or are missing, the residency
 check after a cold drop, the fio ceilings (warm: the page cache and the disk sweep; cold: the
 sweep, with its winner) and the ceiling check, the Python the build was configured with, usage
-errors, and the plot.
+errors, the plot, and `--ranks` (bench/distributed_load.py: many ranks, one read).
 
 Fake peer drivers (written here, following bench/peers/_common.py's protocol) stand in for the
 real ones so that every failure mode is exercised in seconds, whatever is installed.
@@ -312,6 +312,9 @@ def test_cold_runs_record_residency_after_the_drop(shardstream_bin, checkpoint, 
     (["--strategies", "mmap", "--sink", "discard"], "cannot run with --sink discard"),
     (["--queue-depth", "8,0"], "--queue-depth takes numbers"),
     (["--repeat", "0"], "--repeat must be"),
+    (["--ranks", "1"], "--ranks must be 2..64"),
+    (["--ranks", "2", "--strategies", "pread"], "--strategies does not apply with --ranks"),
+    (["--ranks", "2", "--peers"], "--peers does not apply with --ranks"),
 ])
 def test_usage_errors_name_the_rule(shardstream_bin, checkpoint, args, message):
     proc = bench(shardstream_bin, checkpoint, *args)
@@ -333,3 +336,61 @@ def test_plot_is_a_png(shardstream_bin, checkpoint, tmp_path):
                  "--no-ceilings", "--plot", png, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def distributed_python() -> None:
+    """--ranks runs bench/distributed_load.py in this Python: its shardstream must take
+    process_group= (this checkout installed: scripts/install-python). Skips otherwise (fails in
+    CI, where the package is always this checkout's)."""
+    import inspect
+
+    try:
+        import shardstream
+        ok = "process_group" in inspect.signature(shardstream.load_file).parameters
+    except ImportError:
+        ok = False
+    if not ok:
+        why = f"{sys.executable} has no shardstream with process_group= (scripts/install-python)"
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def test_ranks_runs_the_distributed_bench(shardstream_bin, checkpoint, tmp_path):
+    distributed_python()
+    out = tmp_path / "ranks.json"
+    proc = bench(shardstream_bin, checkpoint, "--ranks", "2", "--repeat", "1", "--json", out,
+                 "--timeout-s", "120")
+    assert proc.returncode == 0, proc.stderr
+    table = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines()
+             if line.startswith("| distributed") or line.startswith("| independent")}
+    assert sorted(table) == ["distributed", "independent"], proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["mode"], r["rank"]) for r in rows) == [
+        ("distributed", 0), ("distributed", 1), ("independent", 0), ("independent", 1)]
+    # Each rank ends with the whole checkpoint; O_DIRECT storage reads: about half each
+    # distributed, all of it each independent (a block of alignment slack per range).
+    slack = 3 * 4096
+    for r in rows:
+        assert r["tensor_bytes"] == DATA_BYTES, r
+        want = DATA_BYTES / 2 if r["mode"] == "distributed" else DATA_BYTES
+        assert want <= r["read_bytes"] + slack and r["read_bytes"] <= want + slack, r
+    assert sum(r["read_bytes"] for r in rows if r["mode"] == "distributed") >= DATA_BYTES
+
+
+def test_ranks_failures_are_said_clearly(shardstream_bin, tmp_path):
+    # A checkpoint that does not open: its own error, before any rank starts.
+    missing = tmp_path / "missing.safetensors"
+    proc = bench(shardstream_bin, missing, "--ranks", "2", "--repeat", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert str(missing) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    # The script failing: the rule, the script and its stderr tail.
+    good = tmp_path / "model.safetensors"
+    write_checkpoint(good)
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho 'rank 1: boom' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    proc = bench(shardstream_bin, good, "--ranks", "2", "--repeat", "1", "--python", fake)
+    assert proc.returncode == 1, proc.stderr
+    for text in ("distributed-bench", "distributed_load.py", "exit 3", "rank 1: boom"):
+        assert text in proc.stderr, proc.stderr

@@ -57,9 +57,9 @@ def qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def make_llm(model: str, load_format: str, **kwargs):
     from vllm import LLM
 
+    kwargs.setdefault("distributed_executor_backend", "uni")
     return LLM(model=model, load_format=load_format, dtype="bfloat16", enforce_eager=True,
-               distributed_executor_backend="uni", max_model_len=128, max_num_seqs=2, seed=0,
-               **kwargs)
+               max_model_len=128, max_num_seqs=2, seed=0, **kwargs)
 
 
 def shutdown(llm) -> None:
@@ -94,11 +94,17 @@ def parameters(llm) -> dict[str, "object"]:
     return state
 
 
+def parameters_per_rank(llm) -> list[dict[str, "object"]]:
+    """parameters() of each tensor-parallel worker, in rank order."""
+    return list(llm.apply_model(_state))
+
+
 @contextlib.contextmanager
 def loaded_state() -> Iterator[dict[str, "object"]]:
     """Collects every parameter and buffer as the loader left them, before vLLM's
     process_weights_after_loading repacks them (the engine runs in this process), for every
-    model loaded inside the `with`."""
+    model loaded inside the `with` (in this process: for vLLM's worker processes see
+    loaded_state_extension.py)."""
     from vllm.model_executor.model_loader import base_loader
 
     original = base_loader.process_weights_after_loading
