@@ -160,6 +160,9 @@ class PipelineRun {
   void CloseReader(Reader& reader);
   io::Result<PipelineStats> Finish();
   void Copy(SlotLease lease, uint32_t c);
+  void CountTargets();
+  void Landed(std::span<const Piece> pieces);
+  void Done(size_t planned) const;
 
   void FailChunk(io::Status status, uint32_t c) {
     detail::LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
@@ -171,6 +174,11 @@ class PipelineRun {
   std::span<const Target> planned_ = targets_;  // what the plan reads (in place: unique_)
   std::vector<Target> unique_;
   std::vector<std::pair<size_t, size_t>> duplicates_;  // (target, unique_ index it copies)
+  std::vector<size_t> unique_origin_;                  // in place: unique_ index → target index
+  // Per planned target, its payload bytes not yet in their destination (target_done only): the
+  // piece that brings it to zero reports the target complete, so each is reported once.
+  std::unique_ptr<std::atomic<uint64_t>[]> remaining_;
+  bool reports_as_landed_ = false;  // pieces report completion when they land (else at Finish)
   Sink* const sink_;
   const PipelineOptions& options_;
   const Clock::time_point start_ = Clock::now();
@@ -243,6 +251,7 @@ io::Status PipelineRun::Deduplicate() {
     auto [it, first] = seen.emplace(std::make_pair(t.source.file, t.source.index), unique_.size());
     if (first) {
       unique_.push_back(t);
+      unique_origin_.push_back(i);
     } else if (t.runs.empty() && unique_[it->second].runs.empty()) {
       duplicates_.emplace_back(i, it->second);
     } else {
@@ -266,7 +275,38 @@ io::Status PipelineRun::Plan() {
   stats_.read_bytes = plan_.read_bytes;
   stats_.chunks = plan_.chunks.size();
   progress_.SetTotal(plan_.payload_bytes);
+  CountTargets();
   return io::Status::Ok();
+}
+
+// Each planned target's payload, summed over its pieces (the bytes Landed will count down).
+void PipelineRun::CountTargets() {
+  if (!options_.target_done) return;
+  remaining_.reset(new std::atomic<uint64_t>[planned_.size()]);
+  for (size_t t = 0; t < planned_.size(); ++t) remaining_[t].store(0, std::memory_order_relaxed);
+  for (const Piece& piece : plan_.pieces) {
+    remaining_[piece.target].fetch_add(piece.length, std::memory_order_relaxed);
+  }
+  // Staged into a sink whose copies outlive Consume, completion is known only after Finish.
+  reports_as_landed_ = !options_.staged || (sink_ != nullptr && sink_->CompletesInConsume());
+}
+
+// The pieces' bytes are in their destinations. acq_rel: the thread that brings a target to zero
+// has seen every other thread's writes into it (their release), and so does whoever it tells.
+void PipelineRun::Landed(std::span<const Piece> pieces) {
+  if (!reports_as_landed_) return;
+  for (const Piece& piece : pieces) {
+    if (piece.length == 0) continue;
+    if (remaining_[piece.target].fetch_sub(piece.length, std::memory_order_acq_rel) ==
+        piece.length) {
+      Done(piece.target);
+    }
+  }
+}
+
+// Reports planned target `planned` by its index in the caller's targets.
+void PipelineRun::Done(size_t planned) const {
+  options_.target_done(unique_origin_.empty() ? planned : unique_origin_[planned]);
 }
 
 io::Status PipelineRun::Staging() {
@@ -422,9 +462,10 @@ void PipelineRun::Copy(SlotLease lease, uint32_t c) {
   activity_.Change(0, -1);
   if (!status.ok()) {
     FailChunk(std::move(status), c);
-  } else if (!progress_.Add(plan_.PayloadOf(chunk))) {
-    error_.Record(Cancelled());
+    return;
   }
+  if (remaining_) Landed(plan_.PiecesOf(chunk));
+  if (!progress_.Add(plan_.PayloadOf(chunk))) error_.Record(Cancelled());
 }
 
 // In place: the chunk's iovecs scatter the file range into the targets' memory, gaps into the
@@ -527,7 +568,9 @@ void PipelineRun::Reap(Reader& reader) {
     } else if (error_.stopped()) {
       // Draining: the bytes are not wanted any more; the lease frees the slot.
     } else if (!options_.staged) {
-      if (!progress_.Add(plan_.PayloadOf(plan_.chunks[read.chunk]))) error_.Record(Cancelled());
+      const Chunk& chunk = plan_.chunks[read.chunk];
+      if (remaining_) Landed(plan_.PiecesOf(chunk));
+      if (!progress_.Add(plan_.PayloadOf(chunk))) error_.Record(Cancelled());
     } else if (reader.copies_inline) {
       Copy(std::move(lease), read.chunk);
     } else {
@@ -610,6 +653,17 @@ io::Result<PipelineStats> PipelineRun::Finish() {
   for (const auto& [target, index] : duplicates_) {
     const uint64_t bytes = checkpoint_.tensor(targets_[target].source).size_bytes();
     if (bytes > 0) std::memcpy(targets_[target].destination, unique_[index].destination, bytes);
+    if (remaining_) options_.target_done(target);
+  }
+  if (remaining_) {
+    // What no landed piece reported: targets without payload (empty tensors and runs) and, for a
+    // sink whose copies outlive Consume, every target (Finish waited for its copies).
+    std::vector<bool> has_pieces(planned_.size(), false);
+    for (const Piece& piece : plan_.pieces)
+      has_pieces[piece.target] = has_pieces[piece.target] || piece.length > 0;
+    for (size_t t = 0; t < planned_.size(); ++t) {
+      if (!reports_as_landed_ || !has_pieces[t]) Done(t);
+    }
   }
   return stats_;
 }

@@ -57,6 +57,14 @@ namespace shardstream::engine {
 // to fail, shorten or delay reads.
 using BackendFactory = std::function<std::unique_ptr<io::ReadBackend>(const io::FileSet&)>;
 
+// Told that target `target` (its index in the targets given to RunPipeline) is complete: every
+// byte of it is in its destination (after the memcpy or read into it; for a sink whose copies
+// outlive Consume, after the sink's Finish). Called exactly once per target on success, from any
+// reader or copy thread, concurrently for different targets: it must be thread-safe and quick
+// (it runs on the read path). On failure, the targets already reported are complete and the rest
+// are not reported.
+using TargetDoneFn = std::function<void(size_t target)>;
+
 struct PipelineOptions {
   // Through staging slots into `sink` (true), or straight into the targets' host memory.
   bool staged = true;
@@ -96,6 +104,8 @@ struct PipelineOptions {
   int copy_threads = 0;
   ExecutorKind executor = DefaultExecutor();  // where the copy tasks run (engine/executor.h)
   ProgressFn progress;                        // counts bytes that reached their destinations
+  // Per-target completion (see TargetDoneFn). Costs one atomic subtraction per piece when set.
+  TargetDoneFn target_done;
 };
 
 // The most readers a pipeline starts, and how many it starts by default: one per core for buffered

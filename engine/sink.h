@@ -74,6 +74,11 @@ class Sink {
   // must leave every target complete (a device sink waits for its streams here, after which
   // every fence it parked has completed).
   [[nodiscard]] virtual io::Status Finish() = 0;
+  // True when every piece's bytes are in their destination once Consume returned OK (a CPU copy):
+  // the pipeline then reports each target complete as its last piece is consumed
+  // (PipelineOptions::target_done). False (the default) when copies outlive Consume (a device
+  // sink's, behind a fence): the pipeline reports its targets only after Finish succeeded.
+  virtual bool CompletesInConsume() const { return false; }
 };
 
 // Copies every piece into host memory, converting it with the one host cast (engine/cast.h) when
@@ -85,6 +90,7 @@ class CpuSink final : public Sink {
       : destinations_(std::move(destinations)) {}
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override;
   io::Status Finish() override { return io::Status::Ok(); }
+  bool CompletesInConsume() const override { return true; }
 
  private:
   std::vector<Destination> destinations_;
@@ -95,6 +101,7 @@ class DiscardSink final : public Sink {
  public:
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override;
   io::Status Finish() override { return io::Status::Ok(); }
+  bool CompletesInConsume() const override { return true; }
 
   uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
   uint64_t pieces() const { return pieces_.load(std::memory_order_relaxed); }
