@@ -181,7 +181,11 @@ class FillRun {
     pipeline.progress = PartProgress(setup_.read.progress, done_, total_);
     if (setup_.target_done) {
       // The group's indices back to the caller's.
-      pipeline.target_done = [this, &group](size_t t) { setup_.target_done(group.index[t]); };
+      pipeline.target_done = [this, &group](std::span<const size_t> done) {
+        std::vector<size_t> mapped(done.size());
+        for (size_t i = 0; i < done.size(); ++i) mapped[i] = group.index[done[i]];
+        setup_.target_done(mapped);
+      };
     }
     return pipeline;
   }

@@ -64,7 +64,7 @@ struct FillSetup {
   bool discard = false;
   BackendFactory make_backend;  // tests: overrides the backend ReadOptions::io names
   ExecutorKind executor = DefaultExecutor();
-  // Told each target's index (into the targets given to Fill) once all its bytes are in place:
+  // Told targets' indices (into the targets given to Fill) once all their bytes are in place:
   // host targets as their last piece is copied or read (mid-fill, from reader and copy threads),
   // device targets after their device's copies finished (when that device's part of the fill
   // ends). Thread-safe and quick, as PipelineOptions::target_done says. Exactly once per target

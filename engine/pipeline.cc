@@ -162,7 +162,7 @@ class PipelineRun {
   void Copy(SlotLease lease, uint32_t c);
   void CountTargets();
   void Landed(std::span<const Piece> pieces);
-  void Done(size_t planned) const;
+  void Done(std::vector<size_t>& planned) const;
 
   void FailChunk(io::Status status, uint32_t c) {
     detail::LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
@@ -295,18 +295,25 @@ void PipelineRun::CountTargets() {
 // has seen every other thread's writes into it (their release), and so does whoever it tells.
 void PipelineRun::Landed(std::span<const Piece> pieces) {
   if (!reports_as_landed_) return;
+  std::vector<size_t> done;
   for (const Piece& piece : pieces) {
     if (piece.length == 0) continue;
     if (remaining_[piece.target].fetch_sub(piece.length, std::memory_order_acq_rel) ==
         piece.length) {
-      Done(piece.target);
+      done.push_back(piece.target);
     }
   }
+  Done(done);
 }
 
-// Reports planned target `planned` by its index in the caller's targets.
-void PipelineRun::Done(size_t planned) const {
-  options_.target_done(unique_origin_.empty() ? planned : unique_origin_[planned]);
+// Reports planned targets by their indices in the caller's targets (in place, planned_ holds
+// each source once), in one call.
+void PipelineRun::Done(std::vector<size_t>& planned) const {
+  if (planned.empty()) return;
+  if (!unique_origin_.empty()) {
+    for (size_t& t : planned) t = unique_origin_[t];
+  }
+  options_.target_done(planned);
 }
 
 io::Status PipelineRun::Staging() {
@@ -653,17 +660,21 @@ io::Result<PipelineStats> PipelineRun::Finish() {
   for (const auto& [target, index] : duplicates_) {
     const uint64_t bytes = checkpoint_.tensor(targets_[target].source).size_bytes();
     if (bytes > 0) std::memcpy(targets_[target].destination, unique_[index].destination, bytes);
-    if (remaining_) options_.target_done(target);
   }
   if (remaining_) {
+    std::vector<size_t> copied;
+    for (const auto& [target, index] : duplicates_) copied.push_back(target);
+    if (!copied.empty()) options_.target_done(copied);
     // What no landed piece reported: targets without payload (empty tensors and runs) and, for a
     // sink whose copies outlive Consume, every target (Finish waited for its copies).
     std::vector<bool> has_pieces(planned_.size(), false);
     for (const Piece& piece : plan_.pieces)
       has_pieces[piece.target] = has_pieces[piece.target] || piece.length > 0;
+    std::vector<size_t> rest;
     for (size_t t = 0; t < planned_.size(); ++t) {
-      if (!reports_as_landed_ || !has_pieces[t]) Done(t);
+      if (!reports_as_landed_ || !has_pieces[t]) rest.push_back(t);
     }
+    Done(rest);
   }
   return stats_;
 }

@@ -57,13 +57,15 @@ namespace shardstream::engine {
 // to fail, shorten or delay reads.
 using BackendFactory = std::function<std::unique_ptr<io::ReadBackend>(const io::FileSet&)>;
 
-// Told that target `target` (its index in the targets given to RunPipeline) is complete: every
-// byte of it is in its destination (after the memcpy or read into it; for a sink whose copies
-// outlive Consume, after the sink's Finish). Called exactly once per target on success, from any
-// reader or copy thread, concurrently for different targets: it must be thread-safe and quick
-// (it runs on the read path). On failure, the targets already reported are complete and the rest
-// are not reported.
-using TargetDoneFn = std::function<void(size_t target)>;
+// Told that targets `targets` (indices in the targets given to RunPipeline) are complete: every
+// byte of each is in its destination (after the memcpy or read into it; for a sink whose copies
+// outlive Consume, after the sink's Finish). One call per chunk at most, for the targets whose
+// last piece that chunk held, so a consumer wakes per chunk, not per tensor. Each target is
+// reported exactly once on success, from any reader or copy thread, concurrently for different
+// targets: the callback must be thread-safe and quick (it runs on the read path), and the span
+// is valid only during the call. On failure, the targets already reported are complete and the
+// rest are not reported.
+using TargetDoneFn = std::function<void(std::span<const size_t> targets)>;
 
 struct PipelineOptions {
   // Through staging slots into `sink` (true), or straight into the targets' host memory.

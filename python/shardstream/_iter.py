@@ -26,9 +26,9 @@ class TensorIterator:
     a GPU the engine knows a tensor is complete only once its device's copies have finished, at
     the end of the batch, so there tensors come out per batch.
     `close()` (or leaving a `with` block, or dropping the iterator) cancels the reads in flight.
-    `bytes_read`: tensor bytes complete so far; `tensors_read`: how many. `complete_at_yield[i]`:
-    (tensors of its batch complete, the batch's size) when the i-th tensor was handed out, which
-    shows tensors leaving before their batch has landed. On the CPU the tensors' memory is reused from
+    `bytes_read`: tensor bytes complete so far; `tensors_read`: how many. `landed_at_first`: per
+    batch, (how many of its tensors were complete, its size) when its first tensor became ready
+    to hand out, which shows tensors leaving before their batch has landed. On the CPU the tensors' memory is reused from
     tensors the consumer has dropped (never from one it still holds, or a view of it), up to
     `staging_mb` of released buffers kept: `pool_stats()` says how often."""
 
@@ -52,25 +52,26 @@ class TensorIterator:
         # CPU destinations reuse the buffers of tensors the consumer dropped (_host_pool).
         self._pool = _host_pool.HostTensorPool(staging_bytes) if device.type == "cpu" else None
         self._ready: deque = deque()  # complete, in order, not yet taken
+        self._ready_bytes = 0
         # The batch reading now: its core job, its (name, tensor)s, which of them are complete,
         # each core target's position in the batch, and the first position not yet ready.
         self._job = None
         self._tensors: list = []
-        self._complete: list = []
-        self._landed = [0]  # how many of the batch are complete (shared with its ready entries)
+        self._complete = bytearray()  # 1: complete
+        self._landed = 0  # how many of the batch are complete
+        self._nbytes: list = []
         self._position_of: list = []
         self._frontier = 0
         self._closed = False
         self.bytes_read = 0
         self.tensors_read = 0
         self.peak_ahead_bytes = 0
-        self.complete_at_yield: list = []
+        self.landed_at_first: list = []
         self.read: dict = {}  # the core's report of the last batch (io, direct, threads, ...)
         self._start_next()
 
     def _start_next(self) -> None:
-        self._tensors, self._complete, self._position_of, self._frontier = [], [], [], 0
-        self._landed = [0]
+        self._tensors, self._position_of, self._frontier, self._landed = [], [], 0, 0
         if not self._batches:
             self._job = None
             return
@@ -78,19 +79,19 @@ class TensorIterator:
         names = [e.name for e in batch]
         self._tensors = list((allocate(self._ck, names, self._device) if self._pool is None
                               else self._pool.allocate(self._ck, names)).items())
-        self._complete = [False] * len(self._tensors)
+        self._complete = bytearray(len(self._tensors))
+        self._nbytes = [e.nbytes for e in batch]
         core_targets = []
         for position, (name, t) in enumerate(self._tensors):
             tt = target(self._ck, name, None, t)
             if tt is None:
-                self._complete[position] = True  # nothing to read (no bytes)
-                self._landed[0] += 1
+                self._complete[position] = 1  # nothing to read (no bytes)
+                self._landed += 1
             else:
                 core_targets.append(tt)
                 self._position_of.append(position)
         self._job = _core.start_fill(self._ck.core, core_targets, self._opts)
-        ahead = sum(e[1].numel() * e[1].element_size() for e in self._ready)
-        ahead += sum(e.nbytes for e in batch)
+        ahead = self._ready_bytes + sum(self._nbytes)
         self.peak_ahead_bytes = max(self.peak_ahead_bytes, ahead)
 
     def _advance(self) -> None:
@@ -102,16 +103,25 @@ class TensorIterator:
             # Whether the fill has ended, asked first: every target it reported before ending is
             # then among those taken next.
             ended = job.wait(0.0)
-            for index in job.take_completed(0.0 if ended else _POLL_S):
-                self._complete[self._position_of[index]] = True
-                self._landed[0] += 1
-            while self._frontier < len(self._tensors) and self._complete[self._frontier]:
-                name, t = self._tensors[self._frontier]
-                self._ready.append((name, t, self._landed, len(self._tensors)))
-                self.bytes_read += t.numel() * t.element_size()
-                self.tensors_read += 1
-                self._frontier += 1
-            if self._frontier == len(self._tensors):
+            taken = job.take_completed(0.0 if ended else _POLL_S)
+            complete, position_of = self._complete, self._position_of
+            for index in taken:
+                complete[position_of[index]] = 1
+            self._landed += len(taken)
+            # The completed prefix (up to the first tensor not complete) is ready, in order.
+            start, n = self._frontier, len(self._tensors)
+            end = complete.find(0, start)
+            end = n if end < 0 else end
+            if end > start:
+                if start == 0:
+                    self.landed_at_first.append((self._landed, n))
+                self._ready.extend(self._tensors[start:end])
+                ready_bytes = sum(self._nbytes[start:end])
+                self._ready_bytes += ready_bytes
+                self.bytes_read += ready_bytes
+                self.tensors_read += end - start
+                self._frontier = end
+            if self._frontier == n:
                 self.read = job.result()  # every tensor landed: the fill has ended or soon will
                 self._start_next()
             elif ended and not self._ready:
@@ -139,8 +149,8 @@ class TensorIterator:
                 self._closed = True
                 raise StopIteration
             self._advance()
-        name, t, landed, batch_size = self._ready.popleft()
-        self.complete_at_yield.append((landed[0], batch_size))
+        name, t = self._ready.popleft()
+        self._ready_bytes -= t.numel() * t.element_size()
         return name, t
 
     def close(self) -> None:
@@ -148,6 +158,7 @@ class TensorIterator:
         self._closed = True
         self._batches.clear()
         self._ready.clear()
+        self._ready_bytes = 0
         if self._job is not None:
             job = self._job  # the destinations (self._tensors) outlive the reads into them
             job.cancel()

@@ -288,10 +288,10 @@ class FillJob {
       return !cancel_.load(std::memory_order_relaxed);
     };
     // Engine threads report each target complete (engine::FillSetup::target_done); the caller
-    // takes them with TakeCompleted. One short lock per tensor, never per byte.
-    setup_.target_done = [this](size_t target) {
+    // takes them with TakeCompleted. One short lock per chunk's completed targets.
+    setup_.target_done = [this](std::span<const size_t> targets) {
       std::lock_guard<std::mutex> lock(mutex_);
-      completed_.push_back(static_cast<uint32_t>(target));
+      for (size_t t : targets) completed_.push_back(static_cast<uint32_t>(t));
       finished_cv_.notify_all();
     };
     if (inline_run) {

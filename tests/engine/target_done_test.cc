@@ -42,16 +42,17 @@ class Completions {
       : loaded_(loaded), targets_(targets), reported_(targets.size()) {}
 
   TargetDoneFn Callback() {
-    return [this](size_t t) {
-      if (t >= targets_.size()) {
-        out_of_range_.fetch_add(1);
-        return;
+    return [this](std::span<const size_t> done) {
+      for (size_t t : done) {
+        if (t >= targets_.size()) {
+          out_of_range_.fetch_add(1);
+          continue;
+        }
+        const bool ok = BytesThere(t);
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++reported_[t];
+        if (!ok) incomplete_.push_back(t);
       }
-      const bool ok = BytesThere(t);
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++reported_[t];
-      if (!ok) incomplete_.push_back(t);
-      order_.push_back(t);
     };
   }
 
@@ -87,7 +88,6 @@ class Completions {
   std::mutex mutex_;
   std::vector<int> reported_;
   std::vector<size_t> incomplete_;
-  std::vector<size_t> order_;
   std::atomic<int> out_of_range_{0};
 };
 
@@ -218,10 +218,12 @@ TEST(TargetDone, FillReportsTheCallersIndicesAcrossRoutes) {
   FillSetup setup;
   setup.read.direct = DirectIo::kOff;
   setup.read.io = IoMode::kPread;
-  setup.target_done = [&](size_t t) {
+  setup.target_done = [&](std::span<const size_t> done) {
     std::lock_guard<std::mutex> lock(mutex);
-    ASSERT_LT(t, reported.size());
-    ++reported[t];
+    for (size_t t : done) {
+      ASSERT_LT(t, reported.size());
+      ++reported[t];
+    }
   };
   ReadReport report;
   io::Status status = Fill(loaded.checkpoint, targets, setup, &report);

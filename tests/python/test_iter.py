@@ -127,8 +127,9 @@ def test_copies_come_in_offset_order_files_in_index_order(tmp_path, direct):
     for name, t in got:
         assert raw(t) == raw(ref[name]), name
     assert it.tensors_read == len(order)
-    # Every tensor was complete when it was handed out, and never more than its batch holds.
-    assert all(0 < done <= size for done, size in it.complete_at_yield)
+    # A batch's first tensor is ready once it is complete: at least one, at most the batch.
+    assert len(it.landed_at_first) > 1
+    assert all(0 < done <= size for done, size in it.landed_at_first)
 
 
 def test_first_tensor_comes_before_its_batch_has_landed(tmp_path, monkeypatch):
@@ -165,8 +166,8 @@ def test_first_tensor_comes_before_its_batch_has_landed(tmp_path, monkeypatch):
             got.append(name)
             assert torch.equal(t, tensors[name]), name
     assert got[:1] == ["t0"] and got == ["t0", "t1", "t2"][:len(got)]
-    done, size = it.complete_at_yield[0]
-    assert size == 4 and done < size  # handed out while its batch had not landed
+    done, size = it.landed_at_first[0]
+    assert size == 4 and done < size  # ready while its batch had not landed
     libc.munmap(ctypes.c_void_p(read_only), ctypes.c_size_t(8 << 20))
 
 
