@@ -28,9 +28,10 @@ class TensorIterator:
     `close()` (or leaving a `with` block, or dropping the iterator) cancels the reads in flight.
     `bytes_read`: tensor bytes complete so far; `tensors_read`: how many. `landed_at_first`: per
     batch, (how many of its tensors were complete, its size) when its first tensor became ready
-    to hand out, which shows tensors leaving before their batch has landed. On the CPU the tensors' memory is reused from
-    tensors the consumer has dropped (never from one it still holds, or a view of it), up to
-    `staging_mb` of released buffers kept: `pool_stats()` says how often."""
+    to hand out, which shows tensors leaving before their batch has landed. On the CPU the
+    tensors' memory is reused from tensors the consumer has dropped (never from one it still
+    holds, or a view of it), up to `staging_mb` of released buffers kept: `pool_stats()` says
+    how often."""
 
     def __init__(self, ck: Checkpoint, device: torch.device, entries: Sequence,
                  staging_bytes: int, opts: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import mmap
 import os
 
@@ -109,19 +110,20 @@ def _shards(tmp_path, per_file: int = 12):
         safetensors.torch.save_file(tensors, str(tmp_path / name))
         weight_map.update({t: name for t in tensors})
     index = tmp_path / "model.safetensors.index.json"
-    index.write_text(__import__("json").dumps({"metadata": {}, "weight_map": weight_map}))
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return index, [tmp_path / f"model-0000{k + 1}-of-00002.safetensors" for k in range(2)]
 
 
-@pytest.mark.parametrize("direct", [False, True])
-def test_copies_come_in_offset_order_files_in_index_order(tmp_path, direct):
+@pytest.mark.parametrize("io,direct", [("pread", False), ("uring", False), ("uring", True),
+                                       ("pread", True)])
+def test_copies_come_in_offset_order_files_in_index_order(tmp_path, io, direct):
     index, files = _shards(tmp_path)
     order, ref = [], {}
     for f in files:
         with safetensors.safe_open(str(f), "pt") as r:
             order += r.offset_keys()
             ref.update({n: r.get_tensor(n) for n in r.keys()})
-    it = shardstream.iter_tensors(index, copy=True, direct=direct, staging_mb=0.2)
+    it = shardstream.iter_tensors(index, copy=True, io=io, direct=direct, staging_mb=0.2)
     got = list(it)
     assert [n for n, _ in got] == order
     for name, t in got:
@@ -147,7 +149,8 @@ def test_first_tensor_comes_before_its_batch_has_landed(tmp_path, monkeypatch):
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int, ctypes.c_long]
     size = 8 << 20
-    read_only = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    read_only = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1,
+                          0)
     assert read_only not in (None, ctypes.c_void_p(-1).value)
     real_start_fill = shardstream._core.start_fill
 
