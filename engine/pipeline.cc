@@ -282,8 +282,7 @@ io::Status PipelineRun::Plan() {
 // Each planned target's payload, summed over its pieces (the bytes Landed will count down).
 void PipelineRun::CountTargets() {
   if (!options_.target_done) return;
-  remaining_.reset(new std::atomic<uint64_t>[planned_.size()]);
-  for (size_t t = 0; t < planned_.size(); ++t) remaining_[t].store(0, std::memory_order_relaxed);
+  remaining_ = std::make_unique<std::atomic<uint64_t>[]>(planned_.size());  // zeroed
   for (const Piece& piece : plan_.pieces) {
     remaining_[piece.target].fetch_add(piece.length, std::memory_order_relaxed);
   }
