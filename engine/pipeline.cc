@@ -138,6 +138,10 @@ class PipelineRun {
     SHARDSTREAM_RETURN_IF_ERROR(Open());
     SHARDSTREAM_RETURN_IF_ERROR(Plan());
     SHARDSTREAM_RETURN_IF_ERROR(Staging());
+    if (remaining_ && options_.staged && !reports_as_landed_) {
+      // A device sink says when each chunk's copies completed (its events).
+      sink_->SetChunkDone([this](uint32_t c) { Landed(plan_.PiecesOf(plan_.chunks[c])); });
+    }
     StartCopies();
     ReadAll();
     return Finish();
@@ -293,7 +297,6 @@ void PipelineRun::CountTargets() {
 // The pieces' bytes are in their destinations. acq_rel: the thread that brings a target to zero
 // has seen every other thread's writes into it (their release), and so does whoever it tells.
 void PipelineRun::Landed(std::span<const Piece> pieces) {
-  if (!reports_as_landed_) return;
   std::vector<size_t> done;
   for (const Piece& piece : pieces) {
     if (piece.length == 0) continue;
@@ -470,7 +473,7 @@ void PipelineRun::Copy(SlotLease lease, uint32_t c) {
     FailChunk(std::move(status), c);
     return;
   }
-  if (remaining_) Landed(plan_.PiecesOf(chunk));
+  if (remaining_ && reports_as_landed_) Landed(plan_.PiecesOf(chunk));
   if (!progress_.Add(plan_.PayloadOf(chunk))) error_.Record(Cancelled());
 }
 
@@ -665,13 +668,14 @@ io::Result<PipelineStats> PipelineRun::Finish() {
     for (const auto& [target, index] : duplicates_) copied.push_back(target);
     if (!copied.empty()) options_.target_done(copied);
     // What no landed piece reported: targets without payload (empty tensors and runs) and, for a
-    // sink whose copies outlive Consume, every target (Finish waited for its copies).
+    // sink whose copies outlive Consume, those whose chunks it did not report before its Finish
+    // (which waited for every copy, and after which it reports nothing more).
     std::vector<bool> has_pieces(planned_.size(), false);
     for (const Piece& piece : plan_.pieces)
       has_pieces[piece.target] = has_pieces[piece.target] || piece.length > 0;
     std::vector<size_t> rest;
     for (size_t t = 0; t < planned_.size(); ++t) {
-      if (!reports_as_landed_ || !has_pieces[t]) rest.push_back(t);
+      if (!has_pieces[t] || remaining_[t].load(std::memory_order_acquire) > 0) rest.push_back(t);
     }
     Done(rest);
   }

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -56,6 +57,9 @@ struct Destination {
   }
 };
 
+// Told that the copies out of chunk `chunk` (an index into the plan's chunks) have completed.
+using ChunkDoneFn = std::function<void(uint32_t chunk)>;
+
 // The sink's view of the pipeline's targets, by index.
 std::vector<Destination> DestinationsOf(const io::Checkpoint& checkpoint,
                                         std::span<const Target> targets);
@@ -79,6 +83,14 @@ class Sink {
   // (PipelineOptions::target_done). False (the default) when copies outlive Consume (a device
   // sink's, behind a fence): the pipeline reports its targets only after Finish succeeded.
   virtual bool CompletesInConsume() const { return false; }
+  // For a sink whose copies outlive Consume: after this call it tells `done` about each chunk
+  // whose Consume returned OK, once that chunk's copies have completed (a device sink: its event,
+  // as the staging pool reclaims the slot), from any thread, at most once per chunk, and never
+  // once its Finish has returned (or it is destroyed). Chunks it did not report by then are
+  // complete if Finish succeeded. The default reports none (the pipeline reports every target
+  // after Finish). `done` must be quick and must not use the staging pool (it may run under the
+  // pool's lock).
+  virtual void SetChunkDone(ChunkDoneFn done) { (void)done; }
 };
 
 // Copies every piece into host memory, converting it with the one host cast (engine/cast.h) when
