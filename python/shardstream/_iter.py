@@ -23,8 +23,8 @@ class TensorIterator:
     of what the consumer has taken (or one tensor, when a single one is larger). Within a batch,
     each tensor is yielded as soon as the engine reports it complete (every byte in place) and
     every tensor before it has been yielded: one that lands early waits for its predecessors. On
-    a GPU the engine knows a tensor is complete only once its device's copies have finished, at
-    the end of the batch, so there tensors come out per batch.
+    a GPU a tensor is complete once the events after its copies have completed, as the staging
+    pool finds when it reclaims slots (the batch's last ones: when its streams are synchronised).
     `close()` (or leaving a `with` block, or dropping the iterator) cancels the reads in flight.
     `bytes_read`: tensor bytes complete so far; `tensors_read`: how many. `landed_at_first`: per
     batch, (how many of its tensors were complete, its size) when its first tensor became ready
