@@ -290,7 +290,8 @@ void PipelineRun::CountTargets() {
   for (const Piece& piece : plan_.pieces) {
     remaining_[piece.target].fetch_add(piece.length, std::memory_order_relaxed);
   }
-  // Staged into a sink whose copies outlive Consume, completion is known only after Finish.
+  // Staged into a sink whose copies outlive Consume, completion is known when the sink reports a
+  // chunk's copies done (Sink::SetChunkDone), or after its Finish.
   reports_as_landed_ = !options_.staged || (sink_ != nullptr && sink_->CompletesInConsume());
 }
 

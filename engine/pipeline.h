@@ -59,7 +59,8 @@ using BackendFactory = std::function<std::unique_ptr<io::ReadBackend>(const io::
 
 // Told that targets `targets` (indices in the targets given to RunPipeline) are complete: every
 // byte of each is in its destination (after the memcpy or read into it; for a sink whose copies
-// outlive Consume, after the sink's Finish). One call per chunk at most, for the targets whose
+// outlive Consume, once it reports the chunks' copies complete, Sink::SetChunkDone, or after its
+// Finish). One call per chunk at most, for the targets whose
 // last piece that chunk held, so a consumer wakes per chunk, not per tensor. Each target is
 // reported exactly once on success, from any reader or copy thread, concurrently for different
 // targets: the callback must be thread-safe and quick (it runs on the read path), and the span
