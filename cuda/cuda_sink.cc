@@ -96,22 +96,57 @@ class SlotEvents {
   uint32_t peak_ = 0;              // guarded by mutex_
 };
 
+// Where a sink's fences report their chunk complete: the pipeline's callback until the sink's
+// Finish (or destructor) disarms it. The lock makes disarming wait for a report in progress, so
+// that no report reaches a pipeline that has returned (fences may outlive it in a shared pool).
+class ChunkNotifier {
+ public:
+  void Set(engine::ChunkDoneFn done) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    done_ = std::move(done);
+  }
+  void Notify(uint32_t chunk) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (done_) done_(chunk);
+  }
+
+ private:
+  std::mutex mutex_;
+  engine::ChunkDoneFn done_;
+};
+
 }  // namespace detail
 
 namespace {
 
-// A parked slot's fence: the event recorded after the slot's copies.
+// A parked slot's fence: the event recorded after the slot's copies. Reports the slot's chunk
+// (when its copies were all queued) the first time the event is seen complete.
 class EventFence final : public engine::SlotFence {
  public:
-  EventFence(std::shared_ptr<detail::SlotEvents> events, EventHandle event)
-      : events_(std::move(events)), event_(event) {}
+  EventFence(std::shared_ptr<detail::SlotEvents> events, EventHandle event,
+             std::shared_ptr<detail::ChunkNotifier> notifier, std::optional<uint32_t> chunk)
+      : events_(std::move(events)), event_(event), notifier_(std::move(notifier)), chunk_(chunk) {}
   ~EventFence() override { events_->Give(event_); }
-  io::Result<bool> Ready() override { return events_->Ready(event_); }
-  io::Status Wait() override { return events_->Wait(event_); }
+  io::Result<bool> Ready() override {
+    io::Result<bool> ready = events_->Ready(event_);
+    if (ready.ok() && *ready) Report();
+    return ready;
+  }
+  io::Status Wait() override {
+    io::Status status = events_->Wait(event_);
+    if (status.ok()) Report();
+    return status;
+  }
 
  private:
+  void Report() {
+    if (chunk_) notifier_->Notify(*std::exchange(chunk_, std::nullopt));
+  }
+
   std::shared_ptr<detail::SlotEvents> events_;
   EventHandle event_;
+  std::shared_ptr<detail::ChunkNotifier> notifier_;
+  std::optional<uint32_t> chunk_;
 };
 
 }  // namespace
@@ -132,7 +167,8 @@ CudaSink::CudaSink(std::vector<engine::Destination> targets, CudaSinkOptions opt
     : targets_(std::move(targets)),
       options_(std::move(options)),
       ops_(ops),
-      events_(std::make_shared<detail::SlotEvents>(ops)) {}
+      events_(std::make_shared<detail::SlotEvents>(ops)),
+      chunk_done_(std::make_shared<detail::ChunkNotifier>()) {}
 
 io::Result<std::unique_ptr<CudaSink>> CudaSink::Create(std::vector<engine::Destination> targets,
                                                        CudaSinkOptions options, DeviceOps& ops) {
@@ -198,6 +234,7 @@ CudaSink::~CudaSink() {
   // device is using. Afterwards every event has completed (or the device failed and will run
   // nothing more), so fences left in a pool may stop asking the device.
   (void)SynchronizeAll();
+  chunk_done_->Set({});
   events_->Close();
   if (scratch_ != nullptr) ops_.Free(scratch_);
   for (auto& s : streams_) {
@@ -222,20 +259,23 @@ io::Status CudaSink::Consume(engine::StagedSlot slot, std::span<const engine::Pi
       status = Internal(e.what());
     }
     // Whatever happened, some copies out of the slot may be queued: it is free only after them.
-    Park(std::move(slot.lease), stream);
+    // The chunk is complete after them only if they were all queued.
+    const uint32_t chunk = slot.chunk;
+    Park(std::move(slot.lease), stream,
+         status.ok() ? std::optional<uint32_t>(chunk) : std::nullopt);
   }
   ops_.LeaveDevice(*entered);
   return status;
 }
 
-void CudaSink::Park(engine::SlotLease lease, StreamState& stream) {
+void CudaSink::Park(engine::SlotLease lease, StreamState& stream, std::optional<uint32_t> chunk) {
   if (!lease) return;
   io::Result<EventHandle> event = events_->Take();
   io::Status recorded = event.ok() ? ops_.RecordEvent(*event, stream.handle) : event.status();
   std::unique_ptr<engine::SlotFence> fence;
   if (recorded.ok()) {
     try {
-      fence = std::make_unique<EventFence>(events_, *event);
+      fence = std::make_unique<EventFence>(events_, *event, chunk_done_, chunk);
     } catch (const std::bad_alloc&) {
       recorded = io::Status::Error(io::StatusCode::kResourceExhausted, "memory", "no fence");
     }
@@ -244,7 +284,7 @@ void CudaSink::Park(engine::SlotLease lease, StreamState& stream) {
   // No event behind the copies (the failure path only): wait for the stream before the slot is
   // free; its error, if any, comes back from Finish.
   if (event.ok()) events_->Give(*event);
-  (void)ops_.SynchronizeStream(stream.handle);
+  if (ops_.SynchronizeStream(stream.handle).ok() && chunk) chunk_done_->Notify(*chunk);
 }
 
 io::Status CudaSink::Enqueue(const engine::StagedSlot& slot, std::span<const engine::Piece> pieces,
@@ -336,11 +376,18 @@ io::Status CudaSink::SynchronizeAll() {
 }
 
 io::Status CudaSink::Finish() {
+  // Reports stop here whatever happens: the pipeline reports the rest itself on success.
+  struct Disarm {
+    detail::ChunkNotifier& notifier;
+    ~Disarm() { notifier.Set({}); }
+  } disarm{*chunk_done_};
   SHARDSTREAM_ASSIGN_OR_RETURN(const int previous, ops_.EnterDevice());
   io::Status status = SynchronizeAll();
   ops_.LeaveDevice(previous);
   return status;
 }
+
+void CudaSink::SetChunkDone(engine::ChunkDoneFn done) { chunk_done_->Set(std::move(done)); }
 
 CudaSinkStats CudaSink::stats() const {
   std::lock_guard<std::mutex> lock(stats_mutex_);

@@ -37,13 +37,15 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
 
 namespace shardstream::cuda {
 namespace detail {
-class SlotEvents;  // cuda_sink.cc
+class SlotEvents;     // cuda_sink.cc
+class ChunkNotifier;  // cuda_sink.cc
 }  // namespace detail
 
 // Converts `elements` elements of `src_dtype` at device address `src` into `dst_dtype` at `dst`,
@@ -92,8 +94,12 @@ class CudaSink final : public engine::Sink {
   // the slot's lease behind the event; returns without waiting for the device. A piece of a cast
   // target must hold whole elements (rule "internal" otherwise).
   io::Status Consume(engine::StagedSlot slot, std::span<const engine::Piece> pieces) override;
-  // Waits for every stream. Returns the first device error (rule "cuda").
+  // Waits for every stream, then reports no more chunks. Returns the first device error (rule
+  // "cuda").
   io::Status Finish() override;
+  // Each chunk whose Consume returned OK is reported when the event after its copies is seen
+  // complete (the pool asking about the slot's fence, or waiting for it), until Finish.
+  void SetChunkDone(engine::ChunkDoneFn done) override;
 
   CudaSinkStats stats() const;
 
@@ -106,8 +112,9 @@ class CudaSink final : public engine::Sink {
                      uint32_t stream_index);
   io::Status CastPiece(const engine::StagedSlot& slot, const engine::Piece& piece,
                        StreamState& stream);
-  // After Enqueue: the slot's lease waits behind an event on the stream.
-  void Park(engine::SlotLease lease, StreamState& stream);
+  // After Enqueue: the slot's lease waits behind an event on the stream; `chunk` (the slot's,
+  // when its copies were all queued) is reported once the event completed.
+  void Park(engine::SlotLease lease, StreamState& stream, std::optional<uint32_t> chunk);
   io::Status SynchronizeAll();
 
   const std::vector<engine::Destination> targets_;
@@ -115,8 +122,9 @@ class CudaSink final : public engine::Sink {
   DeviceOps& ops_;
   std::vector<std::unique_ptr<StreamState>> streams_;
   std::atomic<uint32_t> next_stream_{0};
-  std::byte* scratch_ = nullptr;                // one window per stream
-  std::shared_ptr<detail::SlotEvents> events_;  // shared with the fences of parked slots
+  std::byte* scratch_ = nullptr;                       // one window per stream
+  std::shared_ptr<detail::SlotEvents> events_;         // shared with the fences of parked slots
+  std::shared_ptr<detail::ChunkNotifier> chunk_done_;  // shared with them too
 
   mutable std::mutex stats_mutex_;
   CudaSinkStats stats_;  // guarded by stats_mutex_

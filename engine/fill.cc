@@ -160,6 +160,7 @@ void Record(const PipelineStats& stats, const PipelineOptions& pipeline, ReadRep
 // The targets of one pipeline run and the bytes they read.
 struct Group {
   std::vector<Target> targets;
+  std::vector<size_t> index;  // each target's index in the fill's targets
   uint64_t bytes = 0;
   bool casts = false;
 };
@@ -173,11 +174,19 @@ class FillRun {
   io::Status Execute(std::span<const Target> targets);
 
  private:
-  PipelineOptions Options(bool staged) const {
+  PipelineOptions Options(bool staged, const Group& group) const {
     PipelineOptions pipeline = PipelineOptionsFor(setup_.read, staged, direct_);
     pipeline.make_backend = setup_.make_backend;
     pipeline.executor = setup_.executor;
     pipeline.progress = PartProgress(setup_.read.progress, done_, total_);
+    if (setup_.target_done) {
+      // The group's indices back to the caller's.
+      pipeline.target_done = [this, &group](std::span<const size_t> done) {
+        std::vector<size_t> mapped(done.size());
+        for (size_t i = 0; i < done.size(); ++i) mapped[i] = group.index[done[i]];
+        setup_.target_done(mapped);
+      };
+    }
     return pipeline;
   }
   io::Status Host(const Group& group, bool staged);
@@ -193,7 +202,7 @@ class FillRun {
 
 io::Status FillRun::Host(const Group& group, bool staged) {
   if (group.targets.empty()) return io::Status::Ok();
-  PipelineOptions pipeline = Options(staged);
+  PipelineOptions pipeline = Options(staged, group);
   if (group.casts) {
     // A cast converts out of the staging slots, the bound on its scratch: slots of at most half
     // the staging memory, so that a read and a conversion can overlap.
@@ -217,7 +226,7 @@ io::Status FillRun::Host(const Group& group, bool staged) {
 }
 
 io::Status FillRun::Upload(int device, const Group& group) {
-  PipelineOptions pipeline = Options(/*staged=*/true);
+  PipelineOptions pipeline = Options(/*staged=*/true, group);
   const auto start = io::Clock::now();
   io::Result<PipelineStats> stats =
       setup_.devices->Upload(checkpoint_, device, group.targets, pipeline, report_);
@@ -244,7 +253,8 @@ io::Status FillRun::Execute(std::span<const Target> targets) {
   }
   Group in_place, staged;
   std::map<int, Group> devices;
-  for (const Target& t : targets) {
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const Target& t = targets[i];
     const uint64_t bytes = PayloadOf(checkpoint_, t);
     total_ += bytes;
     const bool cast = Casts(checkpoint_, t);
@@ -256,6 +266,7 @@ io::Status FillRun::Execute(std::span<const Target> targets) {
       if (count == 1 || !runs) group = &in_place;
     }
     group->targets.push_back(t);
+    group->index.push_back(i);
     group->bytes += bytes;
     group->casts = group->casts || cast;
   }

@@ -64,6 +64,13 @@ struct FillSetup {
   bool discard = false;
   BackendFactory make_backend;  // tests: overrides the backend ReadOptions::io names
   ExecutorKind executor = DefaultExecutor();
+  // Told targets' indices (into the targets given to Fill) once all their bytes are in place:
+  // host targets as their last piece is copied or read (mid-fill, from reader and copy threads),
+  // device targets once the events after their copies are seen complete (mid-fill, as the
+  // staging pool reclaims slots; the rest when that device's streams are synchronised, at the end
+  // of its part of the fill). Thread-safe and quick, as PipelineOptions::target_done says. Exactly
+  // once per target on success; on failure, only targets that are complete.
+  TargetDoneFn target_done;
 };
 
 // The one kAuto rule (shardstream/read.h): io_uring for O_DIRECT reads, pread for buffered ones

@@ -138,6 +138,10 @@ class PipelineRun {
     SHARDSTREAM_RETURN_IF_ERROR(Open());
     SHARDSTREAM_RETURN_IF_ERROR(Plan());
     SHARDSTREAM_RETURN_IF_ERROR(Staging());
+    if (remaining_ && options_.staged && !reports_as_landed_) {
+      // A device sink says when each chunk's copies completed (its events).
+      sink_->SetChunkDone([this](uint32_t c) { Landed(plan_.PiecesOf(plan_.chunks[c])); });
+    }
     StartCopies();
     ReadAll();
     return Finish();
@@ -160,6 +164,9 @@ class PipelineRun {
   void CloseReader(Reader& reader);
   io::Result<PipelineStats> Finish();
   void Copy(SlotLease lease, uint32_t c);
+  void CountTargets();
+  void Landed(std::span<const Piece> pieces);
+  void Done(std::vector<size_t>& planned) const;
 
   void FailChunk(io::Status status, uint32_t c) {
     detail::LocateReadError(status, checkpoint_, plan_.chunks[c].file, plan_.chunks[c].file_offset);
@@ -171,6 +178,11 @@ class PipelineRun {
   std::span<const Target> planned_ = targets_;  // what the plan reads (in place: unique_)
   std::vector<Target> unique_;
   std::vector<std::pair<size_t, size_t>> duplicates_;  // (target, unique_ index it copies)
+  std::vector<size_t> unique_origin_;                  // in place: unique_ index → target index
+  // Per planned target, its payload bytes not yet in their destination (target_done only): the
+  // piece that brings it to zero reports the target complete, so each is reported once.
+  std::unique_ptr<std::atomic<uint64_t>[]> remaining_;
+  bool reports_as_landed_ = false;  // pieces report completion when they land (else at Finish)
   Sink* const sink_;
   const PipelineOptions& options_;
   const Clock::time_point start_ = Clock::now();
@@ -243,6 +255,7 @@ io::Status PipelineRun::Deduplicate() {
     auto [it, first] = seen.emplace(std::make_pair(t.source.file, t.source.index), unique_.size());
     if (first) {
       unique_.push_back(t);
+      unique_origin_.push_back(i);
     } else if (t.runs.empty() && unique_[it->second].runs.empty()) {
       duplicates_.emplace_back(i, it->second);
     } else {
@@ -268,7 +281,44 @@ io::Status PipelineRun::Plan() {
   stats_.read_bytes = plan_.read_bytes;
   stats_.chunks = plan_.chunks.size();
   progress_.SetTotal(plan_.payload_bytes);
+  CountTargets();
   return io::Status::Ok();
+}
+
+// Each planned target's payload, summed over its pieces (the bytes Landed will count down).
+void PipelineRun::CountTargets() {
+  if (!options_.target_done) return;
+  remaining_ = std::make_unique<std::atomic<uint64_t>[]>(planned_.size());  // zeroed
+  for (const Piece& piece : plan_.pieces) {
+    remaining_[piece.target].fetch_add(piece.length, std::memory_order_relaxed);
+  }
+  // Staged into a sink whose copies outlive Consume, completion is known when the sink reports a
+  // chunk's copies done (Sink::SetChunkDone), or after its Finish.
+  reports_as_landed_ = !options_.staged || (sink_ != nullptr && sink_->CompletesInConsume());
+}
+
+// The pieces' bytes are in their destinations. acq_rel: the thread that brings a target to zero
+// has seen every other thread's writes into it (their release), and so does whoever it tells.
+void PipelineRun::Landed(std::span<const Piece> pieces) {
+  std::vector<size_t> done;
+  for (const Piece& piece : pieces) {
+    if (piece.length == 0) continue;
+    if (remaining_[piece.target].fetch_sub(piece.length, std::memory_order_acq_rel) ==
+        piece.length) {
+      done.push_back(piece.target);
+    }
+  }
+  Done(done);
+}
+
+// Reports planned targets by their indices in the caller's targets (in place, planned_ holds
+// each source once), in one call.
+void PipelineRun::Done(std::vector<size_t>& planned) const {
+  if (planned.empty()) return;
+  if (!unique_origin_.empty()) {
+    for (size_t& t : planned) t = unique_origin_[t];
+  }
+  options_.target_done(planned);
 }
 
 io::Status PipelineRun::Staging() {
@@ -424,9 +474,10 @@ void PipelineRun::Copy(SlotLease lease, uint32_t c) {
   activity_.Change(0, -1);
   if (!status.ok()) {
     FailChunk(std::move(status), c);
-  } else if (!progress_.Add(plan_.PayloadOf(chunk))) {
-    error_.Record(Cancelled());
+    return;
   }
+  if (remaining_ && reports_as_landed_) Landed(plan_.PiecesOf(chunk));
+  if (!progress_.Add(plan_.PayloadOf(chunk))) error_.Record(Cancelled());
 }
 
 // In place: the chunk's iovecs scatter the file range into the targets' memory, gaps into the
@@ -529,7 +580,9 @@ void PipelineRun::Reap(Reader& reader) {
     } else if (error_.stopped()) {
       // Draining: the bytes are not wanted any more; the lease frees the slot.
     } else if (!options_.staged) {
-      if (!progress_.Add(plan_.PayloadOf(plan_.chunks[read.chunk]))) error_.Record(Cancelled());
+      const Chunk& chunk = plan_.chunks[read.chunk];
+      if (remaining_) Landed(plan_.PiecesOf(chunk));
+      if (!progress_.Add(plan_.PayloadOf(chunk))) error_.Record(Cancelled());
     } else if (reader.copies_inline) {
       Copy(std::move(lease), read.chunk);
     } else {
@@ -612,6 +665,22 @@ io::Result<PipelineStats> PipelineRun::Finish() {
   for (const auto& [target, index] : duplicates_) {
     const uint64_t bytes = checkpoint_.tensor(targets_[target].source).size_bytes();
     if (bytes > 0) std::memcpy(targets_[target].destination, unique_[index].destination, bytes);
+  }
+  if (remaining_) {
+    std::vector<size_t> copied;
+    for (const auto& [target, index] : duplicates_) copied.push_back(target);
+    if (!copied.empty()) options_.target_done(copied);
+    // What no landed piece reported: targets without payload (empty tensors and runs) and, for a
+    // sink whose copies outlive Consume, those whose chunks it did not report before its Finish
+    // (which waited for every copy, and after which it reports nothing more).
+    std::vector<bool> has_pieces(planned_.size(), false);
+    for (const Piece& piece : plan_.pieces)
+      has_pieces[piece.target] = has_pieces[piece.target] || piece.length > 0;
+    std::vector<size_t> rest;
+    for (size_t t = 0; t < planned_.size(); ++t) {
+      if (!has_pieces[t] || remaining_[t].load(std::memory_order_acquire) > 0) rest.push_back(t);
+    }
+    Done(rest);
   }
   return stats_;
 }

@@ -57,6 +57,17 @@ namespace shardstream::engine {
 // to fail, shorten or delay reads.
 using BackendFactory = std::function<std::unique_ptr<io::ReadBackend>(const io::FileSet&)>;
 
+// Told that targets `targets` (indices in the targets given to RunPipeline) are complete: every
+// byte of each is in its destination (after the memcpy or read into it; for a sink whose copies
+// outlive Consume, once it reports the chunks' copies complete, Sink::SetChunkDone, or after its
+// Finish). One call per chunk at most, for the targets whose
+// last piece that chunk held, so a consumer wakes per chunk, not per tensor. Each target is
+// reported exactly once on success, from any reader or copy thread, concurrently for different
+// targets: the callback must be thread-safe and quick (it runs on the read path), and the span
+// is valid only during the call. On failure, the targets already reported are complete and the
+// rest are not reported.
+using TargetDoneFn = std::function<void(std::span<const size_t> targets)>;
+
 struct PipelineOptions {
   // Through staging slots into `sink` (true), or straight into the targets' host memory.
   bool staged = true;
@@ -99,6 +110,8 @@ struct PipelineOptions {
   int copy_threads = 0;
   ExecutorKind executor = DefaultExecutor();  // where the copy tasks run (engine/executor.h)
   ProgressFn progress;                        // counts bytes that reached their destinations
+  // Per-target completion (see TargetDoneFn). Costs one atomic subtraction per piece when set.
+  TargetDoneFn target_done;
 };
 
 // The most readers a pipeline starts, and how many it starts by default: one per core for buffered

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -56,6 +57,9 @@ struct Destination {
   }
 };
 
+// Told that the copies out of chunk `chunk` (an index into the plan's chunks) have completed.
+using ChunkDoneFn = std::function<void(uint32_t chunk)>;
+
 // The sink's view of the pipeline's targets, by index.
 std::vector<Destination> DestinationsOf(const io::Checkpoint& checkpoint,
                                         std::span<const Target> targets);
@@ -74,6 +78,19 @@ class Sink {
   // must leave every target complete (a device sink waits for its streams here, after which
   // every fence it parked has completed).
   [[nodiscard]] virtual io::Status Finish() = 0;
+  // True when every piece's bytes are in their destination once Consume returned OK (a CPU copy):
+  // the pipeline then reports each target complete as its last piece is consumed
+  // (PipelineOptions::target_done). False (the default) when copies outlive Consume (a device
+  // sink's, behind a fence): the pipeline reports its targets only after Finish succeeded.
+  virtual bool CompletesInConsume() const { return false; }
+  // For a sink whose copies outlive Consume: after this call it tells `done` about each chunk
+  // whose Consume returned OK, once that chunk's copies have completed (a device sink: its event,
+  // as the staging pool reclaims the slot), from any thread, at most once per chunk, and never
+  // once its Finish has returned (or it is destroyed). Chunks it did not report by then are
+  // complete if Finish succeeded. The default reports none (the pipeline reports every target
+  // after Finish). `done` must be quick and must not use the staging pool (it may run under the
+  // pool's lock).
+  virtual void SetChunkDone(ChunkDoneFn done) { (void)done; }
 };
 
 // Copies every piece into host memory, converting it with the one host cast (engine/cast.h) when
@@ -85,6 +102,7 @@ class CpuSink final : public Sink {
       : destinations_(std::move(destinations)) {}
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override;
   io::Status Finish() override { return io::Status::Ok(); }
+  bool CompletesInConsume() const override { return true; }
 
  private:
   std::vector<Destination> destinations_;
@@ -95,6 +113,7 @@ class DiscardSink final : public Sink {
  public:
   io::Status Consume(StagedSlot slot, std::span<const Piece> pieces) override;
   io::Status Finish() override { return io::Status::Ok(); }
+  bool CompletesInConsume() const override { return true; }
 
   uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
   uint64_t pieces() const { return pieces_.load(std::memory_order_relaxed); }

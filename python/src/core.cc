@@ -289,6 +289,13 @@ class FillJob {
       total_.store(progress.total_bytes, std::memory_order_relaxed);
       return !cancel_.load(std::memory_order_relaxed);
     };
+    // Engine threads report each target complete (engine::FillSetup::target_done); the caller
+    // takes them with TakeCompleted. One short lock per chunk's completed targets.
+    setup_.target_done = [this](std::span<const size_t> targets) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t t : targets) completed_.push_back(static_cast<uint32_t>(t));
+      finished_cv_.notify_all();
+    };
     if (inline_run) {
       nb::gil_scoped_release release;
       Run();
@@ -320,6 +327,28 @@ class FillJob {
   }
 
   void Cancel() { cancel_.store(true); }
+
+  // The indices (into the targets given to start_fill) of the targets completed since the last
+  // call: every byte of each is in its destination. Waits up to `timeout` seconds (forever when
+  // negative) for at least one, or for the end of the fill; [] then means none is left to come
+  // (check wait/result) or the time ran out. The GIL is released while waiting.
+  nb::list TakeCompleted(double timeout) {
+    std::vector<uint32_t> taken;
+    {
+      nb::gil_scoped_release release;
+      std::unique_lock<std::mutex> lock(mutex_);
+      auto ready = [this] { return !completed_.empty() || finished_; };
+      if (timeout < 0) {
+        finished_cv_.wait(lock, ready);
+      } else {
+        finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout), ready);
+      }
+      taken.swap(completed_);
+    }
+    nb::list out;
+    for (uint32_t t : taken) out.append(t);
+    return out;
+  }
 
   void Run() {
     io::Status status = engine::Fill(*checkpoint_, targets_, setup_, &report_);
@@ -382,8 +411,9 @@ class FillJob {
   std::atomic<uint64_t> total_{0};
   std::atomic<bool> cancel_{false};
   std::mutex mutex_;
-  std::condition_variable finished_cv_;
+  std::condition_variable finished_cv_;  // the end of the fill, or a target completed
   bool finished_ = false;
+  std::vector<uint32_t> completed_;  // completed targets not yet taken (under mutex_)
   std::thread worker_;
 };
 
@@ -652,6 +682,7 @@ NB_MODULE(_core, m) {
   nb::class_<FillJob>(m, "FillJob")
       .def("wait", &FillJob::Wait, nb::arg("timeout"))
       .def("cancel", &FillJob::Cancel)
+      .def("take_completed", &FillJob::TakeCompleted, nb::arg("timeout"))
       .def("progress", &FillJob::ProgressNow)
       .def("result", &FillJob::Result);
 

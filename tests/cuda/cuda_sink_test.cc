@@ -21,7 +21,9 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <iterator>
+#include <mutex>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -274,6 +276,57 @@ TEST_P(CudaSinkPipelineTest, TinyPoolAndManyChunksGiveEveryByteWithNoSlotReusedE
     EXPECT_GT(device.event_queries(), 0u);
   }
   ExpectPattern(loaded);
+  ExpectNothingLeft(device);
+}
+
+// Per-target completion through the CUDA sink: a target is reported once the events after all
+// of its copies completed (the fake device copies late, on its own thread, so a report made
+// before that would find the destination still holding 0xAA), each exactly once, and most while
+// the load still reads: two slots for many chunks make the pool reclaim slots, and so see their
+// events complete, during the reads.
+TEST_P(CudaSinkPipelineTest, TargetsAreReportedCompleteOnlyAfterTheirCopiesEvents) {
+  ScratchDir dir;
+  auto path = dir.Write("m.safetensors", PatternFile(40, 3001));
+  Loaded loaded = Prepare(path);
+  FakeDevice device(FakeDeviceOptions{std::chrono::microseconds(300)});
+  auto pool = engine::StagingPool::Create(2 * kChunkBytes, kChunkBytes);
+  ASSERT_TRUE(pool.ok());
+  std::mutex mutex;
+  std::vector<int> reported(loaded.targets.size(), 0);
+  std::vector<std::string> early;  // reported before their bytes were there
+  size_t calls = 0;
+  {
+    CudaSinkOptions options;
+    options.streams = GetParam();
+    auto sink = CudaSink::Create(engine::DestinationsOf(loaded.checkpoint, loaded.targets), options,
+                                 device);
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    engine::PipelineOptions pipeline = TinyPool(2);
+    pipeline.pool = pool->get();
+    pipeline.target_done = [&](std::span<const size_t> done) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++calls;
+      for (size_t t : done) {
+        ++reported[t];
+        const auto& tensor = loaded.checkpoint.files[0].header.tensors[t];
+        const int index = std::stoi(tensor.name.substr(1));
+        for (uint64_t b = 0; b < tensor.size_bytes(); ++b) {
+          if (loaded.buffers[t][b] != engine::testing::PatternByte(index, b)) {
+            early.push_back(tensor.name);
+            break;
+          }
+        }
+      }
+    };
+    auto stats = engine::RunPipeline(loaded.checkpoint, loaded.targets, sink->get(), pipeline);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    // Each reclaimed slot reports its chunk in a call of its own; at most the slots still
+    // parked at the end are reported together after Finish.
+    EXPECT_GE(calls, stats->chunks - 2);
+  }
+  ExpectPattern(loaded);
+  for (size_t t = 0; t < reported.size(); ++t) EXPECT_EQ(reported[t], 1) << "target " << t;
+  EXPECT_TRUE(early.empty()) << early.front() << " was reported before its copy ran";
   ExpectNothingLeft(device);
 }
 
