@@ -11,7 +11,8 @@ A driver loads a checkpoint the way one peer library does and reports the same f
 `seconds` runs from the start of the load call to the last byte in place (on a GPU, after
 torch.cuda.synchronize; on the CPU, after reading one byte of every page of tensors that are views
 of a file mapping, touched_mapped_bytes in the report); interpreter, import and CUDA start-up are outside it, as they are for
-shardstream's own figure. `bytes` counts the tensor bytes the peer produced; the harness fails a
+shardstream's own figure (a driver's `prepare` imports what its library would import lazily
+inside the call: transformers' loading modules and the model's own module). `bytes` counts the tensor bytes the peer produced; the harness fails a
 run whose count differs from the checkpoint's, so a peer that loaded nothing is never shown fast.
 Peak RSS is measured by the harness (wait4). Any exception is a failed run (exit 1).
 
@@ -104,12 +105,26 @@ def touch_mapped(tensors):
     return touched
 
 
-def main(peer, package, load, name=None, applicable=None, cuda_only=False, cpu_only=False):
+def import_transformers_for(model_dir):
+    """Imports, outside the clock, the modules transformers' from_pretrained would import lazily
+    inside it (seconds on this machine, the same for every loader built on it): its loading
+    machinery and the model class's own module."""
+    import importlib
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    importlib.import_module("transformers.modeling_utils")
+    importlib.import_module("transformers.core_model_loading")
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(model_dir))]
+
+
+def main(peer, package, load, name=None, applicable=None, cuda_only=False, cpu_only=False,
+         prepare=None):
     """Runs a driver: `load(checkpoint, files, device)` returns the loaded tensors (kept alive
     until the clock stops). `name(device)` names the row; `applicable(checkpoint)` returns a
     reason when the peer cannot load this checkpoint; `cuda_only`: the peer loads onto a GPU only
     (not applicable to `--device cpu`, whether installed or not); `cpu_only`: a CPU-only row
-    (mapped views), not applicable to a GPU device."""
+    (mapped views), not applicable to a GPU device. `prepare(checkpoint)` runs before the clock
+    starts (imports the library would make lazily inside the call)."""
     parser = argparse.ArgumentParser(description=f"shardstream bench peer: {peer}")
     parser.add_argument("checkpoint")
     parser.add_argument("--device", default="cpu")
@@ -142,6 +157,8 @@ def main(peer, package, load, name=None, applicable=None, cuda_only=False, cpu_o
         torch.zeros(1, device=args.device)
         torch.cuda.synchronize()
     files = checkpoint_files(args.checkpoint)
+    if prepare:
+        prepare(args.checkpoint)
     start = time.perf_counter()
     tensors = load(args.checkpoint, files, args.device)
     if cuda:

@@ -27,6 +27,12 @@ def applicable(checkpoint):
     return None
 
 
+def prepare(checkpoint):
+    """Outside the clock: the imports transformers makes lazily (as for the transformers peer)."""
+    import shardstream.transformers  # noqa: F401
+    _common.import_transformers_for(model_dir(checkpoint))
+
+
 def loader(**options):
     """The driver's load function, passing `options` (e.g. copy=True) to from_pretrained."""
     def load(checkpoint, files, device):
@@ -43,4 +49,4 @@ def loader(**options):
 
 if __name__ == "__main__":
     _common.main("python: shardstream.transformers.from_pretrained", "shardstream", loader(),
-                 applicable=applicable)
+                 applicable=applicable, prepare=prepare)

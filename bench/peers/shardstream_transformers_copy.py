@@ -7,4 +7,5 @@ import _common
 
 _common.main("python: shardstream.transformers copy=True", "shardstream",
              shardstream_transformers.loader(copy=True),
-             applicable=shardstream_transformers.applicable, cpu_only=True)
+             applicable=shardstream_transformers.applicable, cpu_only=True,
+             prepare=shardstream_transformers.prepare)

@@ -30,4 +30,5 @@ def load(checkpoint, files, device):
     return list(model.state_dict().values())
 
 
-_common.main("transformers from_pretrained", "transformers", load, applicable=applicable)
+_common.main("transformers from_pretrained", "transformers", load, applicable=applicable,
+             prepare=lambda checkpoint: _common.import_transformers_for(model_dir(checkpoint)))
