@@ -166,6 +166,7 @@ struct RunRecord {
   double resident_before = -1;  // page-cache residency of the files just before the run
   bool cold_dropped = true;     // --cold: false when the drop left the files resident
   double child_resident = -1;   // what a shardstream child sampled itself (--direct auto)
+  bool mapped = false;          // every byte was a view of the file mapping (ChildReport)
   std::string error;            // !ok: why, with the tail of the child's stderr
   std::string detail;           // a fio sweep: the winning settings (and any that failed)
 };
@@ -200,6 +201,7 @@ struct ChildReport {
   uint64_t bytes = 0;
   double touch_seconds = -1;      // `load --touch`
   double resident_fraction = -1;  // `load` with --direct auto
+  uint64_t mapped_bytes = 0;  // a peer's touched_mapped_bytes: bytes that are file-mapping views
 };
 io::Result<ChildReport> ParseChildReport(std::string_view stdout_text);
 // fio --output-format=json → the first job's read bandwidth (bw_bytes), bytes per second.
@@ -257,7 +259,9 @@ struct BenchReport {
 std::optional<size_t> ReferenceCeiling(const BenchReport& report);
 
 // The ceiling row `row` is held to: ceiling rows none; O_DIRECT rows the disk (warm too: they
-// bypass the cache); every other row the reference. nullopt when that ceiling has no summary.
+// bypass the cache); warm CPU rows whose every run handed out only views of the file mapping
+// (RunRecord::mapped) the page cache, as they copy nothing into fresh memory; every other row
+// the reference. nullopt when that ceiling has no summary.
 std::optional<size_t> RowCeiling(const BenchReport& report, size_t row);
 
 // Whether row `row` ran more than kCeilingTolerance faster than its own ceiling: its median run

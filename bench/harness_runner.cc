@@ -361,6 +361,7 @@ RunRecord RunLoader(const Context& ctx, const BenchRow& row) {
   run.seconds =
       report->seconds + (row.add_touch_seconds ? std::max(0.0, report->touch_seconds) : 0.0);
   run.child_resident = report->resident_fraction;
+  run.mapped = report->bytes > 0 && report->mapped_bytes == report->bytes;
   return run;
 }
 

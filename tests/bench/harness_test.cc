@@ -461,6 +461,40 @@ TEST(BenchCeilingTest, TheDiscardReferenceIsThePageCacheRow) {
   EXPECT_FALSE(CeilingExceeded(report, 2));  // pread 0.4 s: half the page-cache rate
 }
 
+TEST(BenchCeilingTest, MappedRowsAreHeldToThePageCacheWarm) {
+  BenchReport report = SampleReport();  // warm CPU tensors: memcpy 0.4 s is the reference
+  BenchRow page = MakeRow("ceiling: page cache", RowKind::kCeiling, CeilingKind::kPageCache, {});
+  report.rows.push_back(RowResult{page, RowStatus::kOk, "", {OkRun(0, 0.1), OkRun(1, 0.1)}});
+  const size_t page_row = report.rows.size() - 1;
+  BenchRow views = MakeRow("peer: mapped views", RowKind::kPeer, CeilingKind::kNone, {});
+  RunRecord a = OkRun(0, 0.12);
+  RunRecord b = OkRun(1, 0.12);
+  a.mapped = b.mapped = true;
+  report.rows.push_back(RowResult{views, RowStatus::kOk, "", {a, b}});
+  const size_t i = report.rows.size() - 1;
+  // Views copy nothing into fresh memory: against the page cache, 0.12 s is no ceiling broken.
+  EXPECT_EQ(RowCeiling(report, i), std::optional<size_t>(page_row));
+  EXPECT_FALSE(CeilingExceeded(report, i));
+  // One run that copied (an owned tensor among the views) puts the row back under memcpy.
+  report.rows[i].runs[1].mapped = false;
+  EXPECT_EQ(RowCeiling(report, i), std::optional<size_t>(0));
+  EXPECT_TRUE(CeilingExceeded(report, i));  // 0.12 s against memcpy's 0.4 s
+  // Cold, every row is held to the disk, views too.
+  report.rows[i].runs[1].mapped = true;
+  report.cold = true;
+  EXPECT_EQ(RowCeiling(report, i), std::optional<size_t>(1));
+}
+
+TEST(BenchChildReportTest, MappedBytesAreRead) {
+  const io::Result<ChildReport> r =
+      ParseChildReport("{\"seconds\": 0.5, \"bytes\": 4096, \"touched_mapped_bytes\": 4096}\n");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->mapped_bytes, 4096u);
+  const io::Result<ChildReport> owned = ParseChildReport("{\"seconds\": 0.5, \"bytes\": 4096}");
+  ASSERT_TRUE(owned.ok());
+  EXPECT_EQ(owned->mapped_bytes, 0u);
+}
+
 // The arguments of job section `name` (from --name=NAME to the next --name).
 std::vector<std::string> Section(const std::vector<std::string>& args, const std::string& name) {
   auto begin = std::find(args.begin(), args.end(), "--name=" + name);
