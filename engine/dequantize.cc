@@ -1,15 +1,14 @@
 #include "engine/dequantize.h"
 
 #include "engine/detail/convert.h"
-
-#include <oneapi/tbb/blocked_range.h>
-#include <oneapi/tbb/parallel_for.h>
+#include "engine/executor.h"
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -54,6 +53,29 @@ bool Multiply(uint64_t a, uint64_t b, uint64_t* out) {
   return true;
 }
 
+// Runs body(begin, end) over [0, count) in blocks of at least `grain` items, on the engine's
+// executor (oneTBB, or std::threads in ThreadSanitizer builds: engine/executor.h), a few blocks
+// per worker so that uneven blocks even out. Returns when every block has run.
+template <typename Body>
+void ParallelFor(uint64_t count, uint64_t grain, const Body& body) {
+  const int workers = HardwareConcurrency(DefaultExecutor());
+  constexpr uint64_t kBlocksPerWorker = 4;
+  const uint64_t most = (count + std::max<uint64_t>(grain, 1) - 1) / std::max<uint64_t>(grain, 1);
+  const uint64_t blocks =
+      std::min<uint64_t>(most, static_cast<uint64_t>(workers) * kBlocksPerWorker);
+  if (blocks <= 1 || workers <= 1) {
+    body(uint64_t{0}, count);
+    return;
+  }
+  const uint64_t step = (count + blocks - 1) / blocks;
+  std::unique_ptr<TaskGroup> group = MakeTaskGroup(workers);
+  for (uint64_t begin = 0; begin < count; begin += step) {
+    const uint64_t end = std::min(count, begin + step);
+    group->Run([&body, begin, end] { body(begin, end); });
+  }
+  group->Wait();
+}
+
 template <typename T, typename EncodeFn>
 void RunMxfp4(const uint8_t* blocks, const uint8_t* scales, const Mxfp4Layout& l, EncodeFn encode,
               T* out) {
@@ -69,28 +91,27 @@ void RunMxfp4(const uint8_t* blocks, const uint8_t* scales, const Mxfp4Layout& l
   const uint64_t row_bytes = l.groups * l.group_bytes;
   const uint64_t values = row_bytes * 2;  // the output's middle dimension
   const uint64_t tiles = (l.rows + kMxfp4RowTile - 1) / kMxfp4RowTile;
-  tbb::parallel_for(tbb::blocked_range<uint64_t>(0, l.experts * tiles),
-                    [&](const tbb::blocked_range<uint64_t>& range) {
-                      for (uint64_t t = range.begin(); t != range.end(); ++t) {
-                        const uint64_t e = t / tiles;
-                        const uint64_t r0 = (t % tiles) * kMxfp4RowTile;
-                        const uint64_t r1 = std::min(l.rows, r0 + kMxfp4RowTile);
-                        T* expert_out = out + e * values * l.rows;
-                        for (uint64_t g = 0; g < l.groups; ++g) {
-                          for (uint64_t r = r0; r < r1; ++r) {
-                            const uint64_t row = e * l.rows + r;
-                            const T* lut = table.data() + scales[row * l.groups + g] * 16;
-                            const uint8_t* in = blocks + row * row_bytes + g * l.group_bytes;
-                            T* o = expert_out + g * l.group_bytes * 2 * l.rows + r;
-                            for (uint64_t b = 0; b < l.group_bytes; ++b) {
-                              const uint8_t byte = in[b];
-                              o[(2 * b) * l.rows] = lut[byte & 0x0f];
-                              o[(2 * b + 1) * l.rows] = lut[byte >> 4];
-                            }
-                          }
-                        }
-                      }
-                    });
+  ParallelFor(l.experts * tiles, 1, [&](uint64_t first, uint64_t last) {
+    for (uint64_t t = first; t != last; ++t) {
+      const uint64_t e = t / tiles;
+      const uint64_t r0 = (t % tiles) * kMxfp4RowTile;
+      const uint64_t r1 = std::min(l.rows, r0 + kMxfp4RowTile);
+      T* expert_out = out + e * values * l.rows;
+      for (uint64_t g = 0; g < l.groups; ++g) {
+        for (uint64_t r = r0; r < r1; ++r) {
+          const uint64_t row = e * l.rows + r;
+          const T* lut = table.data() + scales[row * l.groups + g] * 16;
+          const uint8_t* in = blocks + row * row_bytes + g * l.group_bytes;
+          T* o = expert_out + g * l.group_bytes * 2 * l.rows + r;
+          for (uint64_t b = 0; b < l.group_bytes; ++b) {
+            const uint8_t byte = in[b];
+            o[(2 * b) * l.rows] = lut[byte & 0x0f];
+            o[(2 * b + 1) * l.rows] = lut[byte >> 4];
+          }
+        }
+      }
+    }
+  });
 }
 
 template <typename T, typename EncodeFn>
@@ -103,27 +124,25 @@ bool RunFp8(const uint8_t* weight, const float* scales, const BlockScaleLayout& 
   const uint64_t rows_per_task =
       std::max<uint64_t>(1, kFp8GrainElements / std::max<uint64_t>(1, l.cols));
   std::atomic<bool> nan_code{false};
-  tbb::parallel_for(tbb::blocked_range<uint64_t>(0, l.batch * l.rows, rows_per_task),
-                    [&](const tbb::blocked_range<uint64_t>& range) {
-                      uint8_t any_nan = 0;
-                      for (uint64_t row = range.begin(); row != range.end(); ++row) {
-                        const uint64_t batch = row / l.rows;
-                        const uint64_t i = row % l.rows;
-                        const float* scale_row =
-                            scales + (batch * l.scale_rows + i / block_rows) * l.scale_cols;
-                        const uint8_t* in = weight + row * l.cols;
-                        T* o = out + row * l.cols;
-                        for (uint64_t sj = 0; sj < l.scale_cols; ++sj) {
-                          const float scale = scale_row[sj];
-                          for (uint64_t j = sj * block_cols; j < (sj + 1) * block_cols; ++j) {
-                            const uint8_t code = in[j];
-                            any_nan |= static_cast<uint8_t>((code & 0x7fu) == 0x7fu);
-                            o[j] = encode(decoded[code] * scale);
-                          }
-                        }
-                      }
-                      if (any_nan) nan_code.store(true, std::memory_order_relaxed);
-                    });
+  ParallelFor(l.batch * l.rows, rows_per_task, [&](uint64_t first, uint64_t last) {
+    uint8_t any_nan = 0;
+    for (uint64_t row = first; row != last; ++row) {
+      const uint64_t batch = row / l.rows;
+      const uint64_t i = row % l.rows;
+      const float* scale_row = scales + (batch * l.scale_rows + i / block_rows) * l.scale_cols;
+      const uint8_t* in = weight + row * l.cols;
+      T* o = out + row * l.cols;
+      for (uint64_t sj = 0; sj < l.scale_cols; ++sj) {
+        const float scale = scale_row[sj];
+        for (uint64_t j = sj * block_cols; j < (sj + 1) * block_cols; ++j) {
+          const uint8_t code = in[j];
+          any_nan |= static_cast<uint8_t>((code & 0x7fu) == 0x7fu);
+          o[j] = encode(decoded[code] * scale);
+        }
+      }
+    }
+    if (any_nan) nan_code.store(true, std::memory_order_relaxed);
+  });
   return !nan_code.load(std::memory_order_relaxed);
 }
 
