@@ -26,6 +26,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <nanobind/nanobind.h>
@@ -274,8 +275,80 @@ nb::dict Defaults() {
   return out;
 }
 
+// One piece of engine work on a thread of its own, or on the caller's with the GIL released: the
+// lifecycle FillJob and PopulateJob share. A derived class starts its work with Start and must
+// call Stop first thing in its destructor (the work reads its members). Thread-safe: Wait,
+// Cancel and the derived readers may be called from any Python thread.
+class BackgroundJob {
+ public:
+  BackgroundJob(const BackgroundJob&) = delete;
+  BackgroundJob& operator=(const BackgroundJob&) = delete;
+
+  // Waits up to `timeout` seconds (forever when negative); true once the work has finished.
+  bool Wait(double timeout) {
+    nb::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (timeout < 0) {
+      finished_cv_.wait(lock, [this] { return finished_; });
+    } else {
+      finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout),
+                            [this] { return finished_; });
+    }
+    if (!finished_) return false;
+    lock.unlock();
+    if (worker_.joinable()) worker_.join();
+    return true;
+  }
+
+  void Cancel() { cancel_.store(true); }
+
+ protected:
+  BackgroundJob() = default;
+  ~BackgroundJob() = default;  // Stop has joined the worker (derived destructors call it)
+
+  // `inline_run`: the work runs here before Start returns (small jobs, where a thread start would
+  // dominate and no cancel point is needed).
+  void Start(bool inline_run, std::function<io::Status()> work) {
+    work_ = std::move(work);
+    if (inline_run) {
+      nb::gil_scoped_release release;
+      Run();
+    } else {
+      worker_ = std::thread([this] { Run(); });
+    }
+  }
+  // Asks the work to stop and waits for its thread.
+  void Stop() {
+    cancel_.store(true);
+    if (worker_.joinable()) worker_.join();
+  }
+  // The work's outcome, after Wait(-1); raises LoadError when it failed.
+  void RaiseIfFailed() {
+    Wait(-1);
+    if (!status_.ok()) Raise(status_);
+  }
+
+  std::atomic<bool> cancel_{false};
+  std::mutex mutex_;
+  std::condition_variable finished_cv_;  // the end of the work (and what derived jobs signal)
+  bool finished_ = false;                // under mutex_
+
+ private:
+  void Run() {
+    io::Status status = work_();
+    std::lock_guard<std::mutex> lock(mutex_);
+    status_ = std::move(status);
+    finished_ = true;
+    finished_cv_.notify_all();
+  }
+
+  std::function<io::Status()> work_;
+  io::Status status_;  // under mutex_ until finished_
+  std::thread worker_;
+};
+
 // One load in flight: engine::Fill on its own thread.
-class FillJob {
+class FillJob : public BackgroundJob {
  public:
   // `inline_run`: fill on the caller's thread (GIL released) before returning, for small loads
   // where a thread start would dominate and no cancel point is needed.
@@ -296,37 +369,11 @@ class FillJob {
       for (size_t t : targets) completed_.push_back(static_cast<uint32_t>(t));
       finished_cv_.notify_all();
     };
-    if (inline_run) {
-      nb::gil_scoped_release release;
-      Run();
-    } else {
-      worker_ = std::thread([this] { Run(); });
-    }
+    Start(inline_run, [this] { return engine::Fill(*checkpoint_, targets_, setup_, &report_); });
   }
   FillJob(const FillJob&) = delete;
   FillJob& operator=(const FillJob&) = delete;
-  ~FillJob() {
-    cancel_.store(true);
-    if (worker_.joinable()) worker_.join();
-  }
-
-  // Waits up to `timeout` seconds (forever when negative); true once the fill has finished.
-  bool Wait(double timeout) {
-    nb::gil_scoped_release release;
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (timeout < 0) {
-      finished_cv_.wait(lock, [this] { return finished_; });
-    } else {
-      finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout),
-                            [this] { return finished_; });
-    }
-    if (!finished_) return false;
-    lock.unlock();
-    if (worker_.joinable()) worker_.join();
-    return true;
-  }
-
-  void Cancel() { cancel_.store(true); }
+  ~FillJob() { Stop(); }
 
   // The indices (into the targets given to start_fill) of the targets completed since the last
   // call: every byte of each is in its destination. Waits up to `timeout` seconds (forever when
@@ -350,14 +397,6 @@ class FillJob {
     return out;
   }
 
-  void Run() {
-    io::Status status = engine::Fill(*checkpoint_, targets_, setup_, &report_);
-    std::lock_guard<std::mutex> lock(mutex_);
-    status_ = std::move(status);
-    finished_ = true;
-    finished_cv_.notify_all();
-  }
-
   nb::tuple ProgressNow() const {
     return nb::make_tuple(done_.load(std::memory_order_relaxed),
                           total_.load(std::memory_order_relaxed));
@@ -365,8 +404,7 @@ class FillJob {
 
   // The report as a dict; raises LoadError when the fill failed. Waits for the end first.
   nb::dict Result() {
-    Wait(-1);
-    if (!status_.ok()) Raise(status_);
+    RaiseIfFailed();
     nb::dict out;
     out["io"] = report_.io;
     out["fallback"] = report_.fallback;
@@ -406,15 +444,10 @@ class FillJob {
   std::vector<engine::Target> targets_;
   engine::FillSetup setup_;
   ReadReport report_;
-  io::Status status_;
   std::atomic<uint64_t> done_{0};
   std::atomic<uint64_t> total_{0};
-  std::atomic<bool> cancel_{false};
-  std::mutex mutex_;
-  std::condition_variable finished_cv_;  // the end of the fill, or a target completed
-  bool finished_ = false;
-  std::vector<uint32_t> completed_;  // completed targets not yet taken (under mutex_)
-  std::thread worker_;
+  std::vector<uint32_t> completed_;  // completed targets not yet taken (under mutex_; each one
+                                     // signals finished_cv_)
 };
 
 // targets: a sequence of (file, index, address, device, dtype, layout) where layout is None (the
@@ -511,50 +544,24 @@ MappedData MappingFile(const Mapping& mapping, size_t file) {
 
 // One populate in flight, on its own thread (as FillJob: the caller waits in slices so that
 // Ctrl-C and close() can cancel it). Holds the mapping until its thread has finished.
-class PopulateJob {
+class PopulateJob : public BackgroundJob {
  public:
   PopulateJob(Mapping mapping, std::vector<engine::PopulateRange> ranges,
               engine::PopulateOptions options, bool inline_run)
       : mapping_(std::move(mapping.value)), ranges_(std::move(ranges)), options_(options) {
     options_.cancel = &cancel_;
     options_.done_bytes = &done_;
-    if (inline_run) {
-      nb::gil_scoped_release release;
-      Run();
-    } else {
-      worker_ = std::thread([this] { Run(); });
-    }
+    Start(inline_run, [this] { return engine::Populate(*mapping_, ranges_, options_, &report_); });
   }
   PopulateJob(const PopulateJob&) = delete;
   PopulateJob& operator=(const PopulateJob&) = delete;
-  ~PopulateJob() {
-    cancel_.store(true);
-    if (worker_.joinable()) worker_.join();
-  }
-
-  bool Wait(double timeout) {
-    nb::gil_scoped_release release;
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (timeout < 0) {
-      finished_cv_.wait(lock, [this] { return finished_; });
-    } else {
-      finished_cv_.wait_for(lock, std::chrono::duration<double>(timeout),
-                            [this] { return finished_; });
-    }
-    if (!finished_) return false;
-    lock.unlock();
-    if (worker_.joinable()) worker_.join();
-    return true;
-  }
-
-  void Cancel() { cancel_.store(true); }
+  ~PopulateJob() { Stop(); }
   uint64_t DoneBytes() const { return done_.load(std::memory_order_relaxed); }
 
   // {populated_bytes, populate_seconds, populate_threads, populate_chunks, populate_method};
   // raises LoadError when populate failed. Waits for the end first.
   nb::dict Result() {
-    Wait(-1);
-    if (!status_.ok()) Raise(status_);
+    RaiseIfFailed();
     nb::dict out;
     out["populated_bytes"] = report_.populated_bytes;
     out["populate_seconds"] = report_.seconds;
@@ -565,25 +572,11 @@ class PopulateJob {
   }
 
  private:
-  void Run() {
-    io::Status status = engine::Populate(*mapping_, ranges_, options_, &report_);
-    std::lock_guard<std::mutex> lock(mutex_);
-    status_ = std::move(status);
-    finished_ = true;
-    finished_cv_.notify_all();
-  }
-
   std::shared_ptr<const engine::MappedCheckpoint> mapping_;
   std::vector<engine::PopulateRange> ranges_;
   engine::PopulateOptions options_;
   engine::PopulateReport report_;
-  io::Status status_;
-  std::atomic<bool> cancel_{false};
   std::atomic<uint64_t> done_{0};
-  std::mutex mutex_;
-  std::condition_variable finished_cv_;
-  bool finished_ = false;
-  std::thread worker_;
 };
 
 // ranges: a sequence of (file, offset in the data section, bytes). threads 0: one per core.
