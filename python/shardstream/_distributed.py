@@ -38,8 +38,8 @@ import torch
 
 from . import _core, _dtypes, _progress
 from ._errors import LoadError, error
-from ._fill import (Checkpoint, LoadReport, allocate, open_checkpoint, parse_device, require_path,
-                    target)
+from ._fill import (Checkpoint, LoadReport, allocate, batches_of, open_checkpoint, parse_device,
+                    require_path, target)
 
 # The bound on one rank's bucket of one broadcast round. Packed buffers in flight: at most two
 # rounds of one bucket per rank.
@@ -652,19 +652,9 @@ class DistributedIterator:
         self._ck, self._device, self._opts = ck, device, opts
         self._group, self._shard = group, shard
         keep = {e.name for e in entries}
-        half = max(staging_bytes // 2, 1)
-        self._batches: List[list] = []
-        batch: list = []
-        size = 0
-        for e in ck.offset_order:  # every rank cuts the same batches
-            if batch and size + e.nbytes > half:
-                self._batches.append(batch)
-                batch, size = [], 0
-            batch.append(e)
-            size += e.nbytes
-        if batch:
-            self._batches.append(batch)
-        self._batches = [[e for e in b if e.name in keep] for b in self._batches]
+        # Every rank cuts the same batches (from every tensor), then keeps its own in them.
+        self._batches = [[e for e in b if e.name in keep]
+                         for b in batches_of(ck.offset_order, staging_bytes)]
         self._ready: list = []
         self.reports: List[LoadReport] = []
         self.bytes_read = 0

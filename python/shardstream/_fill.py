@@ -6,7 +6,7 @@ import operator
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -325,6 +325,45 @@ def run(ck: Checkpoint, targets: Sequence[tuple], opts: dict, nbytes: int,
     return LoadReport(bytes=nbytes, seconds=time.perf_counter() - t0, stages=read["stages"],
                       io=read["io"], direct=read["direct"], fallback=read["fallback"],
                       tensors=len(targets), read=read)
+
+
+def batches_of(entries: Sequence[Entry], staging_bytes: int) -> List[list]:
+    """`entries` in order, cut into batches of at most half of `staging_bytes` (a larger entry is
+    a batch of its own): what the iterators read (or populate) while the consumer takes the
+    previous batch, so that two batches stay within the bound."""
+    half = max(staging_bytes // 2, 1)
+    batches: List[list] = []
+    batch: list = []
+    size = 0
+    for e in entries:
+        if batch and size + e.nbytes > half:
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(e)
+        size += e.nbytes
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+class ClosingIterator:
+    """What every tensor iterator shares: a context manager whose exit, like the iterator's
+    collection, calls `close()` (which a subclass defines and which must be idempotent)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _normalize_targets(targets) -> Iterable[tuple]:

@@ -9,14 +9,15 @@ import torch
 
 from . import _core, _host_pool, _mapped
 from ._errors import error
-from ._fill import Checkpoint, PathLike, allocate, open_checkpoint, options, parse_device, target
+from ._fill import (Checkpoint, ClosingIterator, PathLike, allocate, batches_of, open_checkpoint,
+                    options, parse_device, target)
 
 # The bound on what is read ahead of the consumer, in MiB: the core's default.
 DEFAULT_STAGING_MB = _core.defaults()["read_ahead_bytes"] / (1 << 20)
 _POLL_S = 0.05
 
 
-class TensorIterator:
+class TensorIterator(ClosingIterator):
     """Yields (name, tensor) tensor by tensor in offset order (files in index order); tensors are
     new and owned. Reads run in batches of at most half of `staging_mb`, the next batch reading
     while the consumer takes the current one, so at most `staging_mb` of tensors are read ahead
@@ -37,18 +38,7 @@ class TensorIterator:
                  staging_bytes: int, opts: dict) -> None:
         self._ck = ck
         self._device = device
-        self._batches: deque = deque()
-        batch: list = []
-        size = 0
-        half = max(staging_bytes // 2, 1)
-        for e in entries:
-            if batch and size + e.nbytes > half:
-                self._batches.append(batch)
-                batch, size = [], 0
-            batch.append(e)
-            size += e.nbytes
-        if batch:
-            self._batches.append(batch)
+        self._batches: deque = deque(batches_of(entries, staging_bytes))
         self._opts = opts
         # CPU destinations reuse the buffers of tensors the consumer dropped (_host_pool).
         self._pool = _host_pool.HostTensorPool(staging_bytes) if device.type == "cpu" else None
@@ -167,17 +157,6 @@ class TensorIterator:
             self._job = None
         self._tensors = []
 
-    def __enter__(self) -> "TensorIterator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 def iter_tensors(checkpoint: Union[PathLike, Checkpoint],

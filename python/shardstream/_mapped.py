@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import _core, _dtypes
-from ._fill import Checkpoint, Entry
+from ._fill import Checkpoint, ClosingIterator, Entry, batches_of
 
 # Waits on the core in slices this long, so that Ctrl-C cancels a populate promptly.
 _POLL_S = 0.05
@@ -86,7 +86,7 @@ def load_views(ck: Checkpoint, entries: Sequence[Entry], threads: Optional[int] 
     return views, wait(mapped.start_populate(entries, threads))
 
 
-class MappedTensorIterator:
+class MappedTensorIterator(ClosingIterator):
     """iter_tensors on the CPU without copies: yields (name, view) in offset order (files in
     index order), each a view of its file's private mapping, while populate jobs make the pages
     resident ahead of the consumer on the core's worker threads. The tensors are cut into
@@ -107,16 +107,11 @@ class MappedTensorIterator:
         # Windows as [first, end) entry indexes, and each entry's window.
         self._windows: list = []
         self._window_of: list = []
-        half = max(ahead_bytes // 2, 1)
-        first, size = 0, 0
-        for i, e in enumerate(self._entries):
-            if i > first and size + e.nbytes > half:
-                self._windows.append((first, i))
-                first, size = i, 0
-            size += e.nbytes
-            self._window_of.append(len(self._windows))
-        if first < len(self._entries):
-            self._windows.append((first, len(self._entries)))
+        first = 0
+        for k, window in enumerate(batches_of(self._entries, ahead_bytes)):
+            self._windows.append((first, first + len(window)))
+            self._window_of.extend([k] * len(window))
+            first += len(window)
         self._jobs: deque = deque()  # populate jobs started and not yet collected, oldest first
         self._started = 0            # windows whose populate has started
         self._started_bytes = 0
@@ -185,17 +180,6 @@ class MappedTensorIterator:
         for job in jobs:
             job.wait(-1.0)
 
-    def __enter__(self) -> "MappedTensorIterator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 class ViewPlanner:
