@@ -22,6 +22,7 @@ from conftest import MAX_TOKENS, greedy, make_llm, parameters_per_rank, shutdown
 
 TP = 2
 BLOCK = 4096  # O_DIRECT alignment: a rank's range may start and end inside a block
+HEADER_READAHEAD = 128 << 10  # see _checkpoint_bytes
 
 
 def load_counts(model) -> dict:
@@ -33,7 +34,9 @@ def load_counts(model) -> dict:
 
 def _checkpoint_bytes(folder: str) -> tuple[int, int, int]:
     """(tensor bytes, header bytes, files) of the shards the index names, by the official
-    safetensors reader."""
+    safetensors reader. Header bytes are what a rank's buffered header reads may fetch from
+    storage (/proc/self/io counts pages): each header page-rounded, or the kernel's readahead
+    window around it (read_ahead_kb's default 128 KiB), whichever is larger."""
     from safetensors import safe_open
 
     with open(os.path.join(folder, "model.safetensors.index.json"), encoding="utf-8") as f:
@@ -42,7 +45,8 @@ def _checkpoint_bytes(folder: str) -> tuple[int, int, int]:
     for shard in shards:
         path = os.path.join(folder, shard)
         with open(path, "rb") as f:
-            headers += 8 + int.from_bytes(f.read(8), "little")
+            header = 8 + int.from_bytes(f.read(8), "little")
+            headers += max(-(-header // BLOCK) * BLOCK, HEADER_READAHEAD)
         with safe_open(path, "pt") as f:
             for key in f.keys():
                 t = f.get_slice(key)
