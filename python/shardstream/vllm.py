@@ -102,28 +102,16 @@ def validate_extra_config(extra_config: Any) -> dict[str, Any]:
             options[key] = extra_config[key]
     # The values of `io` and `direct` are shardstream's to check (it names what it accepts):
     # only their types are checked here, so a new IO mode needs no change in this file.
-    if "io" in extra_config:
-        if not isinstance(extra_config["io"], str):
-            raise ValueError(
-                f"model_loader_extra_config['io'] must be a string such as \"auto\", \"pread\", "
-                f"\"uring\" or \"mmap\", got {extra_config['io']!r}"
-            )
-        options["io"] = extra_config["io"]
-    if "direct" in extra_config:
-        value = extra_config["direct"]
-        if not isinstance(value, (bool, str)):
-            raise ValueError(
-                f"model_loader_extra_config['direct'] must be true, false or \"auto\", got "
-                f"{value!r}"
-            )
-        options["direct"] = value
-    if "copy" in extra_config:
-        if not isinstance(extra_config["copy"], bool):
-            raise ValueError(
-                f"model_loader_extra_config['copy'] must be true or false, got "
-                f"{extra_config['copy']!r}"
-            )
-        options["copy"] = extra_config["copy"]
+    def typed(key: str, types: tuple, what: str) -> None:
+        if key in extra_config:
+            if not isinstance(extra_config[key], types):
+                raise ValueError(f"model_loader_extra_config['{key}'] must be {what}, got "
+                                 f"{extra_config[key]!r}")
+            options[key] = extra_config[key]
+
+    typed("io", (str,), 'a string such as "auto", "pread", "uring" or "mmap"')
+    typed("direct", (bool, str), 'true, false or "auto"')
+    typed("copy", (bool,), "true or false")
     return options
 
 
