@@ -1,5 +1,7 @@
 #include "engine/executor.h"
 
+#include "tests/support/test_executors.h"
+
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -93,14 +95,7 @@ TEST_P(ExecutorTest, DestructorWaitsForQueuedTasks) {
   EXPECT_EQ(done.load(), 20);
 }
 
-// ThreadSanitizer builds test only the std::thread executor: Debian's oneTBB is not instrumented,
-// so TSan reports races inside it that are not there (the reason the seam exists).
-#ifdef SHARDSTREAM_EXECUTOR_THREADS
-#define SHARDSTREAM_TEST_EXECUTORS ExecutorKind::kThreads
-#else
-#define SHARDSTREAM_TEST_EXECUTORS ExecutorKind::kTbb, ExecutorKind::kThreads
-#endif
-INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest, ::testing::Values(SHARDSTREAM_TEST_EXECUTORS),
+INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest, ::testing::ValuesIn(shardstream::testing::kTestExecutors),
                          [](const ::testing::TestParamInfo<ExecutorKind>& param_info) {
                            return std::string(ExecutorName(param_info.param));
                          });

@@ -5,6 +5,7 @@
 #include "io/file.h"
 #include "io/residency.h"
 #include "tests/engine/pattern_checkpoint.h"
+#include "tests/support/test_executors.h"
 #include "tests/support/test_files.h"
 
 #include <atomic>
@@ -141,7 +142,7 @@ TEST_F(MappedTest, PopulateMakesAColdFileResidentOnSeveralThreads) {
   io::Checkpoint checkpoint = Write(16, (4ull << 20) + 1);
   auto file = io::OpenForRead(path_);
   ASSERT_TRUE(file.ok()) << file.status().ToString();
-  for (ExecutorKind kind : {ExecutorKind::kTbb, ExecutorKind::kThreads}) {
+  for (ExecutorKind kind : shardstream::testing::kTestExecutors) {
     SCOPED_TRACE(std::string(ExecutorName(kind)));
     ASSERT_TRUE(io::DropCachedPages(file->fd.get()).ok());
     auto cold = io::ResidentFraction(file->fd.get(), file->size_bytes);
