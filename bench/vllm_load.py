@@ -10,6 +10,10 @@ model is built and just before the clock starts:
   warm: every checkpoint file read into the page cache (and checked resident with mincore);
   cold: the files' pages dropped with posix_fadvise(DONTNEED) (only this checkpoint's pages:
         the machine is shared), and checked with mincore.
+The `floor` row, in the same rounds, is what any loader must spend without vLLM in the way: warm,
+copying the files from the page cache into fresh memory (every load_weights copies each byte once
+into freshly allocated parameters); cold, reading them from storage with O_DIRECT at the device's
+pace. A loader at the floor has nothing left to win on this machine.
 
 Run it with the vLLM virtualenv's python (scripts/install-vllm --print-python), with shardstream
 installed there (scripts/test-vllm does both):
@@ -34,8 +38,13 @@ import time
 
 # "shardstream-copy": load format shardstream with owned CPU tensors (model_loader_extra_config
 # {"copy": true}) instead of its default mapped views; in --formats only when asked for.
-FORMATS = ("shardstream", "safetensors", "shardstream-copy")
-DEFAULT_FORMATS = "shardstream,safetensors"
+# "floor": no loader, the least any load must spend (see _floor), measured in the same rounds.
+FORMATS = ("shardstream", "safetensors", "shardstream-copy", "floor")
+DEFAULT_FORMATS = "shardstream,safetensors,floor"
+
+# The floor's storage reads: requests this large, this many threads (each one in flight).
+_FLOOR_REQUEST = 8 << 20
+_FLOOR_THREADS = 2
 
 
 def _child(load_format: str, model: str, mode: str) -> None:
@@ -72,6 +81,72 @@ def _child(load_format: str, model: str, mode: str) -> None:
         loader.load_weights(model_module, config.model_config)
         seconds = time.perf_counter() - start
     nbytes = sum(p.numel() * p.element_size() for p in model_module.parameters())
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "param_bytes": nbytes, "peak_rss_mib": rss_mib,
+                      "resident": resident}))
+
+
+def _floor(model: str, mode: str) -> None:
+    """What every loader must spend at least, with no vLLM in the way; one fresh process per run
+    like the loaders. warm: copying each file's data from the page cache into fresh memory, as
+    every load_weights copies each byte once into freshly allocated parameters (torch's copy_ on
+    its threads, from a private mapping of the file). cold: reading the files from storage at
+    the device's pace, O_DIRECT (no page cache), 8 MiB requests on two threads. A cold load must
+    do both; it can overlap them, so the larger of the two bounds it."""
+    import resource
+    import threading
+
+    import torch
+
+    files = sorted(glob.glob(os.path.join(model, "*.safetensors")))
+    resident = prepare(files, mode)
+    nbytes = 0
+    start = time.perf_counter()
+    if mode == "warm":
+        kept = []
+        for path in files:
+            size = os.path.getsize(path)
+            src = torch.from_file(path, shared=False, size=size, dtype=torch.uint8)
+            dst = torch.empty(size, dtype=torch.uint8)
+            dst.copy_(src)
+            kept.append(dst)
+            nbytes += size
+    else:
+        import mmap
+
+        for path in files:
+            size = os.path.getsize(path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            try:
+                offsets = iter(range(0, size, _FLOOR_REQUEST))
+                lock = threading.Lock()
+                errors: list = []
+
+                def reader() -> None:
+                    buf = mmap.mmap(-1, _FLOOR_REQUEST)  # page-aligned, as O_DIRECT needs
+                    try:
+                        while True:
+                            with lock:
+                                offset = next(offsets, None)
+                            if offset is None:
+                                return
+                            os.preadv(fd, [buf], offset)
+                    except OSError as e:
+                        errors.append(e)
+                    finally:
+                        buf.close()
+
+                threads = [threading.Thread(target=reader) for _ in range(_FLOOR_THREADS)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                if errors:
+                    raise errors[0]
+            finally:
+                os.close(fd)
+            nbytes += size
+    seconds = time.perf_counter() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "param_bytes": nbytes, "peak_rss_mib": rss_mib,
                       "resident": resident}))
@@ -150,7 +225,8 @@ def main() -> None:
     parser.add_argument("--json", help="write every run here")
     parser.add_argument("--formats", default=DEFAULT_FORMATS,
                         help="load formats, interleaved: shardstream (mapped views on the CPU), "
-                        "safetensors, shardstream-copy (owned tensors)")
+                        "safetensors, shardstream-copy (owned tensors), floor (no loader: warm, "
+                        "a copy of the files into fresh memory; cold, an O_DIRECT read of them)")
     parser.add_argument("--child", choices=FORMATS, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("warm", "cold"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,6 +234,9 @@ def main() -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         parser.error(f"unknown load format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    if args.child == "floor":
+        _floor(args.model, args.mode)
+        return
     if args.child:
         _child(args.child, args.model, args.mode)
         return
@@ -207,6 +286,11 @@ def main() -> None:
             if (mode, "safetensors") in medians and (mode, ours) in medians:
                 print(f"\n{mode}: safetensors / {ours} = "
                       f"{medians[mode, 'safetensors'] / medians[mode, ours]:.2f}x", end="")
+                if (mode, "floor") in medians:
+                    print(f"; floor / {ours} = "
+                          f"{medians[mode, 'floor'] / medians[mode, ours]:.2f}, floor / "
+                          f"safetensors = {medians[mode, 'floor'] / medians[mode, 'safetensors']:.2f}",
+                          end="")
     print()
     if args.json:
         with open(args.json, "w") as f:

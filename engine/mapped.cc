@@ -25,6 +25,7 @@ struct Chunk {
   uint64_t begin = 0;          // offsets in the whole-file mapping, page-aligned
   uint64_t end = 0;            // page-aligned (may pass the file's end within its last page)
   uint64_t payload_bytes = 0;  // bytes of the ranges inside it
+  bool resident = false;       // wholly in the page cache when populate began (skip_resident)
 };
 
 uint64_t PageBytes() {
@@ -53,6 +54,14 @@ int MadvisePopulate(std::byte* data, uint64_t size_bytes) {
     if (::madvise(data, size_bytes, MADV_POPULATE_READ) == 0) return 0;
     if (errno != EINTR && errno != EAGAIN) return errno;
   }
+}
+
+// Whether every page of [data, data + size_bytes) (page-aligned) is in the page cache. A mincore
+// failure answers no: the chunk is then populated, which is always correct.
+bool AllResident(std::byte* data, uint64_t size_bytes, std::vector<unsigned char>& pages) {
+  pages.resize(size_bytes / PageBytes());
+  if (::mincore(data, size_bytes, pages.data()) != 0) return false;
+  return std::all_of(pages.begin(), pages.end(), [](unsigned char v) { return (v & 1) != 0; });
 }
 
 // Starts the kernel's readahead of a chunk's pages (asynchronous; see the worker in Populate).
@@ -143,13 +152,26 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
     }
   }
   report->chunks = chunks.size();
+  size_t resident_chunks = 0;
+  if (options.skip_resident) {
+    // Before any worker starts: its WILLNEED puts the pages of chunks ahead in the page cache
+    // (reads in flight), which must not read as resident.
+    std::vector<unsigned char> pages;
+    for (Chunk& c : chunks) {
+      c.resident = AllResident(mapped.file(c.file)->data() + c.begin, c.end - c.begin, pages);
+      if (c.resident) {
+        report->resident_bytes += c.payload_bytes;
+        ++resident_chunks;
+      }
+    }
+  }
 
   // 3. Workers take chunks in order from a shared counter: the front lands first, and a worker
   //    whose chunks were already resident moves on to the next at once.
   const int threads = std::max(
       1,
       std::min<int>(options.threads > 0 ? options.threads : HardwareConcurrency(options.executor),
-                    static_cast<int>(std::max<size_t>(chunks.size(), 1))));
+                    static_cast<int>(std::max<size_t>(chunks.size() - resident_chunks, 1))));
   const bool may_touch = options.method != PopulateMethod::kMadvise;
   std::atomic<bool> touch{options.method == PopulateMethod::kTouch};
   std::atomic<size_t> next{0};
@@ -174,6 +196,12 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
       if (i >= chunks.size()) break;
       const Chunk& c = chunks[i];
       std::byte* base = mapped.file(c.file)->data();
+      if (c.resident) {
+        if (options.done_bytes != nullptr) {
+          options.done_bytes->fetch_add(c.payload_bytes, std::memory_order_relaxed);
+        }
+        continue;
+      }
       worked = true;
       // Cold pages: MADV_POPULATE_READ alone faults them in through the fault path's readahead
       // (128 KiB requests, one at a time per worker), slower than one thread touching the file in
@@ -183,7 +211,7 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
       // page cache. Advice: its failure changes nothing.
       WillNeed(mapped, c);
       const size_t ahead = i + static_cast<size_t>(threads);
-      if (ahead < chunks.size()) WillNeed(mapped, chunks[ahead]);
+      if (ahead < chunks.size() && !chunks[ahead].resident) WillNeed(mapped, chunks[ahead]);
       if (!touch.load(std::memory_order_relaxed)) {
         const int err = MadvisePopulate(base + c.begin, c.end - c.begin);
         if (err == EINVAL && may_touch) {
@@ -216,7 +244,8 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
     }
   };
   if (threads == 1) {
-    // One chunk (a small load) or one thread asked for: on the calling thread, without the
+    // One chunk to populate (a small load, or every other one resident) or one thread asked
+    // for: on the calling thread, without the
     // task group's start-up (oneTBB's arena costs milliseconds the first time).
     worker();
   } else {

@@ -57,18 +57,21 @@ class MappedCheckpoint:
                                 offset=e.begin).view(e.tshape)
 
     def start_populate(self, entries: Sequence[Entry], threads: Optional[int] = None,
-                       inline: Optional[bool] = None):
+                       inline: Optional[bool] = None, skip_resident: bool = False):
         """Starts making the pages of `entries` resident (the core's PopulateJob); `inline`
-        (default: for small populates) runs it to the end on this thread first."""
+        (default: for small populates) runs it to the end on this thread first. `skip_resident`
+        leaves chunks already in the page cache to the consumer's own first touch (for a
+        consumer working while populate runs: see engine/mapped.h)."""
         ranges = [(e.file, e.begin, e.nbytes) for e in entries if e.nbytes]
         if inline is None:
             inline = sum(r[2] for r in ranges) <= _INLINE_BYTES
-        return _core.start_populate(self.core, ranges, threads or 0, 0, inline)
+        return _core.start_populate(self.core, ranges, threads or 0, 0, inline, skip_resident)
 
 
 def wait(job) -> dict:
     """Waits for a populate job (Ctrl-C cancels it) and returns its report: populated_bytes,
-    populate_seconds, populate_threads, populate_chunks, populate_method."""
+    populate_resident_bytes (of those, found in the page cache and left alone), populate_seconds,
+    populate_threads, populate_chunks, populate_method."""
     try:
         while not job.wait(_POLL_S):
             pass
@@ -93,7 +96,10 @@ class MappedTensorIterator(ClosingIterator):
     windows of about half of `ahead_bytes` (one tensor when it is larger): the window after the
     consumer's is populated while it takes its own, so at most `ahead_bytes` is made resident
     ahead of it (`peak_ahead_bytes`) and a checkpoint larger than memory is not populated only to
-    be evicted before it is used. Nothing is allocated: the pages are the page cache's. `read`
+    be evicted before it is used. Chunks already in the page cache are left to the consumer's
+    own first touch (`populate_resident_bytes`): the consumer works while populate runs, and on a
+    warm file mapping the pages for it would only take a core from it. Nothing is allocated: the
+    pages are the page cache's. `read`
     holds the populate report, the windows' summed, once iteration has ended (populated_bytes,
     populate_seconds, populate_threads, ...); a populate error (the file truncated under the
     mapping) is raised there. `close()` (or leaving a `with` block, or dropping the iterator)
@@ -120,7 +126,8 @@ class MappedTensorIterator(ClosingIterator):
         self.bytes_read = 0
         self.tensors_read = 0
         self.peak_ahead_bytes = 0
-        self.read: dict = {"populated_bytes": 0, "populate_seconds": 0.0, "populate_threads": 0,
+        self.read: dict = {"populated_bytes": 0, "populate_resident_bytes": 0,
+                           "populate_seconds": 0.0, "populate_threads": 0,
                            "populate_chunks": 0, "populate_method": "", "populate_windows": 0}
         self._populate_through(0)
 
@@ -132,7 +139,8 @@ class MappedTensorIterator(ClosingIterator):
                 self._collect(self._jobs.popleft())  # the consumer is past it already
             first, end = self._windows[self._started]
             entries = self._entries[first:end]
-            self._jobs.append(self._mapped.start_populate(entries, self._threads, inline=False))
+            self._jobs.append(self._mapped.start_populate(entries, self._threads, inline=False,
+                                                          skip_resident=True))
             self._started += 1
             self._started_bytes += sum(e.nbytes for e in entries)
             self.peak_ahead_bytes = max(self.peak_ahead_bytes,
@@ -146,6 +154,7 @@ class MappedTensorIterator(ClosingIterator):
             raise
         r = self.read
         r["populated_bytes"] += report["populated_bytes"]
+        r["populate_resident_bytes"] += report["populate_resident_bytes"]
         r["populate_seconds"] += report["populate_seconds"]
         r["populate_chunks"] += report["populate_chunks"]
         r["populate_threads"] = max(r["populate_threads"], report["populate_threads"])

@@ -558,12 +558,14 @@ class PopulateJob : public BackgroundJob {
   ~PopulateJob() { Stop(); }
   uint64_t DoneBytes() const { return done_.load(std::memory_order_relaxed); }
 
-  // {populated_bytes, populate_seconds, populate_threads, populate_chunks, populate_method};
+  // {populated_bytes, populate_resident_bytes, populate_seconds, populate_threads,
+  // populate_chunks, populate_method};
   // raises LoadError when populate failed. Waits for the end first.
   nb::dict Result() {
     RaiseIfFailed();
     nb::dict out;
     out["populated_bytes"] = report_.populated_bytes;
+    out["populate_resident_bytes"] = report_.resident_bytes;
     out["populate_seconds"] = report_.seconds;
     out["populate_threads"] = report_.threads;
     out["populate_chunks"] = report_.chunks;
@@ -581,7 +583,8 @@ class PopulateJob : public BackgroundJob {
 
 // ranges: a sequence of (file, offset in the data section, bytes). threads 0: one per core.
 std::unique_ptr<PopulateJob> StartPopulate(const Mapping& mapping, const nb::sequence& ranges,
-                                           int threads, uint64_t chunk_bytes, bool inline_run) {
+                                           int threads, uint64_t chunk_bytes, bool inline_run,
+                                           bool skip_resident) {
   std::vector<engine::PopulateRange> out;
   out.reserve(nb::len(ranges));
   for (nb::handle item : ranges) {
@@ -594,6 +597,7 @@ std::unique_ptr<PopulateJob> StartPopulate(const Mapping& mapping, const nb::seq
   engine::PopulateOptions options;
   options.threads = threads;
   if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
+  options.skip_resident = skip_resident;
   return std::make_unique<PopulateJob>(mapping, std::move(out), options, inline_run);
 }
 
@@ -700,7 +704,9 @@ NB_MODULE(_core, m) {
       .def("result", &PopulateJob::Result);
   m.def("start_populate", &StartPopulate, nb::arg("mapping"), nb::arg("ranges"),
         nb::arg("threads") = 0, nb::arg("chunk_bytes") = 0, nb::arg("inline_run") = false,
-        "Makes the mapped pages under `ranges` resident on worker threads (MADV_POPULATE_READ).");
+        nb::arg("skip_resident") = false,
+        "Makes the mapped pages under `ranges` resident on worker threads (MADV_POPULATE_READ); "
+        "with skip_resident, chunks already in the page cache are left to the consumer.");
 
   nb::class_<PooledBuffer>(m, "PooledBuffer", nb::type_slots(kPooledBufferSlots))
       .def_prop_ro("nbytes", [](const PooledBuffer& b) { return b.lease.size_bytes(); });

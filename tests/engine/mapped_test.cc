@@ -168,6 +168,58 @@ TEST_F(MappedTest, PopulateMakesAColdFileResidentOnSeveralThreads) {
   }
 }
 
+TEST_F(MappedTest, SkipResidentLeavesWarmChunksAndPopulatesColdOnes) {
+  io::Checkpoint checkpoint = Write(8, (1ull << 20) + 1);
+  auto file = io::OpenForRead(path_);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  const uint64_t data_bytes = checkpoint.files[0].header.data_bytes();
+  PopulateOptions options;
+  options.threads = 2;
+  options.chunk_bytes = 1 << 20;
+  options.skip_resident = true;
+  std::atomic<uint64_t> done{0};
+  options.done_bytes = &done;
+
+  // Warm: every chunk is left alone, counted, and no thread populates.
+  {
+    auto mapped = MappedCheckpoint::Map(checkpoint);
+    ASSERT_TRUE(mapped.ok()) << mapped.status().ToString();
+    PopulateReport first;
+    ASSERT_TRUE(Populate(*mapped, AllTensors(checkpoint), {}, &first).ok());  // makes it warm
+    EXPECT_EQ(first.resident_bytes, 0u) << "skip_resident is off by default";
+    PopulateReport report;
+    ASSERT_TRUE(Populate(*mapped, AllTensors(checkpoint), options, &report).ok());
+    EXPECT_EQ(report.populated_bytes, data_bytes);
+    EXPECT_EQ(report.resident_bytes, data_bytes);
+    EXPECT_EQ(report.threads, 0);
+    EXPECT_EQ(done.load(), data_bytes);
+  }
+
+  // Cold: nothing is resident, so every chunk is populated (and the file is resident after).
+  ASSERT_TRUE(io::DropCachedPages(file->fd.get()).ok());
+  auto cold = io::ResidentFraction(file->fd.get(), file->size_bytes);
+  ASSERT_TRUE(cold.ok()) << cold.status().ToString();
+  if (*cold > 0.01) GTEST_SKIP() << "the page cache kept the file (tmpfs?): nothing is cold";
+  auto mapped = MappedCheckpoint::Map(checkpoint);
+  ASSERT_TRUE(mapped.ok()) << mapped.status().ToString();
+  done = 0;
+  PopulateReport report;
+  ASSERT_TRUE(Populate(*mapped, AllTensors(checkpoint), options, &report).ok());
+  EXPECT_EQ(report.populated_bytes, data_bytes);
+  EXPECT_EQ(report.resident_bytes, 0u);
+  EXPECT_GE(report.threads, 1);
+  EXPECT_EQ(done.load(), data_bytes);
+  auto warm = io::ResidentFraction(file->fd.get(), file->size_bytes);
+  ASSERT_TRUE(warm.ok());
+  EXPECT_GT(*warm, 0.99);
+  const std::byte* data = mapped->Data(0).data();
+  for (const auto& t : checkpoint.files[0].header.tensors) {
+    for (uint64_t b = 0; b < t.size_bytes(); b += 4093) {
+      ASSERT_EQ(data[t.begin + b], PatternByte(std::stoi(t.name.substr(1)), b)) << t.name;
+    }
+  }
+}
+
 TEST_F(MappedTest, TouchFallbackLeavesTheSameBytes) {
   io::Checkpoint checkpoint = Write(3, 70000 + 1);
   auto mapped = MappedCheckpoint::Map(checkpoint);
