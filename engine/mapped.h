@@ -100,7 +100,7 @@ struct PopulateReport {
   uint64_t populated_bytes = 0;  // bytes of the ranges (coalesced: a byte asked twice counts once)
   // Of populated_bytes, those in chunks found resident and left alone (skip_resident).
   uint64_t resident_bytes = 0;
-  double seconds = 0.0;          // wall time of the whole populate
+  double seconds = 0.0;  // wall time of the whole populate
   uint64_t chunks = 0;
   int threads = 0;     // distinct threads that populated at least one chunk
   std::string method;  // "madvise" or "touch" (what ran; "touch" after a fallback)

@@ -95,7 +95,8 @@ TEST_P(ExecutorTest, DestructorWaitsForQueuedTasks) {
   EXPECT_EQ(done.load(), 20);
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest, ::testing::ValuesIn(shardstream::testing::kTestExecutors),
+INSTANTIATE_TEST_SUITE_P(Kinds, ExecutorTest,
+                         ::testing::ValuesIn(shardstream::testing::kTestExecutors),
                          [](const ::testing::TestParamInfo<ExecutorKind>& param_info) {
                            return std::string(ExecutorName(param_info.param));
                          });
