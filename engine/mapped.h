@@ -88,11 +88,12 @@ struct PopulateOptions {
   const std::atomic<bool>* cancel = nullptr;
   // When set, advanced (relaxed) by each chunk's bytes as it is populated: a progress count.
   std::atomic<uint64_t>* done_bytes = nullptr;
-  // Leave alone the chunks whose pages are all in the page cache already (mincore), counting them
-  // in resident_bytes: a warm chunk needs no read, and mapping its pages here costs a core that a
-  // consumer working meanwhile needs more (its first touch maps them with a minor fault, sixteen
-  // pages at a time through the kernel's fault-around). For streams whose consumer runs while
-  // populate does (iter_tensors); a load that returns only once populate has ended maps them all.
+  // Leave alone the chunks in the page cache already (mincore on pages spread over each chunk),
+  // counting them in resident_bytes: a warm chunk needs no read, and mapping its pages here costs a
+  // core that a consumer working meanwhile needs more (its first touch maps them with a minor
+  // fault, sixteen pages at a time through the kernel's fault-around). For streams whose consumer
+  // runs while populate does (iter_tensors); a load that returns only once populate has ended maps
+  // them all.
   bool skip_resident = false;
 };
 

@@ -652,6 +652,10 @@ nb::dict PoolStats(const HostPool& pool) {
 NB_MODULE(_core, m) {
   using namespace shardstream::python;
   m.doc() = "shardstream's fill core (private: use the shardstream package)";
+  // Views of a mapping that a program keeps until it exits (a module-level dict of tensors) hold
+  // the mapping's buffer object through interpreter shutdown, which nanobind would report as a
+  // leak on every such exit; they are released with the process.
+  nb::set_leak_warnings(false);
 
   m.def(
       "_set_error_factory", [](nb::object factory) { ErrorFactory() = std::move(factory); },
