@@ -83,10 +83,17 @@ def wait(job) -> dict:
 
 
 def load_views(ck: Checkpoint, entries: Sequence[Entry], threads: Optional[int] = None) -> tuple:
-    """(name -> view for `entries`, populate report): every view resident when it returns."""
+    """(name -> view for `entries`, populate report): every view resident when it returns. The
+    views are made while populate runs (on its own threads), not before it starts."""
     mapped = MappedCheckpoint(ck)
-    views = {e.name: mapped.view(e) for e in entries}
-    return views, wait(mapped.start_populate(entries, threads))
+    job = mapped.start_populate(entries, threads)
+    try:
+        views = {e.name: mapped.view(e) for e in entries}
+    except BaseException:
+        job.cancel()
+        job.wait(-1.0)
+        raise
+    return views, wait(job)
 
 
 class MappedTensorIterator(ClosingIterator):
