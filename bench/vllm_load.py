@@ -50,8 +50,6 @@ _FLOOR_THREADS = 2
 def _child(load_format: str, model: str, mode: str) -> None:
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    import resource
-
     import torch
     from vllm.config import set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
@@ -80,7 +78,14 @@ def _child(load_format: str, model: str, mode: str) -> None:
         start = time.perf_counter()
         loader.load_weights(model_module, config.model_config)
         seconds = time.perf_counter() - start
-    nbytes = sum(p.numel() * p.element_size() for p in model_module.parameters())
+    _report(seconds, sum(p.numel() * p.element_size() for p in model_module.parameters()),
+            resident)
+
+
+def _report(seconds: float, nbytes: int, resident: float) -> None:
+    """A run's figures, the child's last line of stdout (the driver reads it)."""
+    import resource
+
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "param_bytes": nbytes, "peak_rss_mib": rss_mib,
                       "resident": resident}))
@@ -93,7 +98,6 @@ def _floor(model: str, mode: str) -> None:
     its threads, from a private mapping of the file). cold: reading the files from storage at
     the device's pace, O_DIRECT (no page cache), 8 MiB requests on two threads. A cold load must
     do both; it can overlap them, so the larger of the two bounds it."""
-    import resource
     import threading
 
     import torch
@@ -118,25 +122,23 @@ def _floor(model: str, mode: str) -> None:
             size = os.path.getsize(path)
             fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
             try:
-                offsets = iter(range(0, size, _FLOOR_REQUEST))
-                lock = threading.Lock()
                 errors: list = []
 
-                def reader() -> None:
+                def reader(offsets: range) -> None:
                     buf = mmap.mmap(-1, _FLOOR_REQUEST)  # page-aligned, as O_DIRECT needs
                     try:
-                        while True:
-                            with lock:
-                                offset = next(offsets, None)
-                            if offset is None:
-                                return
+                        for offset in offsets:
                             os.preadv(fd, [buf], offset)
                     except OSError as e:
                         errors.append(e)
                     finally:
                         buf.close()
 
-                threads = [threading.Thread(target=reader) for _ in range(_FLOOR_THREADS)]
+                # Thread k reads requests k, k + threads, ...: the file front to back, together.
+                step = _FLOOR_REQUEST * _FLOOR_THREADS
+                threads = [threading.Thread(target=reader,
+                                            args=(range(k * _FLOOR_REQUEST, size, step),))
+                           for k in range(_FLOOR_THREADS)]
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -146,10 +148,7 @@ def _floor(model: str, mode: str) -> None:
             finally:
                 os.close(fd)
             nbytes += size
-    seconds = time.perf_counter() - start
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "param_bytes": nbytes, "peak_rss_mib": rss_mib,
-                      "resident": resident}))
+    _report(time.perf_counter() - start, nbytes, resident)
 
 
 # ---- page cache ------------------------------------------------------------------------------

@@ -215,8 +215,8 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
       // (128 KiB requests, one at a time per worker), slower than one thread touching the file in
       // order. MADV_WILLNEED starts the kernel's readahead of a whole chunk at once (large,
       // asynchronous requests); asking for this chunk and the one this worker takes next keeps
-      // the device's queue full while the populate waits. On resident pages it only walks the
-      // page cache. Advice: its failure changes nothing.
+      // the device's queue full while the populate waits. Chunks probed resident get none (on
+      // warm pages it only walks the page cache). Advice: its failure changes nothing.
       if (!c.resident) WillNeed(mapped, c);
       const size_t ahead = i + static_cast<size_t>(threads);
       if (ahead < chunks.size() && !chunks[ahead].resident) WillNeed(mapped, chunks[ahead]);
@@ -253,8 +253,8 @@ io::Status Populate(const MappedCheckpoint& mapped, std::span<const PopulateRang
   };
   if (threads == 1) {
     // One chunk to populate (a small load, or every other one resident) or one thread asked
-    // for: on the calling thread, without the
-    // task group's start-up (oneTBB's arena costs milliseconds the first time).
+    // for: on the calling thread, without the task group's start-up (oneTBB's arena costs
+    // milliseconds the first time).
     worker();
   } else {
     std::unique_ptr<TaskGroup> group = MakeTaskGroup(threads, options.executor);

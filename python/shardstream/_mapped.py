@@ -68,6 +68,12 @@ class MappedCheckpoint:
         return _core.start_populate(self.core, ranges, threads or 0, 0, inline, skip_resident)
 
 
+def cancel(job) -> None:
+    """Cancels a populate job and waits for its threads to stop."""
+    job.cancel()
+    job.wait(-1.0)
+
+
 def wait(job) -> dict:
     """Waits for a populate job (Ctrl-C cancels it) and returns its report: populated_bytes,
     populate_resident_bytes (of those, found in the page cache and left alone), populate_seconds,
@@ -77,8 +83,7 @@ def wait(job) -> dict:
             pass
         return job.result()
     except BaseException:
-        job.cancel()
-        job.wait(-1.0)
+        cancel(job)
         raise
 
 
@@ -90,8 +95,7 @@ def load_views(ck: Checkpoint, entries: Sequence[Entry], threads: Optional[int] 
     try:
         views = {e.name: mapped.view(e) for e in entries}
     except BaseException:
-        job.cancel()
-        job.wait(-1.0)
+        cancel(job)
         raise
     return views, wait(job)
 
